@@ -114,6 +114,10 @@ class Protocol:
         known_tr = tr[np.isfinite(tr)]
         if known_tr.size and known_tr.min() < 10.0:
             raise ProtocolError(f"TR = {known_tr.min():g} ms is implausibly short: were seconds given where ms are expected?")
+        for key, ceiling in (("te", 2000.0), ("small_delta", 2000.0), ("big_delta", 2000.0), ("tr", 100_000.0)):
+            top = np.nanmax(arrays[key]) if np.isfinite(arrays[key]).any() else 0.0
+            if top > ceiling:
+                raise ProtocolError(f"{key} = {top:g} ms is implausibly long: were ms given where seconds are expected?")
         if b.max() > 0 and b.max() < 1.0:
             raise ProtocolError(f"largest b = {b.max():g} s/mm² is implausibly small: were ms/µm² given where s/mm² are expected?")
         dirs = None

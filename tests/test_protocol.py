@@ -1,0 +1,161 @@
+"""Protocols: presets, validation, the two published file formats, round trips and matching."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_rverdict import Protocol
+from napari_rverdict.physics import ProtocolError, direction_average, load_protocol, read_fsl, read_scheme, write_fsl, write_scheme
+
+REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "protocols"
+SCHEME = REF / "innovate-camino" / "NOptimisedV_IN.scheme"
+BVAL = REF / "innovate-rverdict-example" / "data.bval"
+needs_ref = pytest.mark.skipif(not SCHEME.exists(), reason="shared/reference protocols not beside the checkout")
+
+
+def test_innovate_direction_averaged_layout():
+    p = Protocol.innovate()
+    assert len(p) == 10
+    np.testing.assert_array_equal(p.b, [0, 90, 0, 500, 0, 1500, 0, 2000, 0, 3000])
+    # each b0 carries its series' timings
+    np.testing.assert_array_equal(p.small_delta[::2], p.small_delta[1::2])
+    np.testing.assert_array_equal(p.te, [50, 50, 65, 65, 90, 90, 71, 71, 80, 80])
+    np.testing.assert_array_equal(p.tr, [2482] * 6 + [3945] * 2 + [3349] * 2)
+    np.testing.assert_array_equal(p.big_delta[1::2], [23.8, 31.3, 43.8, 34.3, 38.8])
+    assert p.series_ids().tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert [r.tolist() for r in p.b0_reference()][:4] == [[0], [0], [2], [2]]
+
+
+def test_innovate_20_volumes_and_direction_average():
+    p20 = Protocol.innovate(direction_averaged=False)
+    assert len(p20) == 20
+    assert np.allclose(np.linalg.norm(p20.directions[~p20.is_b0], axis=1), 1.0)
+    data = np.random.default_rng(0).uniform(1, 2, (2, 3, 20))
+    avg, pavg = direction_average(data, p20)
+    assert avg.shape == (2, 3, 10)
+    assert pavg == Protocol.innovate()
+    np.testing.assert_allclose(avg[..., 1], data[..., 1:4].mean(-1))
+    np.testing.assert_allclose(avg[..., 0], data[..., 0])
+    with pytest.raises(ProtocolError, match="20"):
+        direction_average(data[..., :19], p20)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(b=[0, -5]), "negative"),
+        (dict(small_delta=[10, 40]), "longer than Δ"),
+        (dict(te=[50]), "one value per measurement"),
+        (dict(b=[0, np.nan]), "NaN"),
+        (dict(te=[0.05, 0.05]), "seconds"),
+        (dict(tr=[2.4, 2.4]), "seconds"),
+        (dict(directions=[[0, 0, 0], [1, 1, 0]]), "unit"),
+        (dict(b=[], small_delta=[], big_delta=[], te=[], tr=[]), "at least one"),
+    ],
+)
+def test_validation_errors(kwargs, message):
+    base = dict(b=[0, 1000], small_delta=[10, 10], big_delta=[30, 30], te=[50, 50], tr=[2000, 2000])
+    base.update(kwargs)
+    with pytest.raises(ProtocolError, match=message):
+        Protocol(**base)
+
+
+def test_missing_b0_in_a_series_is_named():
+    p = Protocol([0, 1000, 2000], [10, 10, 12], [30, 30, 32], [50, 50, 70], [2000, 2000, 2000])
+    with pytest.raises(ProtocolError, match="no b = 0 in its series"):
+        p.b0_reference()
+
+
+@needs_ref
+def test_read_published_camino_scheme():
+    with pytest.warns(UserWarning, match="TR"):
+        p = read_scheme(SCHEME)
+    assert len(p) == 20 and not p.has_tr
+    # b from γ²G²δ²(Δ − δ/3), as the reference README computes
+    shells = p.direction_averaged()
+    np.testing.assert_allclose(sorted(shells.b[~shells.is_b0]), [91.7, 501.9, 1500.0, 2006.4, 2990.9], atol=0.1)
+    assert p.b0_reference()  # b0 rows found their series by TE
+    assert np.all(p.small_delta > 0)  # b0 rows got their series' δ
+
+
+@needs_ref
+def test_read_published_rverdict_per_volume_files_and_match_both_to_innovate():
+    p = read_fsl(BVAL)
+    assert len(p) == 20 and p.has_tr
+    innovate20 = Protocol.innovate(direction_averaged=False)
+    np.testing.assert_allclose(p.b, innovate20.b)
+    np.testing.assert_allclose(p.tr, innovate20.tr)
+    idx, notes = p.direction_averaged().match_to(Protocol.innovate())
+    assert idx.tolist() == list(range(10)) and notes == []
+    with pytest.warns(UserWarning):
+        scheme = read_scheme(SCHEME).direction_averaged()
+    idx, notes = scheme.match_to(Protocol.innovate())
+    assert idx.tolist() == [8, 9, 6, 7, 4, 5, 2, 3, 0, 1]  # series stored in the opposite order
+    assert any("2006.4" in n for n in notes) and any("TR is unknown" in n for n in notes)
+    np.testing.assert_allclose(scheme.b[idx], Protocol.innovate().b, rtol=0.02, atol=0)
+
+
+def test_scheme_round_trip_with_tr(tmp_path):
+    p = Protocol.innovate(direction_averaged=False)
+    written = write_scheme(p, tmp_path / "x.scheme")
+    assert [w.name for w in written] == ["x.scheme", "x.tr"]
+    q = read_scheme(tmp_path / "x.scheme")
+    np.testing.assert_allclose(q.b, p.b, rtol=1e-6)
+    for key in ("small_delta", "big_delta", "te", "tr"):
+        np.testing.assert_allclose(getattr(q, key), getattr(p, key), rtol=1e-6)
+    np.testing.assert_allclose(q.directions, p.directions, atol=1e-8)
+    q2 = read_scheme(tmp_path / "x.scheme", tr=3000.0)
+    assert np.all(q2.tr == 3000.0)
+
+
+def test_fsl_round_trip_per_volume_files(tmp_path):
+    p = Protocol.innovate(direction_averaged=False)
+    write_fsl(p, tmp_path / "dwi")
+    q = load_protocol(tmp_path / "dwi.nii.gz")  # found beside a DWI by stem
+    assert q == p
+    np.testing.assert_allclose(q.directions, p.directions, atol=1e-8)
+
+
+def test_fsl_with_json_sidecar_in_seconds_and_ms(tmp_path):
+    (tmp_path / "d.bval").write_text("0 1000 1000\n")
+    (tmp_path / "d.json").write_text(json.dumps({"PulseDuration": 0.02, "PulseSeparation": 0.04,
+                                                 "EchoTime": [0.08, 0.08, 0.08], "RepetitionTime": 3.0}))
+    p = read_fsl(tmp_path / "d.bval")
+    assert p.small_delta[1] == pytest.approx(20.0) and p.te[0] == pytest.approx(80.0) and p.tr[2] == pytest.approx(3000)
+    (tmp_path / "d.json").write_text(json.dumps({"units": "ms", "small_delta": 20, "big_delta": 40, "te": 80}))
+    p = read_fsl(tmp_path / "d.bval")
+    assert p.big_delta[2] == 40 and not p.has_tr
+    (tmp_path / "d.json").write_text(json.dumps({"small_delta": 20, "big_delta": 40, "te": 80}))
+    with pytest.raises(ProtocolError, match="seconds"):  # ms written without saying so
+        read_fsl(tmp_path / "d.bval")
+
+
+def test_bad_files_and_names(tmp_path):
+    with pytest.raises(ProtocolError, match="unknown protocol"):
+        load_protocol("nonsense")
+    (tmp_path / "bad.scheme").write_text("hello\n1 2 3\n")
+    with pytest.raises(ProtocolError, match="not a Camino scheme"):
+        read_scheme(tmp_path / "bad.scheme")
+    (tmp_path / "short.scheme").write_text("VERSION: 1\n0 0 0 0 0 0 0.08\n1 0 0 0.05\n")
+    with pytest.raises(ProtocolError):
+        read_scheme(tmp_path / "short.scheme", tr=2000)
+    (tmp_path / "x.bval").write_text("0 1000\n")
+    with pytest.raises(ProtocolError, match="no timings"):
+        read_fsl(tmp_path / "x.bval")
+
+
+def test_match_refuses_what_cannot_be_used():
+    p = Protocol.innovate()
+    other = Protocol(p.b * np.where(p.b > 2500, 1.5, 1.0), p.small_delta, p.big_delta, p.te, p.tr)
+    with pytest.raises(ProtocolError, match="no measurement of the data matches"):
+        other.match_to(p)
+    with pytest.raises(ProtocolError, match="9 measurements"):
+        p.subset(slice(0, 9)).match_to(p)
+
+
+def test_protocol_dict_round_trip():
+    p = Protocol.innovate(direction_averaged=False)
+    q = Protocol.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert q == p and q.name == p.name
