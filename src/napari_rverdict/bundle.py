@@ -1,0 +1,292 @@
+"""Model bundles: a trained network with everything needed to use it, saved as one ``.pt`` file.
+
+A bundle file is ``torch.save`` of a dict of plain Python types plus the network's ``state_dict``::
+
+    {"format": "napari-rverdict-bundle", "version": 1, "meta": {...}, "state_dict": {...}}
+
+so it loads with ``torch.load(weights_only=True)`` (no pickled code is executed). ``meta`` holds the signal model
+name, the protocol (``Protocol.to_dict()``), the training ranges, SNR setting, fraction sampler, network name and
+hyperparameters, the normalisation, seed, training history and configuration, package and torch versions, target
+names and creation time.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .nets import build_network
+from .physics.models import get_model
+from .physics.protocol import Protocol
+
+BUNDLE_FORMAT = "napari-rverdict-bundle"
+BUNDLE_VERSION = 1
+DEFAULT_CHUNK = 16384
+
+
+def _plain(x):
+    """Recursively convert NumPy scalars/arrays and tuples to plain Python types (weights_only-safe)."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if x is None or type(x) in (str, int, float, bool):
+        return x
+    for t in (bool, int, float, str):  # subclasses (e.g. torch.__version__) → the plain type
+        if isinstance(x, t):
+            return t(x)
+    return str(x)
+
+
+def normalisation_description(model) -> str:
+    model = get_model(model)
+    if model.name == "verdict":
+        return "per-series b = 0: each measurement divided by the mean b = 0 of its own series (same TE and TR)"
+    return "per-voxel maximum: each signal divided by its largest measurement"
+
+
+class Bundle:
+    """A trained network (CPU, eval mode) and everything to use it.
+
+    Attributes
+    ----------
+    network : the nn.Module mapping normalised signals (n, n_measurements) to scaled targets (n, k) in [0, 1].
+    model : the SignalModel (``get_model(model_name)``).  protocol : the Protocol the network was trained on.
+    ranges : {name: (low, high)} training ranges (targets are scaled with them).  target_names : estimated params.
+    snr, fraction_sampler, net_name, depth, width, seed, history, train_config, created, versions : provenance.
+    """
+
+    def __init__(self, network: nn.Module, model_name, protocol, ranges, snr=35.0, fraction_sampler="dirichlet",
+                 net_name="mlp", depth=None, width=None, seed=None, history=None, train_config=None,
+                 target_names=None, created=None, versions=None, extra=None):
+        from . import __version__
+
+        self.model = get_model(model_name)
+        self.protocol = protocol if isinstance(protocol, Protocol) else Protocol.from_dict(protocol)
+        self.ranges = {str(k): (float(v[0]), float(v[1])) for k, v in ranges.items()}
+        self.target_names = tuple(target_names) if target_names is not None else tuple(self.model.estimated_names)
+        missing = [k for k in self.target_names if k not in self.ranges]
+        if missing:
+            raise ValueError(f"the bundle's ranges lack target(s) {', '.join(missing)}")
+        self.snr = tuple(float(x) for x in snr) if isinstance(snr, (list, tuple)) else float(snr)
+        self.fraction_sampler = str(fraction_sampler)
+        self.net_name = str(net_name)
+        self.depth = None if depth is None else int(depth)
+        self.width = None if width is None else int(width)
+        self.seed = seed
+        self.history = history or {}
+        self.train_config = train_config or {}
+        self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.versions = versions or {"napari_rverdict": __version__, "torch": torch.__version__}
+        self.extra = extra or {}
+        self.network = network.to("cpu").eval()
+        self.normalisation = normalisation_description(self.model)
+
+    # ------------------------------------------------------------------ info
+    @property
+    def map_names(self) -> tuple[str, ...]:
+        return self.model.map_names
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.protocol)
+
+    def describe(self) -> str:
+        """A few lines: model, network, protocol, training ranges, SNR and history."""
+        snr = f"{self.snr[0]:g}–{self.snr[1]:g}" if isinstance(self.snr, tuple) else f"{self.snr:g}"
+        lines = [
+            f"{self.model.label} · {self.net_name} (depth {self.depth}, width {self.width}) · "
+            f"{sum(p.numel() for p in self.network.parameters()):,} weights",
+            f"protocol: {self.protocol.name or 'custom'}, {len(self.protocol)} measurements · normalisation: "
+            f"{self.normalisation}",
+            f"trained at SNR {snr}, {self.fraction_sampler} fractions, seed {self.seed}",
+            "ranges: " + ", ".join(f"{k} {lo:g}–{hi:g}" for k, (lo, hi) in self.ranges.items()
+                                   if k in self.target_names),
+        ]
+        vl = self.history.get("val_loss") or []
+        if vl:
+            be = self.history.get("best_epoch")
+            best = vl[be - 1] if be else min(vl)
+            lines.append(f"{len(vl)} epochs, best validation MSE {best:.4g} at epoch {be}")
+        lines.append(f"created {self.created} · napari-rverdict {self.versions.get('napari_rverdict')} · "
+                     f"torch {self.versions.get('torch')}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Bundle {self.model.name}/{self.net_name} depth={self.depth} width={self.width} n_meas={self.n_inputs}>"
+
+    # ------------------------------------------------------------------ save / load
+    def metadata(self) -> dict:
+        return _plain({
+            "model": self.model.name, "protocol": self.protocol.to_dict(), "ranges": self.ranges,
+            "snr": self.snr, "fraction_sampler": self.fraction_sampler, "net": self.net_name,
+            "depth": self.depth, "width": self.width, "n_inputs": self.n_inputs,
+            "target_names": list(self.target_names), "normalisation": self.normalisation,
+            "target_scaling": "min-max with ranges: (value - low) / (high - low)", "seed": self.seed,
+            "history": self.history, "train_config": self.train_config, "versions": self.versions,
+            "created": self.created, "extra": self.extra,
+        })
+
+    def save(self, path) -> Path:
+        """Write the bundle atomically (a temporary file in the same folder, then ``os.replace``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "meta": self.metadata(),
+                   "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(payload, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path
+
+    @classmethod
+    def from_payload(cls, payload: dict, source: str = "bundle") -> Bundle:
+        meta = payload["meta"]
+        net = build_network(meta["net"], meta["n_inputs"], len(meta["target_names"]), meta["depth"],
+                            meta["width"], model_name=meta["model"])
+        try:
+            net.load_state_dict(payload["state_dict"])
+        except RuntimeError as exc:
+            raise ValueError(f"{source}: the weights do not fit a {meta['net']} network "
+                             f"(depth {meta['depth']}, width {meta['width']}): {str(exc).splitlines()[0]}") from None
+        snr = meta["snr"]
+        return cls(net, meta["model"], Protocol.from_dict(meta["protocol"]), meta["ranges"],
+                   tuple(snr) if isinstance(snr, list) else snr, meta["fraction_sampler"], meta["net"],
+                   meta["depth"], meta["width"], meta.get("seed"), meta.get("history"), meta.get("train_config"),
+                   meta["target_names"], meta.get("created"), meta.get("versions"), meta.get("extra"))
+
+    # ------------------------------------------------------------------ prediction
+    def _check_signals(self, signals, n_expected: int) -> np.ndarray:
+        if isinstance(signals, torch.Tensor):
+            signals = signals.detach().cpu().numpy()
+        s = np.asarray(signals)
+        if s.ndim != 2:
+            raise ValueError(f"signals must be a 2-D array (n_voxels, {n_expected}), got shape {s.shape}")
+        if s.shape[0] == 0:
+            raise ValueError(f"signals are empty: shape {s.shape}, expected (n_voxels ≥ 1, {n_expected})")
+        if s.shape[1] != n_expected:
+            raise ValueError(f"signals have {s.shape[1]} measurements but the model's protocol has {n_expected}")
+        if not np.issubdtype(s.dtype, np.number):
+            raise ValueError(f"signals must be numeric, got dtype {s.dtype}")
+        bad = ~np.isfinite(s).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{int(bad.sum())} signal(s) contain NaN or inf (first at row {int(np.argmax(bad))}); "
+                             "mask them out before predicting")
+        return s
+
+    def _device_network(self, device="cpu"):
+        from .train import resolve_device
+
+        dev = resolve_device(device)
+        net = self.network if dev.type == "cpu" else copy.deepcopy(self.network).to(dev)
+        return dev, net.eval()
+
+    def _run_network(self, x: np.ndarray, dev, net, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+        from .train import unscale_targets
+
+        out = np.empty((x.shape[0], len(self.target_names)), dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, x.shape[0], chunk):
+                xb = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)).to(dev)
+                out[s:s + chunk] = net(xb).float().cpu().numpy()
+        np.clip(out, 0.0, 1.0, out=out)
+        return unscale_targets(out, self.target_names, self.ranges)
+
+    def _predict_normalised(self, x: np.ndarray, device="cpu", chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+        """Network estimates in physical units (n, k) for already-normalised signals, clipped to the training
+        ranges (the prior's support)."""
+        dev, net = self._device_network(device)
+        return self._run_network(x, dev, net, chunk)
+
+    def predict_signals(self, signals, *, protocol: Protocol | None = None, device="cpu", chunk: int = DEFAULT_CHUNK,
+                        return_all: bool = True) -> dict[str, np.ndarray]:
+        """Maps from RAW signals.
+
+        Parameters
+        ----------
+        signals : (n, n_measurements) raw (un-normalised) signals, in the bundle protocol's order, or in
+            ``protocol``'s order when it is given.
+        protocol : the acquisition of ``signals``; its measurements are matched to the bundle's
+            (``protocol.match_to``), reordered, and any differences are reported with ``warnings.warn``.
+        device : "cpu", "cuda[:i]", "mps" or "auto".  chunk : voxels per network call (bounds memory).
+        return_all : True: every map (``model.map_names`` order: estimated parameters, the dependent fraction,
+            cellularity). False: only the network's estimated parameters.
+
+        Returns {name: float32 (n,)} in physical units (fractions, µm, ms, µm²/ms, µm⁻³). Each row is normalised
+        with the model's own normalisation, so any per-voxel scale of the input is irrelevant. The network's
+        estimates are clipped to the training ranges.
+        """
+        if int(chunk) != chunk or chunk < 1:
+            raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+        if protocol is not None:
+            if not isinstance(protocol, Protocol):
+                raise ValueError(f"protocol must be a Protocol, got {type(protocol).__name__}")
+            index, notes = protocol.match_to(self.protocol)
+            s = self._check_signals(signals, len(protocol))[:, index]
+            if notes:
+                warnings.warn("data protocol differs from the model's: " + "; ".join(notes), stacklevel=2)
+        else:
+            s = self._check_signals(signals, len(self.protocol))
+        n = s.shape[0]
+        est = np.empty((n, len(self.target_names)), dtype=np.float64)
+        dev, net = self._device_network(device)
+        for start in range(0, n, int(chunk)):
+            raw = np.asarray(s[start:start + chunk], dtype=np.float64)
+            norm = self.model.normalise(raw, self.protocol)
+            est[start:start + chunk] = self._run_network(norm, dev, net, int(chunk))
+        params = {k: est[:, i] for i, k in enumerate(self.target_names)}
+        if not return_all:
+            return {k: v.astype(np.float32) for k, v in params.items()}
+        maps = self.model.derived_maps(params)
+        return {k: np.asarray(maps[k], dtype=np.float32) for k in self.map_names}
+
+
+def load_bundle(path) -> Bundle:
+    """Load a bundle written by :meth:`Bundle.save` (``torch.load(weights_only=True)``).
+
+    Raises ValueError for a missing file, a file that is not a napari-rverdict bundle, or an unsupported version.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"model bundle '{p}' does not exist")
+    if not p.is_file():
+        raise ValueError(f"model bundle '{p}' is not a file")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of every kind: not a torch file we can read safely
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        first = next((ln for ln in lines if "Unsupported global" in ln), lines[0])
+        raise ValueError(f"'{p}' is not a napari-rverdict model bundle (torch.load failed: {first[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"'{p}' is not a napari-rverdict model bundle (no '{BUNDLE_FORMAT}' format marker)")
+    version = payload.get("version")
+    if version != BUNDLE_VERSION:
+        raise ValueError(f"'{p}' is a napari-rverdict bundle of format version {version!r}; this version of "
+                         f"napari-rverdict reads version {BUNDLE_VERSION}")
+    if not isinstance(payload.get("meta"), dict) or not isinstance(payload.get("state_dict"), dict):
+        raise ValueError(f"'{p}' is a damaged napari-rverdict bundle (meta or state_dict missing)")
+    try:
+        return Bundle.from_payload(payload, source=str(p))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"'{p}' is a damaged napari-rverdict bundle (missing or bad entry {exc})") from None
