@@ -28,7 +28,7 @@ def test_sphere_series_converged_over_radius_range():
     radii = np.array([0.01, 0.5, 3.0, 8.0, 15.0, 20.0])[:, None]
     default = sphere_gpd(b, sd, bd, radii, 2.0)
     many = sphere_gpd(b, sd, bd, radii, 2.0, n_roots=400)
-    np.testing.assert_allclose(default, many, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(default, many, rtol=2e-8, atol=1e-10)
 
 
 def test_every_compartment_is_one_at_b0():

@@ -17,7 +17,7 @@ import torch
 from scipy.optimize import brentq
 
 B_TO_MS_PER_UM2 = 1e-3  # 1 s/mm² = 1e-3 ms/µm²
-SPHERE_N_ROOTS = 50  # enough for < 1e-8 relative error for R <= 20 µm on clinical PGSE timings
+SPHERE_N_ROOTS = 30  # truncation error < 2e-8 for R <= 20 µm on clinical PGSE timings (tested against 400 terms)
 
 
 def _dj1(x: float) -> float:
@@ -93,7 +93,7 @@ def sphere_gpd(b, small_delta, big_delta, radius, d, n_roots: int = SPHERE_N_ROO
     ----------
     b : s/mm²;  small_delta : δ, pulse duration, ms;  big_delta : Δ, pulse separation, ms;
     radius : R, µm (clamped below at 1e-4 µm, where E = 1 to machine precision);  d : D_ic, µm²/ms.
-    n_roots : terms of the series (default 50: < 1e-8 relative error for R ≤ 20 µm on clinical timings).
+    n_roots : terms of the series (default 30: < 2e-8 relative error for R ≤ 20 µm on clinical timings).
 
     Measurements with b = 0 (or δ = 0) return exactly 1.
     """
@@ -110,13 +110,9 @@ def sphere_gpd(b, small_delta, big_delta, radius, d, n_roots: int = SPHERE_N_ROO
     for mu in mus:  # loop over terms: memory stays O(input size)
         alpha2 = mu**2 / r**2
         x = alpha2 * d
-        bracket = 2.0 * sd_safe / x - (
-            2.0
-            + torch.exp(-x * (bd_safe - sd_safe))
-            - 2.0 * torch.exp(-x * sd_safe)
-            - 2.0 * torch.exp(-x * bd_safe)
-            + torch.exp(-x * (bd_safe + sd_safe))
-        ) / x**2
+        e_sd = torch.exp(-x * sd_safe)  # e^{−xδ}
+        e_gap = torch.exp(-x * (bd_safe - sd_safe))  # e^{−x(Δ−δ)}; e^{−xΔ} and e^{−x(Δ+δ)} follow by products
+        bracket = 2.0 * sd_safe / x - (2.0 + e_gap - 2.0 * e_sd - 2.0 * e_sd * e_gap + e_sd * e_sd * e_gap) / x**2
         total = total + bracket / (alpha2 * (mu**2 - 2.0))
     e = torch.exp(-2.0 * gamma2g2 * total)
     e = torch.where(no_weighting, torch.ones_like(e), e)
