@@ -275,9 +275,12 @@ def load_bundle(path) -> Bundle:
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of every kind: not a torch file we can read safely
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-        first = next((ln for ln in lines if "Unsupported global" in ln), lines[0])
-        raise ValueError(f"'{p}' is not a napari-rverdict model bundle (torch.load failed: {first[:200]})") from None
+        text = str(exc)
+        if "Unsupported global" in text:
+            why = "it holds pickled Python objects, which weights_only loading refuses"
+        else:
+            why = f"not a readable torch file: {type(exc).__name__}"
+        raise ValueError(f"'{p}' is not a napari-rverdict model bundle ({why})") from None
     if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"'{p}' is not a napari-rverdict model bundle (no '{BUNDLE_FORMAT}' format marker)")
     version = payload.get("version")

@@ -1,0 +1,133 @@
+"""``rverdict train`` and ``rverdict evaluate`` (registered by :mod:`napari_rverdict.cli`).
+
+Heavy imports (torch, the trainer) happen inside the command functions so ``rverdict --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from .cli import CliError, add_protocol_option, load_cli_protocol, parse_ranges, parse_snr
+
+NETS = ("mlp", "resnetreg", "resnetreg-st")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .synth import simulate
+    from .train import TrainConfig, iter_training, resolve_device
+
+    if not str(args.out).endswith(".pt"):
+        raise CliError(f"--out should name a .pt bundle file, got '{args.out}'")
+    device = resolve_device(args.device)  # fail before simulating
+    config = TrainConfig(net=args.net, depth=args.depth, width=args.width, epochs=args.epochs,
+                         batch_size=args.batch, lr=args.lr, patience=args.patience, device=str(device),
+                         seed=args.seed, scheduler=args.scheduler, weight_decay=args.weight_decay)
+    config.validate()
+    protocol = load_cli_protocol(args)
+    print(f"simulating {args.n:,} {args.model} signals ({len(protocol)} measurements, SNR {args.snr}) …",
+          file=sys.stderr)
+    data = simulate(args.model, protocol, n=args.n, snr=parse_snr(args.snr), ranges=parse_ranges(args.range),
+                    fraction_sampler=args.sampler, seed=args.seed)
+
+    stop = threading.Event()
+    previous = None
+
+    def on_sigint(signum, frame):  # first Ctrl-C: stop after this batch and save; second: abort
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after this batch (Ctrl-C again to abort) …", file=sys.stderr)
+
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    result = None
+    bar = tqdm(total=config.epochs, unit="epoch", desc=f"{config.net} on {device}", file=sys.stderr,
+               disable=args.quiet, dynamic_ncols=True)
+    try:
+        for rec in iter_training(data, config, stop):
+            if rec.kind == "batch":
+                bar.set_postfix_str(f"batch {rec.batch}/{rec.n_batches} loss {rec.train_loss:.4g}")
+            elif rec.kind == "epoch":
+                bar.update(1)
+                bar.set_postfix_str(f"train {rec.train_loss:.4g} val {rec.val_loss:.4g} "
+                                    f"best {rec.best_val_loss:.4g}@{rec.best_epoch}")
+            else:
+                result = rec.result
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    path = result.bundle.save(args.out)
+    h = result.history
+    how = "stopped by Ctrl-C" if result.stopped else (
+        "early stopping" if result.epochs_run < config.epochs else "all epochs")
+    best = h["val_loss"][h["best_epoch"] - 1] if h["best_epoch"] else float("nan")
+    print(f"{result.epochs_run} epoch(s) ({how}) in {result.elapsed_s:.1f} s; best validation MSE {best:.4g} at "
+          f"epoch {h['best_epoch']}; wrote {path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .bundle import load_bundle
+    from .metrics import evaluate, plot_predicted_vs_true
+
+    bundle = load_bundle(args.bundle)
+    snr = None if args.snr is None else parse_snr(args.snr)
+    report = evaluate(bundle, n=args.n, snr=snr, seed=args.seed, n_crlb=args.n_crlb, device=args.device)
+    print(report.format_table())
+    if args.csv:
+        print(f"wrote {report.to_csv(args.csv)}")
+    if args.plot:
+        print(f"wrote {plot_predicted_vs_true(report, args.plot)}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a network on synthetic signals and save a model bundle (.pt)")
+    p.add_argument("--model", default="rverdict", help="verdict or rverdict (default: %(default)s)")
+    p.add_argument("--net", default="mlp", choices=NETS, help="network (default: %(default)s)")
+    p.add_argument("--depth", type=_positive_int, default=None,
+                   help="MLP: hidden layers; ResNetReg: Linear layers, 10 per stage + 1 (default: per model)")
+    p.add_argument("--width", type=_positive_int, default=None, help="units per layer (default: per model)")
+    add_protocol_option(p)
+    p.add_argument("--n", type=_positive_int, default=100_000, help="synthetic signals, split 80/20 (default: %(default)s)")
+    p.add_argument("--snr", default="35", help="SNR, or LOW-HIGH drawn per sample (default: %(default)s)")
+    p.add_argument("--range", action="append", metavar="NAME=LOW,HIGH", help="override a training range")
+    p.add_argument("--sampler", default="dirichlet", choices=("dirichlet", "tissue"), help="fraction sampler")
+    p.add_argument("--epochs", type=_positive_int, default=100)
+    p.add_argument("--batch", type=_positive_int, default=100, help="mini-batch size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--patience", type=int, default=20, help="early-stopping patience in epochs, 0 = off")
+    p.add_argument("--scheduler", action="store_true", help="halve the learning rate on validation plateaus")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="output model bundle (.pt)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy of a model bundle on fresh synthetic data, with √CRLB")
+    p.add_argument("bundle", help="a model bundle (.pt) written by 'rverdict train'")
+    p.add_argument("--n", type=_positive_int, default=10_000, help="fresh synthetic signals (default: %(default)s)")
+    p.add_argument("--snr", default=None, help="SNR or LOW-HIGH (default: the bundle's training SNR)")
+    p.add_argument("--n-crlb", type=int, default=1000, help="signals for the median √CRLB (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--csv", default=None, help="also write the table as CSV")
+    p.add_argument("--plot", default=None, help="also write predicted-vs-true scatter plots (PNG)")
+    p.set_defaults(func=cmd_evaluate)

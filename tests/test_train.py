@@ -1,0 +1,168 @@
+"""The training engine: loss falls, reproducibility, stop event, early stopping with restore, bad inputs."""
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import napari_rverdict.train as train_mod
+from napari_rverdict.synth import simulate
+from napari_rverdict.train import TrainConfig, batch_bounds, iter_training, resolve_device, train
+
+SMALL = {"mlp": {}, "resnetreg": {"depth": 11, "width": 32}, "resnetreg-st": {"depth": 11, "width": 32}}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return simulate("rverdict", n=2000, seed=1)
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("net", ["mlp", "resnetreg", "resnetreg-st"])
+def test_each_network_learns(data, net):
+    res = train(data, TrainConfig(net=net, epochs=4, **SMALL[net]))
+    h = res.history
+    assert len(h["train_loss"]) == len(h["val_loss"]) == len(h["lr"]) == 4 == res.epochs_run
+    assert h["train_loss"][-1] < 0.7 * h["train_loss"][0]
+    assert min(h["val_loss"][1:]) < h["val_loss"][0]
+    assert not res.stopped and res.n_steps == 4 * 16
+    b = res.bundle
+    assert b.net_name == net and b.target_names == data.model.estimated_names
+    assert "S0" not in b.target_names  # rVERDICT's S0 is a nuisance, not a target
+    assert not b.network.training and next(b.network.parameters()).device.type == "cpu"
+    assert all(v.device.type == "cpu" for v in res.last_state_dict.values())
+    # the bundle holds the best epoch's weights
+    assert h["best_epoch"] == int(np.argmin(h["val_loss"])) + 1
+
+
+def test_same_seed_same_weights(data):
+    cfg = TrainConfig(epochs=2, seed=3)
+    a = train(data, cfg).bundle.network.state_dict()
+    b = train(data, cfg).bundle.network.state_dict()
+    c = train(data, dataclasses.replace(cfg, seed=4)).bundle.network.state_dict()
+    assert _same(a, b)
+    assert not _same(a, c)
+
+
+def test_global_rng_untouched(data):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train(data, TrainConfig(epochs=1))
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("k", [1, 7])
+def test_stop_event_within_one_batch(data, k):
+    stop = threading.Event()
+    seen = []
+
+    def cb(rec):
+        seen.append(rec)
+        if rec.kind == "batch" and rec.epoch == 2 and rec.batch == k:
+            stop.set()
+
+    res = train(data, TrainConfig(epochs=50, report_every=1), stop_event=stop, callback=cb)
+    assert res.stopped
+    assert res.n_steps == 16 + k  # one full epoch of 16 batches, then exactly k
+    assert res.epochs_run == 2 and res.history["partial_last_epoch"]
+    assert len(res.history["val_loss"]) == 2  # the interrupted epoch is validated too
+    assert seen[-1].kind == "done" and seen[-1].result is res
+    best = res.history["best_epoch"]
+    assert best in (1, 2)
+    if best == 2:
+        assert _same(res.bundle.network.state_dict(), res.last_state_dict)
+
+
+def test_stop_before_start_returns_initial_weights(data):
+    stop = threading.Event()
+    stop.set()
+    res = train(data, TrainConfig(epochs=5), stop_event=stop)
+    assert res.stopped and res.n_steps == 0 and res.epochs_run == 0
+    assert res.history["val_loss"] == [] and res.bundle is not None
+
+
+def test_early_stopping_restores_best(data, monkeypatch):
+    losses = iter([0.5, 0.3, 0.4, 0.45, 0.6, 0.7, 0.8])
+    states = []
+    real = train_mod._evaluate_loss
+
+    def fake(net, x, y):
+        real(net, x, y)
+        states.append({k: v.clone() for k, v in net.state_dict().items()})
+        return next(losses)
+
+    monkeypatch.setattr(train_mod, "_evaluate_loss", fake)
+    res = train(data, TrainConfig(epochs=20, patience=2))
+    assert res.epochs_run == 4 and res.history["best_epoch"] == 2 and not res.stopped
+    assert _same(res.bundle.network.state_dict(), states[1])
+    assert _same(res.last_state_dict, states[3])
+    assert not _same(states[1], states[3])
+
+
+def test_progress_records(data):
+    recs = list(iter_training(data, TrainConfig(epochs=2, report_every=5)))
+    kinds = [r.kind for r in recs]
+    assert kinds == ["batch"] * 3 + ["epoch"] + ["batch"] * 3 + ["epoch", "done"]
+    assert [r.batch for r in recs if r.kind == "batch"][:3] == [5, 10, 15]
+    ep = recs[3]
+    assert ep.n_epochs == 2 and ep.n_batches == 16 and ep.val_loss > 0 and ep.best_epoch == 1 and ep.lr == 1e-3
+    assert ep.eta_s is not None and ep.eta_s >= 0 and ep.elapsed_s > 0
+    assert recs[-1].result.epochs_run == 2
+
+
+def test_scheduler_and_verdict(data):
+    vd = simulate("verdict", n=1000, seed=2)
+    res = train(vd, TrainConfig(net="resnetreg", depth=11, width=8, epochs=2, scheduler=True, weight_decay=1e-5))
+    assert res.bundle.target_names == ("f_ic", "f_vasc", "R") and res.bundle.width == 8
+
+
+def test_bad_inputs(data):
+    with pytest.raises(ValueError, match="unknown network"):
+        train(data, TrainConfig(net="cnn", epochs=1))
+    with pytest.raises(ValueError, match="batch_size"):
+        train(data, TrainConfig(batch_size=1))
+    with pytest.raises(ValueError, match="lr"):
+        train(data, TrainConfig(lr=-1.0))
+    empty = dataclasses.replace(data, signals=data.signals[:0], train_index=data.train_index[:0],
+                                val_index=data.val_index[:0], params={k: v[:0] for k, v in data.params.items()})
+    with pytest.raises(ValueError, match="empty"):
+        train(empty, TrainConfig(epochs=1))
+    bad = data.signals.copy()
+    bad[5, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        train(dataclasses.replace(data, signals=bad), TrainConfig(epochs=1))
+
+
+def test_batch_bounds():
+    assert batch_bounds(250, 100) == [(0, 100), (100, 200), (200, 250)]
+    assert batch_bounds(201, 100) == [(0, 100), (100, 201)]  # no BatchNorm batch of one
+    assert batch_bounds(50, 100) == [(0, 50)]
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    auto = resolve_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else auto.type)
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_train_on_cuda(data):
+    res = train(data, TrainConfig(net="resnetreg", depth=11, width=16, epochs=2, device="cuda"))
+    assert res.device.startswith("cuda")
+    assert next(res.bundle.network.parameters()).device.type == "cpu"
+    assert all(v.device.type == "cpu" for v in res.last_state_dict.values())
+    maps = res.bundle.predict_signals(data.signals[:100], device="cuda")
+    cpu = res.bundle.predict_signals(data.signals[:100])
+    for k in maps:
+        np.testing.assert_allclose(maps[k], cpu[k], rtol=1e-3, atol=1e-5)
