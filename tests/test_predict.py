@@ -1,0 +1,144 @@
+"""predict_volume: masked, chunked inference on 4D volumes; DWI / protocol / mask handling shared with NLLS."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_rverdict import predict_volume as lazy_predict_volume
+from napari_rverdict.io import Dwi, save_dwi, save_labels
+from napari_rverdict.phantom import LESION_LABELS, NORMAL_LABELS, make_phantom
+from napari_rverdict.physics.protocol import Protocol
+from napari_rverdict.predict import default_mask, predict_volume, prepare_voxels
+from napari_rverdict.synth import simulate
+from napari_rverdict.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    data = simulate("rverdict", n=20000, snr=35, seed=1)
+    return train(data, TrainConfig(epochs=5, seed=1, device="cpu")).bundle
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom((24, 24, 3), snr=35, seed=3)
+
+
+def test_lazy_export():
+    assert lazy_predict_volume is predict_volume
+
+
+def test_maps_shape_mask_and_lesion_contrast(bundle, phantom):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the 20-volume INNOVATE matches the bundle after averaging: no warning
+        maps = predict_volume(bundle, phantom.to_dwi(), mask=phantom.mask)
+    assert list(maps) == list(bundle.map_names)
+    for name, m in maps.items():
+        assert m.shape == phantom.shape and m.dtype == np.float32, name
+        assert np.all(m[~phantom.mask] == 0), name
+        assert np.all(np.isfinite(m)), name
+    assert np.all(maps["f_ic"][phantom.mask] > 0)
+    lesion = np.isin(phantom.labels, LESION_LABELS)
+    normal = np.isin(phantom.labels, NORMAL_LABELS)
+    assert maps["f_ic"][lesion].mean() > maps["f_ic"][normal].mean() + 0.15
+    assert maps["cellularity"][lesion].mean() > maps["cellularity"][normal].mean()
+    frac = maps["f_ic"] + maps["f_ees"] + maps["f_vasc"]
+    np.testing.assert_allclose(frac[phantom.mask], 1.0, atol=1e-5)
+
+
+def test_chunks_progress_and_direction_averaging_agree(bundle, phantom):
+    calls = []
+    a = predict_volume(bundle, phantom.to_dwi(), mask=phantom.mask, chunk=97,
+                       progress=lambda d, t: calls.append((d, t)))
+    n = int(phantom.mask.sum())
+    assert calls[0] == (0, n) and calls[-1] == (n, n)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len(calls) == 1 + -(-n // 97)
+    # the same volume averaged beforehand, as an array with the bundle's (10-measurement) protocol implied
+    avg = phantom.to_dwi().direction_averaged()
+    b = predict_volume(bundle, avg.data, mask=phantom.mask)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # the bundle's measurements in another order: matched by settings, reordered, and said so
+    perm = np.r_[5:10, 0:5]
+    shuffled = avg.protocol.subset(perm)
+    with pytest.warns(UserWarning, match="different order"):
+        c = predict_volume(bundle, avg.data[..., perm], shuffled, mask=phantom.mask)
+    for k in a:
+        np.testing.assert_allclose(a[k], c[k], rtol=1e-5, atol=1e-6)
+
+
+def test_default_mask_is_otsu_of_b0(bundle, phantom):
+    m = default_mask(phantom.to_dwi().b0())
+    assert m.dtype == bool and m.shape == phantom.shape
+    assert (m == phantom.mask).mean() > 0.97  # the gland is bright, the background is noise
+    maps = predict_volume(bundle, phantom.to_dwi())
+    assert np.array_equal(maps["f_ic"] != 0, m)
+    flat = np.full((4, 4, 2), 5.0)
+    assert default_mask(flat).all()
+    flat[0, 0, 0] = np.nan
+    assert not default_mask(flat)[0, 0, 0]
+    with pytest.raises(ValueError, match="3D"):
+        default_mask(np.ones((4, 4)))
+
+
+def test_bad_voxels_left_out_with_one_warning(bundle, phantom):
+    data = phantom.dwi.copy()
+    idx = np.argwhere(phantom.mask)[:3]
+    data[tuple(idx[0])][0] = np.nan
+    data[tuple(idx[1])][0] = 0.0  # non-positive b = 0
+    data[tuple(idx[2])][7] = np.inf
+    with pytest.warns(UserWarning, match="3 of .* NaN or a non-positive b = 0") as rec:
+        maps = predict_volume(bundle, data, Protocol.innovate(direction_averaged=False), mask=phantom.mask)
+    assert sum("non-positive" in str(w.message) for w in rec) == 1
+    for i in idx:
+        assert maps["f_ic"][tuple(i)] == 0
+    assert (maps["f_ic"][phantom.mask] > 0).sum() == phantom.mask.sum() - 3
+
+
+def test_clear_errors(bundle, phantom, tmp_path):
+    with pytest.raises(ValueError, match="mask is empty"):
+        predict_volume(bundle, phantom.to_dwi(), mask=np.zeros(phantom.shape, bool))
+    with pytest.raises(ValueError, match="4D"):
+        predict_volume(bundle, phantom.dwi[..., 0], Protocol.innovate())
+    with pytest.raises(ValueError, match="13 volumes.*needs its protocol"):
+        predict_volume(bundle, phantom.dwi[..., :13])
+    with pytest.raises(ValueError, match="13 volumes but its protocol"):
+        predict_volume(bundle, phantom.dwi[..., :13], "innovate-20")
+    with pytest.raises(ValueError, match="mask has shape"):
+        predict_volume(bundle, phantom.to_dwi(), mask=np.ones((3, 3, 3), bool))
+    with pytest.raises(ValueError, match="chunk"):
+        predict_volume(bundle, phantom.to_dwi(), chunk=0)
+    # a mask file on another grid
+    path = save_dwi(phantom.dwi, phantom.affine, tmp_path / "dwi.nii.gz", phantom.protocol)[0]
+    shifted = phantom.affine.copy()
+    shifted[0, 3] += 2.0
+    save_labels(phantom.mask, tmp_path / "mask.nii.gz", shifted)
+    with pytest.raises(ValueError, match="different grid"):
+        predict_volume(bundle, path, mask=tmp_path / "mask.nii.gz")
+
+
+def test_files_in_and_bundle_path(bundle, phantom, tmp_path):
+    path = save_dwi(phantom.dwi, phantom.affine, tmp_path / "dwi.nii.gz", phantom.protocol)[0]
+    save_labels(phantom.mask, tmp_path / "mask.nii.gz", phantom.affine)
+    bpath = bundle.save(tmp_path / "m.pt")
+    a = predict_volume(bpath, path, mask=tmp_path / "mask.nii.gz")
+    b = predict_volume(bundle, phantom.to_dwi(), mask=phantom.mask)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_prepare_voxels_without_reference_averages_directions(phantom):
+    vox = prepare_voxels(phantom.to_dwi(), mask=phantom.mask)
+    assert vox.signals.shape == (phantom.mask.sum(), 10) and len(vox.protocol) == 10
+    assert len(vox.protocol.shells()) == 10
+    flat = phantom.dwi.reshape(-1, 20)[vox.index]
+    np.testing.assert_allclose(vox.signals[:, 1], flat[:, 1:4].mean(1), rtol=1e-5)
+    assert isinstance(Dwi.from_array(phantom.dwi, None, phantom.protocol), Dwi)
+
+
+def test_uncertainty_without_support_is_a_clear_error(bundle, phantom):
+    if getattr(bundle, "has_uncertainty", False):
+        pytest.skip("this bundle gives uncertainty")
+    with pytest.raises(ValueError, match="uncertainty"):
+        predict_volume(bundle, phantom.to_dwi(), mask=phantom.mask, uncertainty=True)
