@@ -28,7 +28,8 @@ def _positive_int(text: str) -> int:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from .synth import simulate
+    from .physics.models import get_model
+    from .synth import FRACTION_SAMPLERS, resolve_ranges, simulate
     from .train import TrainConfig, iter_training, resolve_device
 
     if not str(args.out).endswith(".pt"):
@@ -38,11 +39,20 @@ def cmd_train(args) -> int:
                          batch_size=args.batch, lr=args.lr, patience=args.patience, device=str(device),
                          seed=args.seed, scheduler=args.scheduler, weight_decay=args.weight_decay)
     config.validate()
+    # Check every input before the (slow) simulation, so a bad one is a single error line.
+    model = get_model(args.model)
     protocol = load_cli_protocol(args)
-    print(f"simulating {args.n:,} {args.model} signals ({len(protocol)} measurements, SNR {args.snr}) …",
+    model.check_protocol(protocol)
+    snr = parse_snr(args.snr)
+    ranges = resolve_ranges(model, parse_ranges(args.range))
+    if args.sampler not in FRACTION_SAMPLERS:
+        raise CliError(f"unknown fraction sampler '{args.sampler}'; choose one of: {', '.join(FRACTION_SAMPLERS)}")
+    if args.n < 10:
+        raise CliError(f"--n must be at least 10 (80/20 train/validation split), got {args.n}")
+    print(f"simulating {args.n:,} {model.name} signals ({len(protocol)} measurements, SNR {args.snr}) …",
           file=sys.stderr)
-    data = simulate(args.model, protocol, n=args.n, snr=parse_snr(args.snr), ranges=parse_ranges(args.range),
-                    fraction_sampler=args.sampler, seed=args.seed)
+    data = simulate(model, protocol, n=args.n, snr=snr, ranges=ranges, fraction_sampler=args.sampler,
+                    seed=args.seed)
 
     stop = threading.Event()
     previous = None
@@ -63,9 +73,9 @@ def cmd_train(args) -> int:
             if rec.kind == "batch":
                 bar.set_postfix_str(f"batch {rec.batch}/{rec.n_batches} loss {rec.train_loss:.4g}")
             elif rec.kind == "epoch":
-                bar.update(1)
                 bar.set_postfix_str(f"train {rec.train_loss:.4g} val {rec.val_loss:.4g} "
-                                    f"best {rec.best_val_loss:.4g}@{rec.best_epoch}")
+                                    f"best {rec.best_val_loss:.4g}@{rec.best_epoch}", refresh=False)
+                bar.update(1)
             else:
                 result = rec.result
     finally:
@@ -100,15 +110,18 @@ def cmd_evaluate(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a network on synthetic signals and save a model bundle (.pt)")
     p.add_argument("--model", default="rverdict", help="verdict or rverdict (default: %(default)s)")
-    p.add_argument("--net", default="mlp", choices=NETS, help="network (default: %(default)s)")
+    # Choices are checked by TrainConfig.validate / simulate, so a bad value is one clear error line (exit 2).
+    p.add_argument("--net", default="mlp", help=f"network: {', '.join(NETS)} (default: %(default)s)")
     p.add_argument("--depth", type=_positive_int, default=None,
                    help="MLP: hidden layers; ResNetReg: Linear layers, 10 per stage + 1 (default: per model)")
     p.add_argument("--width", type=_positive_int, default=None, help="units per layer (default: per model)")
     add_protocol_option(p)
     p.add_argument("--n", type=_positive_int, default=100_000, help="synthetic signals, split 80/20 (default: %(default)s)")
     p.add_argument("--snr", default="35", help="SNR, or LOW-HIGH drawn per sample (default: %(default)s)")
-    p.add_argument("--range", action="append", metavar="NAME=LOW,HIGH", help="override a training range")
-    p.add_argument("--sampler", default="dirichlet", choices=("dirichlet", "tissue"), help="fraction sampler")
+    p.add_argument("--range", "--ranges", dest="range", action="append", metavar="NAME=LOW,HIGH",
+                   help="override a training range (repeatable)")
+    p.add_argument("--sampler", "--fraction-sampler", dest="sampler", default="dirichlet",
+                   help="fraction sampler: dirichlet or tissue (default: %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=100)
     p.add_argument("--batch", type=_positive_int, default=100, help="mini-batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
