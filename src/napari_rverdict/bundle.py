@@ -7,7 +7,8 @@ A bundle file is ``torch.save`` of a dict of plain Python types plus the network
 so it loads with ``torch.load(weights_only=True)`` (no pickled code is executed). ``meta`` holds the signal model
 name, the protocol (``Protocol.to_dict()``), the training ranges, SNR setting, fraction sampler, network name and
 hyperparameters, the normalisation, seed, training history and configuration, package and torch versions, target
-names and creation time.
+names and creation time; for a network trained with uncertainty also ``"uncertainty": true`` and ``"sd_scale"``
+(one recalibration factor per map, see :mod:`napari_rverdict.uncertainty`).
 """
 
 from __future__ import annotations
@@ -66,11 +67,13 @@ class Bundle:
     model : the SignalModel (``get_model(model_name)``).  protocol : the Protocol the network was trained on.
     ranges : {name: (low, high)} training ranges (targets are scaled with them).  target_names : estimated params.
     snr, fraction_sampler, net_name, depth, width, seed, history, train_config, created, versions : provenance.
+    uncertainty : the network has 2k outputs (means, then log-variances in scaled units; see
+        :mod:`napari_rverdict.uncertainty`).  sd_scale : {map: factor} recalibrating the predicted sd.
     """
 
     def __init__(self, network: nn.Module, model_name, protocol, ranges, snr=35.0, fraction_sampler="dirichlet",
                  net_name="mlp", depth=None, width=None, seed=None, history=None, train_config=None,
-                 target_names=None, created=None, versions=None, extra=None):
+                 target_names=None, created=None, versions=None, extra=None, uncertainty=False, sd_scale=None):
         from . import __version__
 
         self.model = get_model(model_name)
@@ -93,11 +96,18 @@ class Bundle:
         self.extra = extra or {}
         self.network = network.to("cpu").eval()
         self.normalisation = normalisation_description(self.model)
+        self.uncertainty = bool(uncertainty)
+        self.sd_scale = {str(k): float(v) for k, v in (sd_scale or {}).items()}
 
     # ------------------------------------------------------------------ info
     @property
     def map_names(self) -> tuple[str, ...]:
         return self.model.map_names
+
+    @property
+    def has_uncertainty(self) -> bool:
+        """True when the network predicts a variance per target (``predict_signals(..., uncertainty=True)``)."""
+        return self.uncertainty
 
     @property
     def n_inputs(self) -> int:
@@ -136,7 +146,8 @@ class Bundle:
             "target_names": list(self.target_names), "normalisation": self.normalisation,
             "target_scaling": "min-max with ranges: (value - low) / (high - low)", "seed": self.seed,
             "history": self.history, "train_config": self.train_config, "versions": self.versions,
-            "created": self.created, "extra": self.extra,
+            "created": self.created, "extra": self.extra, "uncertainty": self.uncertainty,
+            "sd_scale": self.sd_scale,
         })
 
     def save(self, path) -> Path:
@@ -163,8 +174,9 @@ class Bundle:
     @classmethod
     def from_payload(cls, payload: dict, source: str = "bundle") -> Bundle:
         meta = payload["meta"]
-        net = build_network(meta["net"], meta["n_inputs"], len(meta["target_names"]), meta["depth"],
-                            meta["width"], model_name=meta["model"])
+        n_out = len(meta["target_names"]) * (2 if meta.get("uncertainty") else 1)
+        net = build_network(meta["net"], meta["n_inputs"], n_out, meta["depth"], meta["width"],
+                            model_name=meta["model"])
         try:
             net.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
@@ -174,7 +186,8 @@ class Bundle:
         return cls(net, meta["model"], Protocol.from_dict(meta["protocol"]), meta["ranges"],
                    tuple(snr) if isinstance(snr, list) else snr, meta["fraction_sampler"], meta["net"],
                    meta["depth"], meta["width"], meta.get("seed"), meta.get("history"), meta.get("train_config"),
-                   meta["target_names"], meta.get("created"), meta.get("versions"), meta.get("extra"))
+                   meta["target_names"], meta.get("created"), meta.get("versions"), meta.get("extra"),
+                   bool(meta.get("uncertainty", False)), meta.get("sd_scale"))
 
     # ------------------------------------------------------------------ prediction
     def _check_signals(self, signals, n_expected: int) -> np.ndarray:
@@ -202,16 +215,77 @@ class Bundle:
         net = self.network if dev.type == "cpu" else copy.deepcopy(self.network).to(dev)
         return dev, net.eval()
 
-    def _run_network(self, x: np.ndarray, dev, net, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    def _check_uncertainty(self) -> None:
+        if not self.uncertainty:
+            raise ValueError("this model was trained without uncertainty; train it with uncertainty "
+                             "(TrainConfig(uncertainty=True) or 'rverdict train --uncertainty') to get sd maps")
+
+    def _run_network(self, x: np.ndarray, dev, net, chunk: int = DEFAULT_CHUNK, return_sd: bool = False,
+                     raw_sd: bool = False):
+        """Estimates in physical units (n, k), clipped to the training ranges.
+
+        ``return_sd``: also the sd (n, k) in physical units, recalibrated with ``sd_scale`` unless ``raw_sd``;
+        then returns (est, sd, mean_scaled, sd_scaled) with the scaled-unit (clipped) means and sds as well.
+        """
         from .train import unscale_targets
 
-        out = np.empty((x.shape[0], len(self.target_names)), dtype=np.float32)
+        k = len(self.target_names)
+        if return_sd:
+            self._check_uncertainty()
+        out = np.empty((x.shape[0], k), dtype=np.float32)
+        sd = np.empty((x.shape[0], k), dtype=np.float32) if return_sd else None
         with torch.inference_mode():
             for s in range(0, x.shape[0], chunk):
                 xb = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)).to(dev)
-                out[s:s + chunk] = net(xb).float().cpu().numpy()
+                o = net(xb).float()
+                out[s:s + chunk] = o[:, :k].cpu().numpy()
+                if return_sd:
+                    from .uncertainty import split_output
+
+                    sd[s:s + chunk] = torch.exp(0.5 * split_output(o, k)[1]).cpu().numpy()
         np.clip(out, 0.0, 1.0, out=out)
-        return unscale_targets(out, self.target_names, self.ranges)
+        est = unscale_targets(out, self.target_names, self.ranges)
+        if not return_sd:
+            return est
+        if not raw_sd:
+            sd *= np.array([self.sd_scale.get(n, 1.0) for n in self.target_names], dtype=np.float32)
+        width = np.array([self.ranges[n][1] - self.ranges[n][0] for n in self.target_names])
+        return est, sd * width, out, sd
+
+    def _maps_from_normalised(self, x: np.ndarray, dev, net, chunk: int, uncertainty: bool, return_all: bool,
+                              seed: int = 0) -> dict[str, np.ndarray]:
+        if not uncertainty:
+            est = self._run_network(x, dev, net, chunk)
+        else:
+            est, sd, mean_s, sd_s = self._run_network(x, dev, net, chunk, return_sd=True)
+        params = {k: est[:, i] for i, k in enumerate(self.target_names)}
+        if return_all:
+            maps = self.model.derived_maps(params)
+            out = {k: np.asarray(maps[k], dtype=np.float32) for k in self.map_names}
+        else:
+            out = {k: v.astype(np.float32) for k, v in params.items()}
+        if uncertainty:
+            sds = {k: sd[:, i] for i, k in enumerate(self.target_names)}
+            if return_all:
+                from .uncertainty import derived_sd
+
+                for k, v in derived_sd(self.model, mean_s, sd_s, self.target_names, self.ranges, seed=seed).items():
+                    sds[k] = v * self.sd_scale.get(k, 1.0)
+            for k in list(out):
+                out[f"{k}_sd"] = np.asarray(sds[k], dtype=np.float32)
+        return out
+
+    def predict_normalised(self, signals, *, device="cpu", chunk: int = DEFAULT_CHUNK, uncertainty: bool = False,
+                           return_all: bool = True) -> dict[str, np.ndarray]:
+        """Like :meth:`predict_signals` for signals already normalised as the network sees them (e.g.
+        ``synth.simulate(...).signals``)."""
+        if uncertainty:
+            self._check_uncertainty()
+        x = self._check_signals(signals, len(self.protocol))
+        dev, net = self._device_network(device)
+        parts = [self._maps_from_normalised(x[s:s + chunk], dev, net, int(chunk), uncertainty, return_all, seed=s)
+                 for s in range(0, x.shape[0], int(chunk))]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _predict_normalised(self, x: np.ndarray, device="cpu", chunk: int = DEFAULT_CHUNK) -> np.ndarray:
         """Network estimates in physical units (n, k) for already-normalised signals, clipped to the training
@@ -220,7 +294,7 @@ class Bundle:
         return self._run_network(x, dev, net, chunk)
 
     def predict_signals(self, signals, *, protocol: Protocol | None = None, device="cpu", chunk: int = DEFAULT_CHUNK,
-                        return_all: bool = True) -> dict[str, np.ndarray]:
+                        return_all: bool = True, uncertainty: bool = False) -> dict[str, np.ndarray]:
         """Maps from RAW signals.
 
         Parameters
@@ -232,6 +306,9 @@ class Bundle:
         device : "cpu", "cuda[:i]", "mps" or "auto".  chunk : voxels per network call (bounds memory).
         return_all : True: every map (``model.map_names`` order: estimated parameters, the dependent fraction,
             cellularity). False: only the network's estimated parameters.
+        uncertainty : also return ``<name>_sd`` (same units) for every returned map: the network's recalibrated
+            predicted sd for estimated parameters, a Monte-Carlo propagation (recalibrated) for derived maps.
+            Raises ValueError for a bundle trained without uncertainty.
 
         Returns {name: float32 (n,)} in physical units (fractions, µm, ms, µm²/ms, µm⁻³). Each row is normalised
         with the model's own normalisation, so any per-voxel scale of the input is irrelevant. The network's
@@ -239,6 +316,8 @@ class Bundle:
         """
         if int(chunk) != chunk or chunk < 1:
             raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+        if uncertainty:
+            self._check_uncertainty()
         if protocol is not None:
             if not isinstance(protocol, Protocol):
                 raise ValueError(f"protocol must be a Protocol, got {type(protocol).__name__}")
@@ -249,17 +328,16 @@ class Bundle:
         else:
             s = self._check_signals(signals, len(self.protocol))
         n = s.shape[0]
-        est = np.empty((n, len(self.target_names)), dtype=np.float64)
         dev, net = self._device_network(device)
+        parts = []
         for start in range(0, n, int(chunk)):
             raw = np.asarray(s[start:start + chunk], dtype=np.float64)
             norm = self.model.normalise(raw, self.protocol)
-            est[start:start + chunk] = self._run_network(norm, dev, net, int(chunk))
-        params = {k: est[:, i] for i, k in enumerate(self.target_names)}
-        if not return_all:
-            return {k: v.astype(np.float32) for k, v in params.items()}
-        maps = self.model.derived_maps(params)
-        return {k: np.asarray(maps[k], dtype=np.float32) for k in self.map_names}
+            parts.append(self._maps_from_normalised(norm, dev, net, int(chunk), uncertainty, return_all,
+                                                    seed=start))
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def load_bundle(path) -> Bundle:

@@ -40,6 +40,10 @@ class TrainConfig:
     scheduler : halve the learning rate when the validation loss plateaus (ReduceLROnPlateau,
         patience max(1, patience // 4)).
     weight_decay : Adam L2 weight decay.
+    uncertainty : the network also predicts a variance per target (2k outputs), trained with the β-NLL
+        (β = ``uncertainty_beta``, Seitzer et al. 2022), then one sd factor per map is recalibrated on the
+        validation set (see :mod:`napari_rverdict.uncertainty`). Losses reported and early stopping stay the MSE
+        of the means; the validation Gaussian NLL is added to the history as ``val_nll``.
     """
 
     net: str = "mlp"
@@ -54,6 +58,8 @@ class TrainConfig:
     report_every: int = 50
     scheduler: bool = False
     weight_decay: float = 0.0
+    uncertainty: bool = False
+    uncertainty_beta: float = 0.5
 
     def validate(self) -> None:
         from .nets import available_networks
@@ -72,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"report_every must be a positive integer, got {self.report_every!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.uncertainty, (bool, np.bool_)):
+            raise ValueError(f"uncertainty must be True or False, got {self.uncertainty!r}")
+        if not (np.isfinite(self.uncertainty_beta) and 0.0 <= self.uncertainty_beta <= 1.0):
+            raise ValueError(f"uncertainty_beta must be in [0, 1], got {self.uncertainty_beta!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -220,10 +230,25 @@ def _evaluate_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     with torch.inference_mode():
         for s in range(0, x.shape[0], VAL_CHUNK):
-            d = net(x[s:s + VAL_CHUNK]) - y[s:s + VAL_CHUNK]
+            d = net(x[s:s + VAL_CHUNK])[:, :y.shape[1]] - y[s:s + VAL_CHUNK]  # uncertainty nets: the means
             total += (d.double() ** 2).sum()
     net.train(was_training)
     return float(total) / y.numel()
+
+
+def _evaluate_nll(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean Gaussian NLL per target of an uncertainty network (no ½ log 2π), in eval mode."""
+    from .uncertainty import gaussian_nll_value
+
+    was_training = net.training
+    net.eval()
+    total = 0.0
+    with torch.inference_mode():
+        for s in range(0, x.shape[0], VAL_CHUNK):
+            yb = y[s:s + VAL_CHUNK]
+            total += gaussian_nll_value(net(x[s:s + VAL_CHUNK]), yb) * yb.shape[0]
+    net.train(was_training)
+    return total / y.shape[0]
 
 
 def _state_to_cpu(net: nn.Module) -> dict:
@@ -277,7 +302,8 @@ def iter_training(data, config: TrainConfig | None = None,
     width = w0 if width is None else int(width)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(config.seed))
-        net = build_network(config.net, x_tr.shape[1], len(names), depth, width, model_name=model.name)
+        n_out = len(names) * (2 if config.uncertainty else 1)
+        net = build_network(config.net, x_tr.shape[1], n_out, depth, width, model_name=model.name)
     net.to(device)
     net.train()
     gen = torch.Generator(device=device)
@@ -289,6 +315,11 @@ def iter_training(data, config: TrainConfig | None = None,
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5,
                                                            patience=max(1, int(config.patience or 4) // 4))
     loss_fn = nn.MSELoss()
+    if config.uncertainty:
+        from .uncertainty import beta_nll_loss
+
+        beta = float(config.uncertainty_beta)
+        loss_fn = lambda out, y: beta_nll_loss(out, y, beta)  # noqa: E731
     bounds = batch_bounds(n_train, int(config.batch_size))
     n_batches = len(bounds)
     n_epochs = int(config.epochs)
@@ -329,12 +360,16 @@ def iter_training(data, config: TrainConfig | None = None,
                 break
             xb, yb = xp[s:e], yp[s:e]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xb), yb)
+            out = net(xb)
+            loss = loss_fn(out, yb)
             loss.backward()
             opt.step()
             n_steps += 1
             done = bi + 1
-            lb = loss.detach() * (e - s)
+            if config.uncertainty:  # report the means' MSE, as without uncertainty
+                lb = ((out.detach()[:, :yb.shape[1]] - yb) ** 2).mean() * (e - s)
+            else:
+                lb = loss.detach() * (e - s)
             running += lb
             epoch_sum += lb
             running_n += e - s
@@ -350,6 +385,8 @@ def iter_training(data, config: TrainConfig | None = None,
         n_seen = bounds[done - 1][1]
         train_loss = float(epoch_sum) / n_seen
         val_loss = _evaluate_loss(net, x_va, y_va)
+        if config.uncertainty:
+            history.setdefault("val_nll", []).append(_evaluate_nll(net, x_va, y_va))
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
         history["lr"].append(lr_now())
@@ -392,7 +429,15 @@ def iter_training(data, config: TrainConfig | None = None,
         width=width, seed=config.seed, history=copy.deepcopy(history), train_config=cfg,
         extra={"n_train": int(n_train), "n_val": int(len(data.val_index)), "data_seed": data.seed,
                "device": str(device), "elapsed_s": elapsed, "stopped": stopped},
+        uncertainty=bool(config.uncertainty),
     )
+    if config.uncertainty:  # one sd factor per map from the validation set (uncertainty.calibrate_bundle)
+        from .uncertainty import calibrate_bundle
+
+        val_truth = {k: np.asarray(v)[data.val_index] for k, v in data.params.items()}
+        calibrate_bundle(bundle, data.signals[data.val_index], val_truth)
+        bundle.extra["calibration"] = {"method": "minimax coverage at 68.27 % and 95.45 % on the validation set",
+                                       "n": int(len(data.val_index))}
     result = TrainResult(bundle, last_state, history, stopped, epochs_run, n_steps, elapsed, str(device))
     yield TrainProgress("done", max(epochs_run, 0), n_epochs, 0, n_batches,
                         history["train_loss"][-1] if history["train_loss"] else None,
