@@ -1,0 +1,177 @@
+"""Small pieces the docks share: a message line, layer pickers, a thread-safe progress relay, a lifetime guard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QSizePolicy, QWidget
+
+ERROR_STYLE = "color: #ff6b6b;"
+OK_STYLE = "color: #8cd17d;"
+INFO_STYLE = ""
+
+
+class Message(QLabel):
+    """A wrapped one-paragraph message: info, ok (green) or error (red)."""
+
+    def __init__(self, text: str = "", parent=None):
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+        self.kind = "info"
+
+    def info(self, text: str) -> None:
+        self.kind = "info"
+        self.setStyleSheet(INFO_STYLE)
+        self.setText(text)
+
+    def ok(self, text: str) -> None:
+        self.kind = "ok"
+        self.setStyleSheet(OK_STYLE)
+        self.setText(text)
+
+    def error(self, text: str) -> None:
+        self.kind = "error"
+        self.setStyleSheet(ERROR_STYLE)
+        self.setText(text)
+
+
+def hint(text: str) -> QLabel:
+    """A grey explanatory line at the top of a dock."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: #9aa0a6; font-size: 11px;")
+    return label
+
+
+def separator() -> QFrame:
+    line = QFrame()
+    line.setFrameShape(QFrame.Shape.HLine)
+    line.setFrameShadow(QFrame.Shadow.Sunken)
+    return line
+
+
+class LayerCombo(QComboBox):
+    """A combo box listing the viewer's layers that pass ``accept`` (kept in sync with the layer list).
+
+    ``none_text`` adds a first entry meaning "no layer". :meth:`layer` returns the chosen layer object.
+    """
+
+    def __init__(self, viewer, accept: Callable, none_text: str | None = None, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.accept = accept
+        self.none_text = none_text
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.connect(self.refresh)
+        self.destroyed.connect(lambda *_: _disconnect(events, self.refresh))
+        self.refresh()
+
+    def refresh(self, *_) -> None:
+        current = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        if self.none_text is not None:
+            self.addItem(self.none_text)
+        for layer in reversed(list(self.viewer.layers)):  # top of the layer list first, as napari shows it
+            try:
+                ok = self.accept(layer)
+            except Exception:  # noqa: BLE001 - a picker must never break on an odd layer
+                ok = False
+            if ok:
+                self.addItem(layer.name)
+        idx = self.findText(current)
+        if idx >= 0:
+            self.setCurrentIndex(idx)
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self):
+        name = self.currentText()
+        if not name or name == self.none_text or name not in self.viewer.layers:
+            return None
+        return self.viewer.layers[name]
+
+    def select(self, name: str) -> None:
+        idx = self.findText(name)
+        if idx >= 0:
+            self.setCurrentIndex(idx)
+
+
+def _disconnect(events, slot) -> None:
+    for ev in (events.inserted, events.removed, events.reordered):
+        try:
+            ev.disconnect(slot)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class Relay(QObject):
+    """Carries values from a worker thread to the GUI thread (Qt queues the signal across threads)."""
+
+    value = Signal(object)
+
+
+class LifetimeGuard(QObject):
+    """Calls ``on_end`` once when ``widget`` leaves its dock or its viewer window closes.
+
+    napari's "close dock" un-parents the widget (no destroy), and closing the viewer closes the main window: both
+    are watched, plus the widget's own destruction.
+    """
+
+    def __init__(self, widget: QWidget, on_end: Callable[[], None]):
+        super().__init__(widget)
+        self._widget = widget
+        self._on_end = on_end
+        self._fired = False
+        self._window = None
+        self._closing = False
+        widget.installEventFilter(self)
+
+    def fire(self) -> None:
+        if not self._fired:
+            self._fired = True
+            self._on_end()
+
+    def _watch_window(self) -> None:
+        try:
+            window = self._widget.window()
+        except RuntimeError:
+            return
+        if window is not self._window and window is not self._widget:
+            if self._window is not None:
+                try:
+                    self._window.removeEventFilter(self)
+                except RuntimeError:
+                    pass
+            self._window = window
+            window.installEventFilter(self)
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+        et = event.type()
+        if obj is self._widget:
+            if et in (QEvent.Type.ParentChange, QEvent.Type.Show):
+                try:
+                    parent = self._widget.parent()
+                except RuntimeError:
+                    parent = None
+                if et == QEvent.Type.ParentChange and parent is None:
+                    self.fire()
+                else:
+                    self._watch_window()
+        elif obj is self._window:
+            if et == QEvent.Type.Close:  # the close may still be refused (confirm dialog): wait for the hide
+                self._closing = True
+                QTimer.singleShot(0, self._reset_closing)
+            elif et == QEvent.Type.Hide and self._closing:
+                self.fire()
+        return False
+
+    def _reset_closing(self) -> None:
+        self._closing = False

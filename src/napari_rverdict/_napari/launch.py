@@ -1,0 +1,58 @@
+"""``napari-rverdict``: napari with the three VERDICT docks (Simulate, Train, Maps) and the phantom loaded."""
+
+from __future__ import annotations
+
+import argparse
+
+PLUGIN = "napari-rverdict"
+DOCKS = ("Simulate", "Train", "Maps")
+
+
+def open_viewer(viewer=None, *, sample: bool = True, show: bool = True):
+    """Add the three docks (tabified on the right, Simulate first) and, with ``sample``, the phantom.
+
+    Returns ``(viewer, {dock name: widget})``. The phantom's lesion labels are pre-selected in the Maps dock.
+    """
+    import napari
+
+    if viewer is None:
+        viewer = napari.Viewer(title="napari-rverdict: VERDICT / rVERDICT maps", show=show)
+    if sample:
+        viewer.open_sample(PLUGIN, "prostate_phantom")
+        if "lesion labels" in viewer.layers:
+            viewer.layers["lesion labels"].contour = 1
+        if "phantom DWI" in viewer.layers:
+            viewer.layers.selection.active = viewer.layers["phantom DWI"]
+    widgets = {}
+    docks = []
+    for name in DOCKS:
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=False)
+        widgets[name] = widget
+        docks.append(dock)
+    qt_window = viewer.window._qt_window  # one tab group: each dock keeps the full height
+    for dock in docks[1:]:
+        qt_window.tabifyDockWidget(docks[0], dock)
+    docks[0].raise_()
+    maps = widgets["Maps"]
+    if sample:
+        maps.labels_combo.select("lesion labels")
+        maps.dwi_combo.select("phantom DWI")
+    return viewer, widgets
+
+
+def main(argv=None) -> None:
+    """Console script: open napari with the docks and the phantom (``--no-sample`` for an empty viewer)."""
+    parser = argparse.ArgumentParser(prog="napari-rverdict", description=__doc__)
+    parser.add_argument("--no-sample", action="store_true", help="do not load the prostate phantom")
+    parser.add_argument("files", nargs="*", help="NIfTI files to open (DWI with its sidecar, labels, maps)")
+    args = parser.parse_args(argv)
+    import napari
+
+    viewer, _ = open_viewer(sample=not args.no_sample)
+    for path in args.files:
+        viewer.open(path, plugin=PLUGIN)
+    napari.run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

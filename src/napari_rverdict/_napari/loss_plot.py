@@ -1,0 +1,185 @@
+"""Small matplotlib canvases embedded in the docks: live loss curves and example signals against b."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QCheckBox, QSizePolicy, QVBoxLayout, QWidget
+
+_DARK_BG = "#262930"  # napari's dark theme
+_FG = "#d6d0ce"
+
+
+def _style(fig: Figure, ax) -> None:
+    fig.patch.set_facecolor(_DARK_BG)
+    ax.set_facecolor(_DARK_BG)
+    for spine in ax.spines.values():
+        spine.set_color(_FG)
+    ax.tick_params(colors=_FG, labelsize=8)
+    ax.xaxis.label.set_color(_FG)
+    ax.yaxis.label.set_color(_FG)
+    ax.title.set_color(_FG)
+
+
+class _Canvas(FigureCanvasQTAgg):
+    def __init__(self, height: float = 2.4):
+        self.figure = Figure(figsize=(4.0, height), dpi=90, layout="constrained")
+        super().__init__(self.figure)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMinimumHeight(int(height * 70))
+
+
+class LossPlot(QWidget):
+    """Train and validation loss against epoch, with a best-epoch marker and a log-scale toggle.
+
+    Train loss arrives with every batch report (x = fractional epoch), validation loss once per epoch, so the
+    curves move during an epoch too. Redraws are coalesced to at most one every 150 ms.
+    """
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.canvas = _Canvas()
+        self.ax = self.canvas.figure.add_subplot(111)
+        _style(self.canvas.figure, self.ax)
+        self.log_scale = QCheckBox("log scale")
+        self.log_scale.setChecked(True)
+        self.log_scale.toggled.connect(self._apply_scale)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        layout.addWidget(self.log_scale)
+        (self._train_line,) = self.ax.plot([], [], color="#5fa8d3", lw=1.2, label="train")
+        (self._val_line,) = self.ax.plot([], [], "o-", color="#f4a259", ms=3, lw=1.2, label="validation")
+        (self._best,) = self.ax.plot([], [], "*", color="#e63946", ms=12, label="best")
+        self._best_vline = self.ax.axvline(np.nan, color="#e63946", lw=0.8, ls="--")
+        self.ax.set_xlabel("epoch")
+        self.ax.set_ylabel("MSE (scaled)")
+        leg = self.ax.legend(fontsize=7, loc="upper right", facecolor=_DARK_BG, edgecolor=_FG)
+        for t in leg.get_texts():
+            t.set_color(_FG)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(150)
+        self._timer.timeout.connect(self._redraw)
+        self.clear()
+        self._apply_scale(True)
+
+    # ------------------------------------------------------------------ data
+    def clear(self) -> None:
+        self.train_x: list[float] = []
+        self.train_y: list[float] = []
+        self.val_x: list[float] = []
+        self.val_y: list[float] = []
+        self.best_epoch: int | None = None
+        self._schedule()
+
+    def add_train(self, epoch: float, loss: float) -> None:
+        if loss is not None and np.isfinite(loss):
+            self.train_x.append(float(epoch))
+            self.train_y.append(float(loss))
+            self._schedule()
+
+    def add_val(self, epoch: float, loss: float) -> None:
+        if loss is not None and np.isfinite(loss):
+            self.val_x.append(float(epoch))
+            self.val_y.append(float(loss))
+            self._schedule()
+
+    def set_best(self, epoch: int | None) -> None:
+        self.best_epoch = epoch
+        self._schedule()
+
+    def set_history(self, history: dict | None) -> None:
+        """Show a finished run's curves (``history`` = {'train_loss': [...], 'val_loss': [...], 'best_epoch': k}).
+
+        Epochs are 1-based; ``best_epoch`` is taken as 1-based too.
+        """
+        self.clear()
+        if not history:
+            return
+        for i, v in enumerate(history.get("train_loss") or [], start=1):
+            self.add_train(i, v)
+        for i, v in enumerate(history.get("val_loss") or [], start=1):
+            self.add_val(i, v)
+        best = history.get("best_epoch")
+        self.set_best(int(best) if best is not None else None)
+
+    # ------------------------------------------------------------------ drawing
+    def _schedule(self) -> None:
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def flush(self) -> None:
+        """Draw now (tests and screenshots)."""
+        self._timer.stop()
+        self._redraw()
+
+    def _apply_scale(self, _=None) -> None:
+        if not any(y > 0 for y in self.train_y + self.val_y):
+            self.ax.set_ylim(1e-3, 1.0)  # log scale needs a positive range even before any data
+        self.ax.set_yscale("log" if self.log_scale.isChecked() else "linear")
+        self._schedule()
+
+    def _redraw(self) -> None:
+        self._train_line.set_data(self.train_x, self.train_y)
+        self._val_line.set_data(self.val_x, self.val_y)
+        if self.best_epoch is not None and self.val_x:
+            xs = np.asarray(self.val_x)
+            hit = np.flatnonzero(np.isclose(xs, self.best_epoch))
+            y = self.val_y[hit[0]] if hit.size else min(self.val_y)
+            self._best.set_data([self.best_epoch], [y])
+            self._best_vline.set_xdata([self.best_epoch, self.best_epoch])
+        else:
+            self._best.set_data([], [])
+            self._best_vline.set_xdata([np.nan, np.nan])
+        ys = [y for y in self.train_y + self.val_y if y > 0]
+        xs = self.train_x + self.val_x
+        if xs and ys:
+            self.ax.set_xlim(0, max(max(xs), 1.0) * 1.02)
+            lo, hi = min(ys), max(ys)
+            if self.log_scale.isChecked():
+                self.ax.set_ylim(lo / 1.3, hi * 1.3)
+            else:
+                pad = 0.05 * (hi - lo or hi or 1.0)
+                self.ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        else:
+            self.ax.set_xlim(0, 1)
+            self.ax.set_ylim(1e-3, 1.0) if self.log_scale.isChecked() else self.ax.set_ylim(0.0, 1.0)
+        self.canvas.draw_idle()
+
+
+class SignalPlot(QWidget):
+    """A few example signals against b (one marker style per series, so each series' b = 0 is visible)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.canvas = _Canvas(height=2.0)
+        self.ax = self.canvas.figure.add_subplot(111)
+        _style(self.canvas.figure, self.ax)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self.ax.set_xlabel("b (s/mm²)")
+        self.ax.set_ylabel("normalised signal")
+        self.canvas.draw_idle()
+
+    def show_signals(self, b, signals, series=None, title: str = "") -> None:
+        """``b`` (n_meas,) s/mm²; ``signals`` (k, n_meas); ``series`` (n_meas,) ints: lines join a series."""
+        self.ax.cla()
+        _style(self.canvas.figure, self.ax)
+        b = np.asarray(b, dtype=float)
+        series = np.zeros(b.size, dtype=int) if series is None else np.asarray(series)
+        colors = ["#5fa8d3", "#f4a259", "#8cb369", "#e63946", "#bc4b51", "#c77dff"]
+        for k, s in enumerate(np.atleast_2d(signals)):
+            c = colors[k % len(colors)]
+            for sid in np.unique(series):
+                idx = np.flatnonzero(series == sid)
+                idx = idx[np.argsort(b[idx])]
+                self.ax.plot(b[idx], s[idx], "o-", color=c, ms=3, lw=0.8, alpha=0.9)
+        self.ax.set_xlabel("b (s/mm²)")
+        self.ax.set_ylabel("normalised signal")
+        if title:
+            self.ax.set_title(title, fontsize=8)
+        self.canvas.draw_idle()

@@ -1,0 +1,341 @@
+"""Dock 1 — Simulate: make noisy synthetic training signals with the same ``simulate`` the CLI calls."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import napari
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor, QBrush
+from qtpy.QtWidgets import (
+    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLineEdit, QProgressBar, QPushButton, QSpinBox,
+    QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from ..cli import CliError, load_cli_protocol, parse_snr
+from ..physics.models import get_model
+from ..physics.protocol import load_protocol
+from ..synth import FRACTION_SAMPLERS, resolve_ranges, simulate
+from ._common import Message, Relay, hint, separator
+from .state import get_state, model_label
+
+MODELS = (("rverdict", "rVERDICT (relaxation-VERDICT, 9 maps)"), ("verdict", "classic VERDICT (5 maps)"))
+SAMPLERS = {"dirichlet": "Dirichlet(1,1,1): uniform on the simplex", "tissue": "tissue: p1 = 1 − f_vasc, p2 = f_ic / p1"}
+INVALID_BG = QColor("#8b1e1e")
+
+
+def dwi_protocol(layer):
+    """The Protocol a DWI layer carries in ``metadata['protocol']`` (a Protocol or its dict), or None."""
+    meta = getattr(layer, "metadata", None) or {}
+    p = meta.get("protocol")
+    if p is None:
+        return None
+    if isinstance(p, dict):
+        from ..physics.protocol import Protocol
+
+        return Protocol.from_dict(p)
+    return p
+
+
+def parse_snr_text(text: str):
+    """'35' → 35.0; '15-60' → (15.0, 60.0). Raises ValueError with a message for the dock."""
+    try:
+        snr = parse_snr(text.strip())
+    except CliError as exc:
+        raise ValueError(str(exc).replace("--snr", "SNR")) from None
+    values = [snr] if np.ndim(snr) == 0 else list(snr)
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"SNR must be positive, got '{text}'")
+    if len(values) == 2 and values[0] >= values[1]:
+        raise ValueError(f"SNR range must be LOW-HIGH with LOW < HIGH, got '{text}'")
+    return snr
+
+
+class SimulateWidget(QWidget):
+    """Model, protocol, training ranges, fraction sampler, SNR, N and seed → ``simulate(...)`` in a worker."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        self.worker = None
+        self._file_protocol = None  # (path, Protocol) chosen with "File…"
+
+        self.model_combo = QComboBox()
+        for key, text in MODELS:
+            self.model_combo.addItem(text, key)
+        self.protocol_combo = QComboBox()
+        self.protocol_file_btn = QPushButton("File…")
+        self.protocol_file_btn.setToolTip("a Camino .scheme or an FSL .bval (with .bvec / .json timings beside it)")
+        self.protocol_info = hint("")
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["parameter", "unit", "low", "high"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.sampler_combo = QComboBox()
+        for key in FRACTION_SAMPLERS:
+            self.sampler_combo.addItem(SAMPLERS.get(key, key), key)
+        self.snr_edit = QLineEdit("35")
+        self.snr_edit.setToolTip("one SNR (e.g. 35) or a range LOW-HIGH drawn per sample (e.g. 15-60); "
+                                 "σ = 1/SNR of the voxel's brightest measurement")
+        self.n_spin = QSpinBox()
+        self.n_spin.setRange(100, 10_000_000)
+        self.n_spin.setSingleStep(10_000)
+        self.n_spin.setValue(100_000)
+        self.n_spin.setGroupSeparatorShown(True)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.generate_btn = QPushButton("Generate")
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.message = Message()
+        from .loss_plot import SignalPlot
+
+        self.plot = SignalPlot()
+
+        form = QFormLayout()
+        form.addRow("model", self.model_combo)
+        row = QHBoxLayout()
+        row.addWidget(self.protocol_combo, 1)
+        row.addWidget(self.protocol_file_btn)
+        form.addRow("protocol", row)
+        form.addRow("", self.protocol_info)
+        layout = QVBoxLayout(self)
+        layout.addWidget(hint("Step 1 of 3. Make noisy synthetic signals with known microstructure to train a "
+                              "network on (synthetic q-space learning). Ranges are the training prior."))
+        layout.addLayout(form)
+        layout.addWidget(self.table)
+        form2 = QFormLayout()
+        form2.addRow("fractions", self.sampler_combo)
+        form2.addRow("SNR", self.snr_edit)
+        form2.addRow("N samples", self.n_spin)
+        form2.addRow("seed", self.seed_spin)
+        layout.addLayout(form2)
+        layout.addWidget(self.generate_btn)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.message)
+        layout.addWidget(separator())
+        layout.addWidget(self.plot)
+
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.protocol_combo.currentIndexChanged.connect(self._validate)
+        self.protocol_file_btn.clicked.connect(self._choose_protocol_file)
+        self.table.itemChanged.connect(self._validate)
+        self.snr_edit.textChanged.connect(self._validate)
+        self.sampler_combo.currentIndexChanged.connect(self._validate)
+        self.generate_btn.clicked.connect(self.generate)
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            ev.connect(self._refresh_protocols)
+        self._refresh_protocols()
+        self._model_changed()
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def model_name(self) -> str:
+        return self.model_combo.currentData()
+
+    def _model_changed(self, *_) -> None:
+        model = get_model(self.model_name)
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(model.parameters))
+        for r, p in enumerate(model.parameters):
+            name = QTableWidgetItem(p.name)
+            name.setFlags(Qt.ItemFlag.ItemIsEnabled)
+            name.setToolTip(p.description + (" (nuisance: not estimated)" if p.nuisance else ""))
+            unit = QTableWidgetItem(p.unit or "–")
+            unit.setFlags(Qt.ItemFlag.ItemIsEnabled)
+            self.table.setItem(r, 0, name)
+            self.table.setItem(r, 1, unit)
+            self.table.setItem(r, 2, QTableWidgetItem(f"{p.low:g}"))
+            self.table.setItem(r, 3, QTableWidgetItem(f"{p.high:g}"))
+        self.table.blockSignals(False)
+        self.table.setMinimumHeight(self.table.verticalHeader().length() + self.table.horizontalHeader().height() + 6)
+        self._validate()
+
+    def set_range(self, name: str, low, high) -> None:
+        """Type ``low`` and ``high`` into the row of parameter ``name`` (as a user would)."""
+        for r in range(self.table.rowCount()):
+            if self.table.item(r, 0).text() == name:
+                self.table.item(r, 2).setText(str(low))
+                self.table.item(r, 3).setText(str(high))
+                return
+        raise KeyError(name)
+
+    def _refresh_protocols(self, *_) -> None:
+        current = self.protocol_combo.currentData()
+        self.protocol_combo.blockSignals(True)
+        self.protocol_combo.clear()
+        self.protocol_combo.addItem("INNOVATE preset (10 direction-averaged)", ("preset", "innovate"))
+        for layer in reversed(list(self.viewer.layers)):
+            if isinstance(layer, napari.layers.Image) and dwi_protocol(layer) is not None:
+                self.protocol_combo.addItem(f"from layer '{layer.name}'", ("layer", layer.name))
+        if self._file_protocol is not None:
+            self.protocol_combo.addItem(f"file {self._file_protocol[0]}", ("file", self._file_protocol[0]))
+        idx = self.protocol_combo.findData(current) if current is not None else -1
+        self.protocol_combo.setCurrentIndex(max(idx, 0))
+        self.protocol_combo.blockSignals(False)
+        self._validate()
+
+    def _choose_protocol_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Protocol file", "", "Protocols (*.scheme *.bval);;All files (*)")
+        if path:
+            self.set_protocol_file(path)
+
+    def set_protocol_file(self, path: str) -> None:
+        """Use the protocol in ``path`` (a .scheme or .bval); shows a message if it cannot be read."""
+        try:
+            protocol = load_protocol(path)
+        except (ValueError, OSError) as exc:
+            self.message.error(f"cannot read protocol: {exc}")
+            return
+        self._file_protocol = (str(path), protocol)
+        self._refresh_protocols()
+        self.protocol_combo.setCurrentIndex(self.protocol_combo.findData(("file", str(path))))
+
+    def protocol(self):
+        """The direction-averaged Protocol chosen (raises ValueError with a message)."""
+        kind, value = self.protocol_combo.currentData() or ("preset", "innovate")
+        if kind == "preset":
+            spec = value
+        elif kind == "layer":
+            if value not in self.viewer.layers:
+                raise ValueError(f"layer '{value}' is gone")
+            spec = dwi_protocol(self.viewer.layers[value])
+        else:
+            spec = self._file_protocol[1]
+        return load_cli_protocol(SimpleNamespace(protocol=spec, tr=None))
+
+    def ranges(self) -> dict:
+        """{name: (low, high)} from the table; raises ValueError naming the first bad cell."""
+        return self._check_table(mark=False)
+
+    def _check_table(self, mark: bool = True) -> dict:
+        model = get_model(self.model_name)
+        first_error = None
+        out = {}
+        self.table.blockSignals(True)
+        for r in range(self.table.rowCount()):
+            name = self.table.item(r, 0).text()
+            cells = [self.table.item(r, 2), self.table.item(r, 3)]
+            bad = [False, False]
+            error = None
+            values = []
+            for i, cell in enumerate(cells):
+                try:
+                    values.append(float(cell.text().strip()))
+                except ValueError:
+                    bad[i] = True
+                    error = error or f"{name}: '{cell.text()}' is not a number"
+            if error is None:
+                try:
+                    resolve_ranges(model, {name: tuple(values)})
+                    out[name] = tuple(values)
+                except ValueError as exc:
+                    error = str(exc)
+                    spec = model.spec(name)
+                    bad = [values[0] < spec.limit_low or values[0] >= values[1],
+                           values[1] > spec.limit_high or values[0] >= values[1]]
+            if mark:
+                for i, cell in enumerate(cells):
+                    cell.setBackground(QBrush(INVALID_BG) if bad[i] else QBrush())
+                    cell.setToolTip(error if bad[i] else "")
+            first_error = first_error or error
+        self.table.blockSignals(False)
+        if first_error:
+            raise ValueError(first_error)
+        return out
+
+    def _validate(self, *_) -> bool:
+        """Check every input; mark bad cells, enable Generate only when all is well."""
+        problems = []
+        try:
+            self._check_table(mark=True)
+        except ValueError as exc:
+            problems.append(f"ranges: {exc}")
+        try:
+            parse_snr_text(self.snr_edit.text())
+            self.snr_edit.setStyleSheet("")
+        except ValueError as exc:
+            problems.append(str(exc))
+            self.snr_edit.setStyleSheet(f"background: {INVALID_BG.name()};")
+        try:
+            protocol = self.protocol()
+            get_model(self.model_name).check_protocol(protocol)
+            b = np.unique(np.round(protocol.b))
+            self.protocol_info.setText(f"{len(protocol)} measurements, b = {', '.join(f'{x:g}' for x in b)} s/mm²")
+        except (ValueError, OSError) as exc:
+            problems.append(f"protocol: {exc}")
+            self.protocol_info.setText("")
+        running = self.worker is not None
+        self.generate_btn.setEnabled(not problems and not running)
+        if problems:
+            self.message.error("Cannot generate: " + "; ".join(problems))
+        elif self.message.kind == "error":
+            self.message.info("")
+        return not problems
+
+    # ------------------------------------------------------------------ run
+    def settings(self) -> dict:
+        """The arguments ``simulate`` gets (raises ValueError on bad input)."""
+        return dict(model=self.model_name, protocol=self.protocol(), n=int(self.n_spin.value()),
+                    snr=parse_snr_text(self.snr_edit.text()), ranges=self.ranges(),
+                    fraction_sampler=self.sampler_combo.currentData(), seed=int(self.seed_spin.value()))
+
+    def generate(self) -> None:
+        """Start ``simulate`` in a worker thread (nothing happens, but a message, when inputs are invalid)."""
+        if self.worker is not None:
+            return
+        if not self._validate():
+            return
+        try:
+            kwargs = self.settings()
+        except ValueError as exc:
+            self.message.error(str(exc))
+            return
+        relay = Relay(self)
+        pbar = napari_progress(total=100, desc=f"Simulating {kwargs['n']:,} {model_label(kwargs['model'])} signals")
+
+        def on_progress(fraction):
+            value = int(round(100 * fraction))
+            self.progress.setValue(value)
+            pbar.n = value
+            pbar.refresh()
+
+        relay.value.connect(on_progress)
+        worker = create_worker(simulate, progress=relay.value.emit, _start_thread=False, **kwargs)
+        worker.returned.connect(self._done)
+        worker.errored.connect(self._failed)
+        worker.finished.connect(lambda: self._finished(pbar, relay))
+        self.worker = worker
+        self.generate_btn.setEnabled(False)
+        self.progress.setValue(0)
+        self.message.info(f"simulating {kwargs['n']:,} signals…")
+        worker.start()
+
+    def _done(self, data) -> None:
+        self.state.data = data
+        snr = data.snr_setting
+        snr_text = f"{snr:g}" if np.ndim(snr) == 0 else f"{snr[0]:g}–{snr[1]:g}"
+        self.progress.setValue(100)
+        self.message.ok(f"{len(data):,} {model_label(data.model.name)} signals × {len(data.protocol)} "
+                        f"measurements (SNR {snr_text}; {len(data.train_index):,} train / "
+                        f"{len(data.val_index):,} validation). Next: the Train dock.")
+        k = min(5, len(data))
+        self.plot.show_signals(data.protocol.b, data.signals[:k], data.protocol.series_ids(),
+                               title=f"{k} example signals (one colour each)")
+
+    def _failed(self, exc) -> None:
+        self.message.error(f"Simulation failed: {exc}")
+        show_error(f"Simulation failed: {exc}")
+
+    def _finished(self, pbar, relay) -> None:
+        pbar.close()
+        relay.deleteLater()
+        self.worker = None
+        self._validate()

@@ -1,0 +1,514 @@
+"""Dock 2 — Train: the same ``iter_training`` the CLI runs, in a napari worker, with live loss curves.
+
+The worker is a generator that yields only small records (the trainer's ``TrainProgress``; the last one carries the
+CPU bundle) and never touches layers. A state (idle, training, stopping, done, stopped, crashed) drives the
+buttons. Stop sets a ``threading.Event`` the trainer checks before every batch: the best and the last weights are
+kept. Closing the dock or the viewer stops the worker the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import threading
+import time
+from pathlib import Path
+
+import napari
+import numpy as np
+import torch
+from napari.qt.threading import thread_worker
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
+    QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from ..nets import default_hyperparameters
+from ..train import TrainConfig, iter_training
+from ._common import LifetimeGuard, Message, hint, separator
+from .loss_plot import LossPlot
+from .state import get_state, model_label
+
+NETWORKS = (("mlp", "MLP (model 1)"), ("resnetreg", "ResNetReg (model 2)"),
+            ("resnetreg-st", "ResNetReg + soft-thresholding (model 3)"))
+EVAL_N = 2000  # synthetic test signals for the validation table
+
+
+class TrainState(enum.Enum):
+    IDLE = "idle"
+    TRAINING = "training"
+    STOPPING = "stopping"
+    DONE = "done"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+
+
+def available_devices() -> list[str]:
+    """'auto', 'cpu', every visible 'cuda:i', and 'mps' when present."""
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def _config_has(field: str) -> bool:
+    """Whether this version's TrainConfig has ``field`` (e.g. ``uncertainty``)."""
+    import dataclasses
+
+    return field in {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def format_seconds(s) -> str:
+    if s is None or not math.isfinite(s):
+        return "–"
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def report_rows(report) -> list[tuple[str, str, float, float, float]]:
+    """(parameter, unit, RMSE, MAPE in % of the training range, median √CRLB) rows of an ``EvaluationReport``."""
+    rows = []
+    items = getattr(report, "rows", None)
+    if items is None and hasattr(report, "per_parameter"):
+        items = report.per_parameter
+    if isinstance(items, dict):
+        items = [dict(name=k, **v) if isinstance(v, dict) else v for k, v in items.items()]
+    for r in items or []:
+        get = (lambda k, r=r: r.get(k)) if isinstance(r, dict) else (lambda k, r=r: getattr(r, k, None))
+        rows.append((str(get("name") or get("parameter")), str(get("unit") or ""),
+                     _num(get("rmse")), 100.0 * _num(get("mape")), _num(get("crlb"))))
+    return rows
+
+
+def _num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+@thread_worker
+def training_job(data, config: TrainConfig, stop_event: threading.Event, evaluate_after: bool = True):
+    """Generator worker: yields ("progress", TrainProgress) … ("done", TrainProgress with .result),
+    then ("metrics", report) or ("metrics_error", message)."""
+    result = None
+    for rec in iter_training(data, config, stop_event):
+        if rec.kind == "done":
+            result = rec.result
+            yield ("done", rec)
+        else:
+            yield ("progress", rec)
+    if not evaluate_after or result is None or getattr(stop_event, "closing", False):
+        return
+    try:
+        from ..metrics import evaluate
+
+        yield ("metrics", evaluate(result.bundle, n=EVAL_N, seed=int(config.seed) + 12345))
+    except Exception as exc:  # noqa: BLE001 - the table is a bonus; training itself succeeded
+        yield ("metrics_error", f"{type(exc).__name__}: {exc}")
+
+
+class _StopEvent(threading.Event):
+    closing = False  # set when the dock / viewer goes away: skip the evaluation too
+
+
+class TrainWidget(QWidget):
+    """Network, hyper-parameters and device → Start / Stop; live curves; validation table; Save / Load bundle."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = get_state(napari_viewer)
+        self.worker = None
+        self.stop_event = _StopEvent()
+        self.result = None  # TrainResult of the last run
+        self.last_state_dict = None
+        self.report = None
+        self.state = TrainState.IDLE
+        self._pbar = None
+        self._t_start = 0.0
+
+        self.data_label = QLabel()
+        self.data_label.setWordWrap(True)
+        self.net_combo = QComboBox()
+        for key, text in NETWORKS:
+            self.net_combo.addItem(text, key)
+        self.depth_spin = QSpinBox()
+        self.depth_spin.setRange(0, 200)
+        self.depth_spin.setSpecialValueText("default")
+        self.width_spin = QSpinBox()
+        self.width_spin.setRange(0, 4096)
+        self.width_spin.setSpecialValueText("default")
+        self.defaults_label = hint("")
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 100_000)
+        self.epochs_spin.setValue(100)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(2, 1_000_000)
+        self.batch_spin.setValue(100)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(6)
+        self.lr_spin.setRange(1e-6, 1.0)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(1e-3)
+        self.patience_spin = QSpinBox()
+        self.patience_spin.setRange(0, 10_000)
+        self.patience_spin.setValue(20)
+        self.patience_spin.setSpecialValueText("off")
+        self.scheduler_check = QCheckBox("halve lr on plateau")
+        self.uncertainty_check = QCheckBox("uncertainty (also learn a per-voxel sd)")
+        if not _config_has("uncertainty"):
+            self.uncertainty_check.setToolTip("this version of the trainer has no uncertainty option")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.start_btn = QPushButton("Start training")
+        self.stop_btn = QPushButton("Stop")
+        self.epoch_bar = QProgressBar()
+        self.epoch_bar.setFormat("epoch %v / %m")
+        self.batch_bar = QProgressBar()
+        self.batch_bar.setFormat("batch %v / %m")
+        self.eta_label = QLabel("")
+        self.message = Message()
+        self.plot = LossPlot()
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["parameter", "RMSE", "MAPE (% range)", "√CRLB"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table_caption = hint("")
+        self.table.setMinimumHeight(150)
+        self.save_btn = QPushButton("Save bundle…")
+        self.load_btn = QPushButton("Load bundle…")
+        self.bundle_label = hint("")
+
+        form = QFormLayout()
+        form.addRow("network", self.net_combo)
+        dw = QHBoxLayout()
+        dw.addWidget(QLabel("depth"))
+        dw.addWidget(self.depth_spin)
+        dw.addWidget(QLabel("width"))
+        dw.addWidget(self.width_spin)
+        form.addRow("", dw)
+        form.addRow("", self.defaults_label)
+        form.addRow("epochs", self.epochs_spin)
+        form.addRow("batch size", self.batch_spin)
+        form.addRow("learning rate", self.lr_spin)
+        pr = QHBoxLayout()
+        pr.addWidget(self.patience_spin)
+        pr.addWidget(self.scheduler_check)
+        form.addRow("early-stop patience", pr)
+        form.addRow("device", self.device_combo)
+        form.addRow("seed", self.seed_spin)
+        form.addRow("", self.uncertainty_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_btn)
+        buttons.addWidget(self.stop_btn)
+        io = QHBoxLayout()
+        io.addWidget(self.save_btn)
+        io.addWidget(self.load_btn)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(hint("Step 2 of 3. Train a network on the signals from the Simulate dock (or load a "
+                              "saved bundle). Stop keeps the best and the last weights."))
+        layout.addWidget(self.data_label)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.epoch_bar)
+        layout.addWidget(self.batch_bar)
+        layout.addWidget(self.eta_label)
+        layout.addWidget(self.message)
+        layout.addWidget(self.plot)
+        layout.addWidget(separator())
+        layout.addWidget(self.table_caption)
+        layout.addWidget(self.table)
+        layout.addLayout(io)
+        layout.addWidget(self.bundle_label)
+
+        self.net_combo.currentIndexChanged.connect(self._update_defaults)
+        self.start_btn.clicked.connect(self.start)
+        self.stop_btn.clicked.connect(self.stop)
+        self.save_btn.clicked.connect(self._save_dialog)
+        self.load_btn.clicked.connect(self._load_dialog)
+        self.session.data_changed.connect(self._data_changed)
+        self.session.bundle_changed.connect(self._bundle_changed)
+        box = [self.stop_event]
+        self._stop_box = box
+        self.destroyed.connect(lambda *_, box=box: box[0].set())  # last resort: never leave a thread training
+        self._guard = LifetimeGuard(self, self.shutdown)
+        self._data_changed(self.session.data)
+        self._bundle_changed(self.session.bundle)
+        self._set_state(TrainState.IDLE)
+
+    # ------------------------------------------------------------------ state
+    def _set_state(self, state: TrainState) -> None:
+        self.state = state
+        running = state in (TrainState.TRAINING, TrainState.STOPPING)
+        self.start_btn.setEnabled(not running and self.session.data is not None)
+        self.stop_btn.setEnabled(state == TrainState.TRAINING)
+        for w in (self.net_combo, self.depth_spin, self.width_spin, self.epochs_spin, self.batch_spin, self.lr_spin,
+                  self.patience_spin, self.scheduler_check, self.device_combo, self.seed_spin, self.load_btn):
+            w.setEnabled(not running)
+        self.uncertainty_check.setEnabled(not running and _config_has("uncertainty"))
+        self.save_btn.setEnabled(not running and self.session.bundle is not None)
+
+    def _model_name(self) -> str | None:
+        if self.session.data is not None:
+            return self.session.data.model.name
+        if self.session.bundle is not None:
+            return self.session.bundle.model.name
+        return None
+
+    def _update_defaults(self, *_) -> None:
+        try:
+            d, w = default_hyperparameters(self.net_combo.currentData(), self._model_name())
+        except Exception:  # noqa: BLE001
+            d, w = None, None
+        self.depth_spin.setSpecialValueText("auto")
+        self.width_spin.setSpecialValueText("auto")
+        tip = f"auto = the paper's default for this network and model: depth {d}, width {w}" if d else "auto = default"
+        self.depth_spin.setToolTip(tip)
+        self.width_spin.setToolTip(tip)
+        self.defaults_label.setText(f"auto: depth {d}, width {w}" if d else "")
+
+    def _data_changed(self, data) -> None:
+        if data is None:
+            self.data_label.setText("No training signals yet: press Generate in the Simulate dock.")
+        else:
+            snr = data.snr_setting
+            snr_text = f"{snr:g}" if np.ndim(snr) == 0 else f"{snr[0]:g}–{snr[1]:g}"
+            self.data_label.setText(f"Training signals: {len(data):,} {model_label(data.model.name)}, "
+                                    f"{len(data.protocol)} measurements, SNR {snr_text}.")
+        self._update_defaults()
+        if self.state not in (TrainState.TRAINING, TrainState.STOPPING):
+            self._set_state(self.state)
+
+    def _bundle_changed(self, bundle) -> None:
+        self.bundle_label.setText("" if bundle is None else "Current model: " + bundle.describe().splitlines()[0])
+        if self.state not in (TrainState.TRAINING, TrainState.STOPPING):
+            self._set_state(self.state)
+
+    def config(self) -> TrainConfig:
+        cfg = TrainConfig(
+            net=self.net_combo.currentData(), depth=self.depth_spin.value() or None,
+            width=self.width_spin.value() or None, epochs=self.epochs_spin.value(),
+            batch_size=self.batch_spin.value(), lr=float(self.lr_spin.value()),
+            patience=self.patience_spin.value() or None, device=self.device_combo.currentText(),
+            seed=self.seed_spin.value(), scheduler=self.scheduler_check.isChecked(),
+        )
+        if _config_has("uncertainty"):
+            cfg.uncertainty = self.uncertainty_check.isChecked()
+        data = self.session.data
+        if data is not None:  # a few batch reports per epoch so the train curve moves within an epoch
+            n_batches = max(1, math.ceil(len(data.train_index) / cfg.batch_size))
+            cfg.report_every = max(1, min(50, n_batches // 10 or 1))
+        cfg.validate()
+        return cfg
+
+    # ------------------------------------------------------------------ run
+    def start(self) -> None:
+        if self.state in (TrainState.TRAINING, TrainState.STOPPING):
+            return
+        data = self.session.data
+        if data is None:
+            self.message.error("No training signals: press Generate in the Simulate dock first.")
+            return
+        try:
+            cfg = self.config()
+            from ..train import resolve_device
+
+            resolve_device(cfg.device)
+        except ValueError as exc:
+            self.message.error(str(exc))
+            return
+        self.stop_event = _StopEvent()
+        self._stop_box[0] = self.stop_event
+        self.result = None
+        self.last_state_dict = None
+        self.report = None
+        self.table.setRowCount(0)
+        self.table_caption.setText("")
+        self.plot.clear()
+        self.epoch_bar.setRange(0, cfg.epochs)
+        self.epoch_bar.setValue(0)
+        self.batch_bar.setRange(0, 1)
+        self.batch_bar.setValue(0)
+        self.eta_label.setText("starting…")
+        self.message.info(f"training {dict(NETWORKS)[cfg.net]} on {len(data):,} signals…")
+        self._pbar = napari_progress(total=cfg.epochs, desc=f"Training {cfg.net}")
+        self._t_start = time.perf_counter()
+        worker = training_job(data, cfg, self.stop_event, _start_thread=False)
+        worker.yielded.connect(self._on_record)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_state(TrainState.TRAINING)
+        worker.start()
+
+    def stop(self) -> None:
+        """Ask the trainer to stop after the current batch; best and last weights are kept."""
+        if self.state == TrainState.TRAINING:
+            self.stop_event.set()
+            self.message.info("stopping after this batch…")
+            self._set_state(TrainState.STOPPING)
+
+    def shutdown(self) -> None:
+        """The dock or the viewer is going away: stop the worker, skip the evaluation."""
+        self.stop_event.closing = True
+        self.stop_event.set()
+        if self.worker is not None:
+            try:
+                self.worker.quit()
+            except RuntimeError:
+                pass
+
+    def _on_record(self, item) -> None:
+        kind, payload = item
+        if kind == "progress":
+            rec = payload
+            self.batch_bar.setRange(0, rec.n_batches)
+            self.batch_bar.setValue(rec.batch)
+            self.epoch_bar.setValue(rec.epoch - 1 if rec.kind == "batch" else rec.epoch)
+            self.eta_label.setText(f"elapsed {format_seconds(rec.elapsed_s)} · ETA {format_seconds(rec.eta_s)} · "
+                                   f"lr {rec.lr:.2g}")
+            x = rec.epoch - 1 + rec.batch / max(rec.n_batches, 1)
+            if rec.kind == "batch":
+                self.plot.add_train(x, rec.train_loss)
+            else:
+                self.plot.add_val(rec.epoch, rec.val_loss)
+                self.plot.set_best(rec.best_epoch)
+                if self._pbar is not None:
+                    self._pbar.n = rec.epoch
+                    self._pbar.set_description(f"Training: epoch {rec.epoch}/{rec.n_epochs}, "
+                                               f"val {rec.val_loss:.3g}")
+                    self._pbar.refresh()
+        elif kind == "done":
+            result = payload.result
+            self.result = result
+            self.last_state_dict = result.last_state_dict
+            self.plot.set_history(result.history)
+            self.session.bundle = result.bundle
+            hist = result.history
+            best = hist.get("best_epoch")
+            best_val = hist["val_loss"][best - 1] if best else float("nan")
+            what = "stopped" if result.stopped else "finished"
+            self.message.ok(f"Training {what} after {result.epochs_run} epoch(s) in "
+                            f"{format_seconds(result.elapsed_s)}; best validation loss {best_val:.4g} at epoch "
+                            f"{best}. The best weights are the current model; next: the Maps dock.")
+            self.table_caption.setText(f"evaluating on {EVAL_N:,} new synthetic signals…")
+        elif kind == "metrics":
+            self.report = payload
+            self._fill_table(payload)
+        elif kind == "metrics_error":
+            self.table_caption.setText(f"validation table unavailable: {payload}")
+
+    def _fill_table(self, report) -> None:
+        rows = report_rows(report)
+        self.table.setRowCount(len(rows))
+        for r, (name, unit, rmse, mape, crlb) in enumerate(rows):
+            cells = [f"{name} ({unit})" if unit else name, f"{rmse:.3g}", f"{mape:.1f}" if np.isfinite(mape) else "–",
+                     f"{crlb:.3g}" if np.isfinite(crlb) else "–"]
+            for c, text in enumerate(cells):
+                self.table.setItem(r, c, QTableWidgetItem(text))
+        snr = getattr(report, "snr", None)
+        self.table_caption.setText(f"Validation on {EVAL_N:,} new synthetic signals"
+                                   + (f" at SNR {snr}" if snr is not None else "")
+                                   + ": the network's RMSE and MAPE; √CRLB (median) is the smallest SD an "
+                                   "unbiased estimator can reach.")
+
+    def _on_error(self, exc) -> None:
+        self._set_state(TrainState.CRASHED)
+        self.message.error(f"Training failed: {type(exc).__name__}: {exc}")
+        show_error(f"Training failed: {exc}")
+
+    def _on_finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.worker = None
+        self.plot.flush()
+        if self.state != TrainState.CRASHED:
+            stopped = self.result is not None and self.result.stopped
+            self._set_state(TrainState.STOPPED if stopped else TrainState.DONE)
+
+    # ------------------------------------------------------------------ bundles
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save model bundle", "verdict-model.pt", "Model bundle (*.pt)")
+        if path:
+            self.save_bundle(path)
+
+    def save_bundle(self, path) -> list[Path]:
+        """Write the current (best) model to ``path``; after a run also its last weights to ``<stem>-last.pt``."""
+        bundle = self.session.bundle
+        if bundle is None:
+            self.message.error("Nothing to save: train or load a model first.")
+            return []
+        path = Path(path)
+        if path.suffix != ".pt":
+            path = path.with_name(path.name + ".pt")
+        try:
+            written = [bundle.save(path)]
+            if self.last_state_dict is not None and self.result is not None and self.result.bundle is bundle:
+                from ..bundle import Bundle
+
+                last = Bundle.from_payload({"meta": bundle.metadata(), "state_dict": self.last_state_dict})
+                last.extra = dict(last.extra, weights="last")
+                written.append(last.save(path.with_name(path.stem + "-last.pt")))
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.message.error(f"Could not save: {exc}")
+            show_error(f"Could not save the bundle: {exc}")
+            return []
+        self.session.bundle_path = str(path)
+        self.message.ok("Saved " + ", ".join(str(p) for p in written))
+        return written
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load model bundle", "", "Model bundle (*.pt);;All files (*)")
+        if path:
+            self.load_bundle(path)
+
+    def load_bundle(self, path) -> object | None:
+        """Load a bundle: it becomes the current model, and the dock shows its settings and curves."""
+        from ..bundle import load_bundle
+
+        try:
+            bundle = load_bundle(path)
+        except (ValueError, OSError) as exc:
+            self.message.error(str(exc))
+            show_error(str(exc))
+            return None
+        cfg = bundle.train_config or {}
+        idx = self.net_combo.findData(bundle.net_name)
+        if idx >= 0:
+            self.net_combo.setCurrentIndex(idx)
+        d0, w0 = default_hyperparameters(bundle.net_name, bundle.model.name)
+        self.depth_spin.setValue(0 if bundle.depth in (None, d0) else int(bundle.depth))
+        self.width_spin.setValue(0 if bundle.width in (None, w0) else int(bundle.width))
+        for spin, key in ((self.epochs_spin, "epochs"), (self.batch_spin, "batch_size"), (self.seed_spin, "seed")):
+            if cfg.get(key) is not None:
+                spin.setValue(int(cfg[key]))
+        if cfg.get("lr") is not None:
+            self.lr_spin.setValue(float(cfg["lr"]))
+        if "patience" in cfg:
+            self.patience_spin.setValue(int(cfg["patience"] or 0))
+        self.scheduler_check.setChecked(bool(cfg.get("scheduler", False)))
+        self.uncertainty_check.setChecked(bool(cfg.get("uncertainty", getattr(bundle, "has_uncertainty", False))))
+        dev = self.device_combo.findText(str(cfg.get("device", "auto")))
+        self.device_combo.setCurrentIndex(max(dev, 0))
+        self.result = None
+        self.last_state_dict = None
+        self.table.setRowCount(0)
+        self.table_caption.setText("")
+        self.plot.set_history(bundle.history)
+        self.plot.flush()
+        self.session.bundle = bundle
+        self.session.bundle_path = str(path)
+        self.message.ok(f"Loaded {path}:\n{bundle.describe()}")
+        show_info(f"Loaded model bundle {Path(path).name}")
+        return bundle
