@@ -1,0 +1,430 @@
+"""The reference fit: batched non-linear least squares of VERDICT / rVERDICT over all voxels at once (torch).
+
+What is fitted
+--------------
+Each voxel's signals are normalised as the model normalises them (rVERDICT: by the voxel's maximum; classic
+VERDICT: per series by its b = 0), and the model's signal (S0 = 1) times a free per-voxel scale ``c`` is fitted to
+them by **Gaussian least squares** (sum of squared residuals; no Rician correction). ``c`` is solved in closed form
+for every trial of the other parameters (variable projection: ``c = <y, s> / <s, s>``), so the fit does not depend on
+the normalisation's noisy reference.
+
+Parameters are fitted in an unbounded space with a bounded transform:
+
+* the two estimated volume fractions and the dependent one are ``softmax(u1, u2, 0)`` — always in (0, 1) and
+  summing to 1, so f_ic + f_ees ≤ 1 (rVERDICT) / f_ic + f_vasc ≤ 1 (VERDICT) holds by construction;
+* every other parameter is ``low + (high − low) · sigmoid(u)`` inside its range (default: the model's training
+  ranges, e.g. R 0.01–15 µm, T1 10–4000 ms).
+
+Optimiser: Levenberg–Marquardt (damping λ · max(diag JᵀJ, mean diag JᵀJ), accept-if-better with λ ÷ 3 / × 4), batched over
+every (voxel, start) pair, with forward-difference Jacobians and an active set (converged rows stop costing).
+
+Starts: ``n_candidates`` parameter sets drawn (seeded) from the model's prior are scored against every voxel at
+once (closed-form scale, a matrix product), and each voxel starts from its ``n_starts`` best; an ``init`` (e.g. a
+network's maps or a Bundle) adds one more start per voxel. The best fit per voxel is kept.
+
+Speed: the sphere attenuation depends only on R for a given protocol, so it is tabulated once per fit on a
+uniform R grid (1024 nodes over the fitted R range, with exact derivatives) and evaluated by cubic Hermite
+interpolation (error < 1e-9 of the exact series, tested); the other compartments are the library's own.
+:func:`fit_signals_scipy` is the per-voxel SciPy ``least_squares`` baseline on exactly the same objective, starts
+and transform (used by the tests and ``benchmarks/bench_volume.py``).
+
+No napari or Qt here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+
+from .physics.compartments import astrosticks, ball, sphere_gpd
+from .physics.models import D_EES_CLASSIC, D_IC, D_VASC, get_model
+from .physics.protocol import Protocol, load_protocol
+
+SPHERE_TABLE_NODES = 1024
+FD_STEP = 1e-7  # forward-difference step in the unbounded space (float64)
+DAMP_FLOOR = 1.0  # damping uses max(diag(JᵀJ), DAMP_FLOOR · mean diag): no free direction at a saturated bound
+
+
+# ---------------------------------------------------------------------- the fitted function
+class FitProblem:
+    """The model, protocol and ranges of one fit: the bounded transform and a fast forward model.
+
+    ``names`` : the unbounded coordinates' order: two logits of the estimated fractions (against the dependent
+    one), then the other estimated parameters (``model.estimated_names`` order).
+    """
+
+    def __init__(self, model, protocol: Protocol, ranges: Mapping | None = None, device="cpu",
+                 dtype=torch.float64):
+        from .synth import resolve_ranges
+
+        self.model = get_model(model)
+        self.protocol = protocol
+        self.model.check_protocol(protocol)
+        self.ranges = resolve_ranges(self.model, ranges)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.fractions = tuple(self.model.estimated_fractions)
+        self.dependent = self.model.dependent_fraction
+        self.others = tuple(n for n in self.model.estimated_names if n not in self.fractions)
+        self.names = self.fractions + self.others
+        self.k = len(self.names)
+        self.lo = np.array([self.ranges[n][0] for n in self.others], dtype=float)
+        self.hi = np.array([self.ranges[n][1] for n in self.others], dtype=float)
+        b, sd, bd = (np.asarray(getattr(protocol, a), float) for a in ("b", "small_delta", "big_delta"))
+        self.te, self.tr, self.b = np.asarray(protocol.te, float), np.asarray(protocol.tr, float), b
+        self.e_astro = np.asarray(astrosticks(b, D_VASC), dtype=float)
+        self.e_ball_classic = np.asarray(ball(b, D_EES_CLASSIC), dtype=float)
+        self.fast = self.model.name in ("rverdict", "verdict") and "R" in self.others
+        if self.fast:
+            r_lo, r_hi = self.ranges["R"]
+            grid = torch.linspace(r_lo, r_hi, SPHERE_TABLE_NODES, dtype=torch.float64)
+            tb, tsd, tbd = (torch.as_tensor(a, dtype=torch.float64) for a in (b, sd, bd))
+            val, der = torch.func.jvp(lambda r: sphere_gpd(tb, tsd, tbd, r[:, None], D_IC), (grid,),
+                                      (torch.ones_like(grid),))
+            self.r0, self.rh = float(r_lo), float(grid[1] - grid[0])
+            self.table_np = (val.numpy(), (der * self.rh).numpy())
+        self._torch_consts = None
+
+    # -------------------------------------------------------------- constants on the device
+    def _consts(self):
+        if self._torch_consts is None:
+            t = lambda a: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)  # noqa: E731
+            c = {"lo": t(self.lo), "hi": t(self.hi), "te": t(self.te), "tr": t(self.tr), "b": t(self.b),
+                 "e_astro": t(self.e_astro), "e_ball": t(self.e_ball_classic)}
+            if self.fast:
+                c["table"] = (t(self.table_np[0]), t(self.table_np[1]))
+            self._torch_consts = c
+        return self._torch_consts
+
+    def _np_consts(self):
+        c = {"lo": self.lo, "hi": self.hi, "te": self.te, "tr": self.tr, "b": self.b, "e_astro": self.e_astro,
+             "e_ball": self.e_ball_classic}
+        if self.fast:
+            c["table"] = self.table_np
+        return c
+
+    # -------------------------------------------------------------- transform
+    def to_params(self, u, xp=torch) -> dict:
+        """Unbounded (..., k) → {name: (...)} for every estimated parameter and the dependent fraction."""
+        c = self._consts() if xp is torch else self._np_consts()
+        z0, z1 = u[..., 0], u[..., 1]
+        m = xp.maximum(xp.maximum(z0, z1), 0 * z0)
+        e0, e1, e2 = xp.exp(z0 - m), xp.exp(z1 - m), xp.exp(-m)
+        tot = e0 + e1 + e2
+        out = {self.fractions[0]: e0 / tot, self.fractions[1]: e1 / tot, self.dependent: e2 / tot}
+        rest = u[..., 2:]
+        rest = torch.clamp(rest, -700, 700) if xp is torch else np.clip(rest, -700, 700)
+        sig = 1.0 / (1.0 + xp.exp(-rest))
+        vals = c["lo"] + (c["hi"] - c["lo"]) * sig
+        for j, n in enumerate(self.others):
+            out[n] = vals[..., j]
+        return out
+
+    def from_params(self, params: Mapping) -> np.ndarray:
+        """{name: (n,)} in physical units (NumPy) → unbounded (n, k); values are clipped into the ranges."""
+        n = len(np.atleast_1d(np.asarray(params[self.fractions[0]])))
+        f = {}
+        for name in self.fractions:
+            f[name] = np.clip(np.asarray(params[name], dtype=float).reshape(n), 1e-4, 1.0)
+        dep = 1.0 - f[self.fractions[0]] - f[self.fractions[1]]
+        dep = np.clip(dep, 1e-4, 1.0)
+        u = np.empty((n, self.k))
+        u[:, 0] = np.log(f[self.fractions[0]] / dep)
+        u[:, 1] = np.log(f[self.fractions[1]] / dep)
+        for j, name in enumerate(self.others):
+            v = np.asarray(params[name], dtype=float).reshape(n)
+            p = np.clip((v - self.lo[j]) / (self.hi[j] - self.lo[j]), 1e-6, 1 - 1e-6)
+            u[:, 2 + j] = np.log(p / (1.0 - p))
+        return u
+
+    # -------------------------------------------------------------- forward
+    def _sphere(self, r, xp, c):
+        vals, ders = c["table"]
+        t = (r - self.r0) / self.rh
+        if xp is torch:
+            i = torch.clamp(torch.floor(t), 0, SPHERE_TABLE_NODES - 2).long()
+        else:
+            i = np.clip(np.floor(t), 0, SPHERE_TABLE_NODES - 2).astype(np.int64)
+        s = (t - i)[..., None]
+        s2, s3 = s * s, s * s * s
+        return ((2 * s3 - 3 * s2 + 1) * vals[i] + (s3 - 2 * s2 + s) * ders[i]
+                + (3 * s2 - 2 * s3) * vals[i + 1] + (s3 - s2) * ders[i + 1])
+
+    def signal(self, params: Mapping, xp=torch):
+        """The model's signal (S0 = 1) for parameter arrays (B,) → (B, m)."""
+        c = self._consts() if xp is torch else self._np_consts()
+        if not self.fast:
+            p = dict(params)
+            if "S0" in self.model.parameter_names:
+                p["S0"] = 1.0 + 0 * p[self.fractions[0]]
+            if xp is np:
+                return np.asarray(self.model.signal({k: torch.as_tensor(v) for k, v in p.items()},
+                                                    self.protocol).numpy())
+            return self.model.signal(p, self.protocol)
+        col = lambda v: v[..., None]  # noqa: E731
+        e_ic = self._sphere(params["R"], xp, c)
+        if self.model.name == "verdict":
+            return (col(params["f_ic"]) * e_ic + col(params["f_ees"]) * c["e_ball"]
+                    + col(params["f_vasc"]) * c["e_astro"])
+        t2ve = xp.exp(-c["te"] / col(params["T2_vasc_ees"]))
+        t2ic = xp.exp(-c["te"] / col(params["T2_ic"]))
+        t1w = 1.0 - xp.exp(-c["tr"] / col(params["T1"]))
+        e_ees = xp.exp(-c["b"] * 1e-3 * col(params["D_ees"]))
+        return t1w * (col(params["f_vasc"]) * t2ve * c["e_astro"] + col(params["f_ic"]) * t2ic * e_ic
+                      + col(params["f_ees"]) * t2ve * e_ees)
+
+    def residual(self, u, y, xp=torch):
+        """r = c·s(u) − y with the least-squares scale c ≥ 0 (variable projection); (B, m)."""
+        s = self.signal(self.to_params(u, xp), xp)
+        num = (s * y).sum(-1, keepdims=True) if xp is np else (s * y).sum(-1, keepdim=True)
+        den = (s * s).sum(-1, keepdims=True) if xp is np else (s * s).sum(-1, keepdim=True)
+        scale = num / xp.maximum(den, 1e-300 + 0 * den)
+        return scale * s - y
+
+    def normalise(self, signals) -> np.ndarray:
+        return np.asarray(self.model.normalise(np.asarray(signals, dtype=np.float64), self.protocol))
+
+
+# ---------------------------------------------------------------------- starts
+def _candidates(problem: FitProblem, n_candidates: int, seed: int) -> np.ndarray:
+    from .synth import sample_parameters
+
+    params = sample_parameters(problem.model, n_candidates, problem.ranges, rng=seed)
+    return problem.from_params(params)
+
+
+def make_starts(problem: FitProblem, y: np.ndarray, n_starts: int, n_candidates: int, seed: int = 0,
+                init_u: np.ndarray | None = None) -> np.ndarray:
+    """(n, S, k) starts: each voxel's ``n_starts`` best of ``n_candidates`` prior draws (+ ``init_u``, if given)."""
+    n = y.shape[0]
+    parts = []
+    if n_starts > 0:
+        cand_u = _candidates(problem, max(n_candidates, n_starts), seed)
+        with torch.no_grad():
+            s = problem.signal(problem.to_params(torch.as_tensor(cand_u, dtype=torch.float64)
+                                                 .to(problem.device, problem.dtype)))
+        s = s.double().cpu().numpy()
+        s_norm2 = (s * s).sum(1)
+        chosen = np.empty((n, n_starts), dtype=np.int64)
+        step = max(1, 2_000_000 // max(1, len(cand_u)))
+        for a in range(0, n, step):
+            yy = y[a:a + step]
+            proj = yy @ s.T
+            cost = (yy * yy).sum(1, keepdims=True) - proj**2 / s_norm2[None, :]
+            part = np.argpartition(cost, n_starts - 1, axis=1)[:, :n_starts] if n_starts < cost.shape[1] else \
+                np.tile(np.arange(cost.shape[1]), (len(yy), 1))
+            order = np.take_along_axis(cost, part, 1).argsort(1)
+            chosen[a:a + step] = np.take_along_axis(part, order, 1)
+        parts.append(cand_u[chosen])
+    if init_u is not None:
+        parts.append(init_u[:, None, :])
+    return np.concatenate(parts, axis=1)
+
+
+# ---------------------------------------------------------------------- Levenberg–Marquardt, batched
+def levenberg_marquardt(problem: FitProblem, y, u0, max_iter: int = 200, tol: float = 1e-10):
+    """Minimise ‖r(u)‖² for every row independently. y (B, m), u0 (B, k) tensors. Returns (u, cost, iterations)."""
+    u = u0.clone()
+    B, k = u.shape
+    r = problem.residual(u, y)
+    cost = (r * r).sum(-1)
+    lam = torch.full((B,), 1e-3, dtype=u.dtype, device=u.device)
+    active = torch.arange(B, device=u.device)
+    eye = torch.eye(k, dtype=u.dtype, device=u.device)
+    iters = 0
+    for iters in range(1, max_iter + 1):
+        if active.numel() == 0:
+            break
+        ua, ya, ra, ca, la = u[active], y[active], r[active], cost[active], lam[active]
+        nb = ua.shape[0]
+        # forward-difference Jacobian: k shifted copies in one batched evaluation
+        shifted = ua.unsqueeze(0) + FD_STEP * eye.unsqueeze(1)  # (k, nb, k)
+        rs = problem.residual(shifted.reshape(k * nb, k), ya.repeat(k, 1)).reshape(k, nb, -1)
+        jac = ((rs - ra.unsqueeze(0)) / FD_STEP).permute(1, 2, 0)  # (nb, m, k)
+        jtj = jac.transpose(1, 2) @ jac
+        g = (jac.transpose(1, 2) @ ra.unsqueeze(-1)).squeeze(-1)
+        diag = torch.diagonal(jtj, dim1=1, dim2=2)
+        floor = DAMP_FLOOR * diag.mean(-1, keepdim=True) + 1e-12
+        a_mat = jtj + torch.diag_embed(la.unsqueeze(-1) * torch.maximum(diag, floor))
+        step, info = torch.linalg.solve_ex(a_mat, -g)
+        ok = info == 0
+        step = torch.where(ok.unsqueeze(-1), step, torch.zeros_like(step))
+        un = ua + step
+        rn = problem.residual(un, ya)
+        cn = (rn * rn).sum(-1)
+        better = ok & torch.isfinite(cn) & (cn < ca)
+        rel = (ca - cn) / torch.clamp(ca, min=1e-300)
+        u[active] = torch.where(better.unsqueeze(-1), un, ua)
+        r[active] = torch.where(better.unsqueeze(-1), rn, ra)
+        cost[active] = torch.where(better, cn, ca)
+        lam[active] = torch.where(better, torch.clamp(la / 3.0, min=1e-12), la * 4.0)
+        small_step = step.abs().amax(-1) < 1e-9
+        done = (better & ((rel < tol) | small_step)) | (~better & (la > 1e10)) | (cn < 1e-28)
+        active = active[~done]
+    return u, cost, iters
+
+
+# ---------------------------------------------------------------------- public API
+def _init_params(init, signals_raw, protocol, problem: FitProblem, index=None) -> np.ndarray | None:
+    """Unbounded starts (n, k) from a Bundle or a dict of per-voxel values (1D, or 3D maps taken at ``index``)."""
+    if init is None:
+        return None
+    from .bundle import Bundle
+
+    if isinstance(init, Bundle):
+        if init.model.name != problem.model.name:
+            raise ValueError(f"init bundle is a {init.model.name} model but the fit is {problem.model.name}")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = init.predict_signals(signals_raw, protocol=protocol)
+    elif isinstance(init, Mapping):
+        values = {}
+        for k, v in init.items():
+            a = np.asarray(v, dtype=float)
+            if a.ndim == 3 and index is not None:
+                a = a.reshape(-1)[index]
+            values[k] = a.reshape(-1)
+    else:
+        raise ValueError(f"init must be a Bundle or a dict of per-voxel values, got {type(init).__name__}")
+    need = [n for n in problem.fractions + problem.others if n not in values]
+    if need:
+        raise ValueError(f"init lacks {', '.join(need)} (it has {', '.join(values)})")
+    n = len(signals_raw)
+    bad = [k for k in problem.fractions + problem.others if values[k].shape[0] != n]
+    if bad:
+        raise ValueError(f"init '{bad[0]}' has {values[bad[0]].shape[0]} values but there are {n} voxels")
+    return problem.from_params(values)
+
+
+def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, init=None, ranges=None,
+                progress: Callable[[int, int], None] | None = None, n_candidates: int = 512, max_iter: int = 200,
+                seed: int = 0, chunk: int = 8192, return_cost: bool = False) -> dict[str, np.ndarray]:
+    """Batched NLLS fit of raw signals (n, m) acquired with ``protocol``.
+
+    Parameters
+    ----------
+    model : "rverdict", "verdict" or a SignalModel.  protocol : Protocol, preset name or file (m measurements).
+    device : "auto", "cpu", "cuda", "mps".  n_starts : starts per voxel from the screened prior candidates.
+    init : a Bundle (its predictions) or {name: (n,)} values (physical units): one extra start per voxel.
+    ranges : {name: (low, high)} bounds of the fit (default: the model's training ranges).
+    progress : ``progress(done_voxels, total)`` after each chunk.  n_candidates : prior draws screened for starts.
+    max_iter : Levenberg–Marquardt iterations at most.  seed : the candidate draws.  chunk : voxels per batch.
+    return_cost : also return ``"cost"``, the per-voxel sum of squared residuals on the normalised signal.
+
+    Returns {map: float64 (n,)} for every map of ``model.map_names`` (fractions, R, cellularity, …).
+    """
+    from .train import resolve_device
+
+    model = get_model(model)
+    protocol = load_protocol(protocol)
+    raw = np.asarray(signals, dtype=np.float64)
+    if raw.ndim != 2 or raw.shape[0] == 0:
+        raise ValueError(f"signals must be a non-empty 2-D array (n_voxels, {len(protocol)}), got shape {raw.shape}")
+    if raw.shape[1] != len(protocol):
+        raise ValueError(f"signals have {raw.shape[1]} measurements but the protocol has {len(protocol)}")
+    if int(n_starts) < 0 or (int(n_starts) == 0 and init is None):
+        raise ValueError(f"n_starts must be ≥ 1 (or 0 with an init), got {n_starts}")
+    dev = resolve_device(device)
+    dtype = torch.float64 if dev.type != "mps" else torch.float32
+    problem = FitProblem(model, protocol, ranges, dev, dtype)
+    y_all = problem.normalise(raw)
+    init_u = _init_params(init, raw, protocol, problem)
+    n = y_all.shape[0]
+    best_u = np.empty((n, problem.k))
+    best_cost = np.empty(n)
+    if progress is not None:
+        progress(0, n)
+    for a in range(0, n, int(chunk)):
+        y = y_all[a:a + chunk]
+        starts = make_starts(problem, y, int(n_starts), int(n_candidates), seed,
+                             None if init_u is None else init_u[a:a + chunk])
+        nv, ns, k = starts.shape
+        yt = torch.as_tensor(np.repeat(y, ns, axis=0), dtype=dtype, device=dev)
+        ut = torch.as_tensor(starts.reshape(nv * ns, k), dtype=dtype, device=dev)
+        with torch.no_grad():
+            u, cost, _ = levenberg_marquardt(problem, yt, ut, max_iter=max_iter)
+        u = u.double().cpu().numpy().reshape(nv, ns, k)
+        cost = cost.double().cpu().numpy().reshape(nv, ns)
+        cost = np.where(np.isfinite(cost), cost, np.inf)
+        pick = cost.argmin(1)
+        best_u[a:a + nv] = u[np.arange(nv), pick]
+        best_cost[a:a + nv] = cost[np.arange(nv), pick]
+        if progress is not None:
+            progress(min(a + nv, n), n)
+    return _maps_from_u(problem, best_u, best_cost if return_cost else None)
+
+
+def _maps_from_u(problem: FitProblem, u: np.ndarray, cost=None) -> dict[str, np.ndarray]:
+    params = problem.to_params(u, np)
+    maps = problem.model.derived_maps(params)
+    out = {k: np.asarray(maps[k], dtype=np.float64) for k in problem.model.map_names}
+    if cost is not None:
+        out["cost"] = np.asarray(cost, dtype=np.float64)
+    return out
+
+
+def fit_volume(model, dwi, protocol=None, mask=None, *, device="auto", init=None,
+               progress: Callable[[int, int], None] | None = None, **fit_kw) -> dict[str, np.ndarray]:
+    """NLLS maps of a 4D volume: the same DWI / protocol / mask handling as :func:`.predict.predict_volume`.
+
+    ``init`` : a Bundle (its prediction on these voxels), or {name: 3D map or (n_voxels,) values}: an extra start.
+    Other keywords go to :func:`fit_signals` (``n_starts``, ``ranges``, ``n_candidates``, ``max_iter``, …).
+    Returns {map: float32 (x, y, z)}, 0 outside the mask.
+    """
+    from .predict import prepare_voxels, scatter_maps
+
+    model = get_model(model)
+    vox = prepare_voxels(dwi, protocol, mask)
+    init_values = init
+    if isinstance(init, Mapping):
+        init_values = {k: (np.asarray(v).reshape(-1)[vox.index] if np.ndim(v) == 3 else v) for k, v in init.items()}
+    maps = fit_signals(model, vox.signals, vox.protocol, device=device, init=init_values, progress=progress,
+                       **fit_kw)
+    return scatter_maps(maps, vox.index, vox.shape)
+
+
+# ---------------------------------------------------------------------- the per-voxel SciPy baseline
+def fit_signals_scipy(model, signals, protocol, *, n_starts: int = 4, init=None, ranges=None,
+                      n_candidates: int = 512, seed: int = 0, method: str = "trf",
+                      progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+    """The same fit, one voxel and one start at a time with ``scipy.optimize.least_squares`` (NumPy residuals).
+
+    Same objective, transform, candidate screening and starts as :func:`fit_signals` (so the two differ only in
+    the optimiser and in batching). ``method``: "trf" (SciPy's default) or "lm". Slow by design: the baseline.
+    """
+    from scipy.optimize import least_squares
+
+    model = get_model(model)
+    protocol = load_protocol(protocol)
+    raw = np.asarray(signals, dtype=np.float64)
+    problem = FitProblem(model, protocol, ranges, "cpu", torch.float64)
+    y_all = problem.normalise(raw)
+    init_u = _init_params(init, raw, protocol, problem)
+    starts = make_starts(problem, y_all, int(n_starts), int(n_candidates), seed, init_u)
+    n = len(y_all)
+    best_u = np.empty((n, problem.k))
+    best_cost = np.empty(n)
+    for i in range(n):
+        y = y_all[i:i + 1]
+
+        def fun(u, y=y):
+            return problem.residual(u[None, :], y, np)[0]
+
+        best = (np.inf, starts[i, 0])
+        for u0 in starts[i]:
+            res = least_squares(fun, u0, method=method)
+            c = float(2 * res.cost)
+            if c < best[0]:
+                best = (c, res.x)
+        best_cost[i], best_u[i] = best
+        if progress is not None:
+            progress(i + 1, n)
+    return _maps_from_u(problem, best_u, best_cost)
+
+
+__all__ = ["FitProblem", "fit_signals", "fit_signals_scipy", "fit_volume", "levenberg_marquardt", "make_starts"]
+
