@@ -69,6 +69,8 @@ def _table_rows(table) -> list[dict]:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "–"
     if isinstance(v, (float, np.floating)):
         if not np.isfinite(v):
             return "–"
@@ -76,13 +78,12 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def fill_table(widget: QTableWidget, rows: list[dict]) -> None:
-    """Show a list of dict rows (the compare tables' ``.rows``) in a read-only QTableWidget."""
-    columns: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in columns:
-                columns.append(k)
+def fill_table(widget: QTableWidget, table) -> None:
+    """Show a compare table (``.rows`` dicts, ``.columns``) in a read-only QTableWidget; all-empty columns and
+    provenance columns are left out."""
+    rows = _table_rows(table)
+    columns = list(getattr(table, "columns", ()) or dict.fromkeys(k for r in rows for k in r))
+    columns = [c for c in columns if c not in ("range_source", "label") and any(r.get(c) is not None for r in rows)]
     widget.clear()
     widget.setColumnCount(len(columns))
     widget.setRowCount(len(rows))
@@ -103,7 +104,7 @@ def compute_job(bundle, dwi, mask, device, uncertainty, with_nlls, progress):
     if with_nlls:
         from ..nlls import fit_volume
 
-        out["nlls"] = fit_volume(bundle.model, dwi, protocol=None, mask=mask, device=device,
+        out["nlls"] = fit_volume(bundle.model, dwi, protocol=None, mask=mask, device=device, init=bundle,
                                  progress=lambda d, t: progress(("NLLS", d, t)))
     return out
 
@@ -406,7 +407,7 @@ class MapsWidget(QWidget):
             try:
                 names = (labels_layer.metadata or {}).get("label_names") if labels_layer is not None else None
                 self.roi_table = compare.roi_statistics(maps, run["labels"].astype(np.int64), label_names=names)
-                fill_table(self.roi_table_widget, _table_rows(self.roi_table))
+                fill_table(self.roi_table_widget, self.roi_table)
                 self.roi_caption.setText(f"ROI statistics of the network maps per label of '{labels_layer.name}'"
                                          + (" (mean_sd: mean of the voxel sds)" if run["uncertainty"] else ""))
             except (ValueError, KeyError) as exc:
@@ -422,8 +423,9 @@ class MapsWidget(QWidget):
                     mask = np.asarray(maps[bundle.map_names[0]]) != 0  # the voxels the network estimated
                 self.comparison = compare.compare_maps(
                     {k: v for k, v in maps.items() if not k.endswith(SD_SUFFIX)}, nlls, mask=mask,
-                    labels=run["labels"], model=bundle.model.name)
-                fill_table(self.cmp_table_widget, _table_rows(self.comparison))
+                    labels=run["labels"], model=bundle.model.name,
+                    label_names=(labels_layer.metadata or {}).get("label_names") if labels_layer is not None else None)
+                fill_table(self.cmp_table_widget, self.comparison)
                 self.cmp_caption.setText("Network vs NLLS (reference): MSE and MAPE per map")
             except (ValueError, KeyError) as exc:
                 notes.append(f"NLLS comparison unavailable: {exc}")

@@ -44,6 +44,9 @@ def dwi_protocol(layer):
 
 def parse_snr_text(text: str):
     """'35' → 35.0; '15-60' → (15.0, 60.0). Raises ValueError with a message for the dock."""
+    t = text.strip().replace(",", "-")
+    if t.startswith("-") or t.endswith("-") or "--" in t:  # cli.parse_snr would read '-3' as 3
+        raise ValueError(f"SNR must be a positive number or a range LOW-HIGH, got '{text}'")
     try:
         snr = parse_snr(text.strip())
     except CliError as exc:

@@ -1,0 +1,154 @@
+"""Maps dock details (uncertainty threshold, NLLS table, bad inputs) and Simulate's input checking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import add_dock
+from qtpy.QtCore import Qt
+
+from napari_rverdict._napari.state import get_state
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def unc_bundle():
+    """A tiny rVERDICT MLP trained with uncertainty (seconds on CPU)."""
+    from napari_rverdict.synth import simulate
+    from napari_rverdict.train import TrainConfig, train
+
+    data = simulate("rverdict", "innovate", n=1500, snr=35, seed=0)
+    return train(data, TrainConfig(epochs=2, device="cpu", uncertainty=True)).bundle
+
+
+def _run(qtbot, maps):
+    qtbot.mouseClick(maps.compute_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: maps.worker is None, timeout=120_000)
+
+
+def test_uncertainty_layers_threshold_and_roi_mean_sd(viewer, qtbot, unc_bundle):
+    viewer.open_sample("napari-rverdict", "prostate_phantom")
+    maps = add_dock(viewer, "Maps")
+    assert not maps.uncertainty_check.isEnabled()  # no model yet
+    get_state(viewer).bundle = unc_bundle
+    assert unc_bundle.has_uncertainty and maps.uncertainty_check.isEnabled()
+    maps.uncertainty_check.setChecked(True)
+    maps.labels_combo.select("lesion labels")
+    maps.mask_combo.select("gland mask")
+    _run(qtbot, maps)
+    assert maps.maps is not None, maps.message.text()
+    names = [ly.name for ly in viewer.layers]
+    i = names.index("R [µm]")
+    assert names[i + 1] == "R sd [µm]"  # the sd layer sits next to its map
+    sd_layer = viewer.layers["R sd [µm]"]
+    assert sd_layer.data.shape == viewer.layers["R [µm]"].data.shape
+    gland = viewer.layers["gland mask"].data > 0
+    assert np.all(sd_layer.data[gland] > 0) and np.all(sd_layer.data[~gland] == 0)
+
+    # threshold: voxels whose sd is above the value are hidden (NaN); 0 shows everything again
+    sd = maps.maps["R_sd"]
+    thr = float(np.median(sd[sd > 0]))
+    maps.set_sd_threshold("R", thr)
+    thr = maps.sd_spin.value()  # the value the dock shows (rounded to its decimals) is the one applied
+    shown = viewer.layers["R [µm]"].data
+    hidden = np.isnan(shown)
+    np.testing.assert_array_equal(hidden, sd.transpose(2, 1, 0) > thr)
+    assert 0 < hidden.sum() < gland.sum()
+    maps.set_sd_threshold("R", 0)
+    assert not np.isnan(viewer.layers["R [µm]"].data).any()
+    np.testing.assert_array_equal(viewer.layers["R [µm]"].data, maps.maps["R"].transpose(2, 1, 0))
+
+    # ROI table carries the mean sd of each label
+    row = maps.roi_table.get("R", 3)
+    lesion = viewer.layers["lesion labels"].data == 3
+    assert row["n"] == int(lesion.sum())
+    assert row["mean_sd"] == pytest.approx(float(sd.transpose(2, 1, 0)[lesion].mean()), rel=1e-4)
+
+
+def test_nlls_reference_table(viewer, qtbot, unc_bundle):
+    viewer.open_sample("napari-rverdict", "prostate_phantom")
+    maps = add_dock(viewer, "Maps")
+    get_state(viewer).bundle = unc_bundle
+    small = np.zeros(viewer.layers["gland mask"].data.shape, dtype=np.int32)
+    small[4, 28:33, 28:34] = 1  # 30 voxels: NLLS stays quick
+    viewer.add_labels(small, name="small mask", scale=viewer.layers["gland mask"].scale,
+                      translate=viewer.layers["gland mask"].translate)
+    maps.mask_combo.select("small mask")
+    maps.nlls_check.setChecked(True)
+    maps.device_combo.setCurrentText("cpu")
+    _run(qtbot, maps)
+    assert maps.nlls_maps is not None, maps.message.text()
+    assert "NLLS R [µm]" in viewer.layers and not viewer.layers["NLLS R [µm]"].visible
+    assert maps.cmp_table_widget.isVisibleTo(maps) and maps.cmp_table_widget.rowCount() > 0
+    row = maps.comparison.get("R", "all")
+    assert row["n"] == 30
+    net, ref = maps.maps["R"], maps.nlls_maps["R"]
+    inside = small.transpose(2, 1, 0) > 0
+    assert row["mse"] == pytest.approx(float(np.mean((net[inside] - ref[inside]) ** 2)), rel=1e-4)
+
+
+def _snapshot(viewer):
+    return [(ly.name, ly.data.shape) for ly in viewer.layers]
+
+
+def test_bad_inputs_show_a_message_and_change_nothing(viewer, qtbot, unc_bundle):
+    maps = add_dock(viewer, "Maps")
+    # no DWI layer
+    _run(qtbot, maps)
+    assert maps.message.kind == "error" and "No DWI layer" in maps.message.text()
+    assert len(viewer.layers) == 0 and maps.maps is None
+
+    viewer.open_sample("napari-rverdict", "prostate_phantom_dwi")
+    dwi = viewer.layers["phantom DWI"]
+    # no model
+    before = _snapshot(viewer)
+    _run(qtbot, maps)
+    assert maps.message.kind == "error" and "No model" in maps.message.text()
+    assert _snapshot(viewer) == before
+
+    # protocol length mismatch: 19 volumes with the 20-entry protocol
+    get_state(viewer).bundle = unc_bundle
+    viewer.add_image(dwi.data[:19], name="cut DWI", scale=dwi.scale, translate=dwi.translate,
+                     metadata=dict(dwi.metadata))
+    maps.dwi_combo.select("cut DWI")
+    before = _snapshot(viewer)
+    _run(qtbot, maps)
+    assert maps.message.kind == "error" and "mismatch" in maps.message.text()
+    assert "19 volumes" in maps.message.text() and "20" in maps.message.text()
+    assert _snapshot(viewer) == before and maps.maps is None
+
+    # a mask on another grid
+    maps.dwi_combo.select("phantom DWI")
+    viewer.add_labels(np.ones((3, 4, 5), dtype=np.int32), name="odd mask")
+    maps.mask_combo.select("odd mask")
+    before = _snapshot(viewer)
+    _run(qtbot, maps)
+    assert maps.message.kind == "error" and "odd mask" in maps.message.text()
+    assert _snapshot(viewer) == before and maps.maps is None
+    assert maps.compute_btn.isEnabled()
+    # nothing to export yet
+    assert maps.export_maps("unused") == [] and maps.message.kind == "error"
+
+
+def test_simulate_rejects_invalid_ranges_and_snr(viewer, qtbot):
+    sim = add_dock(viewer, "Simulate")
+    assert sim.generate_btn.isEnabled()
+    sim.set_range("R", 10, 5)  # low >= high
+    assert not sim.generate_btn.isEnabled()
+    assert sim.message.kind == "error" and "R" in sim.message.text()
+    sim.generate()  # pressing anyway (e.g. a shortcut) changes nothing
+    assert sim.worker is None and sim.state.data is None
+    sim.set_range("R", 0.01, 15)
+    assert sim.generate_btn.isEnabled()
+    sim.set_range("f_ic", "abc", 0.9)
+    assert not sim.generate_btn.isEnabled() and "not a number" in sim.message.text()
+    sim.set_range("f_ic", 0.01, 0.99)
+    sim.snr_edit.setText("60-15")
+    assert not sim.generate_btn.isEnabled() and "SNR" in sim.message.text()
+    sim.snr_edit.setText("-3")
+    assert not sim.generate_btn.isEnabled()
+    sim.snr_edit.setText("15-60")
+    assert sim.generate_btn.isEnabled()
+    assert sim.settings()["snr"] == (15.0, 60.0)
+    assert sim.state.data is None
