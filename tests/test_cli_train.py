@@ -101,6 +101,20 @@ def test_ctrl_c_saves_best_weights(tmp_path, capsys, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
+def test_ctrl_c_before_any_step_writes_nothing(tmp_path, capsys, monkeypatch):
+    real = train_mod.iter_training
+
+    def interrupted_at_once(data, config, stop_event=None):
+        signal.raise_signal(signal.SIGINT)
+        yield from real(data, config, stop_event)
+
+    monkeypatch.setattr(train_mod, "iter_training", interrupted_at_once)
+    rc = main(["train", *TINY, "--out", str(tmp_path / "none.pt")])
+    _, err = capsys.readouterr()
+    assert rc == 130 and "no bundle written" in err
+    assert not (tmp_path / "none.pt").exists()
+
+
 def test_evaluate_prints_table(trained, tmp_path, capsys):
     rc = main(["evaluate", str(trained), "--n", "300", "--n-crlb", "20", "--snr", "35",
                "--csv", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "t.png")])
@@ -125,6 +139,11 @@ def test_evaluate_prints_table(trained, tmp_path, capsys):
     (["--range", "Q=1,2"], ["unknown parameter 'Q'"]),
     (["--fraction-sampler", "beta"], ["unknown fraction sampler 'beta'"]),
     (["--snr", "lots"], ["--snr expects a number"]),
+    (["--snr", "-5"], ["--snr must be positive"]),
+    (["--snr", "0"], ["SNR must be a positive number"]),
+    (["--snr", "60-15"], ["0 < low < high"]),
+    (["--n", "5"], ["--n must be at least 10"]),
+    (["--batch", "1"], ["batch_size"]),
     (["--protocol", "nowhere.scheme"], ["nowhere.scheme"]),
 ])
 def test_train_bad_input_one_line(tmp_path, capsys, args, needles):

@@ -26,10 +26,11 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_train(args) -> int:
+    import numpy as np
     from tqdm import tqdm
 
     from .physics.models import get_model
-    from .synth import FRACTION_SAMPLERS, resolve_ranges, simulate
+    from .synth import FRACTION_SAMPLERS, _snr_per_sample, resolve_ranges, simulate
     from .train import TrainConfig, iter_training, resolve_device
 
     if not str(args.out).endswith(".pt"):
@@ -43,7 +44,10 @@ def cmd_train(args) -> int:
     model = get_model(args.model)
     protocol = load_cli_protocol(args)
     model.check_protocol(protocol)
+    if str(args.snr).strip().startswith("-"):
+        raise CliError(f"--snr must be positive, got '{args.snr}'")
     snr = parse_snr(args.snr)
+    _snr_per_sample(snr, 1, np.random.default_rng(0))  # validates the value or range
     ranges = resolve_ranges(model, parse_ranges(args.range))
     if args.sampler not in FRACTION_SAMPLERS:
         raise CliError(f"unknown fraction sampler '{args.sampler}'; choose one of: {', '.join(FRACTION_SAMPLERS)}")
@@ -82,8 +86,11 @@ def cmd_train(args) -> int:
         bar.close()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    path = result.bundle.save(args.out)
     h = result.history
+    if not h["val_loss"]:  # Ctrl-C before the first batch: there are no trained weights to save
+        print("rverdict train: stopped before any training step; no bundle written", file=sys.stderr)
+        return 130
+    path = result.bundle.save(args.out)
     how = "stopped by Ctrl-C" if result.stopped else (
         "early stopping" if result.epochs_run < config.epochs else "all epochs")
     best = h["val_loss"][h["best_epoch"] - 1] if h["best_epoch"] else float("nan")
