@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMAND_MODULES: tuple[str, ...] = ("_cli_train",)
+_COMMAND_MODULES: tuple[str, ...] = ("_cli_train", "_cli_volume")
 
 
 def main(argv=None) -> int:

@@ -99,6 +99,20 @@ def _spec_for(name: str, model=None):
     return "", None
 
 
+def _ordered(names: list[str], model=None) -> list[str]:
+    """Maps in the model's order (``model.map_names``; any known model when None), unknown ones after, as given."""
+    models = [get_model(model)] if model is not None else [get_model(m) for m in available_models()]
+    order = []
+    for m in models:
+        order += [n for n in m.map_names if n not in order]
+
+    def key(name):
+        base = name[: -len(SD_SUFFIX)] if name.endswith(SD_SUFFIX) else name
+        return (order.index(base) if base in order else len(order), name.endswith(SD_SUFFIX))
+
+    return sorted(names, key=key)  # stable: unknown maps keep their order
+
+
 def _label_names(labels: np.ndarray, label_names) -> dict[int, str]:
     names = {}
     given = {int(k): str(v) for k, v in (label_names or {}).items()}
@@ -204,7 +218,7 @@ def compare_maps(maps_a, maps_b, mask=None, labels=None, model=None, *, label_na
     b, units_b = _as_maps(maps_b, "maps_b")
     if _shape(a) != _shape(b):
         raise ValueError(f"the two sets of maps differ in shape: {_shape(a)} vs {_shape(b)}")
-    common = [k for k in a if k in b]
+    common = _ordered([k for k in a if k in b], model)
     if not common:
         raise ValueError(f"the two sets of maps share no map name ({', '.join(a)} vs {', '.join(b)})")
     shape = _shape(a)
@@ -303,7 +317,7 @@ def roi_statistics(maps, labels, label_names=None, *, mask=None) -> RoiTable:
     names = _label_names(lab, label_names)
     if not names:
         raise ValueError("the label image has no non-zero label")
-    main = [k for k in mp if not (k.endswith(SD_SUFFIX) and k[: -len(SD_SUFFIX)] in mp)]
+    main = _ordered([k for k in mp if not (k.endswith(SD_SUFFIX) and k[: -len(SD_SUFFIX)] in mp)])
     rows = []
     for v, nm in names.items():
         sel = lab == v

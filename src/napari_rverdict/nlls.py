@@ -72,8 +72,8 @@ class FitProblem:
         self.k = len(self.names)
         self.lo = np.array([self.ranges[n][0] for n in self.others], dtype=float)
         self.hi = np.array([self.ranges[n][1] for n in self.others], dtype=float)
-        b, sd, bd = (np.asarray(getattr(protocol, a), float) for a in ("b", "small_delta", "big_delta"))
-        self.te, self.tr, self.b = np.asarray(protocol.te, float), np.asarray(protocol.tr, float), b
+        b, sd, bd = (np.array(getattr(protocol, a), dtype=float) for a in ("b", "small_delta", "big_delta"))
+        self.te, self.tr, self.b = np.array(protocol.te, dtype=float), np.array(protocol.tr, dtype=float), b
         self.e_astro = np.asarray(astrosticks(b, D_VASC), dtype=float)
         self.e_ball_classic = np.asarray(ball(b, D_EES_CLASSIC), dtype=float)
         self.fast = self.model.name in ("rverdict", "verdict") and "R" in self.others

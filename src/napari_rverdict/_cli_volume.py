@@ -1,0 +1,237 @@
+"""``rverdict phantom | predict | fit | compare`` (registered by :mod:`napari_rverdict.cli`): maps from volumes.
+
+Heavy imports happen inside the command functions so ``rverdict --help`` stays fast. Bad input raises
+ValueError / CliError, which ``cli.main`` prints as one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .cli import CliError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _bar(total: int, desc: str, quiet: bool):
+    """A tqdm bar and a ``progress(done, total)`` callback that moves it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="vox", desc=desc, file=sys.stderr, disable=quiet, dynamic_ncols=True)
+
+    def progress(done: int, n: int) -> None:
+        if bar.total != n:
+            bar.total = n
+        bar.update(done - bar.n)
+
+    return bar, progress
+
+
+def _load_dwi(args):
+    """The DWI of ``args.dwi`` with ``--protocol`` / ``--tr`` (a sidecar when no protocol is given).
+
+    ``--protocol innovate`` on a 20-volume file means the 20-volume INNOVATE acquisition.
+    """
+    import nibabel as nib
+
+    from .io import load_dwi
+    from .physics.protocol import Protocol, load_protocol
+
+    path = Path(args.dwi)
+    if not path.exists():
+        raise CliError(f"DWI file not found: {path}")
+    protocol = None
+    if args.protocol is not None:
+        protocol = load_protocol(args.protocol, tr=args.tr)
+        try:
+            shape = nib.load(str(path)).shape
+        except Exception as exc:
+            raise CliError(f"{path}: not a readable NIfTI image ({exc})") from None
+        full = Protocol.innovate(direction_averaged=False)
+        if (len(shape) == 4 and shape[3] == len(full) != len(protocol)
+                and str(args.protocol).lower() == "innovate"):
+            protocol = full if args.tr is None else full.with_tr(args.tr)
+    return load_dwi(path, protocol, tr=args.tr if protocol is None else None)
+
+
+def _label_names_near(labels_path) -> dict | None:
+    """Label names from a ``phantom.json`` beside the label image (as ``rverdict phantom`` writes)."""
+    meta = Path(labels_path).parent / "phantom.json"
+    if meta.exists():
+        try:
+            return {int(k): v for k, v in json.loads(meta.read_text()).get("labels", {}).items()}
+        except (ValueError, AttributeError):
+            return None
+    return None
+
+
+def _report_written(paths, out) -> None:
+    print(f"wrote {len(paths)} maps to {out}: {', '.join(Path(p).name.split('.')[0] for p in paths)}")
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_phantom(args) -> int:
+    from .phantom import make_phantom, save_phantom
+
+    ph = make_phantom(tuple(args.shape), snr=args.snr, seed=args.seed)
+    written = save_phantom(ph, args.out)
+    n_les = int(ph.lesion_mask.sum())
+    print(f"wrote the {'×'.join(map(str, ph.shape))} prostate phantom (SNR {args.snr:g}, seed {args.seed}; "
+          f"{int(ph.mask.sum())} gland voxels, {n_les} lesion voxels) to {args.out}: {len(written)} files")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .bundle import load_bundle
+    from .io import save_maps
+    from .predict import predict_volume
+    from .train import resolve_device
+
+    bundle = load_bundle(args.model)
+    device = resolve_device(args.device)
+    dwi = _load_dwi(args)
+    mask = args.mask
+    if mask is not None and not Path(mask).exists():
+        raise CliError(f"mask file not found: {mask}")
+    bar, progress = _bar(0, f"{bundle.net_name} on {device}", args.quiet)
+    try:
+        maps = predict_volume(bundle, dwi, None, mask, uncertainty=args.uncertainty, device=str(device),
+                              chunk=args.chunk, progress=progress)
+    finally:
+        bar.close()
+    written = save_maps(maps, args.out, dwi.affine, model=bundle.model)
+    _report_written(written, args.out)
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from .bundle import load_bundle
+    from .io import save_maps
+    from .nlls import fit_volume
+    from .physics.models import get_model
+    from .train import resolve_device
+
+    model = get_model(args.model)
+    device = resolve_device(args.device)
+    init = load_bundle(args.init) if args.init else None
+    dwi = _load_dwi(args)
+    mask = args.mask
+    if mask is not None and not Path(mask).exists():
+        raise CliError(f"mask file not found: {mask}")
+    bar, progress = _bar(0, f"NLLS {model.name} on {device}", args.quiet)
+    try:
+        maps = fit_volume(model, dwi, None, mask, device=str(device), init=init, progress=progress,
+                          n_starts=args.starts, max_iter=args.max_iter, seed=args.seed)
+    finally:
+        bar.close()
+    written = save_maps(maps, args.out, dwi.affine, model=model)
+    _report_written(written, args.out)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_maps, roi_statistics
+    from .io import load_labels, load_maps, load_mask
+
+    for d in (args.dir_a, args.dir_b):
+        if not Path(d).is_dir():
+            raise CliError(f"not a directory of maps: {d}")
+    maps_a, maps_b = load_maps(args.dir_a), load_maps(args.dir_b)
+    grid = (next(iter(maps_a.values())).shape, _affine_of(args.dir_a))
+    labels = load_labels(args.labels, grid) if args.labels else None
+    mask = load_mask(args.mask, grid) if args.mask else None
+    names = _label_names_near(args.labels) if args.labels else None
+    table = compare_maps(maps_a, maps_b, mask=mask, labels=labels, model=args.model, label_names=names,
+                         names=(Path(args.dir_a).name or "A", Path(args.dir_b).name or "B"))
+    print(table.format_table())
+    if args.csv:
+        table.to_csv(args.csv)
+        print(f"wrote {args.csv}")
+    if labels is not None:
+        for d, maps in ((args.dir_a, maps_a), (args.dir_b, maps_b)):
+            roi = roi_statistics(maps, labels, names, mask=mask)
+            print(f"\nROI statistics of {d}")
+            print(roi.format_table())
+            if args.roi_csv:
+                stem = Path(args.roi_csv)
+                path = stem.with_name(f"{stem.stem}_{Path(d).name or 'maps'}{stem.suffix or '.csv'}")
+                roi.to_csv(path)
+                print(f"wrote {path}")
+    return 0
+
+
+def _affine_of(directory):
+    """The affine of the first NIfTI map in ``directory`` (maps of one directory share their grid)."""
+    import nibabel as nib
+
+    from .io import NIFTI_SUFFIXES
+
+    files = sorted(p for p in Path(directory).iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    if not files:
+        raise CliError(f"no NIfTI maps in {directory}")
+    return nib.load(str(files[0])).affine
+
+
+# ---------------------------------------------------------------------- registration
+def _protocol_options(p) -> None:
+    p.add_argument("--protocol", default=None,
+                   help="acquisition: a preset (innovate, innovate-20) or a .scheme / .bval file "
+                        "(default: the sidecar beside the DWI, e.g. dwi.bval + dwi.delta/.smalldel/.te/.tr)")
+    p.add_argument("--tr", type=float, default=None, help="TR in ms for protocols that carry none (Camino scheme)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("phantom", help="write the digital prostate phantom (NIfTI DWI, protocol, labels, truth)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--snr", type=float, default=35.0, help="SNR of the brightest measurement (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 8), metavar=("X", "Y", "Z"),
+                   help="voxels (default: 64 64 8; 1.25 × 1.25 × 5 mm each)")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("predict", help="maps of a 4D DWI from a trained model bundle")
+    p.add_argument("model", help="model bundle (.pt) from `rverdict train`")
+    p.add_argument("dwi", help="4D DWI NIfTI (.nii / .nii.gz)")
+    _protocol_options(p)
+    p.add_argument("--mask", default=None, help="mask NIfTI on the DWI's grid (default: Otsu on the mean b = 0)")
+    p.add_argument("--uncertainty", action="store_true", help="also write <map>_sd maps (bundles that support it)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
+    p.add_argument("--chunk", type=_positive_int, default=65536, help="voxels per step (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output directory for the maps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("fit", help="NLLS reference maps of a 4D DWI (batched Levenberg–Marquardt)")
+    p.add_argument("dwi", help="4D DWI NIfTI (.nii / .nii.gz)")
+    p.add_argument("--model", default="rverdict", help="verdict or rverdict (default: %(default)s)")
+    _protocol_options(p)
+    p.add_argument("--mask", default=None, help="mask NIfTI on the DWI's grid (default: Otsu on the mean b = 0)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: %(default)s)")
+    p.add_argument("--starts", type=int, default=4, help="starts per voxel from screened prior draws (default: 4)")
+    p.add_argument("--init", default=None, help="a model bundle whose prediction is one more start per voxel")
+    p.add_argument("--max-iter", type=_positive_int, default=200, help="Levenberg–Marquardt iterations at most")
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidate starts")
+    p.add_argument("--out", required=True, help="output directory for the maps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("compare", help="MSE / MAPE between two directories of maps, and ROI statistics")
+    p.add_argument("dir_a", help="directory of maps (e.g. a network's)")
+    p.add_argument("dir_b", help="directory of maps (e.g. the NLLS fit or the phantom's truth)")
+    p.add_argument("--labels", default=None, help="label NIfTI (e.g. lesion ROIs): per-label rows and ROI stats")
+    p.add_argument("--mask", default=None, help="mask NIfTI (default: voxels non-zero in both)")
+    p.add_argument("--model", default=None, help="model whose ranges scale MAPE (default: any that knows the map)")
+    p.add_argument("--csv", default=None, help="write the comparison table as CSV")
+    p.add_argument("--roi-csv", default=None, help="write the ROI statistics as CSV (one file per directory)")
+    p.set_defaults(func=cmd_compare)

@@ -1,0 +1,115 @@
+"""`rverdict phantom | predict | fit | compare` end to end on a tiny phantom, and their one-line errors."""
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_rverdict.cli import main
+from napari_rverdict.io import load_maps, save_labels
+from napari_rverdict.synth import simulate
+from napari_rverdict.train import TrainConfig, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    assert main(["phantom", "--out", str(d / "ph"), "--shape", "16", "16", "2", "--snr", "35", "--seed", "1"]) == 0
+    data = simulate("rverdict", n=3000, seed=3)
+    train(data, TrainConfig(epochs=2, seed=0, device="cpu")).bundle.save(d / "m.pt")
+    return d
+
+
+def _err(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1] if err else ""
+
+
+def test_phantom_files(workdir):
+    ph = workdir / "ph"
+    for name in ("dwi.nii.gz", "dwi.bval", "dwi.bvec", "dwi.delta", "dwi.smalldel", "dwi.te", "dwi.tr",
+                 "labels.nii.gz", "mask.nii.gz", "phantom.json"):
+        assert (ph / name).exists(), name
+    img = nib.load(str(ph / "dwi.nii.gz"))
+    assert img.shape == (16, 16, 2, 20)
+    truth = load_maps(ph / "truth")
+    assert "f_ic" in truth and truth["f_ic"].shape == (16, 16, 2)
+
+
+def test_predict_fit_compare_end_to_end(workdir, capsys):
+    ph, out = workdir / "ph", workdir
+    assert main(["predict", str(workdir / "m.pt"), str(ph / "dwi.nii.gz"), "--mask", str(ph / "mask.nii.gz"),
+                 "--out", str(out / "net"), "--quiet"]) == 0
+    assert "wrote 9 maps" in capsys.readouterr().out
+    net = load_maps(out / "net")
+    mask = np.asarray(nib.load(str(ph / "mask.nii.gz")).dataobj) != 0
+    assert set(net) >= {"f_ic", "f_ees", "f_vasc", "R", "cellularity", "T1"}
+    assert np.all(net["f_ic"][~mask] == 0) and np.all(net["f_ic"][mask] > 0)
+    np.testing.assert_allclose(nib.load(str(out / "net" / "f_ic.nii.gz")).affine,
+                               nib.load(str(ph / "dwi.nii.gz")).affine)
+    # the preset name works for the 20-volume file too
+    assert main(["predict", str(workdir / "m.pt"), str(ph / "dwi.nii.gz"), "--protocol", "innovate",
+                 "--out", str(out / "net2"), "--quiet"]) == 0
+    assert main(["fit", str(ph / "dwi.nii.gz"), "--mask", str(ph / "mask.nii.gz"), "--device", "cpu",
+                 "--starts", "2", "--init", str(workdir / "m.pt"), "--out", str(out / "nlls"), "--quiet"]) == 0
+    nlls = load_maps(out / "nlls")
+    assert np.all(nlls["T1"][~mask] == 0) and np.all((nlls["T1"][mask] >= 10) & (nlls["T1"][mask] <= 4000))
+    capsys.readouterr()
+    assert main(["compare", str(out / "net"), str(ph / "truth"), "--labels", str(ph / "labels.nii.gz"),
+                 "--csv", str(out / "cmp.csv"), "--roi-csv", str(out / "roi.csv")]) == 0
+    text = capsys.readouterr().out
+    assert "lesion (PZ)" in text and "MAPE" in text and "ROI statistics" in text
+    rows = list(csv.DictReader(open(out / "cmp.csv")))
+    f_ic_all = [r for r in rows if r["map"] == "f_ic" and r["region"] == "all"][0]
+    expected = np.mean(np.abs(net["f_ic"][mask].astype(float) - load_maps(ph / "truth")["f_ic"][mask]))
+    assert float(f_ic_all["mape"]) == pytest.approx(expected, rel=1e-4)  # fractions: range 0–1
+    assert int(f_ic_all["n"]) == int(mask.sum())
+    assert (out / "roi_net.csv").exists() and (out / "roi_truth.csv").exists()
+
+
+def test_one_line_errors(workdir, tmp_path, capsys):
+    ph = workdir / "ph"
+    img = nib.load(str(ph / "dwi.nii.gz"))
+    # 3D DWI
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), str(tmp_path / "b0.nii.gz"))
+    assert main(["predict", str(workdir / "m.pt"), str(tmp_path / "b0.nii.gz"), "--protocol", "innovate",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "4D" in _err(capsys)
+    # volume count differs from the protocol
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :13], img.affine), str(tmp_path / "d13.nii.gz"))
+    assert main(["fit", str(tmp_path / "d13.nii.gz"), "--protocol", "innovate-20", "--out", str(tmp_path / "o")]) == 2
+    assert "13 volumes but its protocol" in _err(capsys)
+    # no sidecar and no protocol
+    assert main(["fit", str(tmp_path / "d13.nii.gz"), "--out", str(tmp_path / "o")]) == 2
+    assert "no protocol found" in _err(capsys)
+    # a mask on another grid, and an empty mask
+    shifted = img.affine.copy()
+    shifted[1, 3] += 5
+    save_labels(np.ones((16, 16, 2)), tmp_path / "m_shift.nii.gz", shifted)
+    assert main(["predict", str(workdir / "m.pt"), str(ph / "dwi.nii.gz"), "--mask", str(tmp_path / "m_shift.nii.gz"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "different grid" in _err(capsys)
+    save_labels(np.zeros((16, 16, 2)), tmp_path / "m0.nii.gz", img.affine)
+    assert main(["fit", str(ph / "dwi.nii.gz"), "--mask", str(tmp_path / "m0.nii.gz"), "--device", "cpu",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "mask is empty" in _err(capsys)
+    # labels on another grid for compare
+    save_labels(np.ones((16, 16, 2)), tmp_path / "lab.nii.gz", shifted)
+    assert main(["compare", str(ph / "truth"), str(ph / "truth"), "--labels", str(tmp_path / "lab.nii.gz")]) == 2
+    assert "different grid" in _err(capsys)
+    # not a bundle; missing directory
+    assert main(["predict", str(ph / "dwi.nii.gz"), str(ph / "dwi.nii.gz"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a napari-rverdict model bundle" in _err(capsys)
+    assert main(["compare", str(tmp_path / "nope"), str(ph / "truth")]) == 2
+    assert "not a directory of maps" in _err(capsys)
+    assert not (tmp_path / "o").exists()
