@@ -206,14 +206,12 @@ def _loglik(y, ysq_g, d, sigma, groups_onehot, group_sizes, likelihood, scale):
         sq = ysq_g[:, None, :] - 2.0 * yd + dsq[None]
         jac = 0.0
     ll = -0.5 * torch.clamp(sq.sum(-1), min=0.0) * inv2
-    if likelihood == "rician":
-        if mstar is None:
-            z = (y * inv2)[:, None, :] * d[None, :, :]
-        elif groups_onehot.shape[1] == 1:
-            z = (mstar * inv2[:, :, None]) * (y[:, None, :] * d[None, :, :])
-        else:
-            z = ((mstar * inv2[:, :, None]) @ groups_onehot.T) * (y[:, None, :] * d[None, :, :])
-        ll = ll + torch.log(torch.special.i0e(z)).sum(-1)
+    if likelihood == "rician":  # in place: the (b, c, m) temporary is the memory and time of this function
+        z = (y * inv2)[:, None, :] * d[None, :, :]
+        if mstar is not None:
+            z.mul_(mstar if groups_onehot.shape[1] == 1 else mstar @ groups_onehot.T)
+        torch.special.i0e(z, out=z)
+        ll = ll + z.log_().sum(-1)
     return ll + jac
 
 
