@@ -27,13 +27,24 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DESCRIP_PREFIX = "napari-rverdict map"
 AFFINE_ATOL = 1e-3  # mm: tolerance when comparing the affines of two images of the same grid
 
-_UNIT_ASCII = {"µ": "u", "²": "^2", "³": "^3", "⁻": "^-", "¹": "1", "·": "*"}
+_UNIT_ASCII = {"µ": "u", "μ": "u", "·": "*"}
+_SUPERSCRIPTS = dict(zip("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-"))
 
 
 def ascii_unit(unit: str) -> str:
-    """``"µm²/ms"`` → ``"um^2/ms"``, ``"µm⁻³"`` → ``"um^-3"`` (NIfTI header strings are ASCII)."""
-    out = "".join(_UNIT_ASCII.get(ch, ch) for ch in str(unit))
-    return out.encode("ascii", "replace").decode("ascii")
+    """``"µm²/ms"`` → ``"um^2/ms"``, ``"µm⁻³"`` → ``"um^-3"`` (NIfTI header strings are ASCII).
+
+    A run of superscript characters becomes one ``^`` followed by the plain characters.
+    """
+    out, in_sup = [], False
+    for ch in str(unit):
+        if ch in _SUPERSCRIPTS:
+            out.append(("" if in_sup else "^") + _SUPERSCRIPTS[ch])
+            in_sup = True
+        else:
+            out.append(_UNIT_ASCII.get(ch, ch))
+            in_sup = False
+    return "".join(out).encode("ascii", "replace").decode("ascii")
 
 
 def _nib():

@@ -1,0 +1,186 @@
+"""NIfTI I/O: DWIs with every protocol sidecar variant, maps, labels, masks, and the errors they raise."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_rverdict.io import (Dwi, ascii_unit, find_sidecar, load_dwi, load_labels, load_maps, load_mask,
+                                map_descrip, parse_descrip, save_dwi, save_labels, save_map, save_maps)
+from napari_rverdict.physics.protocol import Protocol, write_scheme
+
+AFFINE = np.array([[-1.25, 0.02, 0.0, 40.0], [0.0, 1.25, 0.1, -30.5], [0.0, 0.0, 5.0, 12.25], [0, 0, 0, 1.0]])
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    return (rng.uniform(10, 1000, (5, 4, 3, 20))).astype(np.float32)
+
+
+def _close(p, q):
+    for k in ("b", "small_delta", "big_delta", "te", "tr"):
+        np.testing.assert_allclose(getattr(p, k), getattr(q, k), rtol=1e-5, atol=1e-3, err_msg=k)
+
+
+def test_dwi_round_trip_keeps_affine_data_and_protocol(tmp_path, data):
+    prot = Protocol.innovate(direction_averaged=False)
+    written = save_dwi(data, AFFINE, tmp_path / "dwi.nii.gz", prot)
+    assert {p.name for p in written} >= {"dwi.nii.gz", "dwi.bval", "dwi.bvec", "dwi.delta", "dwi.smalldel",
+                                         "dwi.te", "dwi.tr"}
+    dwi = load_dwi(tmp_path / "dwi.nii.gz")
+    assert dwi._data is None  # lazy: nothing read yet
+    assert dwi.shape == (5, 4, 3, 20) and dwi.spatial_shape == (5, 4, 3) and dwi.n_volumes == 20
+    np.testing.assert_allclose(dwi.affine, AFFINE, atol=1e-5)
+    np.testing.assert_allclose(dwi.voxel_sizes, np.sqrt((AFFINE[:3, :3] ** 2).sum(0)), rtol=1e-5)
+    np.testing.assert_allclose(dwi.volume(3), data[..., 3])
+    assert dwi._data is None  # one volume read alone
+    np.testing.assert_array_equal(dwi.data, data)
+    _close(dwi.protocol, prot)
+    assert "protocol read from dwi.bval" in dwi.notes
+    np.testing.assert_allclose(dwi.b0(), data[..., prot.is_b0].mean(-1), rtol=1e-6)
+    avg = load_dwi(tmp_path / "dwi.nii.gz", direction_averaged=True)
+    assert avg.n_volumes == 10 and not avg.is_direction_resolved and dwi.is_direction_resolved
+    np.testing.assert_allclose(avg.data[..., 1], data[..., 1:4].mean(-1), rtol=1e-6)
+    _close(avg.protocol, Protocol.innovate())
+    assert any("20 → 10" in n for n in avg.notes)
+
+
+def test_sidecar_scheme_with_tr(tmp_path, data):
+    prot = Protocol.innovate(direction_averaged=False)
+    nib.save(nib.Nifti1Image(data, AFFINE), str(tmp_path / "dwi.nii.gz"))
+    paths = write_scheme(prot, tmp_path / "dwi.scheme")
+    assert [p.name for p in paths] == ["dwi.scheme", "dwi.tr"]
+    assert find_sidecar(tmp_path / "dwi.nii.gz").name == "dwi.scheme"
+    _close(load_dwi(tmp_path / "dwi.nii.gz").protocol, prot)
+    # TR given on the command line instead of the .tr file
+    (tmp_path / "dwi.tr").unlink()
+    dwi = load_dwi(tmp_path / "dwi.nii.gz", tr=3000.0)
+    np.testing.assert_allclose(dwi.protocol.tr, 3000.0)
+
+
+def test_sidecar_bval_bvec_json(tmp_path, data):
+    prot = Protocol.innovate(direction_averaged=False)
+    nib.save(nib.Nifti1Image(data, AFFINE), str(tmp_path / "dwi.nii.gz"))
+    (tmp_path / "dwi.bval").write_text(" ".join(f"{b:g}" for b in prot.b))
+    (tmp_path / "dwi.bvec").write_text("\n".join(" ".join(f"{v:.6f}" for v in prot.directions[:, i])
+                                                 for i in range(3)))
+    (tmp_path / "dwi.json").write_text(json.dumps({
+        "PulseDuration": list(prot.small_delta * 1e-3), "PulseSeparation": list(prot.big_delta * 1e-3),
+        "EchoTime": list(prot.te * 1e-3), "RepetitionTime": list(prot.tr * 1e-3)}))
+    dwi = load_dwi(tmp_path / "dwi.nii.gz")
+    _close(dwi.protocol, prot)
+    np.testing.assert_allclose(dwi.protocol.directions, prot.directions, atol=1e-6)
+    # the same in ms, with one TE for every volume given as a number
+    (tmp_path / "dwi.json").write_text(json.dumps({
+        "units": "ms", "smalldel": list(prot.small_delta), "delta": list(prot.big_delta), "te": 80.0,
+        "tr": list(prot.tr)}))
+    np.testing.assert_allclose(load_dwi(tmp_path / "dwi.nii.gz").protocol.te, 80.0)
+
+
+def test_sidecar_bval_with_per_volume_files(tmp_path, data):
+    prot = Protocol.innovate(direction_averaged=False)
+    save_dwi(data, AFFINE, tmp_path / "dwi.nii.gz", prot)
+    (tmp_path / "dwi.bvec").unlink()  # directions are optional
+    dwi = load_dwi(tmp_path / "dwi.nii.gz")
+    _close(dwi.protocol, prot)
+    # a file with the wrong number of values is refused
+    (tmp_path / "dwi.te").write_text("0.05 0.05 0.05")
+    with pytest.raises(ValueError, match="te|TE"):
+        load_dwi(tmp_path / "dwi.nii.gz")
+
+
+def test_preset_and_file_protocols(tmp_path, data):
+    nib.save(nib.Nifti1Image(data, AFFINE), str(tmp_path / "x.nii.gz"))
+    dwi = load_dwi(tmp_path / "x.nii.gz", "innovate-20")
+    _close(dwi.protocol, Protocol.innovate(direction_averaged=False))
+    write_scheme(Protocol.innovate(direction_averaged=False), tmp_path / "other.scheme")
+    _close(load_dwi(tmp_path / "x.nii.gz", tmp_path / "other.scheme").protocol,
+           Protocol.innovate(direction_averaged=False))
+
+
+def test_dwi_errors(tmp_path, data):
+    nib.save(nib.Nifti1Image(data, AFFINE), str(tmp_path / "dwi.nii.gz"))
+    with pytest.raises(ValueError, match="no protocol found for dwi.nii.gz"):
+        load_dwi(tmp_path / "dwi.nii.gz")
+    with pytest.raises(ValueError, match="20 volumes but its protocol .* has 10 measurements"):
+        load_dwi(tmp_path / "dwi.nii.gz", "innovate")
+    nib.save(nib.Nifti1Image(data[..., 0], AFFINE), str(tmp_path / "b0.nii.gz"))
+    with pytest.raises(ValueError, match="must be 4D .* got 3D"):
+        load_dwi(tmp_path / "b0.nii.gz", "innovate")
+    with pytest.raises(ValueError, match="not found"):
+        load_dwi(tmp_path / "missing.nii.gz", "innovate")
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="not a readable NIfTI"):
+        load_dwi(tmp_path / "junk.nii.gz", "innovate")
+    with pytest.raises(ValueError, match="4D"):
+        Dwi.from_array(data[..., 0], AFFINE, "innovate")
+    with pytest.raises(ValueError, match="volumes but its protocol"):
+        Dwi.from_array(data[..., :7], AFFINE, "innovate")
+    # (x, y, z, 1, n) as some converters write is accepted
+    nib.save(nib.Nifti1Image(data[:, :, :, None, :], AFFINE), str(tmp_path / "five.nii.gz"))
+    assert load_dwi(tmp_path / "five.nii.gz", "innovate-20").shape == (5, 4, 3, 20)
+
+
+def test_maps_round_trip_with_units(tmp_path):
+    rng = np.random.default_rng(1)
+    maps = {"f_ic": rng.random((5, 4, 3)), "cellularity": rng.random((5, 4, 3)) * 1e-3,
+            "D_ees": rng.random((5, 4, 3)) * 3}
+    paths = save_maps(maps, tmp_path / "maps", AFFINE, model="rverdict")
+    assert [p.name for p in paths] == ["f_ic.nii.gz", "cellularity.nii.gz", "D_ees.nii.gz"]
+    img = nib.load(str(paths[1]))
+    assert img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(img.affine, AFFINE, atol=1e-5)
+    assert parse_descrip(img.header["descrip"].tobytes()) == ("cellularity", "um^-3")
+    assert float(img.header["cal_max"]) == pytest.approx(0.01)
+    back, units = load_maps(tmp_path / "maps", with_units=True)
+    assert set(back) == set(maps) and units["D_ees"] == "um^2/ms" and units["f_ic"] == ""
+    for k in maps:
+        np.testing.assert_allclose(back[k], maps[k].astype(np.float32))
+    # files written by other tools: named after the file
+    (tmp_path / "other").mkdir()
+    nib.save(nib.Nifti1Image(np.ones((5, 4, 3), np.float32), AFFINE), str(tmp_path / "other" / "fic.nii"))
+    assert list(load_maps(tmp_path / "other")) == ["fic"]
+    with pytest.raises(ValueError, match="3D"):
+        save_map(np.ones((2, 2)), tmp_path / "x.nii.gz", AFFINE, "x")
+    with pytest.raises(ValueError, match="no 3D NIfTI maps"):
+        load_maps(tmp_path)  # holds only folders
+    with pytest.raises(ValueError, match="not a directory"):
+        load_maps(tmp_path / "nope")
+
+
+def test_descrip_helpers():
+    assert ascii_unit("µm²/ms") == "um^2/ms" and ascii_unit("µm⁻³") == "um^-3"
+    d = map_descrip("T1", "ms")
+    assert d == b"napari-rverdict map T1 [ms]" and parse_descrip(d) == ("T1", "ms")
+    assert parse_descrip(b"something else") is None
+    assert len(map_descrip("x" * 200, "ms")) <= 79
+
+
+def test_labels_and_masks_on_the_dwi_grid(tmp_path, data):
+    dwi = Dwi.from_array(data, AFFINE, "innovate-20")
+    labels = np.zeros((5, 4, 3), int)
+    labels[1:3, 1:3, 1] = 3
+    labels[4, 0, 0] = 1
+    save_labels(labels, tmp_path / "lab.nii.gz", AFFINE)
+    got = load_labels(tmp_path / "lab.nii.gz", dwi)
+    assert got.dtype == np.int32 and np.array_equal(got, labels)
+    assert np.array_equal(load_mask(tmp_path / "lab.nii.gz", dwi), labels > 0)
+    assert np.array_equal(load_labels(tmp_path / "lab.nii.gz", ((5, 4, 3), AFFINE)), labels)
+    # another affine (a 2 mm shift) or another shape: refused with a clear message
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 2.0
+    save_labels(labels, tmp_path / "shift.nii.gz", shifted)
+    with pytest.raises(ValueError, match="label image shift.nii.gz is on a different grid"):
+        load_labels(tmp_path / "shift.nii.gz", dwi)
+    with pytest.raises(ValueError, match="mask shift.nii.gz is on a different grid"):
+        load_mask(tmp_path / "shift.nii.gz", dwi)
+    save_labels(labels[:4], tmp_path / "small.nii.gz", AFFINE)
+    with pytest.raises(ValueError, match=r"has shape \(4, 4, 3\) but .* spatial shape \(5, 4, 3\)"):
+        load_labels(tmp_path / "small.nii.gz", dwi)
+    nib.save(nib.Nifti1Image(labels * 0.5, AFFINE), str(tmp_path / "frac.nii.gz"))
+    with pytest.raises(ValueError, match="non-integer"):
+        load_labels(tmp_path / "frac.nii.gz", dwi)
+    with pytest.raises(ValueError, match="not found"):
+        load_labels(tmp_path / "none.nii.gz", dwi)
