@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMAND_MODULES: tuple[str, ...] = ("_cli_train", "_cli_volume")
+_COMMAND_MODULES: tuple[str, ...] = ("_cli_train", "_cli_volume", "_cli_uncertainty")
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,46 @@
+"""``rverdict protocol-report`` (registered by :mod:`napari_rverdict.cli`): which maps an acquisition supports.
+
+Heavy imports (torch, the posterior) happen inside the command function so ``rverdict --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import CliError, add_protocol_option, load_cli_protocol
+
+
+def cmd_protocol_report(args) -> int:
+    from .posterior import protocol_report
+
+    try:
+        snr = float(args.snr)
+    except ValueError:
+        raise CliError(f"--snr expects one number, got '{args.snr}'") from None
+    if args.n_test < 2 or args.n_dictionary < 1:
+        raise CliError("--n-test must be at least 2 and --n-dictionary at least 1")
+    protocol = load_cli_protocol(args)
+    print(f"computing the Bayes limit ({args.n_test} signals, {args.n_dictionary:,}-entry dictionary) …",
+          file=sys.stderr)
+    report = protocol_report(args.model, protocol, snr, n_test=args.n_test, n_dictionary=args.n_dictionary,
+                             fraction_sampler=args.sampler, seed=args.seed, device=args.device)
+    print(report.format_table())
+    if args.csv:
+        print(f"wrote {report.to_csv(args.csv)}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("protocol-report",
+                       help="per map: √CRLB at typical tissue and the Bayes-limit RMSE for an acquisition")
+    p.add_argument("--model", default="rverdict", help="verdict or rverdict (default: %(default)s)")
+    add_protocol_option(p)
+    p.add_argument("--snr", default="35", help="SNR of the brightest measurement (default: %(default)s)")
+    p.add_argument("--n-test", type=int, default=200, help="prior draws for the Bayes limit (default: %(default)s)")
+    p.add_argument("--n-dictionary", type=int, default=200_000,
+                   help="prior dictionary entries for the posterior (default: %(default)s)")
+    p.add_argument("--sampler", default="dirichlet", choices=("dirichlet", "tissue"), help="fraction sampler")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--csv", default=None, help="also write the table as CSV")
+    p.set_defaults(func=cmd_protocol_report)
