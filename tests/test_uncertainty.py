@@ -242,3 +242,8 @@ def test_tiny_validation_set_keeps_unit_factors():
     data = simulate("rverdict", n=30, seed=9, val_fraction=0.2)  # 6 validation signals
     b = train(data, TrainConfig(epochs=1, batch_size=8, uncertainty=True, device="cpu")).bundle
     assert b.has_uncertainty and set(b.sd_scale.values()) == {1.0}
+
+
+def test_describe_mentions_uncertainty(trained, plain):
+    assert "uncertainty" in trained[1].bundle.describe()
+    assert "uncertainty" not in plain.describe()

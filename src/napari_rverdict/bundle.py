@@ -125,6 +125,9 @@ class Bundle:
             "ranges: " + ", ".join(f"{k} {lo:g}–{hi:g}" for k, (lo, hi) in self.ranges.items()
                                    if k in self.target_names),
         ]
+        if self.uncertainty:
+            lines.append("uncertainty: predicts a mean and a variance per parameter (β-NLL), sd recalibrated per map "
+                         "on the validation set")
         vl = self.history.get("val_loss") or []
         if vl:
             be = self.history.get("best_epoch")
