@@ -220,7 +220,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: %(default)s)")
     p.add_argument("--starts", type=int, default=4, help="starts per voxel from screened prior draws (default: 4)")
     p.add_argument("--init", default=None, help="a model bundle whose prediction is one more start per voxel")
-    p.add_argument("--max-iter", type=_positive_int, default=200, help="Levenberg–Marquardt iterations at most")
+    p.add_argument("--max-iter", type=_positive_int, default=1000,
+                   help="Levenberg–Marquardt iterations at most (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the candidate starts")
     p.add_argument("--out", required=True, help="output directory for the maps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -15,8 +15,10 @@ Parameters are fitted in an unbounded space with a bounded transform:
 * every other parameter is ``low + (high − low) · sigmoid(u)`` inside its range (default: the model's training
   ranges, e.g. R 0.01–15 µm, T1 10–4000 ms).
 
-Optimiser: Levenberg–Marquardt (damping λ · max(diag JᵀJ, mean diag JᵀJ), accept-if-better with λ ÷ 3 / × 4), batched over
-every (voxel, start) pair, with forward-difference Jacobians and an active set (converged rows stop costing).
+Optimiser: Levenberg–Marquardt (damping λ · max(diag JᵀJ, mean diag JᵀJ), accept-if-better with λ ÷ 3 / × 4),
+batched over every (voxel, start) pair, with forward-difference Jacobians and an active set (converged rows stop
+costing). A row stops when an accepted step lowers its cost by less than 1e-12 (relative), when λ exceeds 1e10, or
+after ``max_iter`` (1000) iterations.
 
 Starts: ``n_candidates`` parameter sets drawn (seeded) from the model's prior are scored against every voxel at
 once (closed-form scale, a matrix product), and each voxel starts from its ``n_starts`` best; an ``init`` (e.g. a
@@ -224,7 +226,7 @@ def make_starts(problem: FitProblem, y: np.ndarray, n_starts: int, n_candidates:
 
 
 # ---------------------------------------------------------------------- Levenberg–Marquardt, batched
-def levenberg_marquardt(problem: FitProblem, y, u0, max_iter: int = 200, tol: float = 1e-10):
+def levenberg_marquardt(problem: FitProblem, y, u0, max_iter: int = 1000, tol: float = 1e-12):
     """Minimise ‖r(u)‖² for every row independently. y (B, m), u0 (B, k) tensors. Returns (u, cost, iterations)."""
     u = u0.clone()
     B, k = u.shape
@@ -301,7 +303,7 @@ def _init_params(init, signals_raw, protocol, problem: FitProblem, index=None) -
 
 
 def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, init=None, ranges=None,
-                progress: Callable[[int, int], None] | None = None, n_candidates: int = 512, max_iter: int = 200,
+                progress: Callable[[int, int], None] | None = None, n_candidates: int = 512, max_iter: int = 1000,
                 seed: int = 0, chunk: int = 8192, return_cost: bool = False) -> dict[str, np.ndarray]:
     """Batched NLLS fit of raw signals (n, m) acquired with ``protocol``.
 
