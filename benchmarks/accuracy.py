@@ -163,12 +163,19 @@ def main(argv=None):
                             f"{info['best_epoch']} (validation MSE {_fmt(info['best_val'])}), {info['time_s']:.0f} s. "
                             f"Mean MAPE {mean_mape:.3f}.\n\n" + "\n".join(table) + "\n")
             print(f"           mean MAPE {mean_mape:.3f}, mean RMSE/Bayes {np.nanmean(ratios):.3f}", flush=True)
+            _write(out_stem, setting, machine, load0, t_start, summary, sections, rows, models, nets,
+                   done=False)
 
+    _write(out_stem, setting, machine, load0, t_start, summary, sections, rows, models, nets, done=True)
+
+
+def _write(out_stem, setting, machine, load0, t_start, summary, sections, rows, models, nets, done: bool):
+    """Write the markdown, CSV and PNG (after every network, so a run cut short keeps what it finished)."""
     total = time.perf_counter() - t_start
-    # ---- markdown
     lines = ["# Network accuracy on synthetic data (benchmarks/accuracy.py)", "",
              f"{setting}.", "", f"Machine: {machine}; load average {load0[0]:.2f} at start, "
-             f"{os.getloadavg()[0]:.2f} at end; total run time {total / 60:.1f} min.", "",
+             f"{os.getloadavg()[0]:.2f} at end; total run time {total / 60:.1f} min"
+             + ("." if done else " so far (RUN NOT FINISHED: only the networks below were done)."), "",
              "MAPE = mean |pred − true| / (training range), as in the paper. √CRLB: median over test signals of the "
              "Cramér–Rao bound (Gaussian noise σ = 1/SNR, S0 nuisance); for rVERDICT it is large because 8 "
              "parameters + S0 are fitted to 10 measurements, and it bounds only unbiased estimators. The Bayes-limit "
@@ -190,7 +197,8 @@ def main(argv=None):
         w.writeheader()
         w.writerows(rows)
     _plot(rows, models, nets, out_stem.with_suffix(".png"))
-    print(f"wrote {md}, {out_stem.with_suffix('.csv')}, {out_stem.with_suffix('.png')} ({total / 60:.1f} min)")
+    if done:
+        print(f"wrote {md}, {out_stem.with_suffix('.csv')}, {out_stem.with_suffix('.png')} ({total / 60:.1f} min)")
 
 
 def _plot(rows, models, nets, path):
