@@ -142,3 +142,18 @@ def test_uncertainty_without_support_is_a_clear_error(bundle, phantom):
         pytest.skip("this bundle gives uncertainty")
     with pytest.raises(ValueError, match="uncertainty"):
         predict_volume(bundle, phantom.to_dwi(), mask=phantom.mask, uncertainty=True)
+
+
+def test_uncertainty_maps_are_3d_and_masked(phantom):
+    data = simulate("rverdict", n=3000, snr=35, seed=4)
+    b = train(data, TrainConfig(epochs=2, seed=0, device="cpu", uncertainty=True)).bundle
+    assert b.has_uncertainty
+    maps = predict_volume(b, phantom.to_dwi(), mask=phantom.mask, uncertainty=True, chunk=500)
+    sd_keys = [k for k in maps if k.endswith("_sd")]
+    assert "f_ic_sd" in sd_keys and set(b.map_names) <= set(maps)
+    for k in sd_keys:
+        assert maps[k].shape == phantom.shape and maps[k].dtype == np.float32
+        assert np.all(maps[k][~phantom.mask] == 0) and np.all(maps[k][phantom.mask] >= 0), k
+    plain = predict_volume(b, phantom.to_dwi(), mask=phantom.mask)
+    assert not any(k.endswith("_sd") for k in plain)
+    np.testing.assert_allclose(plain["f_ic"], maps["f_ic"], rtol=1e-5, atol=1e-6)
