@@ -68,6 +68,8 @@ class SimulateWidget(QWidget):
         self.state = get_state(napari_viewer)
         self.worker = None
         self._file_protocol = None  # (path, Protocol) chosen with "File…"
+        self._relay = None
+        self._pbar = None
 
         self.model_combo = QComboBox()
         for key, text in MODELS:
@@ -301,20 +303,14 @@ class SimulateWidget(QWidget):
         except ValueError as exc:
             self.message.error(str(exc))
             return
-        relay = Relay(self)
-        pbar = napari_progress(total=100, desc=f"Simulating {kwargs['n']:,} {model_label(kwargs['model'])} signals")
-
-        def on_progress(fraction):
-            value = int(round(100 * fraction))
-            self.progress.setValue(value)
-            pbar.n = value
-            pbar.refresh()
-
-        relay.value.connect(on_progress)
-        worker = create_worker(simulate, progress=relay.value.emit, _start_thread=False, **kwargs)
+        self._relay = Relay(self)
+        self._pbar = napari_progress(total=100,
+                                     desc=f"Simulating {kwargs['n']:,} {model_label(kwargs['model'])} signals")
+        self._relay.value.connect(self._on_progress)
+        worker = create_worker(simulate, progress=self._relay.value.emit, _start_thread=False, **kwargs)
         worker.returned.connect(self._done)
         worker.errored.connect(self._failed)
-        worker.finished.connect(lambda: self._finished(pbar, relay))
+        worker.finished.connect(self._finished)
         self.worker = worker
         self.generate_btn.setEnabled(False)
         self.progress.setValue(0)
@@ -337,8 +333,29 @@ class SimulateWidget(QWidget):
         self.message.error(f"Simulation failed: {exc}")
         show_error(f"Simulation failed: {exc}")
 
-    def _finished(self, pbar, relay) -> None:
-        pbar.close()
-        relay.deleteLater()
-        self.worker = None
+    def _on_progress(self, fraction) -> None:
+        value = int(round(100 * fraction))
+        self.progress.setValue(value)
+        pbar = self._pbar
+        if pbar is not None:
+            pbar.n = value
+            pbar.refresh()
+
+    def _finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        worker, self.worker = self.worker, None
+        for sig in ("returned", "errored", "finished"):  # the worker keeps no reference to this dock
+            try:
+                getattr(worker, sig).disconnect()
+            except (TypeError, RuntimeError, AttributeError):
+                pass
+        if self._relay is not None:
+            try:
+                self._relay.value.disconnect()
+            except (TypeError, RuntimeError):
+                pass
+            self._relay.deleteLater()
+            self._relay = None
         self._validate()

@@ -383,11 +383,11 @@ class TrainWidget(QWidget):
             else:
                 self.plot.add_val(rec.epoch, rec.val_loss)
                 self.plot.set_best(rec.best_epoch)
-                if self._pbar is not None:
-                    self._pbar.n = rec.epoch
-                    self._pbar.set_description(f"Training: epoch {rec.epoch}/{rec.n_epochs}, "
-                                               f"val {rec.val_loss:.3g}")
-                    self._pbar.refresh()
+                pbar = self._pbar  # set_description may process events (and the finish) before refresh
+                if pbar is not None:
+                    pbar.n = rec.epoch
+                    pbar.set_description(f"Training: epoch {rec.epoch}/{rec.n_epochs}, val {rec.val_loss:.3g}")
+                    pbar.refresh()
         elif kind == "done":
             result = payload.result
             self.result = result
@@ -431,7 +431,14 @@ class TrainWidget(QWidget):
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
-        self.worker = None
+        worker, self.worker = self.worker, None
+        for sig in ("yielded", "errored", "finished"):  # the worker keeps no reference to this dock
+            try:
+                getattr(worker, sig).disconnect()
+            except (TypeError, RuntimeError, AttributeError):
+                pass
+        if torch.cuda.is_available():  # the trainer's CUDA tensors are gone: give the cached memory back
+            torch.cuda.empty_cache()
         self.plot.flush()
         if self.state != TrainState.CRASHED:
             stopped = self.result is not None and self.result.stopped

@@ -1,0 +1,68 @@
+"""The launcher's window, closing docks mid-run, and the Train dock's uncertainty option."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import add_dock
+from qtpy.QtCore import Qt
+
+from napari_rverdict._napari.launch import DOCKS, main, open_viewer
+
+pytestmark = pytest.mark.gui
+
+
+def test_launcher_opens_three_tabified_docks_and_the_phantom(viewer, qtbot):
+    _, widgets = open_viewer(viewer)
+    assert set(widgets) == set(DOCKS)
+    names = [ly.name for ly in viewer.layers]
+    assert {"phantom DWI", "lesion labels", "gland mask", "truth f_ic [fraction]"} <= set(names)
+    assert viewer.layers["lesion labels"].contour == 1
+    win = viewer.window._qt_window
+    docks = [w.parentWidget() for w in widgets.values()]
+    qtbot.waitUntil(lambda: any(d.isVisible() for d in docks), timeout=5000)
+    assert set(win.tabifiedDockWidgets(docks[0])) == set(docks[1:])  # one tab group
+    assert docks[0].isVisible()  # Simulate (step 1) is the tab in front
+    maps = widgets["Maps"]
+    assert maps.dwi_combo.currentText() == "phantom DWI"
+    assert maps.labels_combo.currentText() == "lesion labels"
+    assert "20 volumes" in maps.dwi_info.text()
+
+
+def test_launcher_cli_rejects_unknown_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--bogus"])
+    assert exc.value.code == 2 and "--bogus" in capsys.readouterr().err
+
+
+def test_closing_the_train_dock_stops_training(viewer, qtbot):
+    sim, tr = add_dock(viewer, "Simulate"), add_dock(viewer, "Train")
+    sim.n_spin.setValue(3000)
+    qtbot.mouseClick(sim.generate_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: sim.worker is None and sim.state.data is not None, timeout=60_000)
+    tr.epochs_spin.setValue(1000)
+    tr.device_combo.setCurrentText("cpu")
+    qtbot.mouseClick(tr.start_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(tr.plot.val_y) >= 1, timeout=60_000)
+    assert tr.worker is not None and tr._pbar is not None and tr._pbar.total == 1000  # activity panel entry
+    worker = tr.worker
+    viewer.window.remove_dock_widget(tr.parentWidget())
+    assert tr.stop_event.is_set() and tr.stop_event.closing
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)
+    assert tr.plot.val_x[-1] < 1000  # it stopped long before the last epoch (the dock is gone: no result)
+
+
+def test_train_uncertainty_checkbox_gives_sd_maps_option(viewer, qtbot):
+    sim, tr, maps = (add_dock(viewer, n) for n in ("Simulate", "Train", "Maps"))
+    sim.n_spin.setValue(2000)
+    qtbot.mouseClick(sim.generate_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: sim.worker is None and sim.state.data is not None, timeout=60_000)
+    assert tr.uncertainty_check.isEnabled()
+    tr.uncertainty_check.setChecked(True)
+    assert tr.config().uncertainty is True
+    tr.epochs_spin.setValue(1)
+    tr.device_combo.setCurrentText("cpu")
+    assert not maps.uncertainty_check.isEnabled()
+    qtbot.mouseClick(tr.start_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: tr.worker is None, timeout=60_000)
+    assert tr.session.bundle.has_uncertainty
+    assert maps.uncertainty_check.isEnabled()
