@@ -46,6 +46,7 @@ from .physics.protocol import Protocol, load_protocol
 
 SPHERE_TABLE_NODES = 1024
 FD_STEP = 1e-7  # forward-difference step in the unbounded space (float64)
+FD_STEP_FLOAT32 = 3e-4  # devices without float64 (MPS)
 DAMP_FLOOR = 1.0  # damping uses max(diag(JᵀJ), DAMP_FLOOR · mean diag): no free direction at a saturated bound
 
 
@@ -235,6 +236,7 @@ def levenberg_marquardt(problem: FitProblem, y, u0, max_iter: int = 1000, tol: f
     lam = torch.full((B,), 1e-3, dtype=u.dtype, device=u.device)
     active = torch.arange(B, device=u.device)
     eye = torch.eye(k, dtype=u.dtype, device=u.device)
+    h = FD_STEP if u.dtype == torch.float64 else FD_STEP_FLOAT32
     iters = 0
     for iters in range(1, max_iter + 1):
         if active.numel() == 0:
@@ -242,9 +244,9 @@ def levenberg_marquardt(problem: FitProblem, y, u0, max_iter: int = 1000, tol: f
         ua, ya, ra, ca, la = u[active], y[active], r[active], cost[active], lam[active]
         nb = ua.shape[0]
         # forward-difference Jacobian: k shifted copies in one batched evaluation
-        shifted = ua.unsqueeze(0) + FD_STEP * eye.unsqueeze(1)  # (k, nb, k)
+        shifted = ua.unsqueeze(0) + h * eye.unsqueeze(1)  # (k, nb, k)
         rs = problem.residual(shifted.reshape(k * nb, k), ya.repeat(k, 1)).reshape(k, nb, -1)
-        jac = ((rs - ra.unsqueeze(0)) / FD_STEP).permute(1, 2, 0)  # (nb, m, k)
+        jac = ((rs - ra.unsqueeze(0)) / h).permute(1, 2, 0)  # (nb, m, k)
         jtj = jac.transpose(1, 2) @ jac
         g = (jac.transpose(1, 2) @ ra.unsqueeze(-1)).squeeze(-1)
         diag = torch.diagonal(jtj, dim1=1, dim2=2)
