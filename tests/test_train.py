@@ -166,3 +166,19 @@ def test_train_on_cuda(data):
     cpu = res.bundle.predict_signals(data.signals[:100])
     for k in maps:
         np.testing.assert_allclose(maps[k], cpu[k], rtol=1e-3, atol=1e-5)
+
+
+def test_plateau_scheduler_halves_lr(data, monkeypatch):
+    real = train_mod._evaluate_loss
+
+    def flat(net, x, y):
+        real(net, x, y)
+        return 0.5  # never improves after the first epoch
+
+    monkeypatch.setattr(train_mod, "_evaluate_loss", flat)
+    on = train(data, TrainConfig(epochs=5, patience=4, scheduler=True)).history["lr"]
+    off = train(data, TrainConfig(epochs=5, patience=0, scheduler=False)).history["lr"]
+    # ReduceLROnPlateau(patience = max(1, 4 // 4) = 1) halves the rate after the 2nd epoch in a row without
+    # improvement (epoch 3); history["lr"] is the rate each epoch trained with, so the halving shows from epoch 4
+    assert on == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4])
+    assert off == [1e-3] * 5  # patience 0: no early stopping, all 5 epochs
