@@ -41,7 +41,6 @@ def save(img, path: Path, max_kb: int = 500) -> None:
 
 
 def main() -> int:
-    import napari
     from qtpy.QtWidgets import QApplication
 
     from napari_rverdict._napari.launch import open_viewer
@@ -92,14 +91,9 @@ def main() -> int:
     for _ in range(10):
         app.processEvents()
         time.sleep(0.05)
-    save(viewer.screenshot(canvas_only=False, flash=False, as_numpy=False)
-         if _qimage_ok(viewer) else win.grab().toImage(), OUT / "maps.png")
+    save(win.grab().toImage(), OUT / "maps.png")  # the whole window: canvas and docks
     viewer.close()
     return 0
-
-
-def _qimage_ok(viewer) -> bool:
-    return False  # window grab gives the docks and the canvas in one QImage on every napari version
 
 
 if __name__ == "__main__":

@@ -93,10 +93,14 @@ def _snapshot(viewer):
 
 
 def test_bad_inputs_show_a_message_and_change_nothing(viewer, qtbot, unc_bundle):
+    from napari.utils.notifications import notification_manager
+
     maps = add_dock(viewer, "Maps")
     # no DWI layer
+    n_notes = len(notification_manager.records)
     _run(qtbot, maps)
     assert maps.message.kind == "error" and "No DWI layer" in maps.message.text()
+    assert "No DWI layer" in str(notification_manager.records[n_notes:][-1].message)  # a napari notification too
     assert len(viewer.layers) == 0 and maps.maps is None
 
     viewer.open_sample("napari-rverdict", "prostate_phantom_dwi")

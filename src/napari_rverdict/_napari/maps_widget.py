@@ -17,12 +17,12 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
     QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from ._common import LayerCombo, LifetimeGuard, Message, Relay, hint, separator
-from .reader import layer_to_xyz, map_layer_name, map_spec_for, map_unit_text
+from .reader import layer_protocol, layer_to_xyz, map_layer_name, map_spec_for, map_unit_text
 from .state import get_state, model_label
 
 AUTO_MASK = "(automatic: Otsu threshold of the mean b = 0)"
@@ -40,19 +40,6 @@ def _is_3d_volume(layer) -> bool:
 
 def _is_labels(layer) -> bool:
     return isinstance(layer, napari.layers.Labels) and layer.ndim == 3
-
-
-def layer_protocol(layer):
-    """The Protocol a DWI layer carries in ``metadata['protocol']`` (a Protocol or its dict), or None."""
-    meta = getattr(layer, "metadata", None) or {}
-    p = meta.get("protocol")
-    if p is None:
-        return None
-    if isinstance(p, dict):
-        from ..physics.protocol import Protocol
-
-        return Protocol.from_dict(p)
-    return p
 
 
 def layer_affine(layer) -> np.ndarray:

@@ -69,6 +69,19 @@ def layer_to_xyz(data) -> np.ndarray:
     raise ValueError(f"cannot write a {data.ndim}D layer as NIfTI (2D, 3D or 4D expected)")
 
 
+def layer_protocol(layer):
+    """The Protocol a DWI layer carries in ``metadata['protocol']`` (a Protocol or its dict), or None."""
+    meta = getattr(layer, "metadata", None) or {}
+    p = meta.get("protocol")
+    if p is None:
+        return None
+    if isinstance(p, dict):
+        from ..physics.protocol import Protocol
+
+        return Protocol.from_dict(p)
+    return p
+
+
 def map_spec_for(name: str, model=None):
     """The MapSpec of map ``name`` (of ``model`` when given, else of rVERDICT or classic VERDICT), or None."""
     from ..physics.models import get_model

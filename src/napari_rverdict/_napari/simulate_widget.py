@@ -22,24 +22,12 @@ from ..physics.models import get_model
 from ..physics.protocol import load_protocol
 from ..synth import FRACTION_SAMPLERS, resolve_ranges, simulate
 from ._common import Message, Relay, hint, separator
+from .reader import layer_protocol
 from .state import get_state, model_label
 
 MODELS = (("rverdict", "rVERDICT (relaxation-VERDICT, 9 maps)"), ("verdict", "classic VERDICT (5 maps)"))
 SAMPLERS = {"dirichlet": "Dirichlet(1,1,1): uniform on the simplex", "tissue": "tissue: p1 = 1 − f_vasc, p2 = f_ic / p1"}
 INVALID_BG = QColor("#8b1e1e")
-
-
-def dwi_protocol(layer):
-    """The Protocol a DWI layer carries in ``metadata['protocol']`` (a Protocol or its dict), or None."""
-    meta = getattr(layer, "metadata", None) or {}
-    p = meta.get("protocol")
-    if p is None:
-        return None
-    if isinstance(p, dict):
-        from ..physics.protocol import Protocol
-
-        return Protocol.from_dict(p)
-    return p
 
 
 def parse_snr_text(text: str):
@@ -178,7 +166,7 @@ class SimulateWidget(QWidget):
         self.protocol_combo.clear()
         self.protocol_combo.addItem("INNOVATE preset (10 direction-averaged)", ("preset", "innovate"))
         for layer in reversed(list(self.viewer.layers)):
-            if isinstance(layer, napari.layers.Image) and dwi_protocol(layer) is not None:
+            if isinstance(layer, napari.layers.Image) and layer_protocol(layer) is not None:
                 self.protocol_combo.addItem(f"from layer '{layer.name}'", ("layer", layer.name))
         if self._file_protocol is not None:
             self.protocol_combo.addItem(f"file {self._file_protocol[0]}", ("file", self._file_protocol[0]))
@@ -211,7 +199,7 @@ class SimulateWidget(QWidget):
         elif kind == "layer":
             if value not in self.viewer.layers:
                 raise ValueError(f"layer '{value}' is gone")
-            spec = dwi_protocol(self.viewer.layers[value])
+            spec = layer_protocol(self.viewer.layers[value])
         else:
             spec = self._file_protocol[1]
         return load_cli_protocol(SimpleNamespace(protocol=spec, tr=None))
