@@ -66,3 +66,27 @@ def test_train_uncertainty_checkbox_gives_sd_maps_option(viewer, qtbot):
     qtbot.waitUntil(lambda: tr.worker is None, timeout=60_000)
     assert tr.session.bundle.has_uncertainty
     assert maps.uncertainty_check.isEnabled()
+
+
+def test_training_error_is_shown_and_the_dock_stays_usable(viewer, qtbot, monkeypatch):
+    from napari.utils.notifications import notification_manager
+
+    from napari_rverdict._napari import train_widget
+
+    sim, tr = add_dock(viewer, "Simulate"), add_dock(viewer, "Train")
+    sim.n_spin.setValue(500)
+    qtbot.mouseClick(sim.generate_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: sim.worker is None and sim.state.data is not None, timeout=60_000)
+
+    def broken(data, config, stop_event):
+        raise RuntimeError("CUDA out of memory (simulated)")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(train_widget, "iter_training", broken)
+    n_notes = len(notification_manager.records)
+    qtbot.mouseClick(tr.start_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: tr.worker is None, timeout=30_000)
+    assert tr.state.value == "crashed" and tr.session.bundle is None
+    assert "Training failed" in tr.message.text() and "out of memory" in tr.message.text()
+    assert any("out of memory" in str(r.message) for r in notification_manager.records[n_notes:])
+    assert tr.start_btn.isEnabled() and not tr.stop_btn.isEnabled()

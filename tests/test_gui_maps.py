@@ -131,6 +131,21 @@ def test_bad_inputs_show_a_message_and_change_nothing(viewer, qtbot, unc_bundle)
     assert maps.message.kind == "error" and "odd mask" in maps.message.text()
     assert _snapshot(viewer) == before and maps.maps is None
     assert maps.compute_btn.isEnabled()
+
+    # a protocol the model was not trained on (b-values off by far more than 5 %): the worker's error is shown
+    from napari_rverdict.physics.protocol import Protocol, load_protocol
+
+    d = load_protocol("innovate").to_dict()
+    d["b"] = [1.7 * b + 50 for b in d["b"]]
+    maps.mask_combo.select("gland mask") if "gland mask" in viewer.layers else maps.mask_combo.setCurrentIndex(0)
+    viewer.add_image(dwi.data[::2], name="other protocol", scale=dwi.scale, translate=dwi.translate,
+                     metadata=dict(dwi.metadata, protocol=Protocol.from_dict(d)))
+    maps.dwi_combo.select("other protocol")
+    before = _snapshot(viewer)
+    _run(qtbot, maps)
+    assert maps.message.kind == "error" and "failed" in maps.message.text()
+    assert "match" in maps.message.text()
+    assert _snapshot(viewer) == before and maps.maps is None
     # nothing to export yet
     assert maps.export_maps("unused") == [] and maps.message.kind == "error"
 

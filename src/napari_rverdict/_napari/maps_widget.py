@@ -315,7 +315,8 @@ class MapsWidget(QWidget):
         self._pbar = napari_progress(total=100, desc="Computing maps")
         self._relay.value.connect(self._on_progress)
         worker = create_worker(compute_job, run["bundle"], run["dwi"], run["mask"], run["device"],
-                               run["uncertainty"], run["with_nlls"], self._relay.value.emit, _start_thread=False)
+                               run["uncertainty"], run["with_nlls"], self._relay.value.emit, _start_thread=False,
+                               _ignore_errors=True)  # errors go to _failed (dock + notification)
         worker.returned.connect(self._done)
         worker.errored.connect(self._failed)
         worker.finished.connect(self._finished)

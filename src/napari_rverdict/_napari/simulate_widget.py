@@ -295,7 +295,8 @@ class SimulateWidget(QWidget):
         self._pbar = napari_progress(total=100,
                                      desc=f"Simulating {kwargs['n']:,} {model_label(kwargs['model'])} signals")
         self._relay.value.connect(self._on_progress)
-        worker = create_worker(simulate, progress=self._relay.value.emit, _start_thread=False, **kwargs)
+        worker = create_worker(simulate, progress=self._relay.value.emit, _start_thread=False, _ignore_errors=True,
+                               **kwargs)
         worker.returned.connect(self._done)
         worker.errored.connect(self._failed)
         worker.finished.connect(self._finished)

@@ -95,14 +95,18 @@ def _num(v) -> float:
 @thread_worker
 def training_job(data, config: TrainConfig, stop_event: threading.Event, evaluate_after: bool = True):
     """Generator worker: yields ("progress", TrainProgress) … ("done", TrainProgress with .result),
-    then ("metrics", report) or ("metrics_error", message)."""
+    then ("metrics", report) or ("metrics_error", message); a training failure yields ("error", exception)."""
     result = None
-    for rec in iter_training(data, config, stop_event):
-        if rec.kind == "done":
-            result = rec.result
-            yield ("done", rec)
-        else:
-            yield ("progress", rec)
+    try:
+        for rec in iter_training(data, config, stop_event):
+            if rec.kind == "done":
+                result = rec.result
+                yield ("done", rec)
+            else:
+                yield ("progress", rec)
+    except Exception as exc:  # noqa: BLE001 - superqt drops a generator's RuntimeError (e.g. CUDA out of memory)
+        yield ("error", exc)  # without "finished": report it as a record instead
+        return
     if not evaluate_after or result is None or getattr(stop_event, "closing", False):
         return
     try:
@@ -343,7 +347,7 @@ class TrainWidget(QWidget):
         self.message.info(f"training {dict(NETWORKS)[cfg.net]} on {len(data):,} signals…")
         self._pbar = napari_progress(total=cfg.epochs, desc=f"Training {cfg.net}")
         self._t_start = time.perf_counter()
-        worker = training_job(data, cfg, self.stop_event, _start_thread=False)
+        worker = training_job(data, cfg, self.stop_event, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_record)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -405,6 +409,8 @@ class TrainWidget(QWidget):
         elif kind == "metrics":
             self.report = payload
             self._fill_table(payload)
+        elif kind == "error":
+            self._on_error(payload)
         elif kind == "metrics_error":
             self.table_caption.setText(f"validation table unavailable: {payload}")
 
