@@ -27,7 +27,7 @@ def _run(qtbot, maps):
     qtbot.waitUntil(lambda: maps.worker is None, timeout=120_000)
 
 
-def test_uncertainty_layers_threshold_and_roi_mean_sd(viewer, qtbot, unc_bundle):
+def test_uncertainty_layers_threshold_and_roi_mean_sd(viewer, qtbot, unc_bundle, tmp_path):
     viewer.open_sample("napari-rverdict", "prostate_phantom")
     maps = add_dock(viewer, "Maps")
     assert not maps.uncertainty_check.isEnabled()  # no model yet
@@ -58,6 +58,15 @@ def test_uncertainty_layers_threshold_and_roi_mean_sd(viewer, qtbot, unc_bundle)
     maps.set_sd_threshold("R", 0)
     assert not np.isnan(viewer.layers["R [µm]"].data).any()
     np.testing.assert_array_equal(viewer.layers["R [µm]"].data, maps.maps["R"].transpose(2, 1, 0))
+
+    # export: maps and sd maps, the sd with its map's unit
+    from napari_rverdict.io import load_maps
+
+    written = maps.export_maps(tmp_path / "maps")
+    assert len(written) == len(maps.maps)  # every map and every sd map
+    back, units = load_maps(tmp_path / "maps", with_units=True)
+    np.testing.assert_array_equal(back["R_sd"], sd)
+    assert units["R_sd"] == units["R"] != ""
 
     # ROI table carries the mean sd of each label
     row = maps.roi_table.get("R", 3)

@@ -573,14 +573,19 @@ class MapsWidget(QWidget):
 
     def export_maps(self, directory) -> list[Path]:
         """Write every map (sd maps and NLLS maps too) as NIfTI with the DWI's affine; returns the paths."""
-        from ..io import save_maps
+        from ..io import save_map, save_maps
 
         if self.maps is None:
             self._fail("No maps yet: press Compute maps first.")
             return []
         model = self._run["bundle"].model.name if self._run else None
         try:
-            written = save_maps(self.maps, directory, self.affine, model=model)
+            plain = {k: v for k, v in self.maps.items() if not k.endswith(SD_SUFFIX)}
+            written = save_maps(plain, directory, self.affine, model=model)
+            for key in (k for k in self.maps if k.endswith(SD_SUFFIX)):  # sd maps carry their map's unit
+                spec = map_spec_for(key[: -len(SD_SUFFIX)], model)
+                written.append(save_map(self.maps[key], Path(directory) / f"{key}.nii.gz", self.affine, key,
+                                        spec.unit if spec else ""))
             if self.nlls_maps is not None:
                 written += save_maps(self.nlls_maps, directory, self.affine, model=model, prefix="nlls_")
         except (OSError, ValueError) as exc:
