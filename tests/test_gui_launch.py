@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("napari")
 from conftest import add_dock
 from qtpy.QtCore import Qt
 

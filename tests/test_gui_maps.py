@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+pytest.importorskip("napari")
 from conftest import add_dock
 from qtpy.QtCore import Qt
 

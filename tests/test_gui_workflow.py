@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-import napari
 import numpy as np
 import pytest
-from conftest import add_dock
-from qtpy.QtCore import Qt, QTimer
+
+pytest.importorskip("napari")
+from conftest import add_dock  # noqa: E402
+from qtpy.QtCore import Qt, QTimer  # noqa: E402
 
 pytestmark = pytest.mark.gui
 LEFT = Qt.MouseButton.LeftButton
@@ -145,7 +146,7 @@ def test_stop_keeps_weights_and_ui_responsive(viewer, qtbot, tmp_path):
     # a fresh dock loads the bundle back: settings and curves restored
     from napari_rverdict._napari.train_widget import TrainWidget
 
-    other = TrainWidget(napari.Viewer(show=False) if False else viewer)
+    other = TrainWidget(viewer)  # a second Train dock of the same viewer
     qtbot.addWidget(other)
     other.epochs_spin.setValue(3)
     other.batch_spin.setValue(100)
