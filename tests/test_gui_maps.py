@@ -182,3 +182,41 @@ def test_simulate_rejects_invalid_ranges_and_snr(viewer, qtbot):
     assert sim.generate_btn.isEnabled()
     assert sim.settings()["snr"] == (15.0, 60.0)
     assert sim.state.data is None
+
+
+def test_simulate_uses_the_dwi_layer_protocol(viewer, qtbot):
+    sim = add_dock(viewer, "Simulate")
+    assert sim.protocol_combo.count() == 1  # the INNOVATE preset only
+    viewer.open_sample("napari-rverdict", "prostate_phantom_dwi")
+    idx = sim.find_protocol(("layer", "phantom DWI"))
+    assert idx > 0
+    sim.protocol_combo.setCurrentIndex(idx)
+    prot = sim.protocol()
+    layer_prot = viewer.layers["phantom DWI"].metadata["protocol"]
+    assert len(layer_prot) == 20 and len(prot) == 10  # direction-averaged, as the networks use it
+    assert set(np.round(prot.b)) == set(np.round(layer_prot.b))
+    sim.n_spin.setValue(200)
+    qtbot.mouseClick(sim.generate_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: sim.worker is None, timeout=60_000)
+    assert sim.state.data is not None and len(sim.state.data.protocol) == 10
+    # another layer arrives: the choice is kept
+    viewer.add_image(np.zeros((4, 4)), name="other")
+    assert sim.protocol_combo.currentIndex() == sim.find_protocol(("layer", "phantom DWI"))
+    # the layer goes away: the choice falls back to the preset and Generate still works
+    viewer.layers.remove("phantom DWI")
+    assert sim.find_protocol(("layer", "phantom DWI")) < 0 and sim.protocol_combo.currentIndex() == 0
+    assert sim.generate_btn.isEnabled()
+
+
+def test_simulate_protocol_from_a_file(viewer, qtbot, tmp_path):
+    from napari_rverdict.physics.protocol import load_protocol, write_scheme
+
+    sim = add_dock(viewer, "Simulate")
+    sim.model_combo.setCurrentIndex(sim.model_combo.findData("verdict"))  # classic VERDICT needs no TR
+    path = tmp_path / "p.scheme"
+    write_scheme(load_protocol("innovate"), path)
+    sim.set_protocol_file(str(path))
+    assert sim.protocol_combo.currentIndex() == sim.find_protocol(("file", str(path)))
+    assert len(sim.protocol()) == 10 and sim.generate_btn.isEnabled()
+    sim.set_protocol_file(str(tmp_path / "missing.scheme"))
+    assert sim.message.kind == "error" and "cannot read protocol" in sim.message.text()

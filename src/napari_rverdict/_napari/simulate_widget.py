@@ -170,10 +170,20 @@ class SimulateWidget(QWidget):
                 self.protocol_combo.addItem(f"from layer '{layer.name}'", ("layer", layer.name))
         if self._file_protocol is not None:
             self.protocol_combo.addItem(f"file {self._file_protocol[0]}", ("file", self._file_protocol[0]))
-        idx = self.protocol_combo.findData(current) if current is not None else -1
+        idx = self.find_protocol(current) if current is not None else -1
         self.protocol_combo.setCurrentIndex(max(idx, 0))
         self.protocol_combo.blockSignals(False)
         self._validate()
+
+    def find_protocol(self, data) -> int:
+        """Index of the protocol entry ``("preset" | "layer" | "file", name)``, or -1 (QComboBox.findData cannot
+        compare Python tuples)."""
+        data = tuple(data) if data is not None else None
+        for i in range(self.protocol_combo.count()):
+            item = self.protocol_combo.itemData(i)
+            if item is not None and tuple(item) == data:
+                return i
+        return -1
 
     def _choose_protocol_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Protocol file", "", "Protocols (*.scheme *.bval);;All files (*)")
@@ -189,7 +199,7 @@ class SimulateWidget(QWidget):
             return
         self._file_protocol = (str(path), protocol)
         self._refresh_protocols()
-        self.protocol_combo.setCurrentIndex(self.protocol_combo.findData(("file", str(path))))
+        self.protocol_combo.setCurrentIndex(max(self.find_protocol(("file", str(path))), 0))
 
     def protocol(self):
         """The direction-averaged Protocol chosen (raises ValueError with a message)."""
