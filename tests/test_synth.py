@@ -114,3 +114,19 @@ def test_cli_simulate_and_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "low (9) must be below high (3)" in err[0]
     assert cli_main(["simulate", "--n", "200", "--range", "R:9", "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("text, expected", [("35", 35.0), ("15-60", (15.0, 60.0)), ("15,60", (15.0, 60.0)),
+                                            (" 2.5e1 ", 25.0)])
+def test_parse_snr_accepts_numbers_and_ranges(text, expected):
+    from napari_rverdict.cli import parse_snr
+
+    assert parse_snr(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-3", "3-", "60-15", "0", "abc", "1-2-3", "", "20-20"])
+def test_parse_snr_refuses_negative_reversed_and_garbled(text):
+    from napari_rverdict.cli import CliError, parse_snr
+
+    with pytest.raises(CliError):
+        parse_snr(text)

@@ -8,6 +8,7 @@ Expected failures (bad input, files that are not ours) raise :class:`CliError` o
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from importlib import import_module
 
@@ -47,17 +48,20 @@ def parse_ranges(items) -> dict:
 
 
 def parse_snr(text: str):
-    """``35`` → 35.0; ``15-60`` or ``15,60`` → (15.0, 60.0)."""
-    parts = text.replace(",", "-").split("-")
-    try:
-        values = [float(x) for x in parts if x != ""]
-    except ValueError:
-        raise CliError(f"--snr expects a number or LOW-HIGH, got '{text}'") from None
+    """``35`` → 35.0; ``15-60`` or ``15,60`` → (15.0, 60.0). SNRs are positive; a range needs low < high."""
+    number = r"(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
+    m = re.fullmatch(rf"\s*{number}\s*(?:[-,]\s*{number}\s*)?", str(text))
+    if m is None:
+        raise CliError(f"--snr expects a positive number or LOW-HIGH (e.g. 35 or 15-60), got '{text}'")
+    low, high = m.group(1), m.group(2)
+    values = [float(low)] + ([float(high)] if high is not None else [])
+    if any(v <= 0 for v in values):
+        raise CliError(f"--snr must be positive, got '{text}'")
     if len(values) == 1:
         return values[0]
-    if len(values) == 2:
-        return tuple(values)
-    raise CliError(f"--snr expects a number or LOW-HIGH, got '{text}'")
+    if values[0] >= values[1]:
+        raise CliError(f"--snr range needs LOW < HIGH, got '{text}'")
+    return tuple(values)
 
 
 # ---------------------------------------------------------------------- simulate
