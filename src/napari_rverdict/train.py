@@ -260,8 +260,8 @@ def _state_copy(net: nn.Module) -> dict:
 
 
 # ---------------------------------------------------------------------- the loop
-def iter_training(data, config: TrainConfig | None = None,
-                  stop_event: threading.Event | None = None) -> Iterator[TrainProgress]:
+def _iter_training(data, config: TrainConfig | None = None,
+                   stop_event: threading.Event | None = None) -> Iterator[TrainProgress]:
     """Train a network on synthetic data, yielding progress records; the last one has ``kind == "done"``.
 
     Parameters
@@ -443,6 +443,23 @@ def iter_training(data, config: TrainConfig | None = None,
                         history["train_loss"][-1] if history["train_loss"] else None,
                         history["val_loss"][-1] if history["val_loss"] else None, cfg["lr"] if not
                         history["lr"] else history["lr"][-1], elapsed, 0.0, best_epoch, best_val, result)
+
+
+def iter_training(data, config: TrainConfig | None = None,
+                  stop_event: threading.Event | None = None) -> Iterator[TrainProgress]:
+    # Denormal floats are flushed to zero while training (then the default, off, is restored): late in training
+    # tiny gradients and Adam moments turn denormal and slow every CPU step (measured on the MLP at 1 thread:
+    # 0.28 s/epoch at epoch 1 → 0.40 s by epoch 4 without, a flat 0.27 s with). Values below 1.2e-38 do not
+    # matter to float32 training (Adam's eps is 1e-8).
+    flush = torch.set_flush_denormal(True)  # False where the CPU does not support it
+    try:
+        yield from _iter_training(data, config, stop_event)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+iter_training.__doc__ = _iter_training.__doc__
 
 
 def train(data, config: TrainConfig | None = None, stop_event: threading.Event | None = None,
