@@ -182,3 +182,13 @@ def test_plateau_scheduler_halves_lr(data, monkeypatch):
     # improvement (epoch 3); history["lr"] is the rate each epoch trained with, so the halving shows from epoch 4
     assert on == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4])
     assert off == [1e-3] * 5  # patience 0: no early stopping, all 5 epochs
+
+
+def test_denormals_flushed_only_while_training(data):
+    tiny = torch.tensor([1e-40])  # a float32 denormal
+    seen = []
+    train(data, TrainConfig(epochs=1), callback=lambda rec: seen.append(float(tiny * 1.0)))
+    if not torch.set_flush_denormal(False):  # (False is the default) this CPU cannot flush: nothing to check
+        pytest.skip("flush-denormal not supported on this CPU")
+    assert seen and all(v == 0.0 for v in seen)  # flushed while the trainer runs
+    assert float(tiny * 1.0) > 0  # and restored afterwards
