@@ -184,11 +184,19 @@ def test_plateau_scheduler_halves_lr(data, monkeypatch):
     assert off == [1e-3] * 5  # patience 0: no early stopping, all 5 epochs
 
 
-def test_denormals_flushed_only_while_training(data):
+def test_denormals_flushed_only_while_training(data, monkeypatch):
     tiny = torch.tensor([1e-40])  # a float32 denormal
-    seen = []
-    train(data, TrainConfig(epochs=1), callback=lambda rec: seen.append(float(tiny * 1.0)))
+    inside, outside = [], []
+    real = train_mod._evaluate_loss
+
+    def spy(net, x, y):
+        inside.append(float(tiny * 1.0))
+        return real(net, x, y)
+
+    monkeypatch.setattr(train_mod, "_evaluate_loss", spy)
+    train(data, TrainConfig(epochs=2), callback=lambda rec: outside.append(float(tiny * 1.0)))
     if not torch.set_flush_denormal(False):  # (False is the default) this CPU cannot flush: nothing to check
         pytest.skip("flush-denormal not supported on this CPU")
-    assert seen and all(v == 0.0 for v in seen)  # flushed while the trainer runs
-    assert float(tiny * 1.0) > 0  # and restored afterwards
+    assert len(inside) == 2 and all(v == 0.0 for v in inside)  # flushed while the trainer's code runs
+    assert outside and all(v > 0 for v in outside)  # never in the caller's code between records
+    assert float(tiny * 1.0) > 0  # nor afterwards
