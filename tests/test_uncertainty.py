@@ -247,3 +247,16 @@ def test_tiny_validation_set_keeps_unit_factors():
 def test_describe_mentions_uncertainty(trained, plain):
     assert "uncertainty" in trained[1].bundle.describe()
     assert "uncertainty" not in plain.describe()
+
+
+def test_cli_train_uncertainty_flag(tmp_path, capsys):
+    from napari_rverdict.cli import main
+
+    out = tmp_path / "u.pt"
+    rc = main(["train", "--n", "600", "--epochs", "1", "--uncertainty", "--quiet", "--device", "cpu",
+               "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    b = load_bundle(out)
+    assert b.has_uncertainty and b.train_config["uncertainty"] is True
+    maps = b.predict_signals(np.ones((2, len(b.protocol))), uncertainty=True)
+    assert "cellularity_sd" in maps

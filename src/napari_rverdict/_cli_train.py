@@ -37,7 +37,8 @@ def cmd_train(args) -> int:
     device = resolve_device(args.device)  # fail before simulating
     config = TrainConfig(net=args.net, depth=args.depth, width=args.width, epochs=args.epochs,
                          batch_size=args.batch, lr=args.lr, patience=args.patience, device=str(device),
-                         seed=args.seed, scheduler=args.scheduler, weight_decay=args.weight_decay)
+                         seed=args.seed, scheduler=args.scheduler, weight_decay=args.weight_decay,
+                         uncertainty=args.uncertainty)
     config.validate()
     # Check every input before the (slow) simulation, so a bad one is a single error line.
     model = get_model(args.model)
@@ -131,6 +132,8 @@ def register(sub) -> None:
     p.add_argument("--patience", type=int, default=20, help="early-stopping patience in epochs, 0 = off")
     p.add_argument("--scheduler", action="store_true", help="halve the learning rate on validation plateaus")
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also predict a per-voxel sd for every map (mean + variance, β-NLL, recalibrated)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
