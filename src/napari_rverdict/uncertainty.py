@@ -165,17 +165,20 @@ def derived_sd(model, mean_scaled: np.ndarray, sd_scaled: np.ndarray, target_nam
     The sd is the robust one, half the central 68.27 % range of the draws (equal to the sd for a Gaussian):
     cellularity = f_ic / R³ has draws near R = 0.01 µm that would make a plain sd meaningless.
     """
-    from .train import unscale_targets
-
     mean_scaled = np.asarray(mean_scaled, dtype=np.float64)
     sd_scaled = np.asarray(sd_scaled, dtype=np.float64)
     n, k = mean_scaled.shape
     names = tuple(target_names)
+    # only the fractions and R enter the derived maps (dependent fraction, cellularity): draw just those
+    used = [i for i, name in enumerate(names) if name in model.estimated_fractions or name == "R"]
     rng = np.random.default_rng(seed)
-    eps = rng.standard_normal((n_samples, n, k))
-    draws = np.clip(mean_scaled[None] + sd_scaled[None] * eps, 0.0, 1.0).reshape(-1, k)
-    phys = unscale_targets(draws, names, ranges)
-    maps = model.derived_maps({name: phys[:, i] for i, name in enumerate(names)})
+    eps = rng.standard_normal((n_samples, n, len(used)), dtype=np.float32)
+    draws = np.clip(mean_scaled[None, :, used] + sd_scaled[None, :, used] * eps, 0.0, 1.0).reshape(-1, len(used))
+    params = {name: 0.0 for name in names}
+    for j, i in enumerate(used):
+        lo, hi = ranges[names[i]]
+        params[names[i]] = draws[:, j] * (hi - lo) + lo
+    maps = model.derived_maps(params)
     out = {}
     for name in model.map_names:
         if name in names:
