@@ -130,3 +130,18 @@ def test_parse_snr_refuses_negative_reversed_and_garbled(text):
 
     with pytest.raises(CliError):
         parse_snr(text)
+
+
+def test_cli_warnings_are_one_line_each_and_errors_stay_one_line(tmp_path, capsys):
+    from napari_rverdict.physics.protocol import write_scheme
+
+    scheme = write_scheme(Protocol.innovate(), tmp_path / "acq.scheme", write_tr=False)[0]
+    # classic VERDICT does not need TR: the command succeeds and says once, in one line, that TR is unknown
+    assert cli_main(["simulate", "--model", "verdict", "--protocol", str(scheme), "--n", "100",
+                     "--out", str(tmp_path / "v.npz")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning" in err[0] and "TR" in err[0]
+    # rVERDICT needs TR: exactly one error line, the warning is not printed on top of it
+    assert cli_main(["simulate", "--protocol", str(scheme), "--n", "100", "--out", str(tmp_path / "r.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0] and "TR" in err[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from importlib import import_module
 
 
@@ -102,20 +103,35 @@ def build_parser() -> argparse.ArgumentParser:
 _COMMAND_MODULES: tuple[str, ...] = ("_cli_train", "_cli_volume", "_cli_uncertainty")
 
 
+def _warning_lines(caught) -> list[str]:
+    """Each distinct warning message once, as one line (no file/line noise from ``warnings.showwarning``)."""
+    seen: dict[str, None] = {}
+    for w in caught:
+        seen.setdefault(" ".join(str(w.message).split()), None)
+    return list(seen)
+
+
 def main(argv=None) -> int:
+    """Run one command. Warnings are collected and printed as one line each when the command succeeds; a failure
+    prints exactly one error line on stderr (exit 2; ``--debug`` re-raises with the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("rverdict: interrupted", file=sys.stderr)
-        return 130
-    except (CliError, ValueError, KeyError, OSError, RuntimeError) as exc:
-        if args.debug:
-            raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"rverdict {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            rc = int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("rverdict: interrupted", file=sys.stderr)
+            return 130
+        except (CliError, ValueError, KeyError, OSError, RuntimeError) as exc:
+            if args.debug:
+                raise
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"rverdict {args.command}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+            return 2
+    for line in _warning_lines(caught):
+        print(f"rverdict {args.command}: warning: {line}", file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":
