@@ -113,3 +113,22 @@ def test_one_line_errors(workdir, tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nope"), str(ph / "truth")]) == 2
     assert "not a directory of maps" in _err(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_phantom_with_the_users_protocol(tmp_path, capsys):
+    """`rverdict phantom --protocol FILE [--tr]`: the DWI is made with that acquisition, as acquired."""
+    from napari_rverdict.io import load_dwi
+    from napari_rverdict.physics.protocol import Protocol, write_scheme
+
+    acquired = Protocol.innovate(direction_averaged=False)
+    scheme = write_scheme(acquired, tmp_path / "acq.scheme", write_tr=False)[0]
+    out = tmp_path / "ph"
+    assert main(["phantom", "--out", str(out), "--shape", "8", "8", "1", "--protocol", str(scheme)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TR" in err[0] and not out.exists()
+    assert main(["phantom", "--out", str(out), "--shape", "8", "8", "1", "--protocol", str(scheme),
+                 "--tr", "3000"]) == 0
+    dwi = load_dwi(out / "dwi.nii.gz")
+    assert dwi.shape == (8, 8, 1, len(acquired))
+    np.testing.assert_allclose(dwi.protocol.b, acquired.b, rtol=1e-3, atol=1.0)
+    np.testing.assert_allclose(dwi.protocol.tr, 3000.0)

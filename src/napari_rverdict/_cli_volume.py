@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import CliError
+from .cli import CliError, add_protocol_option
 
 
 def _positive_int(text: str) -> int:
@@ -84,7 +84,12 @@ def _report_written(paths, out) -> None:
 def cmd_phantom(args) -> int:
     from .phantom import make_phantom, save_phantom
 
-    ph = make_phantom(tuple(args.shape), snr=args.snr, seed=args.seed)
+    from .physics.protocol import load_protocol
+
+    protocol = load_protocol(args.protocol, tr=args.tr)  # as acquired: the DWI gets one volume per entry
+    if args.snr <= 0:
+        raise CliError(f"--snr must be positive, got {args.snr:g}")
+    ph = make_phantom(tuple(args.shape), snr=args.snr, seed=args.seed, protocol=protocol)
     written = save_phantom(ph, args.out)
     n_les = int(ph.lesion_mask.sum())
     print(f"wrote the {'×'.join(map(str, ph.shape))} prostate phantom (SNR {args.snr:g}, seed {args.seed}; "
@@ -198,6 +203,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 8), metavar=("X", "Y", "Z"),
                    help="voxels (default: 64 64 8; 1.25 × 1.25 × 5 mm each)")
+    add_protocol_option(p, default="innovate-20")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("predict", help="maps of a 4D DWI from a trained model bundle")
