@@ -7,8 +7,9 @@ import torch
 from napari_rverdict.bundle import load_bundle
 from napari_rverdict.synth import simulate
 from napari_rverdict.train import TrainConfig, train
-from napari_rverdict.uncertainty import (beta_nll_loss, calibration_factor, coverage, derived_sd, split_output,
-                                         z_of_level)
+from napari_rverdict.uncertainty import (QUANTILE_LEVELS, SD_LEVEL, beta_nll_loss, calibration_factor,
+                                         conformal_quantiles, coverage, derived_sd, interval_factor,
+                                         interval_halfwidth, interval_quantile, split_output, z_of_level)
 
 
 # ---------------------------------------------------------------------- coverage on constructed examples
@@ -66,6 +67,83 @@ def test_calibration_factor_recovers_scale():
     assert max(abs(cov[0.6827] - 0.6827), abs(cov[0.9545] - 0.9545)) < 0.03
     with pytest.raises(ValueError, match="at least 10"):
         calibration_factor([1.0], [0.0], [1.0])
+
+
+def test_conformal_quantile_is_the_finite_sample_rank():
+    scores = np.arange(1.0, 11.0)  # n = 10 scores 1..10 (|true − mean| / sd with sd = 2)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(10)
+    q = conformal_quantiles(2 * scores[perm], np.zeros(10), np.full(10, 2.0), levels=(0.5, 0.6827, 0.9, 0.95))
+    # ⌈11 L⌉-th smallest: 6, 8 (⌈7.51⌉), 10, and ⌈10.45⌉ = 11 > n → the largest, 10
+    np.testing.assert_array_equal(q, [6.0, 8.0, 10.0, 10.0])
+    # non-finite values and sd = 0 are left out
+    q = conformal_quantiles(np.r_[2 * scores, np.nan, 5.0], np.zeros(12), np.r_[np.full(10, 2.0), 1.0, 0.0],
+                            levels=(0.5,))
+    assert q[0] == 6.0
+    with pytest.raises(ValueError, match="at least 10"):
+        conformal_quantiles(np.ones(9), np.zeros(9), np.ones(9))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        conformal_quantiles(scores, np.zeros(10), np.ones(10), levels=(1.0,))
+
+
+class _Calibrated:
+    """The calibration attributes of a bundle, without a network."""
+
+    def __init__(self, quantiles=None, sd_scale=None):
+        self.interval_levels = QUANTILE_LEVELS
+        self.interval_quantiles = quantiles or {}
+        self.sd_scale = sd_scale or {}
+
+
+@pytest.mark.parametrize("dist", ["uniform", "laplace"])
+def test_conformal_intervals_hit_both_levels_where_one_factor_cannot(dist):
+    rng = np.random.default_rng(3)
+
+    def draw(n):
+        sigma = rng.uniform(0.2, 3.0, n)  # the network's σ: right shape per voxel, wrong scale and wrong law
+        u = rng.uniform(-1, 1, n) if dist == "uniform" else rng.laplace(0, 1, n)
+        return 1.7 * sigma * u, sigma
+
+    err_cal, sig_cal = draw(20_000)
+    err, sig = draw(200_000)
+    zero = np.zeros_like(err)
+    # one Gaussian factor (the best minimax one) misses a level by more than the issue's tolerance
+    c = calibration_factor(err_cal, np.zeros_like(err_cal), sig_cal)
+    cov1 = coverage(err, zero, c * sig, levels=(0.6827, 0.9545))
+    assert abs(cov1[0.6827] - 0.6827) > 0.03 or abs(cov1[0.9545] - 0.9545) > 0.02, cov1
+    # conformal quantiles: both levels (and any level of the grid) right on fresh data
+    q = conformal_quantiles(err_cal, np.zeros_like(err_cal), sig_cal)
+    b = _Calibrated({"x": q.tolist()}, {"x": float(q[QUANTILE_LEVELS.index(SD_LEVEL)])})
+    sd = b.sd_scale["x"] * sig  # what predict_signals reports as x_sd
+    cov = coverage(err, zero, sd, levels=(0.68, 0.6827, 0.9, 0.95, 0.9545), bundle=b, name="x")
+    for lv, got in cov.items():
+        assert abs(got - lv) < 0.012, (lv, got)
+    # the same through the dict form, and the half-widths interval_halfwidth gives
+    hw = interval_halfwidth(b, {"x": zero, "x_sd": sd}, 0.95)["x"]
+    assert abs(np.mean(np.abs(err) <= hw) - 0.95) < 0.01
+    assert coverage({"x": err}, {"x": zero}, {"x_sd": sd}, levels=(0.95,), bundle=b)["x"][0.95] == \
+        pytest.approx(np.mean(np.abs(err) <= hw), abs=1e-9)
+    # uniform: the 95 % half-width is 0.95 / 0.6827 of the 68 % one (a Gaussian would say 1.96)
+    if dist == "uniform":
+        assert interval_factor(b, "x", 0.95) == pytest.approx(0.95 / 0.6827, rel=0.02)
+    # interpolation between grid levels, and levels outside the calibrated span refused
+    assert interval_quantile(b, "x", 0.905) == pytest.approx(0.5 * (q[QUANTILE_LEVELS.index(0.9)]
+                                                                    + q[QUANTILE_LEVELS.index(0.91)]))
+    with pytest.raises(ValueError, match="0.05–0.99"):
+        interval_quantile(b, "x", 0.995)
+    with pytest.raises(ValueError, match="needs the map's name"):
+        coverage(err, zero, sd, bundle=b)
+
+
+def test_gaussian_factor_bundles_give_gaussian_intervals():
+    b = _Calibrated(sd_scale={"x": 2.0})  # an older bundle: one factor, no quantile curve
+    assert interval_quantile(b, "x", 0.95) == pytest.approx(2.0 * 1.959964, rel=1e-5)
+    assert interval_factor(b, "x", 0.95) == pytest.approx(1.959964 / z_of_level(SD_LEVEL), rel=1e-6)
+    assert interval_factor(b, "y", 0.5) == pytest.approx(z_of_level(0.5) / z_of_level(SD_LEVEL))  # uncalibrated
+    hw = interval_halfwidth(b, {"x": np.zeros((2, 3)), "x_sd": np.ones((2, 3), np.float32)}, 0.95)
+    assert hw["x"].shape == (2, 3) and hw["x"].dtype == np.float32
+    with pytest.raises(ValueError, match="no '<name>_sd'"):
+        interval_halfwidth(b, {"x": np.zeros(3)}, 0.95)
 
 
 def test_beta_nll_loss_values_and_gradient():
@@ -181,6 +259,14 @@ def test_sd_tracks_the_actual_error_and_covers(trained):
     for k in b.target_names:
         assert 0.55 < cov[k][0.68] < 0.85, (k, cov[k])
         assert 0.88 < cov[k][0.95] <= 1.0, (k, cov[k])
+    # the bundle's conformal intervals (1,600 validation signals): near nominal on fresh data for every map
+    cov = coverage(truth, {k: maps[k] for k in b.map_names}, maps, levels=(0.68, 0.95), bundle=b)
+    for k in b.map_names:
+        assert abs(cov[k][0.68] - 0.68) < 0.045, (k, cov[k])
+        assert abs(cov[k][0.95] - 0.95) < 0.025, (k, cov[k])
+    hw = b.interval(maps, 0.95)
+    assert set(hw) == set(b.map_names)
+    np.testing.assert_allclose(hw["R"], maps["R_sd"] * interval_factor(b, "R", 0.95), rtol=1e-6)
 
 
 def test_history_and_calibration_recorded(trained):
@@ -193,6 +279,12 @@ def test_history_and_calibration_recorded(trained):
     assert set(b.sd_scale) == set(b.map_names)
     assert all(np.isfinite(v) and v > 0 for v in b.sd_scale.values())
     assert b.train_config["uncertainty"] is True
+    # conformal quantile curves per map: non-decreasing in the level; the reported sd carries q_0.6827
+    assert b.interval_levels == QUANTILE_LEVELS and set(b.interval_quantiles) == set(b.map_names)
+    i_sd = QUANTILE_LEVELS.index(SD_LEVEL)
+    for k, q in b.interval_quantiles.items():
+        assert len(q) == len(QUANTILE_LEVELS) and np.all(np.diff(q) >= 0) and q[0] > 0
+        assert b.sd_scale[k] == q[i_sd]
 
 
 def test_round_trip_weights_only(trained, tmp_path):
@@ -201,13 +293,37 @@ def test_round_trip_weights_only(trained, tmp_path):
     path = b.save(tmp_path / "u.pt")
     payload = torch.load(path, weights_only=True)
     assert payload["meta"]["uncertainty"] is True and set(payload["meta"]["sd_scale"]) == set(b.map_names)
+    assert payload["meta"]["interval_quantiles"]["levels"] == list(QUANTILE_LEVELS)
     b2 = load_bundle(path)
     assert b2.has_uncertainty and b2.sd_scale == b.sd_scale
+    assert b2.interval_quantiles == b.interval_quantiles and b2.interval_levels == b.interval_levels
     m1 = b.predict_signals(test.signals[:200], uncertainty=True)
     m2 = b2.predict_signals(test.signals[:200], uncertainty=True)
     assert list(m1) == list(m2)
     for k in m1:
         np.testing.assert_array_equal(m1[k], m2[k])
+    for k, v in b.interval(m1, 0.9).items():
+        np.testing.assert_array_equal(v, b2.interval(m2, 0.9)[k])
+
+
+def test_old_bundle_with_one_factor_loads_with_gaussian_intervals(trained, tmp_path):
+    data, res, test = trained
+    b = res.bundle
+    payload = torch.load(b.save(tmp_path / "new.pt"), weights_only=True)
+    meta = payload["meta"]
+    del meta["interval_quantiles"]  # what bundles written before the conformal calibration hold
+    meta["sd_scale"] = {k: 2.0 for k in b.map_names}
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_bundle(tmp_path / "old.pt")
+    assert old.interval_quantiles == {} and old.sd_scale["R"] == 2.0
+    assert "one sd factor" in old.describe() and "conformal" in b.describe()
+    m_old = old.predict_normalised(test.signals[:100], uncertainty=True, return_all=False)
+    m_new = b.predict_normalised(test.signals[:100], uncertainty=True, return_all=False)
+    for k in b.target_names:  # sd = factor × σ: the ratio of the two bundles' sds is the ratio of the factors
+        np.testing.assert_allclose(m_old[f"{k}_sd"] / m_new[f"{k}_sd"], 2.0 / b.sd_scale[k], rtol=1e-5)
+    hw = old.interval(m_old, 0.95)
+    np.testing.assert_allclose(hw["R"], m_old["R_sd"] * z_of_level(0.95) / z_of_level(SD_LEVEL), rtol=1e-6)
+    assert interval_quantile(old, "R", 0.999) == pytest.approx(2.0 * z_of_level(0.999))  # any level: Gaussian
 
 
 def test_plain_bundle_refuses_uncertainty(plain, tmp_path):
@@ -241,7 +357,8 @@ def test_config_validation():
 def test_tiny_validation_set_keeps_unit_factors():
     data = simulate("rverdict", n=30, seed=9, val_fraction=0.2)  # 6 validation signals
     b = train(data, TrainConfig(epochs=1, batch_size=8, uncertainty=True, device="cpu")).bundle
-    assert b.has_uncertainty and set(b.sd_scale.values()) == {1.0}
+    assert b.has_uncertainty and set(b.sd_scale.values()) == {1.0} and b.interval_quantiles == {}
+    assert interval_factor(b, "R", 0.95) == pytest.approx(z_of_level(0.95) / z_of_level(SD_LEVEL))
 
 
 def test_describe_mentions_uncertainty(trained, plain):

@@ -7,8 +7,10 @@ A bundle file is ``torch.save`` of a dict of plain Python types plus the network
 so it loads with ``torch.load(weights_only=True)`` (no pickled code is executed). ``meta`` holds the signal model
 name, the protocol (``Protocol.to_dict()``), the training ranges, SNR setting, fraction sampler, network name and
 hyperparameters, the normalisation, seed, training history and configuration, package and torch versions, target
-names and creation time; for a network trained with uncertainty also ``"uncertainty": true`` and ``"sd_scale"``
-(one recalibration factor per map, see :mod:`napari_rverdict.uncertainty`).
+names and creation time; for a network trained with uncertainty also ``"uncertainty": true``, ``"sd_scale"``
+({map: factor on the network's σ in the reported sd}) and ``"interval_quantiles"`` ({"levels": [...],
+"q": {map: [conformal quantile per level]}}, see :mod:`napari_rverdict.uncertainty`). Bundles without
+``"interval_quantiles"`` (written before the conformal calibration) load with Gaussian intervals c · z(level).
 """
 
 from __future__ import annotations
@@ -68,12 +70,15 @@ class Bundle:
     ranges : {name: (low, high)} training ranges (targets are scaled with them).  target_names : estimated params.
     snr, fraction_sampler, net_name, depth, width, seed, history, train_config, created, versions : provenance.
     uncertainty : the network has 2k outputs (means, then log-variances in scaled units; see
-        :mod:`napari_rverdict.uncertainty`).  sd_scale : {map: factor} recalibrating the predicted sd.
+        :mod:`napari_rverdict.uncertainty`).  sd_scale : {map: factor} on the network's σ in the reported sd
+        (the 68.27 % conformal quantile).  interval_levels, interval_quantiles : the conformal quantile curve
+        per map (empty for bundles calibrated with one Gaussian factor); see :meth:`interval`.
     """
 
     def __init__(self, network: nn.Module, model_name, protocol, ranges, snr=35.0, fraction_sampler="dirichlet",
                  net_name="mlp", depth=None, width=None, seed=None, history=None, train_config=None,
-                 target_names=None, created=None, versions=None, extra=None, uncertainty=False, sd_scale=None):
+                 target_names=None, created=None, versions=None, extra=None, uncertainty=False, sd_scale=None,
+                 interval_quantiles=None):
         from . import __version__
 
         self.model = get_model(model_name)
@@ -98,6 +103,12 @@ class Bundle:
         self.normalisation = normalisation_description(self.model)
         self.uncertainty = bool(uncertainty)
         self.sd_scale = {str(k): float(v) for k, v in (sd_scale or {}).items()}
+        iq = interval_quantiles or {}
+        self.interval_levels = tuple(float(x) for x in iq.get("levels", ()))
+        self.interval_quantiles = {str(k): [float(x) for x in v] for k, v in (iq.get("q") or {}).items()}
+        bad = [k for k, v in self.interval_quantiles.items() if len(v) != len(self.interval_levels)]
+        if bad or list(self.interval_levels) != sorted(self.interval_levels):
+            raise ValueError("the bundle's interval quantiles do not match their levels")
 
     # ------------------------------------------------------------------ info
     @property
@@ -126,8 +137,9 @@ class Bundle:
                                    if k in self.target_names),
         ]
         if self.uncertainty:
-            lines.append("uncertainty: predicts a mean and a variance per parameter (β-NLL), sd recalibrated per map "
-                         "on the validation set")
+            how = ("conformal intervals per map from the validation set" if self.interval_quantiles
+                   else "one sd factor per map (Gaussian intervals)")
+            lines.append(f"uncertainty: predicts a mean and a variance per parameter (β-NLL); {how}")
         vl = self.history.get("val_loss") or []
         if vl:
             be = self.history.get("best_epoch")
@@ -151,6 +163,7 @@ class Bundle:
             "history": self.history, "train_config": self.train_config, "versions": self.versions,
             "created": self.created, "extra": self.extra, "uncertainty": self.uncertainty,
             "sd_scale": self.sd_scale,
+            "interval_quantiles": {"levels": list(self.interval_levels), "q": self.interval_quantiles},
         })
 
     def save(self, path) -> Path:
@@ -190,7 +203,16 @@ class Bundle:
                    tuple(snr) if isinstance(snr, list) else snr, meta["fraction_sampler"], meta["net"],
                    meta["depth"], meta["width"], meta.get("seed"), meta.get("history"), meta.get("train_config"),
                    meta["target_names"], meta.get("created"), meta.get("versions"), meta.get("extra"),
-                   bool(meta.get("uncertainty", False)), meta.get("sd_scale"))
+                   bool(meta.get("uncertainty", False)), meta.get("sd_scale"), meta.get("interval_quantiles"))
+
+    def interval(self, maps, level: float = 0.95, names=None) -> dict[str, np.ndarray]:
+        """Calibrated half-widths at ``level`` (0.05–0.99 for conformal bundles) for maps predicted with
+        ``uncertainty=True``: {name: half-width}, the interval being map ± half-width
+        (:func:`napari_rverdict.uncertainty.interval_halfwidth`)."""
+        from .uncertainty import interval_halfwidth
+
+        self._check_uncertainty()
+        return interval_halfwidth(self, maps, level, names)
 
     # ------------------------------------------------------------------ prediction
     def _check_signals(self, signals, n_expected: int) -> np.ndarray:
@@ -309,9 +331,10 @@ class Bundle:
         device : "cpu", "cuda[:i]", "mps" or "auto".  chunk : voxels per network call (bounds memory).
         return_all : True: every map (``model.map_names`` order: estimated parameters, the dependent fraction,
             cellularity). False: only the network's estimated parameters.
-        uncertainty : also return ``<name>_sd`` (same units) for every returned map: the network's recalibrated
-            predicted sd for estimated parameters, a Monte-Carlo propagation (recalibrated) for derived maps.
-            Raises ValueError for a bundle trained without uncertainty.
+        uncertainty : also return ``<name>_sd`` (same units) for every returned map: the half-width of the
+            calibrated 68.27 % interval (an sd for Gaussian errors) from the network's predicted σ for estimated
+            parameters, from a Monte-Carlo propagation for derived maps. :meth:`interval` gives the half-width at
+            another level (e.g. 0.95). Raises ValueError for a bundle trained without uncertainty.
 
         Returns {name: float32 (n,)} in physical units (fractions, µm, ms, µm²/ms, µm⁻³). Each row is normalised
         with the model's own normalisation, so any per-voxel scale of the input is irrelevant. The network's

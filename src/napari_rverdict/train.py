@@ -41,9 +41,10 @@ class TrainConfig:
         patience max(1, patience // 4)).
     weight_decay : Adam L2 weight decay.
     uncertainty : the network also predicts a variance per target (2k outputs), trained with the β-NLL
-        (β = ``uncertainty_beta``, Seitzer et al. 2022), then one sd factor per map is recalibrated on the
-        validation set (see :mod:`napari_rverdict.uncertainty`). Losses reported and early stopping stay the MSE
-        of the means; the validation Gaussian NLL is added to the history as ``val_nll``.
+        (β = ``uncertainty_beta``, Seitzer et al. 2022), then the intervals of every map are calibrated on the
+        validation set by normalised split conformal prediction (see :mod:`napari_rverdict.uncertainty`).
+        Losses reported and early stopping stay the MSE of the means; the validation Gaussian NLL is added to
+        the history as ``val_nll``.
     """
 
     net: str = "mlp"
@@ -431,12 +432,13 @@ def _iter_training(data, config: TrainConfig | None = None,
                "device": str(device), "elapsed_s": elapsed, "stopped": stopped},
         uncertainty=bool(config.uncertainty),
     )
-    if config.uncertainty:  # one sd factor per map from the validation set (uncertainty.calibrate_bundle)
+    if config.uncertainty:  # conformal interval quantiles per map from the validation set
         from .uncertainty import calibrate_bundle
 
         val_truth = {k: np.asarray(v)[data.val_index] for k, v in data.params.items()}
         calibrate_bundle(bundle, data.signals[data.val_index], val_truth)
-        bundle.extra["calibration"] = {"method": "minimax coverage at 68.27 % and 95.45 % on the validation set",
+        bundle.extra["calibration"] = {"method": "normalised split conformal quantiles of |y - mean| / sd on the "
+                                                 "validation set, levels 0.05-0.99",
                                        "n": int(len(data.val_index))}
     result = TrainResult(bundle, last_state, history, stopped, epochs_run, n_steps, elapsed, str(device))
     yield TrainProgress("done", max(epochs_run, 0), n_epochs, 0, n_batches,

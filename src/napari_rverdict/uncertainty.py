@@ -13,23 +13,33 @@ log-likelihood of Seitzer et al. (ICLR 2022), β = 0.5::
 layer (negligible compute; the same number of optimiser steps). The loss the trainer *reports* stays the MSE of
 the means, so progress records, loss plots and early stopping mean the same thing with and without uncertainty.
 
-A network's σ is rarely calibrated out of the box. After training, one factor per map is fitted on the
-validation set (:func:`calibration_factor`, conformal-style): the factor c that makes the intervals
-μ ± c·z_l·σ cover the truth as close as possible to l for l = 68.27 % and 95.45 % at once, errors weighted by the
-targets' tolerances 3 % and 2 % (c lies between the two per-level factors; for Gaussian errors both equal
-√mean(z²), the unit-z-variance factor). Posteriors that are bounded by the prior (fractions, R, T2) are flatter
-than a Gaussian, and heavy-tailed ones (cellularity = f_ic / R³) are not Gaussian at all: one factor cannot make
-both levels exact there; ``benchmarks/calibration.py`` measures how close it gets. The factors are stored
-in the bundle (``bundle.sd_scale``).
+A network's σ is rarely calibrated out of the box, and posteriors bounded by the prior (fractions, R, T2) are
+flatter than a Gaussian while cellularity = f_ic / R³ is heavy-tailed, so no single sd factor makes the 68 % and
+95 % intervals right at once. After training, the intervals are therefore calibrated by **normalised split
+conformal prediction** on the validation set (:func:`conformal_quantiles`, :func:`calibrate_bundle`): per map
+the scores s = |y − μ| / σ are computed and, for every level L of ``QUANTILE_LEVELS`` (0.05 … 0.99 in steps of
+0.01, plus 0.6827 and 0.9545), their finite-sample conformal quantile q_L (the ⌈(n + 1) L⌉-th smallest score; the
+largest one where that index exceeds n). The interval at level L is μ ± q_L · σ; levels between grid points
+interpolate the stored curve linearly. The reported ``<map>_sd`` is q_0.6827 · σ, the 68.27 % half-width (an sd for
+Gaussian errors), and :func:`interval_halfwidth` turns it into the half-width at any level in 0.05–0.99.
+
+What this guarantees, honestly: marginal coverage ≥ L on data exchangeable with the validation set (synthetic
+signals from the training model, protocol, ranges, fraction sampler and SNR), averaged over voxels. It is not a
+per-voxel guarantee (voxels where σ is too small still under-cover, others over-cover) and it says nothing for
+data that differ from the training distribution (another SNR, artefacts, model mismatch). The quantiles are stored
+in the bundle (``bundle.interval_quantiles``; ``bundle.sd_scale`` keeps q_0.6827 per map). Bundles written before
+this method hold only one factor c per map (``sd_scale``); they load with q_L = c · z(L), the Gaussian intervals
+they were calibrated for.
 
 Derived maps (the dependent fraction, cellularity) are propagated by Monte-Carlo: ``n_samples`` draws per voxel from
 the predicted (diagonal) Gaussian in scaled units, clipped to the training ranges, pushed through
 ``model.derived_maps``; their robust sd (half the central 68 % range of the draws) is then rescaled by its own
-validation factor. The network predicts no
-covariance, and f_ic / f_ees are anti-correlated in the posterior, so the uncalibrated f_vasc sd is too large;
-the factor corrects it on average (not per voxel).
+validation quantiles (the same conformal treatment: the MC spread is the σ of the derived map). The network
+predicts no covariance, and f_ic / f_ees are anti-correlated in the posterior, so the uncalibrated f_vasc spread
+is too large; the quantiles correct it on average (not per voxel).
 
-:func:`coverage` measures the fraction of truths inside central Gaussian intervals.
+:func:`coverage` measures the fraction of truths inside central intervals: Gaussian ones (mean ± z(L) · sd), or
+a bundle's calibrated ones (``coverage(..., bundle=b)``).
 """
 
 from __future__ import annotations
@@ -47,6 +57,8 @@ CALIBRATION_TOLERANCES = (0.03, 0.02)  # the issue's targets: 68 ± 3 %, 95 ± 2
 N_DERIVED_SAMPLES = 64
 _HALF_68 = 0.3413447460685429  # Φ(1) − ½
 MIN_CALIBRATION = 10  # validation signals needed to recalibrate (fewer: factors stay 1)
+SD_LEVEL = 0.6827  # the level whose calibrated half-width is reported as <map>_sd (±1 sd for a Gaussian)
+QUANTILE_LEVELS = tuple(sorted({round(float(x), 2) for x in np.arange(5, 100) / 100.0} | {SD_LEVEL, 0.9545}))
 
 
 def z_of_level(level: float) -> float:
@@ -82,7 +94,7 @@ def gaussian_nll_value(out: torch.Tensor, y: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------- coverage and calibration
-def _coverage_array(true, mean, sd, levels) -> dict[float, float]:
+def _coverage_array(true, mean, sd, levels, factors=None) -> dict[float, float]:
     t = np.asarray(true, dtype=float).ravel()
     m = np.asarray(mean, dtype=float).ravel()
     s = np.asarray(sd, dtype=float).ravel()
@@ -93,11 +105,17 @@ def _coverage_array(true, mean, sd, levels) -> dict[float, float]:
     if (s < 0).any() or not np.isfinite(s).all():
         raise ValueError("sd must be finite and non-negative")
     err = np.abs(t - m)
-    return {float(lv): float(np.mean(err <= z_of_level(lv) * s)) for lv in levels}
+    if factors is None:
+        factors = {lv: z_of_level(lv) for lv in levels}
+    return {float(lv): float(np.mean(err <= factors[lv] * s)) for lv in levels}
 
 
-def coverage(true, mean, sd, levels: Sequence[float] = (0.68, 0.95)):
-    """Fraction of ``true`` values inside the central Gaussian intervals ``mean ± z(level) · sd``.
+def coverage(true, mean, sd, levels: Sequence[float] = (0.68, 0.95), *, bundle=None, name: str | None = None):
+    """Fraction of ``true`` values inside the central intervals ``mean ± f(level) · sd``.
+
+    Without ``bundle`` the intervals are Gaussian, f = z(level). With ``bundle`` (a calibrated uncertainty
+    bundle) they are its conformal intervals, f = q_level / q_0.6827 (:func:`interval_factor`), ``sd`` being the
+    ``<map>_sd`` the bundle reports; the array form then needs the map's ``name``.
 
     Arrays → {level: fraction}. Dicts {name: array} → {name: {level: fraction}} for the names of ``mean`` that
     ``true`` and ``sd`` also have. ``sd`` is looked up as ``<name>_sd`` first, then ``<name>``, so the whole
@@ -106,27 +124,106 @@ def coverage(true, mean, sd, levels: Sequence[float] = (0.68, 0.95)):
     levels = tuple(float(lv) for lv in np.atleast_1d(levels))
     for lv in levels:
         z_of_level(lv)
+
+    def factors(map_name):
+        if bundle is None:
+            return None
+        return {lv: interval_factor(bundle, map_name, lv) for lv in levels}
+
     if isinstance(mean, Mapping):
         out = {}
-        for name, m in mean.items():
-            if name.endswith("_sd") or name not in true:
+        for key, m in mean.items():
+            if key.endswith("_sd") or key not in true:
                 continue
             if not isinstance(sd, Mapping):
                 raise ValueError("with dicts for true and mean, sd must be a dict too")
-            s = sd[f"{name}_sd"] if f"{name}_sd" in sd else sd.get(name)  # "<name>_sd" first: sd may hold means
+            s = sd[f"{key}_sd"] if f"{key}_sd" in sd else sd.get(key)  # "<name>_sd" first: sd may hold means
             if s is None:
-                raise ValueError(f"no sd for '{name}'")
-            out[name] = _coverage_array(true[name], m, s, levels)
+                raise ValueError(f"no sd for '{key}'")
+            out[key] = _coverage_array(true[key], m, s, levels, factors(key))
         if not out:
             raise ValueError("true and mean share no names")
         return out
-    return _coverage_array(true, mean, sd, levels)
+    if bundle is not None and name is None:
+        raise ValueError("coverage with a bundle's intervals on arrays needs the map's name (name=...)")
+    return _coverage_array(true, mean, sd, levels, factors(name))
+
+
+# ---------------------------------------------------------------------- conformal intervals
+def conformal_quantiles(true, mean, sd, levels: Sequence[float] = QUANTILE_LEVELS) -> np.ndarray:
+    """Normalised split-conformal quantiles: for every level L the ⌈(n + 1) L⌉-th smallest of the n scores
+    |true − mean| / sd (the largest score where that index exceeds n), over the finite values with sd > 0.
+
+    On new data exchangeable with these, ``mean ± q_L · sd`` covers the truth with probability ≥ L (marginally;
+    at most L + 1 / (n + 1) without ties). Raises ValueError with fewer than ``MIN_CALIBRATION`` usable values.
+    """
+    t, m, s = (np.asarray(a, dtype=float).ravel() for a in (true, mean, sd))
+    if not (t.shape == m.shape == s.shape):
+        raise ValueError(f"true, mean and sd must have the same size, got {t.size}, {m.size}, {s.size}")
+    ok = np.isfinite(t) & np.isfinite(m) & np.isfinite(s) & (s > 0)
+    n = int(ok.sum())
+    if n < MIN_CALIBRATION:
+        raise ValueError(f"conformal calibration needs at least {MIN_CALIBRATION} finite values with sd > 0, "
+                         f"got {n}")
+    scores = np.sort(np.abs(t[ok] - m[ok]) / s[ok])
+    lv = np.asarray(levels, dtype=float)
+    if ((lv <= 0) | (lv >= 1)).any():
+        raise ValueError(f"coverage levels must lie strictly between 0 and 1, got {levels}")
+    k = np.ceil((n + 1) * lv - 1e-9).astype(int)  # 1-based rank; the tiny guard keeps exact products exact
+    return scores[np.clip(k, 1, n) - 1]
+
+
+def interval_quantile(bundle, name: str, level: float) -> float:
+    """The calibrated half-width of ``bundle``'s ``level`` interval for map ``name`` in units of the network's
+    raw σ: interpolated from the stored conformal quantile curve (levels 0.05–0.99), or, for bundles calibrated
+    with one Gaussian factor c (older bundles) or not at all, c · z(level) (c = 1)."""
+    level = float(level)
+    z = z_of_level(level)
+    curve = (getattr(bundle, "interval_quantiles", None) or {}).get(name)
+    if curve is None:
+        return float((getattr(bundle, "sd_scale", None) or {}).get(name, 1.0)) * z
+    levels = np.asarray(bundle.interval_levels, dtype=float)
+    if not levels[0] - 1e-12 <= level <= levels[-1] + 1e-12:
+        raise ValueError(f"this bundle's intervals are calibrated for levels {levels[0]:g}–{levels[-1]:g}, "
+                         f"got {level:g}")
+    return float(np.interp(level, levels, np.asarray(curve, dtype=float)))
+
+
+def interval_factor(bundle, name: str, level: float) -> float:
+    """Half-width of the ``level`` interval of map ``name`` divided by the ``<name>_sd`` the bundle reports
+    (q_level / q_0.6827; z(level) for Gaussian-calibrated bundles)."""
+    q_sd = interval_quantile(bundle, name, SD_LEVEL)
+    q = interval_quantile(bundle, name, level)
+    if q_sd > 0:
+        return q / q_sd
+    return z_of_level(level)  # a degenerate curve (all scores 0): fall back to Gaussian multiples
+
+
+def interval_halfwidth(bundle, maps: Mapping, level: float, names: Sequence[str] | None = None
+                       ) -> dict[str, np.ndarray]:
+    """Calibrated half-widths at ``level`` for the maps ``bundle.predict_signals(..., uncertainty=True)``
+    (or ``predict_volume``) returned: {name: interval_factor · <name>_sd}; the interval is map ± half-width.
+
+    ``names`` defaults to every map with a ``<name>_sd`` in ``maps``. Arrays keep their shape (volumes too).
+    """
+    if names is None:
+        names = [k[:-3] for k in maps if k.endswith("_sd")]
+    if not names:
+        raise ValueError("maps hold no '<name>_sd' entries: predict with uncertainty=True first")
+    out = {}
+    for name in names:
+        key = f"{name}_sd"
+        if key not in maps:
+            raise ValueError(f"maps have no '{key}'")
+        sd = np.asarray(maps[key])
+        out[name] = (sd * np.float32(interval_factor(bundle, name, level))).astype(sd.dtype, copy=False)
+    return out
 
 
 def calibration_factor(true, mean, sd, levels: Sequence[float] = CALIBRATION_LEVELS,
                        tolerances: Sequence[float] | None = None, n_grid: int = 201) -> float:
-    """One sd scale factor c so that ``mean ± c · z(l) · sd`` covers ``true`` as close to ``l`` as possible for
-    every level at once: the minimax of |coverage − l| / tolerance over a grid between the per-level exact
+    """Diagnostic (bundles use :func:`conformal_quantiles` instead): the best single sd factor c so that
+    ``mean ± c · z(l) · sd`` covers ``true`` as close to ``l`` as possible for every level at once: the minimax of |coverage − l| / tolerance over a grid between the per-level exact
     factors (tolerances default to 3 % at the first level and 2 % at the others; equal weights when the levels
     differ from the defaults).
 
@@ -189,31 +286,48 @@ def derived_sd(model, mean_scaled: np.ndarray, sd_scaled: np.ndarray, target_nam
     return out
 
 
-def calibrate_bundle(bundle, signals: np.ndarray, truth: Mapping, levels=CALIBRATION_LEVELS,
-                     device="cpu") -> dict[str, float]:
-    """Fit ``bundle.sd_scale`` (one factor per map) on held-out normalised ``signals`` with true ``truth``
-    ({name: (n,)}, every estimated parameter and the dependent fraction / cellularity as ``model.derived_maps``
-    gives them). The target factors are fitted first, then the derived maps' (sampled with calibrated targets).
-    With fewer than ``MIN_CALIBRATION`` signals every factor stays 1."""
+def calibrate_bundle(bundle, signals: np.ndarray, truth: Mapping, levels: Sequence[float] = QUANTILE_LEVELS,
+                     device="cpu") -> dict[str, list[float]]:
+    """Calibrate ``bundle``'s intervals by normalised split conformal prediction on held-out normalised
+    ``signals`` with true ``truth`` ({name: (n,)}, every estimated parameter; the dependent fraction and
+    cellularity follow from ``model.derived_maps``).
+
+    Sets ``bundle.interval_levels`` (sorted ``levels``, which must include 0.6827), ``bundle.interval_quantiles``
+    ({map: [q_L per level]}) and ``bundle.sd_scale`` ({map: q_0.6827}, the factor on the network's σ that the
+    reported ``<map>_sd`` carries). The targets are calibrated first, then the derived maps on their Monte-Carlo
+    spread (sampled with calibrated targets). With fewer than ``MIN_CALIBRATION`` signals nothing is fitted:
+    every factor stays 1 and the intervals are the network's own Gaussian ones. Returns the quantiles.
+    """
     if not bundle.has_uncertainty:
         raise ValueError("this model was trained without uncertainty; nothing to calibrate")
+    levels = tuple(sorted(float(lv) for lv in levels))
+    if SD_LEVEL not in levels:
+        raise ValueError(f"the calibration levels must include {SD_LEVEL} (the level reported as sd)")
     model = bundle.model
     bundle.sd_scale = {name: 1.0 for name in bundle.map_names}
+    bundle.interval_quantiles = {}
+    bundle.interval_levels = levels
     if len(signals) < MIN_CALIBRATION:  # too few to fit anything: leave the network's own sd
-        return dict(bundle.sd_scale)
+        return {}
+    i_sd = levels.index(SD_LEVEL)
     truth_maps = model.derived_maps({k: np.asarray(v, dtype=float) for k, v in truth.items()})
     dev, net = bundle._device_network(device)
     est, sd, _mean_scaled, _sd_scaled = bundle._run_network(np.asarray(signals), dev, net, return_sd=True,
                                                             raw_sd=True)
+    quantiles = {}
     for i, name in enumerate(bundle.target_names):
-        bundle.sd_scale[name] = calibration_factor(truth_maps[name], est[:, i], sd[:, i], levels)
-    maps = bundle.predict_normalised(signals, device=device, uncertainty=True)
+        quantiles[name] = conformal_quantiles(truth_maps[name], est[:, i], sd[:, i], levels)
+        bundle.sd_scale[name] = float(quantiles[name][i_sd])
+    maps = bundle.predict_normalised(signals, device=device, uncertainty=True)  # derived: raw MC spread (factor 1)
     for name in bundle.map_names:
         if name in bundle.target_names:
             continue
-        bundle.sd_scale[name] = calibration_factor(truth_maps[name], maps[name], maps[f"{name}_sd"], levels)
-    return dict(bundle.sd_scale)
+        quantiles[name] = conformal_quantiles(truth_maps[name], maps[name], maps[f"{name}_sd"], levels)
+        bundle.sd_scale[name] = float(quantiles[name][i_sd])
+    bundle.interval_quantiles = {k: [float(x) for x in v] for k, v in quantiles.items()}
+    return dict(bundle.interval_quantiles)
 
 
-__all__ = ["BETA", "beta_nll_loss", "calibrate_bundle", "calibration_factor", "coverage", "derived_sd",
-           "split_output", "z_of_level"]
+__all__ = ["BETA", "QUANTILE_LEVELS", "SD_LEVEL", "beta_nll_loss", "calibrate_bundle", "calibration_factor",
+           "conformal_quantiles", "coverage", "derived_sd", "interval_factor", "interval_halfwidth",
+           "interval_quantile", "split_output", "z_of_level"]
