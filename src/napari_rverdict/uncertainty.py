@@ -223,9 +223,9 @@ def interval_halfwidth(bundle, maps: Mapping, level: float, names: Sequence[str]
 def calibration_factor(true, mean, sd, levels: Sequence[float] = CALIBRATION_LEVELS,
                        tolerances: Sequence[float] | None = None, n_grid: int = 201) -> float:
     """Diagnostic (bundles use :func:`conformal_quantiles` instead): the best single sd factor c so that
-    ``mean ± c · z(l) · sd`` covers ``true`` as close to ``l`` as possible for every level at once: the minimax of |coverage − l| / tolerance over a grid between the per-level exact
-    factors (tolerances default to 3 % at the first level and 2 % at the others; equal weights when the levels
-    differ from the defaults).
+    ``mean ± c · z(l) · sd`` covers ``true`` as close to ``l`` as possible for every level at once: the minimax
+    of |coverage − l| / tolerance over a grid between the per-level exact factors (tolerances default to 3 % at
+    the first level and 2 % at the others; equal weights when the levels differ from the defaults).
 
     For Gaussian errors both per-level factors equal the unit-z-variance factor √mean((true − mean)² / sd²).
     """
