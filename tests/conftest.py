@@ -1,4 +1,4 @@
-"""GUI test fixtures (napari viewer with the plugin's docks). Only the GUI tests use these."""
+"""Shared test fixtures: one torch thread for batched-fit tests; a napari viewer with the plugin's docks (GUI tests)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,15 @@ def add_dock(viewer, name: str):
 def docks(viewer):
     """The three docks of one viewer: (simulate, train, maps)."""
     return tuple(add_dock(viewer, n) for n in ("Simulate", "Train", "Maps"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module (restored after): many small batched ops on a shared 2-core
+    machine stall with two threads. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -5,7 +5,6 @@ import csv
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from napari_rverdict.cli import main
 from napari_rverdict.io import load_maps, save_labels
@@ -13,12 +12,7 @@ from napari_rverdict.synth import simulate
 from napari_rverdict.train import TrainConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

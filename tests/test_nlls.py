@@ -10,13 +10,7 @@ from napari_rverdict.physics import Protocol, get_model
 from napari_rverdict.synth import add_rician_noise, noise_free_signals, sample_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # many small batched ops: on a shared 2-core machine one intra-op thread is much faster than two
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,7 @@ from napari_rverdict.synth import simulate
 from napari_rverdict.train import TrainConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small batched ops on a shared 2-core machine: one intra-op thread avoids oversubscription stalls
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,24 +5,13 @@ Heavy imports (torch, the trainer) happen inside the command functions so ``rver
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
 
-from .cli import CliError, add_protocol_option, load_cli_protocol, parse_ranges, parse_snr
+from .cli import CliError, add_protocol_option, load_cli_protocol, parse_ranges, parse_snr, positive_int
 
 NETS = ("mlp", "resnetreg", "resnetreg-st")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def cmd_train(args) -> int:
@@ -102,7 +91,8 @@ def cmd_evaluate(args) -> int:
 
     bundle = load_bundle(args.bundle)
     snr = None if args.snr is None else parse_snr(args.snr)
-    report = evaluate(bundle, n=args.n, snr=snr, seed=args.seed, n_crlb=args.n_crlb, device=args.device)
+    report = evaluate(bundle, n=args.n, snr=snr, seed=args.seed, n_crlb=args.n_crlb, device=args.device,
+                      bayes=args.bayes, n_bayes_test=args.bayes_signals)
     print(report.format_table())
     if args.csv:
         print(f"wrote {report.to_csv(args.csv)}")
@@ -116,18 +106,18 @@ def register(sub) -> None:
     p.add_argument("--model", default="rverdict", help="verdict or rverdict (default: %(default)s)")
     # Choices are checked by TrainConfig.validate / simulate, so a bad value is one clear error line (exit 2).
     p.add_argument("--net", default="mlp", help=f"network: {', '.join(NETS)} (default: %(default)s)")
-    p.add_argument("--depth", type=_positive_int, default=None,
+    p.add_argument("--depth", type=positive_int, default=None,
                    help="MLP: hidden layers; ResNetReg: Linear layers, 10 per stage + 1 (default: per model)")
-    p.add_argument("--width", type=_positive_int, default=None, help="units per layer (default: per model)")
+    p.add_argument("--width", type=positive_int, default=None, help="units per layer (default: per model)")
     add_protocol_option(p)
-    p.add_argument("--n", type=_positive_int, default=100_000, help="synthetic signals, split 80/20 (default: %(default)s)")
+    p.add_argument("--n", type=positive_int, default=100_000, help="synthetic signals, split 80/20 (default: %(default)s)")
     p.add_argument("--snr", default="35", help="SNR, or LOW-HIGH drawn per sample (default: %(default)s)")
     p.add_argument("--range", "--ranges", dest="range", action="append", metavar="NAME=LOW,HIGH",
                    help="override a training range (repeatable)")
     p.add_argument("--sampler", "--fraction-sampler", dest="sampler", default="dirichlet",
                    help="fraction sampler: dirichlet or tissue (default: %(default)s)")
-    p.add_argument("--epochs", type=_positive_int, default=100)
-    p.add_argument("--batch", type=_positive_int, default=100, help="mini-batch size (default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=100)
+    p.add_argument("--batch", type=positive_int, default=100, help="mini-batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--patience", type=int, default=20, help="early-stopping patience in epochs, 0 = off")
     p.add_argument("--scheduler", action="store_true", help="halve the learning rate on validation plateaus")
@@ -142,10 +132,14 @@ def register(sub) -> None:
 
     p = sub.add_parser("evaluate", help="accuracy of a model bundle on fresh synthetic data, with √CRLB")
     p.add_argument("bundle", help="a model bundle (.pt) written by 'rverdict train'")
-    p.add_argument("--n", type=_positive_int, default=10_000, help="fresh synthetic signals (default: %(default)s)")
+    p.add_argument("--n", type=positive_int, default=10_000, help="fresh synthetic signals (default: %(default)s)")
     p.add_argument("--snr", default=None, help="SNR or LOW-HIGH (default: the bundle's training SNR)")
     p.add_argument("--n-crlb", type=int, default=1000, help="signals for the median √CRLB (default: %(default)s)")
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--bayes", type=int, default=0, metavar="N",
+                   help="also the Bayes-limit RMSE from an N-entry prior dictionary, e.g. 200000 (default: 0 = off)")
+    p.add_argument("--bayes-signals", type=int, default=200, metavar="M",
+                   help="signals for the Bayes limit (default: %(default)s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--csv", default=None, help="also write the table as CSV")
     p.add_argument("--plot", default=None, help="also write predicted-vs-true scatter plots (PNG)")

@@ -6,22 +6,11 @@ ValueError / CliError, which ``cli.main`` prints as one line (exit 2).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from .cli import CliError, add_protocol_option
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+from .cli import CliError, add_protocol_option, positive_int
 
 
 def _bar(total: int, desc: str, quiet: bool):
@@ -213,7 +202,7 @@ def register(sub) -> None:
     p.add_argument("--mask", default=None, help="mask NIfTI on the DWI's grid (default: Otsu on the mean b = 0)")
     p.add_argument("--uncertainty", action="store_true", help="also write <map>_sd maps (bundles that support it)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
-    p.add_argument("--chunk", type=_positive_int, default=65536, help="voxels per step (default: %(default)s)")
+    p.add_argument("--chunk", type=positive_int, default=65536, help="voxels per step (default: %(default)s)")
     p.add_argument("--out", required=True, help="output directory for the maps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
@@ -226,7 +215,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: %(default)s)")
     p.add_argument("--starts", type=int, default=4, help="starts per voxel from screened prior draws (default: 4)")
     p.add_argument("--init", default=None, help="a model bundle whose prediction is one more start per voxel")
-    p.add_argument("--max-iter", type=_positive_int, default=1000,
+    p.add_argument("--max-iter", type=positive_int, default=1000,
                    help="Levenberg–Marquardt iterations at most (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the candidate starts")
     p.add_argument("--out", required=True, help="output directory for the maps")

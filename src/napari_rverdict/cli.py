@@ -35,6 +35,17 @@ def load_cli_protocol(args):
     return protocol
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts (samples, epochs, chunk sizes): an integer ≥ 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
 def parse_ranges(items) -> dict:
     """``["R=0.1,12", "T1=100,3000"]`` → {"R": (0.1, 12.0), "T1": (100.0, 3000.0)}."""
     out = {}

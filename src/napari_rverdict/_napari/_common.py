@@ -118,6 +118,28 @@ class Relay(QObject):
     value = Signal(object)
 
 
+def release_worker(dock, signals=("returned", "errored", "finished")) -> None:
+    """End a dock's worker run: close its napari progress bar (``dock._pbar``), forget ``dock.worker`` and drop
+    every connection the worker holds to the dock, and delete its progress relay (``dock._relay``, if any)."""
+    if getattr(dock, "_pbar", None) is not None:
+        dock._pbar.close()
+        dock._pbar = None
+    worker, dock.worker = dock.worker, None
+    for sig in signals:
+        try:
+            getattr(worker, sig).disconnect()
+        except (TypeError, RuntimeError, AttributeError):
+            pass
+    relay = getattr(dock, "_relay", None)
+    if relay is not None:
+        try:
+            relay.value.disconnect()
+        except (TypeError, RuntimeError):
+            pass
+        relay.deleteLater()
+        dock._relay = None
+
+
 class LifetimeGuard(QObject):
     """Calls ``on_end`` once when ``widget`` leaves its dock or its viewer window closes.
 

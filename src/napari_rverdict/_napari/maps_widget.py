@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
     QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from ._common import LayerCombo, LifetimeGuard, Message, Relay, hint, separator
+from ._common import LayerCombo, LifetimeGuard, Message, Relay, hint, release_worker, separator
 from .reader import layer_protocol, layer_to_xyz, map_layer_name, map_spec_for, map_unit_text
 from .state import get_state, model_label
 
@@ -352,22 +352,7 @@ class MapsWidget(QWidget):
             pbar.refresh()
 
     def _finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        worker, self.worker = self.worker, None
-        for sig in ("returned", "errored", "finished"):  # drop every reference the worker holds to this dock
-            try:
-                getattr(worker, sig).disconnect()
-            except (TypeError, RuntimeError, AttributeError):
-                pass
-        if self._relay is not None:
-            try:
-                self._relay.value.disconnect()
-            except (TypeError, RuntimeError):
-                pass
-            self._relay.deleteLater()
-            self._relay = None
+        release_worker(self)  # the worker keeps no reference to this dock
         self._update_buttons()
 
     def _done(self, out) -> None:

@@ -21,7 +21,7 @@ from ..cli import CliError, load_cli_protocol, parse_snr
 from ..physics.models import get_model
 from ..physics.protocol import load_protocol
 from ..synth import FRACTION_SAMPLERS, resolve_ranges, simulate
-from ._common import Message, Relay, hint, separator
+from ._common import Message, Relay, hint, release_worker, separator
 from .reader import layer_protocol
 from .state import get_state, model_label
 
@@ -341,20 +341,5 @@ class SimulateWidget(QWidget):
             pbar.refresh()
 
     def _finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        worker, self.worker = self.worker, None
-        for sig in ("returned", "errored", "finished"):  # the worker keeps no reference to this dock
-            try:
-                getattr(worker, sig).disconnect()
-            except (TypeError, RuntimeError, AttributeError):
-                pass
-        if self._relay is not None:
-            try:
-                self._relay.value.disconnect()
-            except (TypeError, RuntimeError):
-                pass
-            self._relay.deleteLater()
-            self._relay = None
+        release_worker(self)  # the worker keeps no reference to this dock
         self._validate()

@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from ..nets import default_hyperparameters
 from ..train import TrainConfig, iter_training
-from ._common import LifetimeGuard, Message, hint, separator
+from ._common import LifetimeGuard, Message, hint, release_worker, separator
 from .loss_plot import LossPlot
 from .state import get_state, model_label
 
@@ -434,15 +434,7 @@ class TrainWidget(QWidget):
         show_error(f"Training failed: {exc}")
 
     def _on_finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        worker, self.worker = self.worker, None
-        for sig in ("yielded", "errored", "finished"):  # the worker keeps no reference to this dock
-            try:
-                getattr(worker, sig).disconnect()
-            except (TypeError, RuntimeError, AttributeError):
-                pass
+        release_worker(self, ("yielded", "errored", "finished"))
         if torch.cuda.is_available():  # the trainer's CUDA tensors are gone: give the cached memory back
             torch.cuda.empty_cache()
         self.plot.flush()
