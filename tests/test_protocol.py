@@ -9,10 +9,10 @@ import pytest
 from napari_rverdict import Protocol
 from napari_rverdict.physics import ProtocolError, direction_average, load_protocol, read_fsl, read_scheme, write_fsl, write_scheme
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "protocols"
+REF = Path(__file__).resolve().parent / "data" / "protocols"  # copies of the published files (see its README)
 SCHEME = REF / "innovate-camino" / "NOptimisedV_IN.scheme"
 BVAL = REF / "innovate-rverdict-example" / "data.bval"
-needs_ref = pytest.mark.skipif(not SCHEME.exists(), reason="shared/reference protocols not beside the checkout")
+needs_ref = pytest.mark.skipif(not SCHEME.exists(), reason="tests/data/protocols missing")
 
 
 def test_innovate_direction_averaged_layout():
