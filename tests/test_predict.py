@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_rverdict import predict_volume as lazy_predict_volume
-from napari_rverdict.io import Dwi, save_dwi, save_labels
+from napari_rverdict.io import Dwi, load_dwi, save_dwi, save_labels
 from napari_rverdict.phantom import LESION_LABELS, NORMAL_LABELS, make_phantom
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.predict import default_mask, predict_volume, prepare_voxels
@@ -160,3 +160,96 @@ def test_uncertainty_maps_are_3d_and_masked(phantom):
     plain = predict_volume(b, phantom.to_dwi(), mask=phantom.mask)
     assert not any(k.endswith("_sd") for k in plain)
     np.testing.assert_allclose(plain["f_ic"], maps["f_ic"], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- streaming from a file
+class _RecordingProxy:
+    """Wraps a nibabel dataobj: records the size of every slice read; reading it whole is an error."""
+
+    def __init__(self, proxy):
+        self.proxy, self.reads = proxy, []
+
+    @property
+    def shape(self):
+        return self.proxy.shape
+
+    def __getitem__(self, slicer):
+        out = self.proxy[slicer]
+        self.reads.append(np.shape(out))
+        return out
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole 4D DWI was read")
+
+
+def _recording(dwi):
+    proxy = _RecordingProxy(dwi._image.dataobj)
+    dwi._image = type("Img", (), {"dataobj": proxy})()
+    return proxy
+
+
+@pytest.mark.parametrize("chunk", [100, 600, 1200])  # slices of 576 voxels: 1-slice slabs split, 3 slabs, 2 slabs
+def test_streaming_from_file_equals_in_memory(bundle, phantom, tmp_path, chunk):
+    path = save_dwi(phantom.dwi, phantom.affine, tmp_path / "dwi.nii.gz", phantom.protocol)[0]
+    ref = predict_volume(bundle, phantom.to_dwi(), mask=phantom.mask)
+    calls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = predict_volume(bundle, path, mask=phantom.mask, chunk=chunk, progress=lambda d, t: calls.append((d, t)))
+    assert list(got) == list(ref)
+    for k in ref:
+        assert got[k].shape == phantom.shape and got[k].dtype == np.float32
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-6, atol=1e-6)
+    n = int(phantom.mask.sum())
+    assert calls[0] == (0, n) and calls[-1] == (n, n)
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and all(t == n for _, t in calls) and len(calls) > 2
+
+
+def test_streaming_default_mask_and_bad_voxels_as_in_memory(bundle, phantom, tmp_path):
+    data = phantom.dwi.copy()
+    idx = np.argwhere(phantom.mask)[[0, 40, -1]]  # in different slices
+    data[tuple(idx[0])][0] = np.nan
+    data[tuple(idx[1])][0] = -1.0
+    data[tuple(idx[2])][7] = np.inf
+    path = save_dwi(data, phantom.affine, tmp_path / "dwi.nii.gz", phantom.protocol)[0]
+    memory = Dwi.from_array(data, phantom.affine, phantom.protocol)
+    file_mask = load_dwi(path).b0()
+    assert np.array_equal(default_mask(file_mask), default_mask(memory.b0()))
+    with pytest.warns(UserWarning, match="non-positive") as rec_mem:
+        ref = predict_volume(bundle, memory)
+    with pytest.warns(UserWarning, match="non-positive") as rec_file:
+        got = predict_volume(bundle, path, chunk=600)
+    msgs = [str(w.message) for w in rec_file if "non-positive" in str(w.message)]
+    assert msgs == [str(w.message) for w in rec_mem if "non-positive" in str(w.message)]
+    # the NaN b = 0 voxel has a NaN mean b = 0, so the default mask leaves it out; the other two are counted
+    assert len(msgs) == 1 and msgs[0].startswith(f"2 of {int(default_mask(file_mask).sum())} ")
+    assert np.array_equal(got["f_ic"] != 0, ref["f_ic"] != 0)
+    for i in idx:
+        assert got["f_ic"][tuple(i)] == 0
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-6, atol=1e-6)
+
+
+def test_streaming_never_reads_the_whole_volume(bundle, phantom, tmp_path, monkeypatch):
+    path = save_dwi(phantom.dwi, phantom.affine, tmp_path / "dwi.nii.gz", phantom.protocol)[0]
+    ref = predict_volume(bundle, phantom.to_dwi())
+    dwi = load_dwi(path, "innovate-20")
+    proxy = _recording(dwi)
+    monkeypatch.setattr(Dwi, "data", property(lambda self: pytest.fail("Dwi.data read the whole 4D array")))
+    chunk = 600  # one 24 x 24 slice a slab
+    got = predict_volume(bundle, dwi, Protocol.innovate(direction_averaged=False), chunk=chunk)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-6, atol=1e-6)
+    x, y, z = phantom.shape
+    b0_reads = [s for s in proxy.reads if len(s) == 3]
+    slab_reads = [s for s in proxy.reads if len(s) == 4]
+    assert len(b0_reads) == int(phantom.protocol.is_b0.sum()) and all(s == (x, y, z) for s in b0_reads)
+    assert len(slab_reads) == z and all(s == (x, y, 1, 20) for s in slab_reads)
+    assert len(proxy.reads) == len(b0_reads) + len(slab_reads)
+    # a mask that skips a slice: that slab is not read at all
+    mask = phantom.mask.copy()
+    mask[:, :, 1] = False
+    proxy.reads.clear()
+    predict_volume(bundle, dwi, mask=mask, chunk=chunk)
+    assert proxy.reads == [(x, y, 1, 20)] * 2

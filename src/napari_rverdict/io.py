@@ -112,6 +112,19 @@ class Dwi:
         return self._data
 
     @property
+    def in_memory(self) -> bool:
+        """True when the voxels are held in memory (an array, or a file whose :attr:`data` was read already)."""
+        return self._data is not None or self._image is None
+
+    def with_protocol(self, protocol, note: str | None = None) -> Dwi:
+        """The same voxels (still unread if they are) with another protocol; ValueError if its length differs."""
+        protocol = load_protocol(protocol)
+        _check_count(self.n_volumes, protocol, self.path.name if self.path else "the DWI")
+        notes = [*self.notes, note] if note else list(self.notes)
+        return Dwi(self.affine, self.header, self.voxel_sizes, protocol, self.path, self.shape, notes,
+                   self._image, self._data)
+
+    @property
     def spatial_shape(self) -> tuple:
         return tuple(self.shape[:3])
 
@@ -126,9 +139,16 @@ class Dwi:
 
     def volume(self, index: int) -> np.ndarray:
         """One 3D volume as float32, read from the file alone when the data are not loaded yet."""
-        if self._data is not None or self._image is None:
+        if self.in_memory:
             return self.data[..., index]
         return np.asarray(self._image.dataobj[..., index], dtype=np.float32)
+
+    def slab(self, start: int, stop: int) -> np.ndarray:
+        """Slices ``start:stop`` along z of every volume, (x, y, stop - start, n) float32; read from the file alone
+        (``dataobj[:, :, start:stop, :]``) when the data are not loaded yet, so memory stays at one slab."""
+        if self.in_memory:
+            return self.data[:, :, start:stop, :]
+        return np.asarray(self._image.dataobj[:, :, start:stop, :], dtype=np.float32)
 
     def b0(self) -> np.ndarray:
         """Mean of the b = 0 volumes (x, y, z) float32 (of every volume if the protocol has no b = 0)."""

@@ -8,7 +8,9 @@ the NLLS fit (:mod:`.nlls`), so both handle DWIs, protocols and masks the same w
 * a direction-resolved acquisition (the 20-volume INNOVATE) is direction-averaged (20 → 10 measurements);
 * the mask is a 3D bool array, a NIfTI path (on the DWI's grid) or None → :func:`default_mask` of the mean b = 0;
 * voxels with NaN/inf or a non-positive b = 0 are left out (counted in one warning); an empty mask is an error;
-* outputs are float32 maps of the DWI's spatial shape, 0 outside the mask.
+* outputs are float32 maps of the DWI's spatial shape, 0 outside the mask;
+* :func:`predict_volume` streams a DWI that is still on disk slab by slab along z (bounded memory); the
+  per-voxel preparation (averaging, matching, the NaN / b = 0 test) is one function for both paths.
 
 No napari or Qt here.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import Dwi, load_dwi, load_mask
-from .physics.protocol import Protocol, load_protocol
+from .physics.protocol import Protocol, direction_average
 
 NETWORK_CHUNK = 16384  # voxels per network call (PERFORMANCE.md: larger chunks spill the cache)
 
@@ -59,11 +61,7 @@ def resolve_dwi(dwi, protocol=None, *, fallback: Protocol | None = None) -> Dwi:
     if isinstance(dwi, Dwi):
         if protocol is None:
             return dwi
-        prot = load_protocol(protocol)
-        data = dwi.data
-        out = Dwi.from_array(data, dwi.affine, prot, notes=[*dwi.notes, "protocol given by the caller"])
-        out.path, out.header = dwi.path, dwi.header
-        return out
+        return dwi.with_protocol(protocol, "protocol given by the caller")  # a file-backed DWI stays unread
     if isinstance(dwi, (str, Path)):
         return load_dwi(dwi, protocol)
     arr = np.asarray(dwi)
@@ -126,7 +124,72 @@ def _valid_rows(signals: np.ndarray, protocol: Protocol) -> np.ndarray:
     return ok
 
 
-def prepare_voxels(dwi, protocol=None, mask=None, *, reference: Protocol | None = None) -> VoxelSet:
+@dataclass
+class _Plan:
+    """What turns raw rows of a DWI (n, volumes) into an estimator's signals: decided once per volume.
+
+    dwi : the resolved DWI (a file-backed one still unread).  mask : (x, y, z) bool, not empty.  average : whether
+    to direction-average.  order : column order that matches ``reference`` (None without one).  protocol : of the
+    prepared signals.  notes : what was assumed or changed.
+    """
+
+    dwi: Dwi
+    mask: np.ndarray
+    average: bool
+    order: np.ndarray | None
+    protocol: Protocol
+    notes: list
+
+    def signals(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw rows (n, volumes) → (prepared float32 signals (n, m), bool (n,) usable rows).
+
+        The one per-voxel preparation: direction averaging, matching to the reference's order, and the NaN /
+        non-positive b = 0 test (:func:`_valid_rows`).
+        """
+        s = np.asarray(raw, dtype=np.float32)
+        if self.average:
+            s, _ = direction_average(s, self.dwi.protocol)
+        if self.order is not None:
+            s = s[:, self.order]
+        return np.ascontiguousarray(s, dtype=np.float32), _valid_rows(s, self.protocol)
+
+
+def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int) -> _Plan:
+    """Resolve DWI, protocol and mask, and decide averaging and matching (warns once about protocol differences).
+
+    Reads no diffusion-weighted voxel: only the b = 0 volumes when the default mask is needed.
+    """
+    d = resolve_dwi(dwi, protocol, fallback=reference)
+    notes = list(d.notes)
+    m = resolve_mask(mask, d)
+    if not m.any():
+        raise ValueError("the mask is empty: no voxel to estimate")
+    prot = d.protocol
+    average = d.is_direction_resolved and (reference is None or len(d.protocol) != len(reference))
+    if average:
+        prot = prot.direction_averaged()
+        notes.append(f"direction-averaged {d.n_volumes} → {len(prot)} volumes")
+    order = None
+    if reference is not None:
+        order, diffs = prot.match_to(reference)
+        if diffs:
+            warnings.warn("data protocol differs from the model's: " + "; ".join(diffs), stacklevel=stacklevel + 1)
+            notes += diffs
+        prot = reference
+    return _Plan(d, m, bool(average), order, prot, notes)
+
+
+def _warn_excluded(n_bad: int, n_mask: int, stacklevel: int) -> None:
+    if n_bad:
+        warnings.warn(f"{n_bad} of {n_mask} mask voxel(s) have NaN or a non-positive b = 0 signal; "
+                      "they are left out (0 in the maps)", stacklevel=stacklevel + 1)
+
+
+_NO_USABLE = "no voxel of the mask has a usable signal (all have NaN or a non-positive b = 0)"
+
+
+def prepare_voxels(dwi, protocol=None, mask=None, *, reference: Protocol | None = None,
+                   _stacklevel: int = 2) -> VoxelSet:
     """Gather the masked voxels of a DWI as flat raw signals (shared by :func:`predict_volume` and NLLS).
 
     Parameters
@@ -141,37 +204,22 @@ def prepare_voxels(dwi, protocol=None, mask=None, *, reference: Protocol | None 
     Raises ValueError for a non-4D DWI, a volume count that differs from the protocol, a mask on another grid,
     an empty mask, or no usable voxel in the mask.
     """
-    d = resolve_dwi(dwi, protocol, fallback=reference)
-    notes = list(d.notes)
-    m = resolve_mask(mask, d)
-    if not m.any():
-        raise ValueError("the mask is empty: no voxel to estimate")
-    if d.is_direction_resolved and (reference is None or len(d.protocol) != len(reference)):
-        d = d.direction_averaged()
-        notes = list(d.notes)
-    prot = d.protocol
+    plan = _plan(dwi, protocol, mask, reference, _stacklevel + 1)
+    d = plan.dwi
+    index = np.flatnonzero(plan.mask.reshape(-1))
     data = d.data
-    index = np.flatnonzero(m.reshape(-1))
-    signals = data.reshape(-1, data.shape[-1])[index]
-    if reference is not None:
-        order, diffs = prot.match_to(reference)
-        if diffs:
-            warnings.warn("data protocol differs from the model's: " + "; ".join(diffs), stacklevel=3)
-            notes += diffs
-        signals = signals[:, order]
-        prot = reference
-    ok = _valid_rows(signals, prot)
+    signals, ok = plan.signals(data.reshape(-1, data.shape[-1])[index])
     n_bad = int((~ok).sum())
+    _warn_excluded(n_bad, ok.size, _stacklevel + 1)
     if n_bad:
-        warnings.warn(f"{n_bad} of {ok.size} mask voxel(s) have NaN or a non-positive b = 0 signal; "
-                      "they are left out (0 in the maps)", stacklevel=3)
         signals, index = signals[ok], index[ok]
         if index.size == 0:
-            raise ValueError("no voxel of the mask has a usable signal (all have NaN or a non-positive b = 0)")
+            raise ValueError(_NO_USABLE)
     used = np.zeros(int(np.prod(d.spatial_shape)), dtype=bool)
     used[index] = True
-    return VoxelSet(np.ascontiguousarray(signals, dtype=np.float32), prot, index,
-                    used.reshape(d.spatial_shape), d.spatial_shape, np.asarray(d.affine, dtype=float), n_bad, notes)
+    return VoxelSet(np.ascontiguousarray(signals, dtype=np.float32), plan.protocol, index,
+                    used.reshape(d.spatial_shape), d.spatial_shape, np.asarray(d.affine, dtype=float), n_bad,
+                    plan.notes)
 
 
 def scatter_maps(values: dict, index: np.ndarray, shape: tuple) -> dict[str, np.ndarray]:
@@ -202,6 +250,12 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
     device : "cpu", "cuda", "mps" or "auto".  chunk : voxels per step (bounds memory).
     progress : called as ``progress(done_voxels, total_voxels)`` after every chunk.
 
+    A DWI from a file (a path, or an :class:`.io.Dwi` whose data were not read yet) is streamed: the default mask
+    reads only the b = 0 volumes, then slabs along z of about ``chunk`` voxels are read, prepared and predicted one
+    at a time, so memory stays bounded by the slab and the output maps whatever the volume's size. There
+    ``progress`` counts mask voxels (those left out for NaN / non-positive b = 0 included). Arrays and in-memory
+    Dwis are gathered whole (:func:`prepare_voxels`).
+
     Returns {map name: float32 (x, y, z)} for every map of ``bundle.map_names`` (and every other key the bundle
     returns, e.g. ``f_ic_sd``), 0 outside the mask and in left-out voxels.
     """
@@ -214,21 +268,18 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
         bundle = load_bundle(bundle)
     if uncertainty and not getattr(bundle, "has_uncertainty", True):
         raise ValueError("this bundle gives no uncertainty (it was not trained for it)")
-    vox = prepare_voxels(dwi, protocol, mask, reference=bundle.protocol)
-    n = len(vox)
     kwargs = {"device": device, "chunk": min(chunk, NETWORK_CHUNK)}
     if uncertainty:
         kwargs["uncertainty"] = True
+    if _streams(dwi):
+        return _predict_streaming(bundle, dwi, protocol, mask, chunk, kwargs, progress)
+    vox = prepare_voxels(dwi, protocol, mask, reference=bundle.protocol)
+    n = len(vox)
     flat: dict[str, np.ndarray] = {}
     if progress is not None:
         progress(0, n)
     for start in range(0, n, chunk):
-        try:
-            out = bundle.predict_signals(vox.signals[start:start + chunk], **kwargs)
-        except TypeError as exc:
-            if uncertainty and "uncertainty" in str(exc):
-                raise ValueError("this version of the bundle cannot give uncertainty maps") from None
-            raise
+        out = _predict_chunk(bundle, vox.signals[start:start + chunk], kwargs)
         for k, v in out.items():
             if k not in flat:
                 flat[k] = np.empty(n, dtype=np.float32)
@@ -236,6 +287,71 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
         if progress is not None:
             progress(min(start + chunk, n), n)
     return scatter_maps(flat, vox.index, vox.shape)
+
+
+def _predict_chunk(bundle, signals: np.ndarray, kwargs: dict) -> dict:
+    try:
+        return bundle.predict_signals(signals, **kwargs)
+    except TypeError as exc:
+        if kwargs.get("uncertainty") and "uncertainty" in str(exc):
+            raise ValueError("this version of the bundle cannot give uncertainty maps") from None
+        raise
+
+
+def _streams(dwi) -> bool:
+    """Whether the voxels come from a file not read yet (a NIfTI path, or a file-backed, unread Dwi)."""
+    if isinstance(dwi, (str, Path)):
+        return True
+    return isinstance(dwi, Dwi) and not dwi.in_memory
+
+
+def _predict_streaming(bundle, dwi, protocol, mask, chunk: int, kwargs: dict, progress) -> dict[str, np.ndarray]:
+    """:func:`predict_volume` on a file read slab by slab along z (about ``chunk`` voxels a slab).
+
+    The default mask reads only the b = 0 volumes; each slab is prepared by the same :meth:`_Plan.signals` as
+    :func:`prepare_voxels` and its usable mask voxels predicted into preallocated maps. ``progress`` counts mask
+    voxels (left-out ones included) since the usable ones are only known once read.
+    """
+    plan = _plan(dwi, protocol, mask, bundle.protocol, stacklevel=3)
+    d, m = plan.dwi, plan.mask
+    shape = d.spatial_shape
+    total = int(m.sum())
+    thickness = max(1, chunk // max(1, shape[0] * shape[1]))
+    maps: dict[str, np.ndarray] = {}
+    done = n_bad = n_used = 0
+    if progress is not None:
+        progress(0, total)
+    for z0 in range(0, shape[2], thickness):
+        z1 = min(z0 + thickness, shape[2])
+        in_slab = m[:, :, z0:z1]
+        n_slab = int(in_slab.sum())
+        if n_slab == 0:
+            continue
+        raw = d.slab(z0, z1)
+        signals, ok = plan.signals(raw.reshape(-1, raw.shape[-1])[np.flatnonzero(in_slab.reshape(-1))])
+        del raw
+        n_bad += int((~ok).sum())
+        signals = signals[ok]
+        i, j, k = (c[ok] for c in np.nonzero(in_slab))
+        k = k + z0
+        n_ok = len(signals)
+        n_used += n_ok
+        for start in range(0, n_ok, chunk):
+            stop = min(start + chunk, n_ok)
+            out = _predict_chunk(bundle, signals[start:stop], kwargs)
+            for name, v in out.items():
+                if name not in maps:
+                    maps[name] = np.zeros(shape, dtype=np.float32)
+                maps[name][i[start:stop], j[start:stop], k[start:stop]] = np.asarray(v, dtype=np.float32)
+            if progress is not None and stop < n_ok:
+                progress(done + stop, total)
+        done += n_slab
+        if progress is not None:
+            progress(done, total)
+    _warn_excluded(n_bad, total, stacklevel=3)
+    if n_used == 0:
+        raise ValueError(_NO_USABLE)
+    return maps
 
 
 __all__ = ["VoxelSet", "default_mask", "predict_volume", "prepare_voxels", "resolve_dwi", "resolve_mask",
