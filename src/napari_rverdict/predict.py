@@ -266,11 +266,9 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
     chunk = int(chunk)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
-    if uncertainty and not getattr(bundle, "has_uncertainty", True):
+    if uncertainty and not bundle.has_uncertainty:  # before any voxel is read
         raise ValueError("this bundle gives no uncertainty (it was not trained for it)")
-    kwargs = {"device": device, "chunk": min(chunk, NETWORK_CHUNK)}
-    if uncertainty:
-        kwargs["uncertainty"] = True
+    kwargs = {"device": device, "chunk": min(chunk, NETWORK_CHUNK), "uncertainty": bool(uncertainty)}
     if _streams(dwi):
         return _predict_streaming(bundle, dwi, protocol, mask, chunk, kwargs, progress)
     vox = prepare_voxels(dwi, protocol, mask, reference=bundle.protocol)
@@ -279,7 +277,7 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
     if progress is not None:
         progress(0, n)
     for start in range(0, n, chunk):
-        out = _predict_chunk(bundle, vox.signals[start:start + chunk], kwargs)
+        out = bundle.predict_signals(vox.signals[start:start + chunk], **kwargs)
         for k, v in out.items():
             if k not in flat:
                 flat[k] = np.empty(n, dtype=np.float32)
@@ -287,15 +285,6 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
         if progress is not None:
             progress(min(start + chunk, n), n)
     return scatter_maps(flat, vox.index, vox.shape)
-
-
-def _predict_chunk(bundle, signals: np.ndarray, kwargs: dict) -> dict:
-    try:
-        return bundle.predict_signals(signals, **kwargs)
-    except TypeError as exc:
-        if kwargs.get("uncertainty") and "uncertainty" in str(exc):
-            raise ValueError("this version of the bundle cannot give uncertainty maps") from None
-        raise
 
 
 def _streams(dwi) -> bool:
@@ -338,7 +327,7 @@ def _predict_streaming(bundle, dwi, protocol, mask, chunk: int, kwargs: dict, pr
         n_used += n_ok
         for start in range(0, n_ok, chunk):
             stop = min(start + chunk, n_ok)
-            out = _predict_chunk(bundle, signals[start:stop], kwargs)
+            out = bundle.predict_signals(signals[start:stop], **kwargs)
             for name, v in out.items():
                 if name not in maps:
                     maps[name] = np.zeros(shape, dtype=np.float32)
