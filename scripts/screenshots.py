@@ -84,6 +84,7 @@ def main() -> int:
     viewer.layers.selection.active = viewer.layers["f_ic [fraction]"]
     maps.parentWidget().raise_()
     viewer.reset_view()
+    viewer.camera.zoom *= 1.8  # the gland fills the middle of the field of view: show it, not the background
     from napari._qt.dialogs.qt_notification import NapariQtNotification
 
     for toast in win.findChildren(NapariQtNotification):  # the "Added 9 maps" toast would cover the canvas
