@@ -312,12 +312,6 @@ class Bundle:
                  for s in range(0, x.shape[0], int(chunk))]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _predict_normalised(self, x: np.ndarray, device="cpu", chunk: int = DEFAULT_CHUNK) -> np.ndarray:
-        """Network estimates in physical units (n, k) for already-normalised signals, clipped to the training
-        ranges (the prior's support)."""
-        dev, net = self._device_network(device)
-        return self._run_network(x, dev, net, chunk)
-
     def predict_signals(self, signals, *, protocol: Protocol | None = None, device="cpu", chunk: int = DEFAULT_CHUNK,
                         return_all: bool = True, uncertainty: bool = False) -> dict[str, np.ndarray]:
         """Maps from RAW signals.

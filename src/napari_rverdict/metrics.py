@@ -244,8 +244,7 @@ def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 
     model = bundle.model
     data = simulate(model, bundle.protocol, n=int(n), snr=snr, ranges=bundle.ranges,
                     fraction_sampler=bundle.fraction_sampler, seed=seed)
-    est = bundle._predict_normalised(data.signals, device=device)
-    pred_all = model.derived_maps({k: est[:, i] for i, k in enumerate(bundle.target_names)})
+    pred_all = bundle.predict_normalised(data.signals, device=device)
     dep = model.dependent_fraction
     names = list(bundle.target_names) + [dep]
     true = {k: np.asarray(data.params[k]) for k in names}
