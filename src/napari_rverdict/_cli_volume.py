@@ -178,11 +178,14 @@ def _affine_of(directory):
 
 
 # ---------------------------------------------------------------------- registration
-def _protocol_options(p) -> None:
-    p.add_argument("--protocol", default=None,
-                   help="acquisition: a preset (innovate, innovate-20) or a .scheme / .bval file "
-                        "(default: the sidecar beside the DWI, e.g. dwi.bval + dwi.delta/.smalldel/.te/.tr)")
-    p.add_argument("--tr", type=float, default=None, help="TR in ms for protocols that carry none (Camino scheme)")
+def _volume_options(p) -> None:
+    """Options every command that makes maps of a DWI shares: --protocol/--tr (default: the DWI's sidecar), --mask,
+    --out, --quiet."""
+    add_protocol_option(p, default=None,
+                        default_help="the sidecar beside the DWI, e.g. dwi.bval + dwi.delta/.smalldel/.te/.tr")
+    p.add_argument("--mask", default=None, help="mask NIfTI on the DWI's grid (default: Otsu on the mean b = 0)")
+    p.add_argument("--out", required=True, help="output directory for the maps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def register(sub) -> None:
@@ -198,28 +201,22 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="maps of a 4D DWI from a trained model bundle")
     p.add_argument("model", help="model bundle (.pt) from `rverdict train`")
     p.add_argument("dwi", help="4D DWI NIfTI (.nii / .nii.gz)")
-    _protocol_options(p)
-    p.add_argument("--mask", default=None, help="mask NIfTI on the DWI's grid (default: Otsu on the mean b = 0)")
+    _volume_options(p)
     p.add_argument("--uncertainty", action="store_true", help="also write <map>_sd maps (bundles that support it)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
     p.add_argument("--chunk", type=positive_int, default=65536, help="voxels per step (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output directory for the maps")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("fit", help="NLLS reference maps of a 4D DWI (batched Levenberg–Marquardt)")
     p.add_argument("dwi", help="4D DWI NIfTI (.nii / .nii.gz)")
     p.add_argument("--model", default="rverdict", help="verdict or rverdict (default: %(default)s)")
-    _protocol_options(p)
-    p.add_argument("--mask", default=None, help="mask NIfTI on the DWI's grid (default: Otsu on the mean b = 0)")
+    _volume_options(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: %(default)s)")
     p.add_argument("--starts", type=int, default=4, help="starts per voxel from screened prior draws (default: 4)")
     p.add_argument("--init", default=None, help="a model bundle whose prediction is one more start per voxel")
     p.add_argument("--max-iter", type=positive_int, default=1000,
                    help="Levenberg–Marquardt iterations at most (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the candidate starts")
-    p.add_argument("--out", required=True, help="output directory for the maps")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("compare", help="MSE / MAPE between two directories of maps, and ROI statistics")

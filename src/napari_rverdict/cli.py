@@ -18,10 +18,12 @@ class CliError(Exception):
     """An error to show the user as one line."""
 
 
-def add_protocol_option(p: argparse.ArgumentParser, default: str | None = "innovate") -> None:
-    """``--protocol`` (preset or file) and ``--tr`` (ms): every command that simulates, trains or fits takes them."""
+def add_protocol_option(p: argparse.ArgumentParser, default: str | None = "innovate",
+                        default_help: str = "%(default)s") -> None:
+    """``--protocol`` (preset or file) and ``--tr`` (ms): every command that simulates, trains or fits takes them.
+    ``default_help`` says in words what happens without ``--protocol`` (e.g. when the default is a sidecar)."""
     p.add_argument("--protocol", default=default,
-                   help="acquisition: a preset (innovate, innovate-20) or a .scheme / .bval file (default: %(default)s)")
+                   help=f"acquisition: a preset (innovate, innovate-20) or a .scheme / .bval file (default: {default_help})")
     p.add_argument("--tr", type=float, default=None, help="TR in ms for protocols that carry none (Camino scheme)")
 
 

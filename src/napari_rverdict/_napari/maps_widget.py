@@ -96,6 +96,17 @@ def compute_job(bundle, dwi, mask, device, uncertainty, with_nlls, progress):
     return out
 
 
+def _on_dwi_grid(layer, spatial: tuple, what: str):
+    """A 3D layer's data as (x, y, z), refused unless it has the DWI's spatial shape; None when no layer."""
+    if layer is None:
+        return None
+    data = layer_to_xyz(np.asarray(layer.data))
+    if data.shape != spatial:
+        raise ValueError(f"The {what} layer '{layer.name}' has shape {data.shape[::-1]} (z, y, x) but the "
+                         f"DWI's is {spatial[::-1]}.")
+    return data
+
+
 class MapsWidget(QWidget):
     """DWI layer, mask, lesion labels, model, NLLS, uncertainty, device → map layers, ROI and comparison tables."""
 
@@ -279,23 +290,14 @@ class MapsWidget(QWidget):
         spatial = data.shape[:3]
         affine = layer_affine(layer)
         dwi = Dwi.from_array(data, affine, protocol)
-        mask = None
         mask_layer = self.mask_combo.layer()
-        if mask_layer is not None:
-            mask = layer_to_xyz(np.asarray(mask_layer.data))
-            if mask.shape != spatial:
-                raise ValueError(f"The mask layer '{mask_layer.name}' has shape {mask.shape[::-1]} (z, y, x) but the "
-                                 f"DWI's is {spatial[::-1]}.")
+        mask = _on_dwi_grid(mask_layer, spatial, "mask")
+        if mask is not None:
             mask = np.nan_to_num(mask.astype(np.float64)) != 0
             if not mask.any():
                 raise ValueError(f"The mask layer '{mask_layer.name}' is empty.")
-        labels = None
         labels_layer = self.labels_combo.layer()
-        if labels_layer is not None:
-            labels = layer_to_xyz(np.asarray(labels_layer.data))
-            if labels.shape != spatial:
-                raise ValueError(f"The labels layer '{labels_layer.name}' has shape {labels.shape[::-1]} (z, y, x) "
-                                 f"but the DWI's is {spatial[::-1]}.")
+        labels = _on_dwi_grid(labels_layer, spatial, "labels")
         uncertainty = self.uncertainty_check.isChecked() and self.uncertainty_check.isEnabled()
         return dict(layer=layer, bundle=bundle, dwi=dwi, mask=mask, labels=labels, labels_layer=labels_layer,
                     affine=affine, device=self.device_combo.currentText(), uncertainty=uncertainty,
