@@ -11,9 +11,9 @@ Paper setting (100,000 signals split 80/20, up to 100 epochs, patience 20, no ti
 For each signal model (rVERDICT, classic VERDICT) one synthetic training set is simulated (INNOVATE protocol,
 SNR 35, Dirichlet fractions, default ranges) and the MLP, ResNetReg and ResNetReg-ST are trained on it with the
 same seed, using each network's default depth/width for the model (MLP 3 × 150; ResNetReg 31/128 for rVERDICT,
-28/16 for classic VERDICT). Each trained bundle is evaluated with :func:`napari_rverdict.metrics.evaluate` on the
+28/16 for classic VERDICT). Each trained bundle is evaluated with :func:`napari_rverdict.evaluate.metrics.evaluate` on the
 same fresh held-out set (a different seed): RMSE, MAPE (= MAE / range), Pearson r and the median √CRLB per
-parameter. Beside them stands the Bayes-limit RMSE (:func:`napari_rverdict.posterior.bayes_limit`: the posterior
+parameter. Beside them stands the Bayes-limit RMSE (:func:`napari_rverdict.evaluate.posterior.bayes_limit`: the posterior
 mean under the training prior, by likelihood weighting of a prior dictionary) — the best RMSE any estimator can
 reach on this synthetic data. Its Monte-Carlo error is about RMSE / sqrt(2 · n_bayes).
 
@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_rverdict.metrics import evaluate
-from napari_rverdict.posterior import bayes_limit
-from napari_rverdict.synth import simulate
-from napari_rverdict.train import TrainConfig, train
+from napari_rverdict.data.synth import simulate
+from napari_rverdict.evaluate.metrics import evaluate
+from napari_rverdict.evaluate.posterior import bayes_limit
+from napari_rverdict.learn.train import TrainConfig, train
 
 NETS = ("mlp", "resnetreg", "resnetreg-st")
 MODELS = ("rverdict", "verdict")

@@ -18,8 +18,9 @@ import numpy as np
 from scipy.special import erf
 
 from napari_rverdict import Protocol, get_model, simulate
+from napari_rverdict.data.prior import sample_parameters
+from napari_rverdict.data.synth import noise_free_signals
 from napari_rverdict.physics.compartments import sphere_roots
-from napari_rverdict.synth import noise_free_signals, sample_parameters
 
 
 def naive_rverdict(params: dict, protocol: Protocol, n_roots: int = 30) -> np.ndarray:

@@ -6,7 +6,7 @@ Both train the same network (MLP 10 → 150 × 3 → 7 by default) on the same s
 batch 100, Adam lr 1e-3, MSE on min–max scaled targets, the same seed, on the CPU, in this process. Each epoch
 includes one validation pass over the validation split.
 
-* ours: :func:`napari_rverdict.train.iter_training` (whole set resident as tensors, one permutation per epoch
+* ours: :func:`napari_rverdict.learn.train.iter_training` (whole set resident as tensors, one permutation per epoch
   and contiguous slices, fused Adam, ``zero_grad(set_to_none=True)``, no per-batch host sync, denormals flushed
   to zero while it runs — without that, epochs slow down by ~40 % as gradients shrink).
 * baseline: the textbook loop — ``DataLoader(TensorDataset(x, y), batch_size=100, shuffle=True)``, ``Adam``,
@@ -33,9 +33,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from napari_rverdict.nets import build_network
-from napari_rverdict.synth import simulate
-from napari_rverdict.train import TrainConfig, iter_training, scale_targets
+from napari_rverdict.data.synth import simulate
+from napari_rverdict.learn.nets import build_network
+from napari_rverdict.learn.scaling import scale_targets
+from napari_rverdict.learn.train import TrainConfig, iter_training
 
 
 def baseline_epochs(data, net_name: str, epochs: int, seed: int):
@@ -122,7 +123,7 @@ def main(argv=None):
     print("| loop | s / epoch (median) | s / epoch (min) | val MSE after last epoch |")
     print("|---|---|---|---|")
     print(f"| plain DataLoader + TensorDataset | {bm:.3f} | {bmin:.3f} | {base_val:.4g} |")
-    print(f"| napari_rverdict.train.iter_training | {om:.3f} | {omin:.3f} | {ours_val:.4g} |")
+    print(f"| napari_rverdict.learn.train.iter_training | {om:.3f} | {omin:.3f} | {ours_val:.4g} |")
     print(f"\nspeed-up: {bm / om:.2f}× on the median epoch, {bmin / omin:.2f}× on the fastest epoch (target ≥ 2×)")
     print(f"load average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return bm / om

@@ -50,12 +50,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
 
-    from napari_rverdict.nlls import fit_signals, fit_signals_scipy
-    from napari_rverdict.phantom import make_phantom
+    from napari_rverdict.data.noise import add_rician_noise
+    from napari_rverdict.data.phantom import make_phantom
+    from napari_rverdict.data.synth import noise_free_signals, simulate
+    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.maps.nlls import fit_signals, fit_signals_scipy
+    from napari_rverdict.maps.predict import predict_volume
     from napari_rverdict.physics import Protocol, get_model
-    from napari_rverdict.predict import predict_volume
-    from napari_rverdict.synth import add_rician_noise, noise_free_signals, simulate
-    from napari_rverdict.train import TrainConfig, train
 
     model = get_model("rverdict")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_rverdict.posterior import build_dictionary, posterior_from_dictionary
-from napari_rverdict.synth import simulate
-from napari_rverdict.train import TrainConfig, train
-from napari_rverdict.uncertainty import coverage, interval_factor
+from napari_rverdict.data.synth import simulate
+from napari_rverdict.evaluate.posterior import build_dictionary, posterior_from_dictionary
+from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.uncertainty import coverage, interval_factor
 
 OUT = Path(__file__).resolve().parent / "results"
 LEVELS = (0.68, 0.95)

@@ -3,7 +3,7 @@
 Each network is trained twice on rVERDICT / INNOVATE synthetic data: at a fixed SNR 35 and at SNR drawn
 uniformly from 15–60 per signal. Each is tested at SNR 15, 25, 35 and 50 on fresh signals; the reference is the
 Bayes limit on the *same* test signals (the posterior mean under the training prior by prior-dictionary
-weighting, :mod:`napari_rverdict.posterior`), so "RMSE / Bayes" = 1 is the best any estimator can do on average.
+weighting, :mod:`napari_rverdict.evaluate.posterior`), so "RMSE / Bayes" = 1 is the best any estimator can do on average.
 
 This is where the paper's claim for soft-thresholding (ResNetReg-ST holds up better when the test noise differs
 from the training noise) is tested.
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_rverdict.physics.protocol import load_protocol
-from napari_rverdict.posterior import build_dictionary, posterior_from_dictionary, posterior_quantities
-from napari_rverdict.synth import simulate
-from napari_rverdict.train import TrainConfig, train
+from napari_rverdict.data.synth import simulate
+from napari_rverdict.evaluate.posterior import build_dictionary, posterior_from_dictionary, posterior_quantities
+from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.physics.protocol_files import load_protocol
 
 OUT = Path(__file__).resolve().parent / "results"
 PARAMS = ("f_ic", "f_ees", "f_vasc", "R", "D_ees", "T1", "T2_vasc_ees", "T2_ic")

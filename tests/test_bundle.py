@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from napari_rverdict import load_bundle as lazy_load_bundle
-from napari_rverdict.bundle import BUNDLE_FORMAT, Bundle, load_bundle
-from napari_rverdict.synth import noise_free_signals, simulate
-from napari_rverdict.train import TrainConfig, train
+from napari_rverdict.data.synth import noise_free_signals, simulate
+from napari_rverdict.learn.bundle import BUNDLE_FORMAT, Bundle, load_bundle
+from napari_rverdict.learn.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

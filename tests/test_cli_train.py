@@ -5,11 +5,12 @@ import signal
 import numpy as np
 import pytest
 import torch
-
-import napari_rverdict.train as train_mod
-from napari_rverdict.bundle import load_bundle
 from napari_rverdict.cli import main
-from napari_rverdict.physics.protocol import Protocol, write_scheme
+
+from napari_rverdict.learn import train as train_mod
+from napari_rverdict.learn.bundle import load_bundle
+from napari_rverdict.physics.protocol import Protocol
+from napari_rverdict.physics.protocol_files import write_scheme
 
 TINY = ["--n", "400", "--epochs", "2", "--seed", "0", "--device", "cpu"]
 

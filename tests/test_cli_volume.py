@@ -5,12 +5,11 @@ import csv
 import nibabel as nib
 import numpy as np
 import pytest
-
 from napari_rverdict.cli import main
-from napari_rverdict.io import load_maps, save_labels
-from napari_rverdict.synth import simulate
-from napari_rverdict.train import TrainConfig, train
 
+from napari_rverdict.data.nifti import load_maps, save_labels
+from napari_rverdict.data.synth import simulate
+from napari_rverdict.learn.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -111,8 +110,9 @@ def test_one_line_errors(workdir, tmp_path, capsys):
 
 def test_phantom_with_the_users_protocol(tmp_path, capsys):
     """`rverdict phantom --protocol FILE [--tr]`: the DWI is made with that acquisition, as acquired."""
-    from napari_rverdict.io import load_dwi
-    from napari_rverdict.physics.protocol import Protocol, write_scheme
+    from napari_rverdict.data.nifti import load_dwi
+    from napari_rverdict.physics.protocol import Protocol
+    from napari_rverdict.physics.protocol_files import write_scheme
 
     acquired = Protocol.innovate(direction_averaged=False)
     scheme = write_scheme(acquired, tmp_path / "acq.scheme", write_tr=False)[0]

@@ -5,8 +5,8 @@ import csv
 import numpy as np
 import pytest
 
-from napari_rverdict.compare import compare_maps, roi_statistics
-from napari_rverdict.io import save_labels, save_maps
+from napari_rverdict.data.nifti import save_labels, save_maps
+from napari_rverdict.maps.compare import compare_maps, roi_statistics
 
 
 def _pair():

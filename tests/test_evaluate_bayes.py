@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-
 from napari_rverdict.cli import main
-from napari_rverdict.metrics import evaluate
-from napari_rverdict.posterior import bayes_limit
-from napari_rverdict.synth import simulate
-from napari_rverdict.train import TrainConfig, train
+
+from napari_rverdict.data.synth import simulate
+from napari_rverdict.evaluate.metrics import evaluate
+from napari_rverdict.evaluate.posterior import bayes_limit
+from napari_rverdict.learn.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

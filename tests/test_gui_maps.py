@@ -17,8 +17,8 @@ pytestmark = pytest.mark.gui
 @pytest.fixture(scope="module")
 def unc_bundle():
     """A tiny rVERDICT MLP trained with uncertainty (seconds on CPU)."""
-    from napari_rverdict.synth import simulate
-    from napari_rverdict.train import TrainConfig, train
+    from napari_rverdict.data.synth import simulate
+    from napari_rverdict.learn.train import TrainConfig, train
 
     data = simulate("rverdict", "innovate", n=1500, snr=35, seed=0)
     return train(data, TrainConfig(epochs=2, device="cpu", uncertainty=True)).bundle
@@ -62,7 +62,7 @@ def test_uncertainty_layers_threshold_and_roi_mean_sd(viewer, qtbot, unc_bundle,
     np.testing.assert_array_equal(viewer.layers["R [µm]"].data, maps.maps["R"].transpose(2, 1, 0))
 
     # export: maps and sd maps, the sd with its map's unit
-    from napari_rverdict.io import load_maps
+    from napari_rverdict.data.nifti import load_maps
 
     written = maps.export_maps(tmp_path / "maps")
     assert len(written) == len(maps.maps)  # every map and every sd map
@@ -144,7 +144,8 @@ def test_bad_inputs_show_a_message_and_change_nothing(viewer, qtbot, unc_bundle)
     assert maps.compute_btn.isEnabled()
 
     # a protocol the model was not trained on (b-values off by far more than 5 %): the worker's error is shown
-    from napari_rverdict.physics.protocol import Protocol, load_protocol
+    from napari_rverdict.physics.protocol import Protocol
+    from napari_rverdict.physics.protocol_files import load_protocol
 
     d = load_protocol("innovate").to_dict()
     d["b"] = [1.7 * b + 50 for b in d["b"]]
@@ -209,7 +210,7 @@ def test_simulate_uses_the_dwi_layer_protocol(viewer, qtbot):
 
 
 def test_simulate_protocol_from_a_file(viewer, qtbot, tmp_path):
-    from napari_rverdict.physics.protocol import load_protocol, write_scheme
+    from napari_rverdict.physics.protocol_files import load_protocol, write_scheme
 
     sim = add_dock(viewer, "Simulate")
     sim.model_combo.setCurrentIndex(sim.model_combo.findData("verdict"))  # classic VERDICT needs no TR

@@ -93,7 +93,7 @@ def test_end_to_end_generate_train_maps(viewer, qtbot, tmp_path):
     assert csv is not None and csv.read_text().count("\n") >= len(rows)
 
     # export: NIfTI maps with the DWI's affine, equal to the layers
-    from napari_rverdict.io import load_maps
+    from napari_rverdict.data.nifti import load_maps
 
     written = maps.export_maps(tmp_path / "maps")
     assert len(written) == len(model.map_names)

@@ -6,9 +6,23 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_rverdict.io import (Dwi, ascii_unit, find_sidecar, load_dwi, load_labels, load_maps, load_mask,
-                                map_descrip, parse_descrip, save_dwi, save_labels, save_map, save_maps)
-from napari_rverdict.physics.protocol import Protocol, write_scheme
+from napari_rverdict.data.nifti import (
+    Dwi,
+    ascii_unit,
+    find_sidecar,
+    load_dwi,
+    load_labels,
+    load_maps,
+    load_mask,
+    map_descrip,
+    parse_descrip,
+    save_dwi,
+    save_labels,
+    save_map,
+    save_maps,
+)
+from napari_rverdict.physics.protocol import Protocol
+from napari_rverdict.physics.protocol_files import write_scheme
 
 AFFINE = np.array([[-1.25, 0.02, 0.0, 40.0], [0.0, 1.25, 0.1, -30.5], [0.0, 0.0, 5.0, 12.25], [0, 0, 0, 1.0]])
 

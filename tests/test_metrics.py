@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_rverdict.metrics import (
-    EvaluationReport, crlb, crlb_from_function, evaluate, plot_predicted_vs_true, regression_metrics,
-)
+from napari_rverdict.data.synth import noise_free_signals, simulate
+from napari_rverdict.evaluate.crlb import crlb, crlb_from_function
+from napari_rverdict.evaluate.metrics import EvaluationReport, evaluate, regression_metrics
+from napari_rverdict.evaluate.plots import plot_predicted_vs_true
+from napari_rverdict.evaluate.report import typical_parameters
+from napari_rverdict.learn.train import TrainConfig, train
 from napari_rverdict.physics.compartments import ball
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
-from napari_rverdict.posterior import typical_parameters
-from napari_rverdict.synth import noise_free_signals, simulate
-from napari_rverdict.train import TrainConfig, train
 
 B = np.array([0.0, 90.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0])  # s/mm²
 B_MS = B * 1e-3  # ms/µm², the unit in which b·D is dimensionless with D in µm²/ms

@@ -3,8 +3,13 @@
 import pytest
 import torch
 
-from napari_rverdict.nets import (
-    SoftThreshold, available_networks, build_network, count_linear_layers, default_hyperparameters, resnet_stages,
+from napari_rverdict.learn.nets import (
+    SoftThreshold,
+    available_networks,
+    build_network,
+    count_linear_layers,
+    default_hyperparameters,
+    resnet_stages,
 )
 
 

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_rverdict.nlls import FitProblem, fit_signals, fit_signals_scipy, fit_volume
-from napari_rverdict.phantom import make_phantom
+from napari_rverdict.data.noise import add_rician_noise
+from napari_rverdict.data.phantom import make_phantom
+from napari_rverdict.data.prior import sample_parameters
+from napari_rverdict.data.synth import noise_free_signals
+from napari_rverdict.maps.nlls import FitProblem, fit_signals, fit_signals_scipy, fit_volume
 from napari_rverdict.physics import Protocol, get_model
-from napari_rverdict.synth import add_rician_noise, noise_free_signals, sample_parameters
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -119,8 +120,8 @@ def test_init_is_an_extra_start(phantom):
 
 
 def test_bundle_init_and_errors():
-    from napari_rverdict.synth import simulate
-    from napari_rverdict.train import TrainConfig, train
+    from napari_rverdict.data.synth import simulate
+    from napari_rverdict.learn.train import TrainConfig, train
 
     data = simulate("rverdict", n=2000, seed=2)
     b = train(data, TrainConfig(epochs=1, seed=0, device="cpu")).bundle

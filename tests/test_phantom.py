@@ -5,10 +5,20 @@ import json
 import numpy as np
 import pytest
 
-from napari_rverdict.phantom import (LABEL_NAMES, LESION_LABELS, NORMAL_LABELS, REGION_PARAMETERS, load_phantom,
-                                     make_labels, make_phantom, phantom_affine, sample_data_dir, save_phantom)
+from napari_rverdict.data.phantom import (
+    LABEL_NAMES,
+    LESION_LABELS,
+    NORMAL_LABELS,
+    REGION_PARAMETERS,
+    load_phantom,
+    make_labels,
+    make_phantom,
+    phantom_affine,
+    sample_data_dir,
+    save_phantom,
+)
+from napari_rverdict.data.synth import noise_free_signals
 from napari_rverdict.physics import Protocol, get_model
-from napari_rverdict.synth import noise_free_signals
 
 
 @pytest.fixture(scope="module")

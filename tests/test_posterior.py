@@ -4,10 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_rverdict.physics.protocol import load_protocol
-from napari_rverdict.posterior import (PriorDictionary, bayes_limit, build_dictionary, normalisation_groups,
-                                       posterior_from_dictionary, reference_posterior, typical_parameters,
-                                       weighted_posterior)
+from napari_rverdict.evaluate.posterior import (
+    PriorDictionary,
+    bayes_limit,
+    build_dictionary,
+    normalisation_groups,
+    posterior_from_dictionary,
+    reference_posterior,
+    weighted_posterior,
+)
+from napari_rverdict.evaluate.report import typical_parameters
+from napari_rverdict.physics.protocol_files import load_protocol
 
 D_LO, D_HI = 0.5, 3.0  # µm²/ms
 
@@ -160,8 +167,8 @@ def rv_dictionary():
 
 
 def test_reference_posterior_rverdict(rv_dictionary):
+    from napari_rverdict.data.synth import simulate
     from napari_rverdict.physics.models import get_model
-    from napari_rverdict.synth import simulate
 
     model = get_model("rverdict")
     data = simulate(model, n=30, snr=35, seed=8)
@@ -213,7 +220,7 @@ def test_loglik_matches_explicit_formula_two_groups():
     profiled scale m* = Σ y d / Σ y² per group and the (2k − 1) log m* term (k measurements per group)."""
     from scipy.special import i0e
 
-    from napari_rverdict.posterior import _loglik
+    from napari_rverdict.evaluate.posterior import _loglik
 
     rng = np.random.default_rng(0)
     y = rng.uniform(0.2, 1.0, (3, 5))

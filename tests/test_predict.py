@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from napari_rverdict import predict_volume as lazy_predict_volume
-from napari_rverdict.io import Dwi, load_dwi, save_dwi, save_labels
-from napari_rverdict.phantom import LESION_LABELS, NORMAL_LABELS, make_phantom
+from napari_rverdict.data.nifti import Dwi, load_dwi, save_dwi, save_labels
+from napari_rverdict.data.phantom import LESION_LABELS, NORMAL_LABELS, make_phantom
+from napari_rverdict.data.synth import simulate
+from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.maps.predict import predict_volume
+from napari_rverdict.maps.voxels import default_mask, prepare_voxels
 from napari_rverdict.physics.protocol import Protocol
-from napari_rverdict.predict import default_mask, predict_volume, prepare_voxels
-from napari_rverdict.synth import simulate
-from napari_rverdict.train import TrainConfig, train
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from napari_rverdict import Protocol
-from napari_rverdict.physics import ProtocolError, direction_average, load_protocol, read_fsl, read_scheme, write_fsl, write_scheme
+from napari_rverdict.physics import (
+    ProtocolError,
+    direction_average,
+    load_protocol,
+    read_fsl,
+    read_scheme,
+    write_fsl,
+    write_scheme,
+)
 
 REF = Path(__file__).resolve().parent / "data" / "protocols"  # copies of the published files (see its README)
 SCHEME = REF / "innovate-camino" / "NOptimisedV_IN.scheme"

@@ -4,12 +4,12 @@ import csv
 
 import numpy as np
 import pytest
-
 from napari_rverdict.cli import main
-from napari_rverdict.metrics import crlb
+
+from napari_rverdict.evaluate.crlb import crlb
+from napari_rverdict.evaluate.report import protocol_report, typical_crlb, typical_parameters
 from napari_rverdict.physics.models import get_model
-from napari_rverdict.physics.protocol import load_protocol, write_scheme
-from napari_rverdict.posterior import protocol_report, typical_crlb, typical_parameters
+from napari_rverdict.physics.protocol_files import load_protocol, write_scheme
 
 
 @pytest.fixture(scope="module")

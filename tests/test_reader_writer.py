@@ -11,10 +11,10 @@ import pytest
 
 nib = pytest.importorskip("nibabel")
 
-from napari_rverdict._napari.reader import layer_to_xyz, napari_get_reader, xyz_to_layer  # noqa: E402
-from napari_rverdict._napari.writer import write_multiple, write_single_image  # noqa: E402
-from napari_rverdict.io import load_maps, save_dwi  # noqa: E402
-from napari_rverdict.physics.protocol import load_protocol  # noqa: E402
+from napari_rverdict._napari.reader import layer_to_xyz, napari_get_reader, xyz_to_layer
+from napari_rverdict._napari.writer import write_multiple, write_single_image
+from napari_rverdict.data.nifti import load_maps, save_dwi
+from napari_rverdict.physics.protocol_files import load_protocol
 
 
 def _affine():

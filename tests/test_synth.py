@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+from napari_rverdict.cli import main as cli_main
 
 from napari_rverdict import Protocol, get_model, simulate
-from napari_rverdict.cli import main as cli_main
-from napari_rverdict.synth import add_rician_noise, resolve_ranges, sample_parameters
+from napari_rverdict.data.noise import add_rician_noise
+from napari_rverdict.data.prior import resolve_ranges, sample_parameters
 
 
 def test_mean_of_pure_rician_noise():
@@ -119,21 +120,22 @@ def test_cli_simulate_and_one_line_errors(tmp_path, capsys):
 @pytest.mark.parametrize("text, expected", [("35", 35.0), ("15-60", (15.0, 60.0)), ("15,60", (15.0, 60.0)),
                                             (" 2.5e1 ", 25.0)])
 def test_parse_snr_accepts_numbers_and_ranges(text, expected):
-    from napari_rverdict.cli import parse_snr
+    from napari_rverdict.data.noise import parse_snr
 
     assert parse_snr(text) == expected
 
 
 @pytest.mark.parametrize("text", ["-3", "3-", "60-15", "0", "abc", "1-2-3", "", "20-20"])
 def test_parse_snr_refuses_negative_reversed_and_garbled(text):
-    from napari_rverdict.cli import CliError, parse_snr
+    from napari_rverdict.data.noise import parse_snr
+    from napari_rverdict.errors import InputError
 
-    with pytest.raises(CliError):
+    with pytest.raises(InputError, match="SNR"):
         parse_snr(text)
 
 
 def test_cli_warnings_are_one_line_each_and_errors_stay_one_line(tmp_path, capsys):
-    from napari_rverdict.physics.protocol import write_scheme
+    from napari_rverdict.physics.protocol_files import write_scheme
 
     scheme = write_scheme(Protocol.innovate(), tmp_path / "acq.scheme", write_tr=False)[0]
     # classic VERDICT does not need TR: the command succeeds and says once, in one line, that TR is unknown

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import napari_rverdict.train as train_mod
-from napari_rverdict.synth import simulate
-from napari_rverdict.train import TrainConfig, batch_bounds, iter_training, resolve_device, train
+from napari_rverdict.data.synth import simulate
+from napari_rverdict.learn import train as train_mod
+from napari_rverdict.learn.device import resolve_device
+from napari_rverdict.learn.train import TrainConfig, batch_bounds, iter_training, train
 
 SMALL = {"mlp": {}, "resnetreg": {"depth": 11, "width": 32}, "resnetreg-st": {"depth": 11, "width": 32}}
 

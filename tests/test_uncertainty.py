@@ -4,12 +4,23 @@ import numpy as np
 import pytest
 import torch
 
-from napari_rverdict.bundle import load_bundle
-from napari_rverdict.synth import simulate
-from napari_rverdict.train import TrainConfig, train
-from napari_rverdict.uncertainty import (QUANTILE_LEVELS, SD_LEVEL, beta_nll_loss, calibration_factor,
-                                         conformal_quantiles, coverage, derived_sd, interval_factor,
-                                         interval_halfwidth, interval_quantile, split_output, z_of_level)
+from napari_rverdict.data.synth import simulate
+from napari_rverdict.learn.bundle import load_bundle
+from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.uncertainty import (
+    QUANTILE_LEVELS,
+    SD_LEVEL,
+    beta_nll_loss,
+    calibration_factor,
+    conformal_quantiles,
+    coverage,
+    derived_sd,
+    interval_factor,
+    interval_halfwidth,
+    interval_quantile,
+    split_output,
+    z_of_level,
+)
 
 
 # ---------------------------------------------------------------------- coverage on constructed examples
@@ -168,8 +179,8 @@ def test_beta_nll_loss_values_and_gradient():
 
 
 def test_derived_sd_of_the_dependent_fraction():
+    from napari_rverdict.data.prior import resolve_ranges
     from napari_rverdict.physics.models import get_model
-    from napari_rverdict.synth import resolve_ranges
 
     model = get_model("rverdict")
     ranges = resolve_ranges(model)

@@ -1,22 +1,29 @@
 """napari-rverdict: prostate VERDICT and relaxation-VERDICT maps with synthetic q-space learning.
 
-The core (this package minus ``_napari``) imports neither napari nor Qt.
+Layers, each importing only those before it: ``physics`` (protocols, compartments, models) ← ``data`` (priors,
+noise, synthetic sets, phantom, NIfTI) ← ``learn`` (networks, training, bundles, uncertainty) ← ``maps`` (volume
+inference, NLLS, comparisons) and ``evaluate`` (metrics, CRLB, posterior, protocol report) ← ``cli`` and
+``_napari``. The core (everything but ``_napari``) imports neither napari nor Qt.
 """
 
 from importlib import import_module
 
-from .physics import Protocol, get_model
-from .synth import simulate
+from napari_rverdict.data.synth import simulate
+from napari_rverdict.physics import Protocol, get_model
 
 __version__ = "0.1.0"
 
 # Heavier entry points are imported on first use so `import napari_rverdict` stays light.
-_LAZY = {"load_bundle": "bundle", "predict_volume": "predict"}
+_LAZY = {
+    "load_bundle": "learn.bundle", "TrainConfig": "learn.train", "train": "learn.train",
+    "load_dwi": "data.nifti", "predict_volume": "maps.predict", "fit_volume": "maps.nlls",
+    "evaluate": "evaluate.metrics",
+}
 
 __all__ = ["Protocol", "get_model", "simulate", "__version__", *_LAZY]
 
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(import_module(f"napari_rverdict.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

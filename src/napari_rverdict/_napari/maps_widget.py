@@ -1,10 +1,10 @@
 """Dock 3 — Maps: a trained model (and optionally the NLLS reference) applied to a DWI layer.
 
-"Compute maps" calls the same :func:`napari_rverdict.predict.predict_volume` (and :func:`napari_rverdict.nlls.
+"Compute maps" calls the same :func:`napari_rverdict.maps.voxels.predict_volume` (and :func:`napari_rverdict.maps.nlls.
 fit_volume`) the CLI calls, in a napari worker; the layers are added on the GUI thread when the worker returns, so
 a failure changes nothing. Map layers take the DWI layer's spatial scale and translate, so map, DWI slice and
-lesion contours line up. Tables: ROI statistics per label per map (:func:`napari_rverdict.compare.roi_statistics`)
-and, when NLLS ran, network vs NLLS (:func:`napari_rverdict.compare.compare_maps`).
+lesion contours line up. Tables: ROI statistics per label per map (:func:`napari_rverdict.maps.compare.roi_statistics`)
+and, when NLLS ran, network vs NLLS (:func:`napari_rverdict.maps.compare.compare_maps`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,24 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
-    QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
-from ._common import LayerCombo, LifetimeGuard, Message, Relay, hint, release_worker, separator
-from .reader import layer_protocol, layer_to_xyz, map_layer_name, map_spec_for, map_unit_text
-from .state import get_state, model_label
+from napari_rverdict._napari._common import LayerCombo, LifetimeGuard, Message, Relay, hint, release_worker, separator
+from napari_rverdict._napari.reader import layer_protocol, layer_to_xyz, map_layer_name, map_spec_for, map_unit_text
+from napari_rverdict._napari.state import get_state, model_label
 
 AUTO_MASK = "(automatic: Otsu threshold of the mean b = 0)"
 NO_LABELS = "(none)"
@@ -44,7 +55,7 @@ def _is_labels(layer) -> bool:
 
 def layer_affine(layer) -> np.ndarray:
     """The NIfTI affine of a layer: ``metadata['affine']``, else one built from its spatial scale / translate."""
-    from .writer import affine_from_meta
+    from napari_rverdict._napari.writer import affine_from_meta
 
     return affine_from_meta({"metadata": layer.metadata, "scale": list(layer.scale),
                              "translate": list(layer.translate)})
@@ -83,13 +94,13 @@ def fill_table(widget: QTableWidget, table) -> None:
 
 def compute_job(bundle, dwi, mask, device, uncertainty, with_nlls, progress):
     """The worker: network maps (and NLLS maps); reports ``progress((stage, done, total))``. No layers here."""
-    from ..predict import predict_volume
+    from napari_rverdict.maps.predict import predict_volume
 
     out = {"maps": None, "nlls": None, "nlls_error": None}
     out["maps"] = predict_volume(bundle, dwi, mask=mask, uncertainty=uncertainty, device=device,
                                  progress=lambda d, t: progress(("network", d, t)))
     if with_nlls:
-        from ..nlls import fit_volume
+        from napari_rverdict.maps.nlls import fit_volume
 
         out["nlls"] = fit_volume(bundle.model, dwi, protocol=None, mask=mask, device=device, init=bundle,
                                  progress=lambda d, t: progress(("NLLS", d, t)))
@@ -135,7 +146,7 @@ class MapsWidget(QWidget):
         self.load_btn.setToolTip("load a model bundle (.pt) saved by the Train dock or `rverdict train`")
         self.nlls_check = QCheckBox("also fit NLLS (reference; slow on large masks)")
         self.uncertainty_check = QCheckBox("with uncertainty (sd maps)")
-        from .train_widget import available_devices
+        from napari_rverdict._napari.train_widget import available_devices
 
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
@@ -265,7 +276,7 @@ class MapsWidget(QWidget):
 
     def check_inputs(self) -> dict:
         """Everything the worker needs, checked on the GUI thread; raises ValueError with a message for the user."""
-        from ..io import Dwi
+        from napari_rverdict.data.nifti import Dwi
 
         layer = self.dwi_combo.layer()
         if layer is None:
@@ -376,7 +387,7 @@ class MapsWidget(QWidget):
             self._raise_to_top(labels_layer)
         self.roi_table = None
         self.comparison = None
-        from .. import compare
+        from napari_rverdict.maps import compare
 
         if run["labels"] is not None:
             try:
@@ -520,7 +531,7 @@ class MapsWidget(QWidget):
 
     def load_bundle(self, path):
         """Load a bundle; it becomes the session's model (the Train dock shows it too)."""
-        from ..bundle import load_bundle
+        from napari_rverdict.learn.bundle import load_bundle
 
         try:
             bundle = load_bundle(path)
@@ -560,7 +571,7 @@ class MapsWidget(QWidget):
 
     def export_maps(self, directory) -> list[Path]:
         """Write every map (sd maps and NLLS maps too) as NIfTI with the DWI's affine; returns the paths."""
-        from ..io import save_map, save_maps
+        from napari_rverdict.data.nifti import save_map, save_maps
 
         if self.maps is None:
             self._fail("No maps yet: press Compute maps first.")

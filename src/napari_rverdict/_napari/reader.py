@@ -76,7 +76,7 @@ def layer_protocol(layer):
     if p is None:
         return None
     if isinstance(p, dict):
-        from ..physics.protocol import Protocol
+        from napari_rverdict.physics.protocol import Protocol
 
         return Protocol.from_dict(p)
     return p
@@ -84,7 +84,7 @@ def layer_protocol(layer):
 
 def map_spec_for(name: str, model=None):
     """The MapSpec of map ``name`` (of ``model`` when given, else of rVERDICT or classic VERDICT), or None."""
-    from ..physics.models import get_model
+    from napari_rverdict.physics.models import get_model
 
     models = [get_model(model)] if model is not None else [get_model("rverdict"), get_model("verdict")]
     for m in models:
@@ -157,7 +157,7 @@ def volume_layer_data(data_xyz, affine, header=None, name="volume", extra_meta=N
 
 
 def read_nifti(path) -> list[tuple]:
-    """Read one NIfTI file into napari layer data tuples (a DWI through :func:`napari_rverdict.io.load_dwi`)."""
+    """Read one NIfTI file into napari layer data tuples (a DWI through :func:`napari_rverdict.data.nifti.load_dwi`)."""
     import nibabel as nib
 
     path = _single_path(path)
@@ -166,7 +166,7 @@ def read_nifti(path) -> list[tuple]:
     shape = img.shape
     source = {"source_path": str(path)}
     if len(shape) == 4 or (len(shape) == 5 and shape[3] == 1):
-        from ..io import load_dwi
+        from napari_rverdict.data.nifti import load_dwi
 
         try:
             dwi = load_dwi(path)

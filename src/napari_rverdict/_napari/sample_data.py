@@ -10,11 +10,11 @@ import json
 
 import numpy as np
 
-from .reader import dwi_layer_data, volume_layer_data
+from napari_rverdict._napari.reader import dwi_layer_data, volume_layer_data
 
 
 def _label_names(directory) -> dict:
-    from ..phantom import LABEL_NAMES
+    from napari_rverdict.data.phantom import LABEL_NAMES
 
     meta = directory / "phantom.json" if directory is not None else None
     if meta is not None and meta.exists():
@@ -33,12 +33,12 @@ def _labels_kwargs(kwargs: dict, names: dict) -> dict:
 
 
 def _phantom_layers(with_extras: bool = True) -> list[tuple]:
-    from ..phantom import make_phantom, sample_data_dir
+    from napari_rverdict.data.phantom import make_phantom, sample_data_dir
 
     directory = sample_data_dir()
     names = _label_names(directory)
     if directory is not None:
-        from .reader import read_nifti
+        from napari_rverdict._napari.reader import read_nifti
 
         dwi = read_nifti(str(directory / "dwi.nii.gz"))[0]
         labels = read_nifti(str(directory / "labels.nii.gz"))[0]

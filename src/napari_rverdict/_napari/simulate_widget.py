@@ -2,49 +2,41 @@
 
 from __future__ import annotations
 
-import math
-from types import SimpleNamespace
-
 import napari
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor, QBrush
+from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLineEdit, QProgressBar, QPushButton, QSpinBox,
-    QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
-from ..cli import CliError, load_cli_protocol, parse_snr
-from ..physics.models import get_model
-from ..physics.protocol import load_protocol
-from ..synth import FRACTION_SAMPLERS, resolve_ranges, simulate
-from ._common import Message, Relay, hint, release_worker, separator
-from .reader import layer_protocol
-from .state import get_state, model_label
+from napari_rverdict._napari._common import Message, Relay, hint, release_worker, separator
+from napari_rverdict._napari.reader import layer_protocol
+from napari_rverdict._napari.state import get_state, model_label
+from napari_rverdict.data.noise import parse_snr
+from napari_rverdict.data.prior import FRACTION_SAMPLERS, resolve_ranges
+from napari_rverdict.data.synth import simulate
+from napari_rverdict.physics.models import get_model
+from napari_rverdict.physics.protocol_files import load_protocol
 
 MODELS = (("rverdict", "rVERDICT (relaxation-VERDICT, 9 maps)"), ("verdict", "classic VERDICT (5 maps)"))
 SAMPLERS = {"dirichlet": "Dirichlet(1,1,1): uniform on the simplex", "tissue": "tissue: p1 = 1 − f_vasc, p2 = f_ic / p1"}
 INVALID_BG = QColor("#8b1e1e")
-
-
-def parse_snr_text(text: str):
-    """'35' → 35.0; '15-60' → (15.0, 60.0). Raises ValueError with a message for the dock."""
-    t = text.strip().replace(",", "-")
-    if t.startswith("-") or t.endswith("-") or "--" in t:  # cli.parse_snr would read '-3' as 3
-        raise ValueError(f"SNR must be a positive number or a range LOW-HIGH, got '{text}'")
-    try:
-        snr = parse_snr(text.strip())
-    except CliError as exc:
-        raise ValueError(str(exc).replace("--snr", "SNR")) from None
-    values = [snr] if np.ndim(snr) == 0 else list(snr)
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"SNR must be positive, got '{text}'")
-    if len(values) == 2 and values[0] >= values[1]:
-        raise ValueError(f"SNR range must be LOW-HIGH with LOW < HIGH, got '{text}'")
-    return snr
 
 
 class SimulateWidget(QWidget):
@@ -88,7 +80,7 @@ class SimulateWidget(QWidget):
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.message = Message()
-        from .loss_plot import SignalPlot
+        from napari_rverdict._napari.loss_plot import SignalPlot
 
         self.plot = SignalPlot()
 
@@ -212,7 +204,7 @@ class SimulateWidget(QWidget):
             spec = layer_protocol(self.viewer.layers[value])
         else:
             spec = self._file_protocol[1]
-        return load_cli_protocol(SimpleNamespace(protocol=spec, tr=None))
+        return load_protocol(spec, direction_averaged=True)
 
     def ranges(self) -> dict:
         """{name: (low, high)} from the table; raises ValueError naming the first bad cell."""
@@ -262,7 +254,7 @@ class SimulateWidget(QWidget):
         except ValueError as exc:
             problems.append(f"ranges: {exc}")
         try:
-            parse_snr_text(self.snr_edit.text())
+            parse_snr(self.snr_edit.text(), "SNR")
             self.snr_edit.setStyleSheet("")
         except ValueError as exc:
             problems.append(str(exc))
@@ -287,7 +279,7 @@ class SimulateWidget(QWidget):
     def settings(self) -> dict:
         """The arguments ``simulate`` gets (raises ValueError on bad input)."""
         return dict(model=self.model_name, protocol=self.protocol(), n=int(self.n_spin.value()),
-                    snr=parse_snr_text(self.snr_edit.text()), ranges=self.ranges(),
+                    snr=parse_snr(self.snr_edit.text(), "SNR"), ranges=self.ranges(),
                     fraction_sampler=self.sampler_combo.currentData(), seed=int(self.seed_spin.value()))
 
     def generate(self) -> None:

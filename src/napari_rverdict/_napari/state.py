@@ -25,7 +25,7 @@ class SessionState:
 
     @property
     def data(self):
-        """The latest :class:`~napari_rverdict.synth.SyntheticData` made by the Simulate dock (or None)."""
+        """The latest :class:`~napari_rverdict.data.synth.SyntheticData` made by the Simulate dock (or None)."""
         return self._data
 
     @data.setter
@@ -35,7 +35,7 @@ class SessionState:
 
     @property
     def bundle(self):
-        """The trained model the Maps dock uses (a :class:`~napari_rverdict.bundle.Bundle`, or None)."""
+        """The trained model the Maps dock uses (a :class:`~napari_rverdict.learn.bundle.Bundle`, or None)."""
         return self._bundle
 
     @bundle.setter

@@ -21,15 +21,28 @@ from napari.qt.threading import thread_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
-    QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
-from ..nets import default_hyperparameters
-from ..train import TrainConfig, iter_training
-from ._common import LifetimeGuard, Message, hint, release_worker, separator
-from .loss_plot import LossPlot
-from .state import get_state, model_label
+from napari_rverdict._napari._common import LifetimeGuard, Message, hint, release_worker, separator
+from napari_rverdict._napari.loss_plot import LossPlot
+from napari_rverdict._napari.state import get_state, model_label
+from napari_rverdict.learn.nets import default_hyperparameters
+from napari_rverdict.learn.train import TrainConfig, iter_training
 
 NETWORKS = (("mlp", "MLP (model 1)"), ("resnetreg", "ResNetReg (model 2)"),
             ("resnetreg-st", "ResNetReg + soft-thresholding (model 3)"))
@@ -110,7 +123,7 @@ def training_job(data, config: TrainConfig, stop_event: threading.Event, evaluat
     if not evaluate_after or result is None or getattr(stop_event, "closing", False):
         return
     try:
-        from ..metrics import evaluate
+        from napari_rverdict.evaluate.metrics import evaluate
 
         yield ("metrics", evaluate(result.bundle, n=EVAL_N, seed=int(config.seed) + 12345))
     except Exception as exc:  # noqa: BLE001 - the table is a bonus; training itself succeeded
@@ -325,7 +338,7 @@ class TrainWidget(QWidget):
             return
         try:
             cfg = self.config()
-            from ..train import resolve_device
+            from napari_rverdict.learn.device import resolve_device
 
             resolve_device(cfg.device)
         except ValueError as exc:
@@ -460,7 +473,7 @@ class TrainWidget(QWidget):
         try:
             written = [bundle.save(path)]
             if self.last_state_dict is not None and self.result is not None and self.result.bundle is bundle:
-                from ..bundle import Bundle
+                from napari_rverdict.learn.bundle import Bundle
 
                 last = Bundle.from_payload({"meta": bundle.metadata(), "state_dict": self.last_state_dict})
                 last.extra = dict(last.extra, weights="last")
@@ -480,7 +493,7 @@ class TrainWidget(QWidget):
 
     def load_bundle(self, path) -> object | None:
         """Load a bundle: it becomes the current model, and the dock shows its settings and curves."""
-        from ..bundle import load_bundle
+        from napari_rverdict.learn.bundle import load_bundle
 
         try:
             bundle = load_bundle(path)

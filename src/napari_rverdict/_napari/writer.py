@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .reader import layer_to_xyz
+from napari_rverdict._napari.reader import layer_to_xyz
 
 
 def _nifti_path(path) -> Path:
@@ -51,7 +51,7 @@ def write_nifti(path, data, meta: dict) -> str:
     affine = affine_from_meta(meta)
     md = meta.get("metadata") or {}
     if md.get("map_name") and arr.ndim == 3 and np.issubdtype(arr.dtype, np.floating):
-        from ..io import save_map  # a VERDICT map: the same file the CLI writes (name, unit, display range)
+        from napari_rverdict.data.nifti import save_map
 
         spec_display = md.get("display")
         return str(save_map(arr, path, affine, md["map_name"], md.get("unit") or "",

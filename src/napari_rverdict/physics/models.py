@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .compartments import astrosticks, ball, sphere_gpd
-from .protocol import Protocol, ProtocolError
+from napari_rverdict.physics.compartments import astrosticks, ball, sphere_gpd
+from napari_rverdict.physics.protocol import Protocol, ProtocolError
 
 D_IC = 2.0  # µm²/ms, intracellular (both models)
 D_EES_CLASSIC = 2.0  # µm²/ms, classic VERDICT extracellular-extravascular

@@ -1,25 +1,18 @@
-"""Acquisition protocols: per-measurement b, δ, Δ, TE, TR (and optional gradient directions).
+"""The acquisition protocol: per-measurement b, δ, Δ, TE, TR (and optional gradient directions).
 
 Units: b in s/mm²; δ (``small_delta``, pulse duration), Δ (``big_delta``, pulse separation), TE and TR in ms.
-TR may be unknown (NaN): fine for classic VERDICT, an error for rVERDICT.
-
-File formats read and written here:
-
-* Camino STEJSKALTANNER scheme (``VERSION: 1`` then per volume ``x y z |G| Δ δ TE`` in SI units: T/m, s, s, s).
-  It has no TR: pass ``tr=`` (ms) or put a ``<stem>.tr`` file (seconds, one value or one per volume) beside it.
-* FSL-style ``.bval`` (s/mm²) / ``.bvec`` (3 × N) with timings either from per-volume text files
-  ``<stem>.delta`` (Δ), ``<stem>.smalldel`` (δ), ``<stem>.te``, ``<stem>.tr`` in seconds (as in Palombo's rVERDICT
-  examples) or from a JSON sidecar ``<stem>.json`` (see :func:`read_json_timings`).
+TR may be unknown (NaN): fine for classic VERDICT, an error for rVERDICT. The INNOVATE preset, series and shells,
+direction averaging, and matching another protocol's measurements by their settings live here; file formats live
+in :mod:`napari_rverdict.physics.protocol_files`.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+
+from napari_rverdict.errors import InputError
 
 GAMMA = 2.6751525e8  # proton gyromagnetic ratio, rad s⁻¹ T⁻¹
 B0_THRESHOLD = 50.0  # s/mm²: measurements below this count as b = 0 when grouping and matching
@@ -38,7 +31,7 @@ _INNOVATE_DIRECTIONS = np.array(
 )
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InputError):
     """A protocol that cannot be right, or one that cannot be matched to another."""
 
 
@@ -350,244 +343,3 @@ def direction_average(data, protocol: Protocol, axis: int = -1):
     groups = protocol.shells()
     out = np.stack([np.take(data, g, axis=axis).mean(axis=axis) for g in groups], axis=axis)
     return out, protocol.direction_averaged()
-
-
-# ---------------------------------------------------------------------- readers and writers
-def _read_numbers(path: Path) -> np.ndarray:
-    try:
-        values = np.loadtxt(path, dtype=float, ndmin=1)
-    except ValueError as exc:
-        raise ProtocolError(f"{path}: not a whitespace-separated list of numbers ({exc})") from None
-    return values
-
-
-def _per_volume(path: Path, n: int, what: str) -> np.ndarray:
-    v = _read_numbers(path).reshape(-1)
-    if v.size == 1:
-        return np.full(n, v[0])
-    if v.size != n:
-        raise ProtocolError(f"{path}: {v.size} {what} values but {n} volumes")
-    return v
-
-
-def b_from_gradient(g_t_per_m, small_delta_s, big_delta_s) -> np.ndarray:
-    """b (s/mm²) = γ²G²δ²(Δ − δ/3) for PGSE, from G in T/m and δ, Δ in s."""
-    g, sd, bd = (np.asarray(x, dtype=float) for x in (g_t_per_m, small_delta_s, big_delta_s))
-    return GAMMA**2 * g**2 * sd**2 * (bd - sd / 3.0) * 1e-6
-
-
-def _fill_b0_timings(b, sd, bd, te, tr):
-    """b = 0 rows often carry δ = Δ = 0: give them the timings of the diffusion-weighted rows of their series."""
-    sd, bd = sd.copy(), bd.copy()
-    for i in np.flatnonzero((b < B0_THRESHOLD) & ((sd <= 0) | (bd <= 0))):
-        same = (b >= B0_THRESHOLD) & np.isclose(te, te[i]) & ((np.isclose(tr, tr[i])) | np.isnan(tr) | np.isnan(tr[i]))
-        if same.any():
-            j = np.flatnonzero(same)[0]
-            sd[i], bd[i] = sd[j], bd[j]
-    return sd, bd
-
-
-def read_scheme(path, tr=None) -> Protocol:
-    """Read a Camino STEJSKALTANNER scheme (``x y z |G| Δ δ TE`` per volume, SI units).
-
-    TR (ms) comes from ``tr`` (one value or one per volume), else from ``<stem>.tr`` beside the file (seconds),
-    else it is unknown (NaN) with a warning: fine for classic VERDICT, an error for rVERDICT.
-    """
-    path = Path(path)
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not lines or not lines[0].upper().startswith("VERSION"):
-        raise ProtocolError(f"{path}: not a Camino scheme file (first line should be 'VERSION: 1' or 'VERSION: STEJSKALTANNER')")
-    version = lines[0].split(":", 1)[-1].strip().upper()
-    if version not in ("1", "STEJSKALTANNER"):
-        raise ProtocolError(f"{path}: scheme version '{version}' is not supported (STEJSKALTANNER / VERSION: 1 is)")
-    try:
-        rows = np.array([[float(x) for x in ln.split()] for ln in lines[1:]])
-    except ValueError as exc:
-        raise ProtocolError(f"{path}: unreadable row ({exc})") from None
-    if rows.ndim != 2 or rows.shape[1] != 7:
-        raise ProtocolError(f"{path}: STEJSKALTANNER rows need 7 columns (x y z |G| Δ δ TE), got {rows.shape}")
-    dirs, g, bd_s, sd_s, te_s = rows[:, :3], rows[:, 3], rows[:, 4], rows[:, 5], rows[:, 6]
-    b = b_from_gradient(g, sd_s, bd_s)
-    n = len(b)
-    if tr is not None:
-        tr_ms = _vec("tr", tr, n)
-        if tr_ms.size != n:
-            raise ProtocolError(f"tr has {tr_ms.size} values but the scheme has {n} volumes")
-    elif path.with_suffix(".tr").exists():
-        tr_ms = _per_volume(path.with_suffix(".tr"), n, "TR") * 1e3
-    else:
-        tr_ms = np.full(n, np.nan)
-        warnings.warn(f"{path.name}: no TR given (scheme files carry none); TR is unknown, which rVERDICT cannot use",
-                      stacklevel=2)
-    sd, bd = _fill_b0_timings(b, sd_s * 1e3, bd_s * 1e3, te_s * 1e3, tr_ms)
-    return Protocol(b, sd, bd, te_s * 1e3, tr_ms, dirs, name=path.name)
-
-
-def write_scheme(protocol: Protocol, path, write_tr: bool = True) -> list[Path]:
-    """Write a Camino STEJSKALTANNER scheme (and ``<stem>.tr`` in seconds when TR is known). Returns the paths."""
-    path = Path(path)
-    sd, bd = protocol.small_delta * 1e-3, protocol.big_delta * 1e-3
-    dw = ~protocol.is_b0 | (protocol.b > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g = np.where(protocol.b > 0, np.sqrt(protocol.b * 1e6 / (GAMMA**2 * sd**2 * (bd - sd / 3.0))), 0.0)
-    dirs = protocol.directions if protocol.directions is not None else np.zeros((len(protocol), 3))
-    lines = ["VERSION: 1"]
-    for i in range(len(protocol)):
-        x, y, z = dirs[i]
-        lines.append(f"{x:.9g}\t{y:.9g}\t{z:.9g}\t{g[i]:.9g}\t{bd[i] if dw[i] else 0:.9g}\t"
-                     f"{sd[i] if dw[i] else 0:.9g}\t{protocol.te[i] * 1e-3:.9g}")
-    path.write_text("\n".join(lines) + "\n")
-    written = [path]
-    if write_tr and protocol.has_tr:
-        tr_path = path.with_suffix(".tr")
-        tr_path.write_text(" ".join(f"{t * 1e-3:.6e}" for t in protocol.tr) + "\n")
-        written.append(tr_path)
-    return written
-
-
-_JSON_KEYS = {
-    "small_delta": ("small_delta", "smalldel", "SmallDelta", "PulseDuration", "DiffusionGradientDuration"),
-    "big_delta": ("big_delta", "delta", "BigDelta", "PulseSeparation", "DiffusionGradientSeparation"),
-    "te": ("te", "TE", "EchoTime"),
-    "tr": ("tr", "TR", "RepetitionTime"),
-}
-
-
-def read_json_timings(path, n: int) -> dict[str, np.ndarray]:
-    """Per-volume δ, Δ, TE, TR (ms) from a JSON sidecar.
-
-    Keys (any one of each set; a number or a list with one value per volume): ``small_delta``/``smalldel``/
-    ``PulseDuration`` (δ), ``big_delta``/``delta``/``PulseSeparation`` (Δ), ``te``/``EchoTime``,
-    ``tr``/``RepetitionTime``. Values are in **seconds** (as in BIDS) unless the file has ``"units": "ms"``.
-    TR may be absent (unknown).
-    """
-    path = Path(path)
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"{path}: not valid JSON ({exc})") from None
-    units = str(meta.get("units", "s")).lower()
-    if units not in ("s", "ms"):
-        raise ProtocolError(f"{path}: units must be 's' or 'ms', got '{units}'")
-    scale = 1e3 if units == "s" else 1.0
-    out = {}
-    for key, aliases in _JSON_KEYS.items():
-        found = next((a for a in aliases if a in meta), None)
-        if found is None:
-            if key == "tr":
-                out[key] = np.full(n, np.nan)
-                continue
-            raise ProtocolError(f"{path}: no {key} (looked for {', '.join(aliases)})")
-        v = np.asarray(meta[found], dtype=float).reshape(-1)
-        if v.size == 1:
-            v = np.full(n, v[0])
-        if v.size != n:
-            raise ProtocolError(f"{path}: {found} has {v.size} values but there are {n} volumes")
-        out[key] = v * scale
-    return out
-
-
-def read_fsl(bval_path, bvec_path=None, timings=None, tr=None) -> Protocol:
-    """Read FSL ``.bval`` (s/mm²) and optional ``.bvec`` (3 × N), with δ, Δ, TE, TR from a sidecar.
-
-    ``timings``: a JSON sidecar path; if None, ``<stem>.json`` is used when present, else the per-volume text
-    files ``<stem>.delta`` (Δ), ``<stem>.smalldel`` (δ), ``<stem>.te`` and optional ``<stem>.tr`` (seconds).
-    ``tr`` (ms) overrides the TR found in files.
-    """
-    bval_path = Path(bval_path)
-    b = _read_numbers(bval_path).reshape(-1)
-    n = b.size
-    stem = bval_path.with_suffix("")
-    dirs = None
-    bvec_path = Path(bvec_path) if bvec_path is not None else stem.with_suffix(".bvec")
-    if bvec_path.exists():
-        v = _read_numbers(bvec_path)
-        v = v.reshape(3, -1).T if v.ndim == 1 or v.shape[0] == 3 else v
-        if v.shape != (n, 3):
-            raise ProtocolError(f"{bvec_path}: expected 3 × {n} values, got shape {v.shape}")
-        dirs = v
-    json_path = Path(timings) if timings is not None else stem.with_suffix(".json")
-    if json_path.exists():
-        t = read_json_timings(json_path, n)
-    else:
-        needed = {"big_delta": ".delta", "small_delta": ".smalldel", "te": ".te"}
-        missing = [stem.with_suffix(s).name for s in needed.values() if not stem.with_suffix(s).exists()]
-        if missing:
-            raise ProtocolError(
-                f"{bval_path}: no timings found: need a JSON sidecar {json_path.name} or the files {', '.join(missing)}"
-            )
-        t = {k: _per_volume(stem.with_suffix(s), n, k) * 1e3 for k, s in needed.items()}
-        tr_file = stem.with_suffix(".tr")
-        t["tr"] = _per_volume(tr_file, n, "TR") * 1e3 if tr_file.exists() else np.full(n, np.nan)
-    if tr is not None:
-        t["tr"] = _vec("tr", tr, n)
-    sd, bd = _fill_b0_timings(b, t["small_delta"], t["big_delta"], t["te"], t["tr"])
-    return Protocol(b, sd, bd, t["te"], t["tr"], dirs, name=bval_path.name)
-
-
-def write_fsl(protocol: Protocol, stem) -> list[Path]:
-    """Write ``<stem>.bval``, ``.bvec`` (if directions), and per-volume ``.delta .smalldel .te .tr`` (seconds)."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    p = stem.with_suffix(".bval")
-    p.write_text(" ".join(f"{x:g}" for x in protocol.b) + "\n")
-    written.append(p)
-    if protocol.directions is not None:
-        p = stem.with_suffix(".bvec")
-        p.write_text("\n".join(" ".join(f"{x:.9g}" for x in row) for row in protocol.directions.T) + "\n")
-        written.append(p)
-    for suffix, values in ((".delta", protocol.big_delta), (".smalldel", protocol.small_delta), (".te", protocol.te),
-                           (".tr", protocol.tr)):
-        if suffix == ".tr" and not protocol.has_tr:
-            continue
-        p = stem.with_suffix(suffix)
-        p.write_text(" ".join(f"{x * 1e-3:.6e}" for x in values) + "\n")
-        written.append(p)
-    return written
-
-
-PRESETS = {"innovate": lambda: Protocol.innovate(direction_averaged=True),
-           "innovate-20": lambda: Protocol.innovate(direction_averaged=False)}
-
-
-def load_protocol(spec, tr=None) -> Protocol:
-    """A protocol from a preset name (``innovate``, ``innovate-20``), a Protocol, or a file.
-
-    Files: ``.scheme`` (Camino), ``.bval`` (FSL, with sidecars), or a stem / DWI path next to which one of those
-    lies (``dwi.nii.gz`` → ``dwi.scheme`` or ``dwi.bval``).
-    """
-    if isinstance(spec, Protocol):
-        return spec if tr is None else spec.with_tr(tr)
-    s = str(spec)
-    if s.lower() in PRESETS:
-        p = PRESETS[s.lower()]()
-        return p if tr is None else p.with_tr(tr)
-    path = Path(s)
-    if path.suffix == ".scheme":
-        if not path.exists():
-            raise ProtocolError(f"protocol file not found: {path}")
-        return read_scheme(path, tr=tr)
-    if path.suffix == ".bval":
-        if not path.exists():
-            raise ProtocolError(f"protocol file not found: {path}")
-        return read_fsl(path, tr=tr)
-    stem = protocol_stem(path)
-    for suffix, reader in ((".scheme", read_scheme), (".bval", read_fsl)):
-        candidate = stem.with_suffix(suffix)
-        if candidate.exists():
-            return reader(candidate, tr=tr)
-    raise ProtocolError(
-        f"unknown protocol '{s}': give a preset ({', '.join(PRESETS)}), a .scheme or .bval file, or a DWI with one beside it"
-    )
-
-
-def protocol_stem(path) -> Path:
-    """``/a/dwi.nii.gz`` → ``/a/dwi`` (strips .nii.gz, .nii, .bval, .scheme, …)."""
-    path = Path(path)
-    name = path.name
-    for ext in (".nii.gz", ".nii", ".bval", ".bvec", ".scheme", ".json"):
-        if name.endswith(ext):
-            return path.with_name(name[: -len(ext)])
-    return path

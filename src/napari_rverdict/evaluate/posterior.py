@@ -39,14 +39,15 @@ against a closed form. :func:`reference_posterior` and :func:`bayes_limit` wrap 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .physics.models import SignalModel, get_model
-from .physics.protocol import Protocol, load_protocol
+from napari_rverdict.physics.models import SignalModel, get_model
+from napari_rverdict.physics.protocol import Protocol
+from napari_rverdict.physics.protocol_files import load_protocol
 
 LIKELIHOODS = ("rician", "gaussian")
 SCALES = ("profile", "fixed")
@@ -55,7 +56,7 @@ _ELEMENT_BUDGET = 6_000_000  # elements of one (observations × dictionary × me
 
 def _device(device) -> torch.device:
     """``train.resolve_device`` (auto → CUDA, MPS, CPU; a clear ValueError for a device that is not there)."""
-    from .train import resolve_device
+    from napari_rverdict.learn.device import resolve_device
 
     return resolve_device(device or "cpu")
 
@@ -151,7 +152,7 @@ def build_dictionary(model, protocol="innovate", n: int = 500_000, ranges: Mappi
     """A prior dictionary for VERDICT / rVERDICT: draws from the training prior (``synth.sample_parameters``),
     noise-free signals normalised by ``model.normalise`` (rVERDICT: own maximum; VERDICT: b = 0), and as
     quantities every estimated parameter followed by every derived map not already among them."""
-    from .synth import resolve_ranges, sample_parameters
+    from napari_rverdict.data.prior import resolve_ranges, sample_parameters
 
     model = get_model(model)
     protocol = load_protocol(protocol)
@@ -339,7 +340,7 @@ def bayes_limit(model, protocol="innovate", snr=35.0, n_test: int = 200, n_dicti
     Returns {name: RMSE}; with ``return_details`` also the test data and the :class:`PosteriorResult`.
     The estimate itself has Monte-Carlo error of roughly RMSE / sqrt(2 n_test).
     """
-    from .synth import simulate
+    from napari_rverdict.data.synth import simulate
 
     model = get_model(model)
     protocol = load_protocol(protocol)
@@ -357,136 +358,8 @@ def bayes_limit(model, protocol="innovate", snr=35.0, n_test: int = 200, n_dicti
     return rmse
 
 
-def typical_parameters(model, ranges: Mapping | None = None,
-                       fractions: Sequence[float] = (0.4, 0.4, 0.2)) -> dict[str, float]:
-    """"Typical tissue" used by the protocol report: every non-fraction parameter at the centre of its training
-    range, fractions (f_ic, f_ees, f_vasc) = ``fractions`` (default 0.4, 0.4, 0.2)."""
-    from .synth import resolve_ranges
-
-    model = get_model(model)
-    ranges = resolve_ranges(model, ranges)
-    fr = np.asarray(fractions, dtype=float)
-    if fr.shape != (3,) or (fr < 0).any() or abs(fr.sum() - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers (f_ic, f_ees, f_vasc) summing to 1, got {fractions}")
-    out = {"f_ic": float(fr[0]), "f_ees": float(fr[1]), "f_vasc": float(fr[2])}
-    for p in model.parameters:
-        if not p.is_fraction:
-            lo, hi = ranges[p.name]
-            out[p.name] = 0.5 * (lo + hi)
-    return out
-
-
-# ---------------------------------------------------------------------- protocol report
-@dataclass
-class ProtocolReport:
-    """Which maps an acquisition supports: per map the √CRLB at typical tissue and the Bayes-limit RMSE.
-
-    rows : {map: {"unit", "typical", "crlb", "bayes_rmse", "prior_rmse", "ratio"}} where ``crlb`` is √CRLB at the
-    typical tissue values (``metrics.crlb``; the dependent fraction and cellularity from the covariance by the
-    delta method), ``bayes_rmse`` the RMSE of the posterior mean over the prior (:func:`bayes_limit`),
-    ``prior_rmse`` the RMSE of guessing the prior mean, and ``ratio`` = bayes / prior (near 1: the acquisition
-    tells little about this map; near 0: it pins it down).
-    """
-
-    model: str
-    protocol_name: str
-    n_measurements: int
-    snr: float
-    rows: dict[str, dict]
-    settings: dict = field(default_factory=dict)
-
-    def format_table(self) -> str:
-        head = (f"{'map':<14}{'unit':<7}{'typical':>10}{'√CRLB':>11}{'Bayes RMSE':>12}{'prior RMSE':>12}"
-                f"{'Bayes/prior':>13}")
-        st = self.settings
-        lines = [f"{self.model} on {self.protocol_name} ({self.n_measurements} measurements) at SNR {self.snr:g}",
-                 f"√CRLB at typical tissue ({', '.join(f'{k} {v:g}' for k, v in st.get('typical', {}).items())});",
-                 f"Bayes limit: posterior-mean RMSE over {st.get('n_test')} prior draws, "
-                 f"{st.get('n_dictionary'):,}-entry dictionary (median ESS {st.get('median_ess', float('nan')):.0f})",
-                 head, "-" * len(head)]
-        for name, r in self.rows.items():
-            lines.append(f"{name:<14}{r['unit']:<7}{r['typical']:>10.4g}{r['crlb']:>11.4g}{r['bayes_rmse']:>12.4g}"
-                         f"{r['prior_rmse']:>12.4g}{r['ratio']:>13.2f}")
-        return "\n".join(lines)
-
-    def to_csv(self, path):
-        import csv
-        from pathlib import Path
-
-        path = Path(path)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["map", "unit", "typical", "sqrt_crlb", "bayes_rmse", "prior_rmse", "bayes_over_prior"])
-            for name, r in self.rows.items():
-                w.writerow([name, r["unit"], r["typical"], r["crlb"], r["bayes_rmse"], r["prior_rmse"], r["ratio"]])
-        return path
-
-
-def typical_crlb(model, protocol, snr, ranges: Mapping | None = None,
-                 fractions: Sequence[float] = (0.4, 0.4, 0.2)) -> dict[str, float]:
-    """√CRLB of every map at :func:`typical_parameters` (``metrics.crlb`` for the estimated parameters; the
-    dependent fraction and cellularity = f_ic / R³ by the delta method from the CRLB covariance)."""
-    from .metrics import crlb
-
-    model = get_model(model)
-    protocol = load_protocol(protocol)
-    typical = typical_parameters(model, ranges, fractions)
-    params = {k: np.array([v]) for k, v in typical.items()}
-    bounds, cov = crlb(model, protocol, params, float(snr), return_covariance=True)
-    out = {k: float(v[0]) for k, v in bounds.items()}
-    names = list(model.estimated_names)
-    cov = cov[0]
-    grads = {}
-    g = np.zeros(len(names))
-    for f in model.estimated_fractions:
-        g[names.index(f)] = -1.0
-    grads[model.dependent_fraction] = g
-    g = np.zeros(len(names))
-    f_ic, r = typical["f_ic"], typical["R"]
-    g[names.index("f_ic")] = 1.0 / r**3
-    g[names.index("R")] = -3.0 * f_ic / r**4
-    grads["cellularity"] = g
-    for k, g in grads.items():
-        var = float(g @ cov @ g) if np.isfinite(cov).all() else float("inf")
-        out[k] = float(np.sqrt(var)) if var >= 0 else float("inf")
-    return {k: out[k] for k in model.map_names}
-
-
-def protocol_report(model, protocol="innovate", snr: float = 35.0, n_test: int = 200,
-                    n_dictionary: int = 200_000, ranges: Mapping | None = None, fraction_sampler: str = "dirichlet",
-                    fractions: Sequence[float] = (0.4, 0.4, 0.2), seed: int = 0, device="cpu") -> ProtocolReport:
-    """Per map of ``model``: √CRLB at typical tissue (:func:`typical_crlb`) and the Bayes-limit RMSE over the
-    training prior (:func:`bayes_limit`) for ``protocol`` at ``snr``. See :class:`ProtocolReport`."""
-    model = get_model(model)
-    protocol = load_protocol(protocol)
-    model.check_protocol(protocol)
-    snr = float(snr)
-    if not (np.isfinite(snr) and snr > 0):
-        raise ValueError(f"SNR must be a positive number, got {snr}")
-    crlbs = typical_crlb(model, protocol, snr, ranges, fractions)
-    dictionary = build_dictionary(model, protocol, n_dictionary, ranges, fraction_sampler, seed)
-    rmse, det = bayes_limit(model, protocol, snr, n_test, dictionary=dictionary, seed=seed, device=device,
-                            ranges=ranges, fraction_sampler=fraction_sampler, return_details=True)
-    truth = det["truth"]
-    typical = typical_parameters(model, ranges, fractions)
-    typical_maps = model.derived_maps({k: np.array([v]) for k, v in typical.items()})
-    rows = {}
-    for name in model.map_names:
-        j = dictionary.names.index(name)
-        prior_rmse = float(np.sqrt(np.mean((truth[name] - dictionary.values[:, j].mean()) ** 2)))
-        unit = model.map_spec(name).unit
-        rows[name] = {"unit": unit, "typical": float(np.asarray(typical_maps[name])[0]), "crlb": crlbs[name],
-                      "bayes_rmse": rmse[name], "prior_rmse": prior_rmse,
-                      "ratio": rmse[name] / prior_rmse if prior_rmse > 0 else float("nan")}
-    settings = {"n_test": int(n_test), "n_dictionary": int(n_dictionary), "seed": seed,
-                "fraction_sampler": fraction_sampler, "typical": typical,
-                "median_ess": float(np.median(det["posterior"].ess))}
-    return ProtocolReport(model.name, protocol.name or "custom", len(protocol), snr, rows, settings)
-
-
 __all__ = [
-    "PosteriorResult", "PriorDictionary", "ProtocolReport", "bayes_limit", "build_dictionary", "normalisation_groups",
-    "posterior_from_dictionary", "posterior_quantities", "protocol_report", "reference_posterior", "typical_crlb",
-    "typical_parameters",
-    "weighted_posterior", "LIKELIHOODS", "SCALES", "SignalModel",
+    "LIKELIHOODS", "SCALES", "PosteriorResult", "PriorDictionary", "bayes_limit", "build_dictionary",
+    "normalisation_groups", "posterior_from_dictionary", "posterior_quantities", "reference_posterior",
+    "weighted_posterior",
 ]

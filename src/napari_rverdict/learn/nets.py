@@ -53,7 +53,7 @@ LINEAR_PER_STAGE = 10  # dense block: 3 main + 1 shortcut; identity blocks: 3 + 
 def _model_key(model_name) -> str | None:
     if model_name is None:
         return None
-    from .physics.models import get_model
+    from napari_rverdict.physics.models import get_model
 
     return get_model(model_name).name
 

@@ -20,15 +20,12 @@ cannot see, e.g. R → 0) gives ``inf``.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .physics.models import get_model
-from .physics.protocol import Protocol
+from napari_rverdict.evaluate.crlb import crlb
 
 
 # ---------------------------------------------------------------------- regression metrics
@@ -59,109 +56,6 @@ def regression_metrics(true, pred, ranges) -> dict[str, dict[str, float]]:
         out[name] = {"rmse": float(np.sqrt(np.mean(err**2))), "bias": float(err.mean()),
                      "mape": float(np.mean(np.abs(err)) / (hi - lo)), "r": r}
     return out
-
-
-# ---------------------------------------------------------------------- CRLB
-def crlb_from_function(signal_fn: Callable[[torch.Tensor], torch.Tensor], theta, sigma,
-                       report=None, return_covariance: bool = False):
-    """√CRLB for a generic forward model ``s = signal_fn(θ)`` under Gaussian noise σ.
-
-    Parameters
-    ----------
-    signal_fn : maps θ (n, p) float64 tensor → signals (n, m); sample i's signal must depend only on θ[i].
-    theta : (n, p) true parameters.  sigma : noise σ, a scalar or (n,).
-    report : indices of θ to report (default all); the others are nuisance parameters, kept in the Fisher matrix.
-    return_covariance : also return the (n, p, p) inverse Fisher matrices.
-
-    Returns (n, len(report)) ``sqrt(diag(F⁻¹))`` with ``F = Jᵀ J / σ²``; ``inf`` where F is singular.
-    """
-    theta = torch.as_tensor(np.asarray(theta, dtype=np.float64)).clone().requires_grad_(True)
-    if theta.ndim != 2:
-        raise ValueError(f"theta must be (n_samples, n_params), got shape {tuple(theta.shape)}")
-    n, p = theta.shape
-    sig = torch.as_tensor(np.broadcast_to(np.asarray(sigma, dtype=np.float64), (n,)).copy())
-    if not (sig > 0).all():
-        raise ValueError("sigma must be positive")
-    s = signal_fn(theta)
-    if s.ndim != 2 or s.shape[0] != n:
-        raise ValueError(f"signal_fn must return (n_samples, n_measurements) = ({n}, m), got {tuple(s.shape)}")
-    m = s.shape[1]
-    # Samples are independent, so ∂(Σ_i s_ij)/∂θ_i = ∂s_ij/∂θ_i: one backward pass per measurement.
-    jac = torch.empty((n, m, p), dtype=torch.float64)
-    for j in range(m):
-        (g,) = torch.autograd.grad(s[:, j].sum(), theta, retain_graph=j < m - 1, allow_unused=False)
-        jac[:, j, :] = g
-    fisher = jac.transpose(1, 2) @ jac / (sig**2)[:, None, None]
-    # Scale to unit diagonal before inverting (parameters span ms to µm⁻³), then undo.
-    d = torch.sqrt(torch.diagonal(fisher, dim1=1, dim2=2))
-    ok = (d > 0).all(1)
-    d_safe = torch.where(d > 0, d, torch.ones_like(d))
-    corr = fisher / (d_safe[:, :, None] * d_safe[:, None, :])
-    inv, info = torch.linalg.inv_ex(corr)
-    cond_ok = torch.linalg.cond(corr) < 1e12
-    cov = inv / (d_safe[:, :, None] * d_safe[:, None, :])
-    var = torch.diagonal(cov, dim1=1, dim2=2)
-    good = ok & (info == 0) & cond_ok & (var > 0).all(1)
-    out = torch.where(good[:, None], torch.sqrt(torch.clamp(var, min=0)), torch.full_like(var, float("inf")))
-    idx = list(range(p)) if report is None else list(report)
-    res = out[:, idx].detach().numpy()
-    if return_covariance:
-        cov = torch.where(good[:, None, None], cov, torch.full_like(cov, float("inf")))
-        return res, cov.detach().numpy()
-    return res
-
-
-def _crlb_setup(model, protocol: Protocol, params: Mapping):
-    """θ columns, the forward function on θ and σ's brightness reference for a VERDICT/rVERDICT model."""
-    model = get_model(model)
-    names = list(model.estimated_names)
-    n = len(np.asarray(params[names[0]]))
-    cols = [np.asarray(params[k], dtype=np.float64) for k in names]
-    nuisance = "S0"
-    cols.append(np.asarray(params["S0"], dtype=np.float64) if "S0" in model.parameter_names and "S0" in params
-                else np.ones(n))
-    theta = np.stack(cols, axis=1)
-    has_s0 = "S0" in model.parameter_names
-
-    def fn(t: torch.Tensor) -> torch.Tensor:
-        p = {k: t[:, i] for i, k in enumerate(names)}
-        if has_s0:
-            p[nuisance] = t[:, -1]
-            return model.signal(p, protocol)
-        return t[:, -1:] * model.signal(p, protocol)
-
-    return names, theta, fn
-
-
-def crlb(model, protocol: Protocol, params: Mapping, snr, chunk: int = 2048, return_covariance: bool = False):
-    """√CRLB of every estimated parameter of ``model`` at ``params`` ({name: (n,)}) for ``protocol`` and SNR.
-
-    SNR is a number or (n,) per sample: σ = (brightest noise-free measurement of the sample) / SNR. A scale
-    nuisance (S0) is included in the Fisher matrix (see the module docstring). Returns {name: (n,)} in physical
-    units (and, with ``return_covariance``, the (n, k, k) covariance of the estimated parameters).
-    """
-    model = get_model(model)
-    names, theta, fn = _crlb_setup(model, protocol, params)
-    n = theta.shape[0]
-    snr = np.broadcast_to(np.asarray(snr, dtype=float), (n,))
-    if not (snr > 0).all():
-        raise ValueError("SNR must be positive")
-    k = len(names)
-    out = np.empty((n, k))
-    covs = np.empty((n, k, k)) if return_covariance else None
-    for s in range(0, n, chunk):
-        th = theta[s:s + chunk]
-        with torch.no_grad():
-            bright = fn(torch.from_numpy(th)).amax(1).numpy()
-        res = crlb_from_function(fn, th, bright / snr[s:s + chunk], report=range(k),
-                                 return_covariance=return_covariance)
-        if return_covariance:
-            out[s:s + chunk], cv = res
-            covs[s:s + chunk] = cv[:, :k, :k]
-        else:
-            out[s:s + chunk] = res
-    result = {name: out[:, i] for i, name in enumerate(names)}
-    return (result, covs) if return_covariance else result
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -225,14 +119,14 @@ def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 
     """Accuracy of ``bundle`` on ``n`` fresh synthetic signals from its own model, protocol, ranges and fraction
     sampler at ``snr`` (default: the bundle's training SNR), plus the median √CRLB over ``n_crlb`` of them.
 
-    ``bayes`` > 0: also the Bayes-limit RMSE (:func:`napari_rverdict.posterior.bayes_limit`: posterior mean from a
+    ``bayes`` > 0: also the Bayes-limit RMSE (:func:`napari_rverdict.evaluate.posterior.bayes_limit`: posterior mean from a
     ``bayes``-entry prior dictionary with the bundle's model, protocol, ranges and fraction sampler, on
     ``n_bayes_test`` signals simulated at the same SNR), the best any estimator can do; its Monte-Carlo error is
     about RMSE / √(2 n_bayes_test). Cost ∝ bayes × n_bayes_test (200,000 × 200: seconds on a CPU).
 
     Rows: every estimated parameter, then the dependent fraction (its CRLB from the fractions' covariance).
     """
-    from .synth import simulate
+    from napari_rverdict.data.synth import simulate
 
     if int(n) != n or n < 2:
         raise ValueError(f"n must be an integer ≥ 2, got {n!r}")
@@ -267,7 +161,7 @@ def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 
         rows[k] = {"unit": unit, **metrics[k], "crlb": crlb_med.get(k, float("nan"))}
     extra = {}
     if bayes:
-        from .posterior import bayes_limit
+        from napari_rverdict.evaluate.posterior import bayes_limit
 
         limit = bayes_limit(model, bundle.protocol, snr, n_test=int(n_bayes_test), n_dictionary=int(bayes),
                             ranges=bundle.ranges, fraction_sampler=bundle.fraction_sampler, seed=seed, device=device)
@@ -277,30 +171,3 @@ def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 
     desc = f"{model.label} · {bundle.net_name} (depth {bundle.depth}, width {bundle.width})"
     return EvaluationReport(rows, true, pred, int(n), n_c, snr if np.ndim(snr) == 0 else tuple(snr), int(seed), desc,
                             extra)
-
-
-def plot_predicted_vs_true(report: EvaluationReport, path, max_points: int = 5000) -> Path:
-    """A PNG of predicted vs true scatter plots, one panel per parameter (matplotlib, Agg backend)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg without touching the global backend
-    from matplotlib.figure import Figure
-
-    names = list(report.rows)
-    ncol = min(4, len(names))
-    nrow = int(np.ceil(len(names) / ncol))
-    fig = Figure(figsize=(3.2 * ncol, 3.0 * nrow), dpi=100)
-    FigureCanvasAgg(fig)
-    for i, name in enumerate(names):
-        ax = fig.add_subplot(nrow, ncol, i + 1)
-        t, p = report.true[name][:max_points], report.pred[name][:max_points]
-        ax.scatter(t, p, s=2, alpha=0.3)
-        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        unit = report.rows[name]["unit"]
-        ax.set_title(f"{name} (r = {report.rows[name]['r']:.2f})", fontsize=9)
-        ax.set_xlabel(f"true {unit}".strip(), fontsize=8)
-        ax.set_ylabel(f"predicted {unit}".strip(), fontsize=8)
-    fig.suptitle(report.description, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path

@@ -9,7 +9,7 @@ name, the protocol (``Protocol.to_dict()``), the training ranges, SNR setting, f
 hyperparameters, the normalisation, seed, training history and configuration, package and torch versions, target
 names and creation time; for a network trained with uncertainty also ``"uncertainty": true``, ``"sd_scale"``
 ({map: factor on the network's σ in the reported sd}) and ``"interval_quantiles"`` ({"levels": [...],
-"q": {map: [conformal quantile per level]}}, see :mod:`napari_rverdict.uncertainty`). Bundles without
+"q": {map: [conformal quantile per level]}}, see :mod:`napari_rverdict.learn.uncertainty`). Bundles without
 ``"interval_quantiles"`` (written before the conformal calibration) load with Gaussian intervals c · z(level).
 """
 
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .nets import build_network
-from .physics.models import get_model
-from .physics.protocol import Protocol
+from napari_rverdict.learn.nets import build_network
+from napari_rverdict.physics.models import get_model
+from napari_rverdict.physics.protocol import Protocol
 
 BUNDLE_FORMAT = "napari-rverdict-bundle"
 BUNDLE_VERSION = 1
@@ -70,7 +70,7 @@ class Bundle:
     ranges : {name: (low, high)} training ranges (targets are scaled with them).  target_names : estimated params.
     snr, fraction_sampler, net_name, depth, width, seed, history, train_config, created, versions : provenance.
     uncertainty : the network has 2k outputs (means, then log-variances in scaled units; see
-        :mod:`napari_rverdict.uncertainty`).  sd_scale : {map: factor} on the network's σ in the reported sd
+        :mod:`napari_rverdict.learn.uncertainty`).  sd_scale : {map: factor} on the network's σ in the reported sd
         (the 68.27 % conformal quantile).  interval_levels, interval_quantiles : the conformal quantile curve
         per map (empty for bundles calibrated with one Gaussian factor); see :meth:`interval`.
     """
@@ -79,7 +79,7 @@ class Bundle:
                  net_name="mlp", depth=None, width=None, seed=None, history=None, train_config=None,
                  target_names=None, created=None, versions=None, extra=None, uncertainty=False, sd_scale=None,
                  interval_quantiles=None):
-        from . import __version__
+        from napari_rverdict import __version__
 
         self.model = get_model(model_name)
         self.protocol = protocol if isinstance(protocol, Protocol) else Protocol.from_dict(protocol)
@@ -208,8 +208,8 @@ class Bundle:
     def interval(self, maps, level: float = 0.95, names=None) -> dict[str, np.ndarray]:
         """Calibrated half-widths at ``level`` (0.05–0.99 for conformal bundles) for maps predicted with
         ``uncertainty=True``: {name: half-width}, the interval being map ± half-width
-        (:func:`napari_rverdict.uncertainty.interval_halfwidth`)."""
-        from .uncertainty import interval_halfwidth
+        (:func:`napari_rverdict.learn.uncertainty.interval_halfwidth`)."""
+        from napari_rverdict.learn.uncertainty import interval_halfwidth
 
         self._check_uncertainty()
         return interval_halfwidth(self, maps, level, names)
@@ -234,7 +234,7 @@ class Bundle:
         return s
 
     def _device_network(self, device="cpu"):
-        from .train import resolve_device
+        from napari_rverdict.learn.device import resolve_device
 
         dev = resolve_device(device)
         net = self.network if dev.type == "cpu" else copy.deepcopy(self.network).to(dev)
@@ -252,7 +252,7 @@ class Bundle:
         ``return_sd``: also the sd (n, k) in physical units, recalibrated with ``sd_scale`` unless ``raw_sd``;
         then returns (est, sd, mean_scaled, sd_scaled) with the scaled-unit (clipped) means and sds as well.
         """
-        from .train import unscale_targets
+        from napari_rverdict.learn.scaling import unscale_targets
 
         k = len(self.target_names)
         if return_sd:
@@ -265,7 +265,7 @@ class Bundle:
                 o = net(xb).float()
                 out[s:s + chunk] = o[:, :k].cpu().numpy()
                 if return_sd:
-                    from .uncertainty import split_output
+                    from napari_rverdict.learn.uncertainty import split_output
 
                     sd[s:s + chunk] = torch.exp(0.5 * split_output(o, k)[1]).cpu().numpy()
         np.clip(out, 0.0, 1.0, out=out)
@@ -292,7 +292,7 @@ class Bundle:
         if uncertainty:
             sds = {k: sd[:, i] for i, k in enumerate(self.target_names)}
             if return_all:
-                from .uncertainty import derived_sd
+                from napari_rverdict.learn.uncertainty import derived_sd
 
                 for k, v in derived_sd(self.model, mean_s, sd_s, self.target_names, self.ranges, seed=seed).items():
                     sds[k] = v * self.sd_scale.get(k, 1.0)

@@ -9,7 +9,9 @@ import signal
 import sys
 import threading
 
-from .cli import CliError, add_protocol_option, load_cli_protocol, parse_ranges, parse_snr, positive_int
+from napari_rverdict.cli.common import CliError, add_protocol_option, load_cli_protocol, positive_int
+from napari_rverdict.data.noise import parse_snr
+from napari_rverdict.data.prior import parse_ranges
 
 NETS = ("mlp", "resnetreg", "resnetreg-st")
 
@@ -17,9 +19,11 @@ NETS = ("mlp", "resnetreg", "resnetreg-st")
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from .physics.models import get_model
-    from .synth import FRACTION_SAMPLERS, resolve_ranges, simulate
-    from .train import TrainConfig, iter_training, resolve_device
+    from napari_rverdict.data.prior import FRACTION_SAMPLERS, resolve_ranges
+    from napari_rverdict.data.synth import simulate
+    from napari_rverdict.learn.device import resolve_device
+    from napari_rverdict.learn.train import TrainConfig, iter_training
+    from napari_rverdict.physics.models import get_model
 
     if not str(args.out).endswith(".pt"):
         raise CliError(f"--out should name a .pt bundle file, got '{args.out}'")
@@ -33,7 +37,7 @@ def cmd_train(args) -> int:
     model = get_model(args.model)
     protocol = load_cli_protocol(args)
     model.check_protocol(protocol)
-    snr = parse_snr(args.snr)
+    snr = parse_snr(args.snr, "--snr")
     ranges = resolve_ranges(model, parse_ranges(args.range))
     if args.sampler not in FRACTION_SAMPLERS:
         raise CliError(f"unknown fraction sampler '{args.sampler}'; choose one of: {', '.join(FRACTION_SAMPLERS)}")
@@ -86,11 +90,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .bundle import load_bundle
-    from .metrics import evaluate, plot_predicted_vs_true
+    from napari_rverdict.evaluate.metrics import evaluate
+    from napari_rverdict.evaluate.plots import plot_predicted_vs_true
+    from napari_rverdict.learn.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
-    snr = None if args.snr is None else parse_snr(args.snr)
+    snr = None if args.snr is None else parse_snr(args.snr, "--snr")
     report = evaluate(bundle, n=args.n, snr=snr, seed=args.seed, n_crlb=args.n_crlb, device=args.device,
                       bayes=args.bayes, n_bayes_test=args.bayes_signals)
     print(report.format_table())

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .physics.protocol import Protocol, ProtocolError, direction_average, load_protocol, protocol_stem, write_fsl
+from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average
+from napari_rverdict.physics.protocol_files import load_protocol, protocol_stem, write_fsl
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DESCRIP_PREFIX = "napari-rverdict map"
@@ -301,7 +302,7 @@ def save_maps(maps: dict, out_dir, affine, model=None, prefix: str = "", suffix:
     ``model`` (a SignalModel or its name) supplies each map's unit and display range; maps it does not know are
     written without a unit. Returns the paths in the order of ``maps``.
     """
-    from .physics.models import get_model
+    from napari_rverdict.physics.models import get_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

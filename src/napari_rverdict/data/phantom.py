@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .physics.models import get_model
-from .physics.protocol import Protocol
+from napari_rverdict.physics.models import get_model
+from napari_rverdict.physics.protocol import Protocol
 
 VOXEL_SIZE_MM = (1.25, 1.25, 5.0)
 S0_RAW = 1000.0  # raw scanner units
@@ -91,7 +91,7 @@ class Phantom:
 
     def to_dwi(self):
         """The acquisition as an :class:`.io.Dwi` (in memory)."""
-        from .io import Dwi
+        from napari_rverdict.data.nifti import Dwi
 
         return Dwi.from_array(self.dwi, self.affine, self.protocol, notes=["digital prostate phantom"])
 
@@ -148,7 +148,8 @@ def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
     protocol : the acquisition (default: the 20-volume INNOVATE, ``Protocol.innovate(direction_averaged=False)``);
         it needs TR (rVERDICT).
     """
-    from .synth import add_rician_noise, noise_free_signals
+    from napari_rverdict.data.noise import add_rician_noise
+    from napari_rverdict.data.synth import noise_free_signals
 
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape[:2]) < 8 or shape[2] < 1:
@@ -209,7 +210,7 @@ def save_phantom(phantom: Phantom, out_dir) -> list[Path]:
     ``dwi.te``, ``dwi.tr`` (seconds); ``labels.nii.gz``, ``mask.nii.gz``; ``truth/<map>.nii.gz`` for every
     rVERDICT map and ``truth/S0.nii.gz``; ``phantom.json`` naming the labels and the settings.
     """
-    from .io import save_dwi, save_labels, save_map, save_maps
+    from napari_rverdict.data.nifti import save_dwi, save_labels, save_map, save_maps
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +255,7 @@ class SavedPhantom:
 
 def load_phantom(directory) -> SavedPhantom:
     """Read a directory written by :func:`save_phantom` (e.g. ``sample_data/phantom``)."""
-    from .io import load_dwi, load_labels, load_mask, load_maps
+    from napari_rverdict.data.nifti import load_dwi, load_labels, load_maps, load_mask
 
     d = Path(directory)
     if not (d / "dwi.nii.gz").exists():

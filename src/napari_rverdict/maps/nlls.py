@@ -40,9 +40,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from .physics.compartments import astrosticks, ball, sphere_gpd
-from .physics.models import D_EES_CLASSIC, D_IC, D_VASC, get_model
-from .physics.protocol import Protocol, load_protocol
+from napari_rverdict.physics.compartments import astrosticks, ball, sphere_gpd
+from napari_rverdict.physics.models import D_EES_CLASSIC, D_IC, D_VASC, get_model
+from napari_rverdict.physics.protocol import Protocol
+from napari_rverdict.physics.protocol_files import load_protocol
 
 SPHERE_TABLE_NODES = 1024
 FD_STEP = 1e-7  # forward-difference step in the unbounded space (float64)
@@ -60,7 +61,7 @@ class FitProblem:
 
     def __init__(self, model, protocol: Protocol, ranges: Mapping | None = None, device="cpu",
                  dtype=torch.float64):
-        from .synth import resolve_ranges
+        from napari_rverdict.data.prior import resolve_ranges
 
         self.model = get_model(model)
         self.protocol = protocol
@@ -192,7 +193,7 @@ class FitProblem:
 
 # ---------------------------------------------------------------------- starts
 def _candidates(problem: FitProblem, n_candidates: int, seed: int) -> np.ndarray:
-    from .synth import sample_parameters
+    from napari_rverdict.data.prior import sample_parameters
 
     params = sample_parameters(problem.model, n_candidates, problem.ranges, rng=seed)
     return problem.from_params(params)
@@ -275,7 +276,7 @@ def _init_params(init, signals_raw, protocol, problem: FitProblem, index=None) -
     """Unbounded starts (n, k) from a Bundle or a dict of per-voxel values (1D, or 3D maps taken at ``index``)."""
     if init is None:
         return None
-    from .bundle import Bundle
+    from napari_rverdict.learn.bundle import Bundle
 
     if isinstance(init, Bundle):
         if init.model.name != problem.model.name:
@@ -321,7 +322,7 @@ def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, i
 
     Returns {map: float64 (n,)} for every map of ``model.map_names`` (fractions, R, cellularity, …).
     """
-    from .train import resolve_device
+    from napari_rverdict.learn.device import resolve_device
 
     model = get_model(model)
     protocol = load_protocol(protocol)
@@ -379,7 +380,7 @@ def fit_volume(model, dwi, protocol=None, mask=None, *, device="auto", init=None
     Other keywords go to :func:`fit_signals` (``n_starts``, ``ranges``, ``n_candidates``, ``max_iter``, …).
     Returns {map: float32 (x, y, z)}, 0 outside the mask.
     """
-    from .predict import prepare_voxels, scatter_maps
+    from napari_rverdict.maps.voxels import prepare_voxels, scatter_maps
 
     model = get_model(model)
     vox = prepare_voxels(dwi, protocol, mask)
@@ -431,4 +432,3 @@ def fit_signals_scipy(model, signals, protocol, *, n_starts: int = 4, init=None,
 
 
 __all__ = ["FitProblem", "fit_signals", "fit_signals_scipy", "fit_volume", "levenberg_marquardt", "make_starts"]
-

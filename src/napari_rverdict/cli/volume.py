@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import CliError, add_protocol_option, positive_int
+from napari_rverdict.cli.common import CliError, add_protocol_option, positive_int
 
 
 def _bar(total: int, desc: str, quiet: bool):
@@ -34,8 +34,9 @@ def _load_dwi(args):
     """
     import nibabel as nib
 
-    from .io import load_dwi
-    from .physics.protocol import Protocol, load_protocol
+    from napari_rverdict.data.nifti import load_dwi
+    from napari_rverdict.physics.protocol import Protocol
+    from napari_rverdict.physics.protocol_files import load_protocol
 
     path = Path(args.dwi)
     if not path.exists():
@@ -71,9 +72,8 @@ def _report_written(paths, out) -> None:
 
 # ---------------------------------------------------------------------- commands
 def cmd_phantom(args) -> int:
-    from .phantom import make_phantom, save_phantom
-
-    from .physics.protocol import load_protocol
+    from napari_rverdict.data.phantom import make_phantom, save_phantom
+    from napari_rverdict.physics.protocol_files import load_protocol
 
     protocol = load_protocol(args.protocol, tr=args.tr)  # as acquired: the DWI gets one volume per entry
     if args.snr <= 0:
@@ -87,10 +87,10 @@ def cmd_phantom(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .bundle import load_bundle
-    from .io import save_maps
-    from .predict import predict_volume
-    from .train import resolve_device
+    from napari_rverdict.data.nifti import save_maps
+    from napari_rverdict.learn.bundle import load_bundle
+    from napari_rverdict.learn.device import resolve_device
+    from napari_rverdict.maps.predict import predict_volume
 
     bundle = load_bundle(args.model)
     device = resolve_device(args.device)
@@ -110,11 +110,11 @@ def cmd_predict(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .bundle import load_bundle
-    from .io import save_maps
-    from .nlls import fit_volume
-    from .physics.models import get_model
-    from .train import resolve_device
+    from napari_rverdict.data.nifti import save_maps
+    from napari_rverdict.learn.bundle import load_bundle
+    from napari_rverdict.learn.device import resolve_device
+    from napari_rverdict.maps.nlls import fit_volume
+    from napari_rverdict.physics.models import get_model
 
     model = get_model(args.model)
     device = resolve_device(args.device)
@@ -135,8 +135,8 @@ def cmd_fit(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_maps, roi_statistics
-    from .io import load_labels, load_maps, load_mask
+    from napari_rverdict.data.nifti import load_labels, load_maps, load_mask
+    from napari_rverdict.maps.compare import compare_maps, roi_statistics
 
     for d in (args.dir_a, args.dir_b):
         if not Path(d).is_dir():
@@ -169,7 +169,7 @@ def _affine_of(directory):
     """The affine of the first NIfTI map in ``directory`` (maps of one directory share their grid)."""
     import nibabel as nib
 
-    from .io import NIFTI_SUFFIXES
+    from napari_rverdict.data.nifti import NIFTI_SUFFIXES
 
     files = sorted(p for p in Path(directory).iterdir() if p.name.endswith(NIFTI_SUFFIXES))
     if not files:

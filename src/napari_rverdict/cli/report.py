@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from .cli import CliError, add_protocol_option, load_cli_protocol
+from napari_rverdict.cli.common import CliError, add_protocol_option, load_cli_protocol
 
 
 def cmd_protocol_report(args) -> int:
-    from .posterior import protocol_report
+    from napari_rverdict.evaluate.report import protocol_report
 
     try:
         snr = float(args.snr)

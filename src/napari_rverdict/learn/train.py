@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .nets import build_network, default_hyperparameters
+from napari_rverdict.learn.device import _synchronize, resolve_device
+from napari_rverdict.learn.nets import build_network, default_hyperparameters
+from napari_rverdict.learn.scaling import scale_targets
 
 VAL_CHUNK = 16384
 
@@ -42,7 +44,7 @@ class TrainConfig:
     weight_decay : Adam L2 weight decay.
     uncertainty : the network also predicts a variance per target (2k outputs), trained with the β-NLL
         (β = ``uncertainty_beta``, Seitzer et al. 2022), then the intervals of every map are calibrated on the
-        validation set by normalised split conformal prediction (see :mod:`napari_rverdict.uncertainty`).
+        validation set by normalised split conformal prediction (see :mod:`napari_rverdict.learn.uncertainty`).
         Losses reported and early stopping stay the MSE of the means; the validation Gaussian NLL is added to
         the history as ``val_nll``.
     """
@@ -63,7 +65,7 @@ class TrainConfig:
     uncertainty_beta: float = 0.5
 
     def validate(self) -> None:
-        from .nets import available_networks
+        from napari_rverdict.learn.nets import available_networks
 
         if str(self.net).lower() not in available_networks():
             raise ValueError(f"unknown network '{self.net}'; choose one of: {', '.join(available_networks())}")
@@ -131,52 +133,6 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------- devices
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def resolve_device(device="auto") -> torch.device:
-    """``"auto"`` → CUDA if available, then MPS, then CPU; ``"cpu"``, ``"cuda"``, ``"cuda:i"``, ``"mps"`` checked.
-
-    Raises ValueError naming what is available when the requested device is not.
-    """
-    if isinstance(device, torch.device):
-        device = str(device)
-    text = str(device or "auto").lower().strip()
-    if text == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ValueError(f"device '{device}' requested but CUDA is not available (torch {torch.__version__}); "
-                             "use --device cpu")
-        if dev.index is not None and dev.index >= n:
-            raise ValueError(f"device '{device}' requested but only {n} CUDA device(s) exist (cuda:0..cuda:{n - 1})")
-        return dev
-    if dev.type == "mps":
-        if not _mps_available():
-            raise ValueError(f"device '{device}' requested but MPS is not available; use cpu")
-        return dev
-    raise ValueError(f"unsupported device '{device}'; use auto, cpu, cuda, cuda:N or mps")
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ---------------------------------------------------------------------- data
 def _check_data(data) -> None:
     n = len(data)
@@ -190,20 +146,6 @@ def _check_data(data) -> None:
         raise ValueError(f"signals must have shape (n, {len(data.protocol)}), got {data.signals.shape}")
     if not np.isfinite(data.signals).all():
         raise ValueError(f"{int((~np.isfinite(data.signals)).any(1).sum())} training signal(s) contain NaN or inf")
-
-
-def scale_targets(values: np.ndarray, names, ranges) -> np.ndarray:
-    """(n, k) physical values → (value − low) / (high − low) per column."""
-    lo = np.array([ranges[k][0] for k in names], dtype=float)
-    hi = np.array([ranges[k][1] for k in names], dtype=float)
-    return (np.asarray(values, dtype=float) - lo) / (hi - lo)
-
-
-def unscale_targets(scaled: np.ndarray, names, ranges) -> np.ndarray:
-    """Inverse of :func:`scale_targets`."""
-    lo = np.array([ranges[k][0] for k in names], dtype=float)
-    hi = np.array([ranges[k][1] for k in names], dtype=float)
-    return np.asarray(scaled, dtype=float) * (hi - lo) + lo
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -239,7 +181,7 @@ def _evaluate_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _evaluate_nll(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean Gaussian NLL per target of an uncertainty network (no ½ log 2π), in eval mode."""
-    from .uncertainty import gaussian_nll_value
+    from napari_rverdict.learn.uncertainty import gaussian_nll_value
 
     was_training = net.training
     net.eval()
@@ -267,7 +209,7 @@ def _iter_training(data, config: TrainConfig | None = None,
 
     Parameters
     ----------
-    data : :class:`~napari_rverdict.synth.SyntheticData` (normalised signals, params, split, ranges).
+    data : :class:`~napari_rverdict.data.synth.SyntheticData` (normalised signals, params, split, ranges).
     config : :class:`TrainConfig` (default settings when None).
     stop_event : checked before every batch; once set, training stops within one batch and the best weights so
         far (or, before the first validation, the current ones, then validated) are returned.
@@ -275,8 +217,7 @@ def _iter_training(data, config: TrainConfig | None = None,
     Targets are the model's estimated parameters (``model.estimated_names``; rVERDICT's S0 is a nuisance and is
     not estimated) min–max scaled with ``data.ranges``; the loss is their MSE.
     """
-    from . import __version__  # noqa: F401  (fail early if the package is broken)
-    from .bundle import Bundle
+    from napari_rverdict.learn.bundle import Bundle
 
     config = TrainConfig() if config is None else config
     config.validate()
@@ -317,7 +258,7 @@ def _iter_training(data, config: TrainConfig | None = None,
                                                            patience=max(1, int(config.patience or 4) // 4))
     loss_fn = nn.MSELoss()
     if config.uncertainty:
-        from .uncertainty import beta_nll_loss
+        from napari_rverdict.learn.uncertainty import beta_nll_loss
 
         beta = float(config.uncertainty_beta)
         loss_fn = lambda out, y: beta_nll_loss(out, y, beta)  # noqa: E731
@@ -433,7 +374,7 @@ def _iter_training(data, config: TrainConfig | None = None,
         uncertainty=bool(config.uncertainty),
     )
     if config.uncertainty:  # conformal interval quantiles per map from the validation set
-        from .uncertainty import calibrate_bundle
+        from napari_rverdict.learn.uncertainty import calibrate_bundle
 
         val_truth = {k: np.asarray(v)[data.val_index] for k, v in data.params.items()}
         calibrate_bundle(bundle, data.signals[data.val_index], val_truth)

@@ -1,0 +1,37 @@
+"""What the ``rverdict`` commands share: their error type and the options several of them take."""
+
+from __future__ import annotations
+
+import argparse
+
+from napari_rverdict.errors import InputError
+from napari_rverdict.physics.protocol_files import load_protocol
+
+
+class CliError(InputError):
+    """Bad input found by the command line itself (an option, a missing file)."""
+
+
+def add_protocol_option(p: argparse.ArgumentParser, default: str | None = "innovate",
+                        default_help: str = "%(default)s") -> None:
+    """``--protocol`` (preset or file) and ``--tr`` (ms): every command that simulates, trains or fits takes them.
+    ``default_help`` says in words what happens without ``--protocol`` (e.g. when the default is a sidecar)."""
+    p.add_argument("--protocol", default=default,
+                   help=f"acquisition: a preset (innovate, innovate-20) or a .scheme / .bval file (default: {default_help})")
+    p.add_argument("--tr", type=float, default=None, help="TR in ms for protocols that carry none (Camino scheme)")
+
+
+def load_cli_protocol(args):
+    """The direction-averaged protocol named by ``--protocol`` / ``--tr``."""
+    return load_protocol(args.protocol, tr=args.tr, direction_averaged=True)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts (samples, epochs, chunk sizes): an integer ≥ 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v

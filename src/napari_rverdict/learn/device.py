@@ -1,0 +1,52 @@
+"""Device choice, one ``device`` argument end to end: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``,
+``"cuda:i"``, ``"mps"`` or a ``torch.device``."""
+
+from __future__ import annotations
+
+import torch
+
+
+# ---------------------------------------------------------------------- devices
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(device="auto") -> torch.device:
+    """``"auto"`` → CUDA if available, then MPS, then CPU; ``"cpu"``, ``"cuda"``, ``"cuda:i"``, ``"mps"`` checked.
+
+    Raises ValueError naming what is available when the requested device is not.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    text = str(device or "auto").lower().strip()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device '{device}' requested but CUDA is not available (torch {torch.__version__}); "
+                             "use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device '{device}' requested but only {n} CUDA device(s) exist (cuda:0..cuda:{n - 1})")
+        return dev
+    if dev.type == "mps":
+        if not _mps_available():
+            raise ValueError(f"device '{device}' requested but MPS is not available; use cpu")
+        return dev
+    raise ValueError(f"unsupported device '{device}'; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
