@@ -109,3 +109,22 @@ def test_gradients_are_finite_including_b0_and_tiny_radius():
     h = 1e-5
     fd = (sphere_gpd(1500.0, 23.9, 43.8, 8.0 + h, 2.0) - sphere_gpd(1500.0, 23.9, 43.8, 8.0 - h, 2.0)) / (2 * h)
     assert abs(r0.grad.item() - fd) < 1e-7
+
+
+def test_sphere_table_matches_the_exact_series():
+    from napari_rverdict.physics import Protocol
+    from napari_rverdict.physics.compartments import SphereTable
+
+    p = Protocol.innovate()
+    table = SphereTable(p.b, p.small_delta, p.big_delta, 2.0, (0.01, 15.0))
+    r = np.linspace(0.01, 15.0, 20001)[:, None]
+    exact = sphere_gpd(p.b, p.small_delta, p.big_delta, r, 2.0)
+    approx = table(r)
+    assert isinstance(approx, np.ndarray) and approx.shape == exact.shape
+    assert np.abs(approx - exact).max() < 2e-12
+    # tensors keep their dtype; the table is reused per dtype and device
+    t32 = table(torch.as_tensor(r[:5], dtype=torch.float32))
+    assert t32.dtype == torch.float32
+    np.testing.assert_allclose(t32.numpy(), exact[:5], atol=1e-6)
+    with pytest.raises(ValueError, match="low < high"):
+        SphereTable(p.b, p.small_delta, p.big_delta, 2.0, (5.0, 5.0))

@@ -140,3 +140,35 @@ def test_derived_maps_clip_and_renormalise():
     np.testing.assert_allclose(v["f_ees"], 0.3)
     t = m.derived_maps({k: torch.as_tensor(v) for k, v in params.items()})
     np.testing.assert_allclose(t["f_vasc"].numpy(), d["f_vasc"])
+
+
+def test_fixed_diffusivities_are_declared_on_the_model():
+    v, r = get_model("verdict"), get_model("rverdict")
+    assert v.fixed_values == {"D_ic": 2.0, "D_ees": 2.0, "D_vasc": 8.0}
+    assert r.fixed_values == {"D_ic": 2.0, "D_vasc": 8.0}  # D_ees is fitted by rVERDICT
+    assert r.fixed_value("D_vasc") == 8.0 and r.fixed[0].unit == "µm²/ms"
+    with pytest.raises(KeyError, match="no fixed constant 'D_ees'"):
+        r.fixed_value("D_ees")
+
+
+def test_both_models_share_one_map_table():
+    v, r = get_model("verdict"), get_model("rverdict")
+    assert r.maps[:len(v.maps)] == v.maps
+    assert all(a is b for a, b in zip(v.maps, r.maps))  # the same MapSpec objects, declared once
+    assert r.map_spec("D_ees").display == (0.5, 3.0) and v.map_spec("cellularity").unit == "µm⁻³"
+
+
+@pytest.mark.parametrize("name", ["verdict", "rverdict"])
+def test_signal_takes_a_sphere_provider(name):
+    p = Protocol.innovate()
+    m = get_model(name)
+    values = {"f_ic": 0.3, "f_ees": 0.5, "f_vasc": 0.1, "R": 6.0, "T2_vasc_ees": 300.0, "T2_ic": 60.0,
+              "T1": 1500.0, "D_ees": 1.8, "S0": 1.0}
+    params = {k: np.array([values[k], values[k]]) for k in m.parameter_names}
+    exact = m.signal(params, p)
+    table = m.sphere_table(p, (0.01, 15.0))
+    np.testing.assert_allclose(m.signal(params, p, sphere=table), exact, rtol=0, atol=1e-11)
+    # the provider replaces the intracellular sphere only: E_ic = 1 everywhere is f_ic · (relaxation) more signal
+    ones = m.signal(params, p, sphere=lambda radius: np.ones(radius.shape[:-1] + (len(p),)))
+    assert np.all(ones[:, ~p.is_b0] > exact[:, ~p.is_b0])
+    np.testing.assert_allclose(ones[:, p.is_b0], exact[:, p.is_b0], rtol=1e-12)

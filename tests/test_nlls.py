@@ -139,3 +139,21 @@ def test_bundle_init_and_errors():
         fit_signals("rverdict", np.full((2, 10), np.nan), data.protocol, device="cpu")
     with pytest.raises(ValueError, match="unknown model"):
         fit_signals("ivim", x, data.protocol)
+
+
+def test_fit_problem_uses_the_models_signal_with_a_sphere_table(monkeypatch):
+    m = get_model("verdict")
+    prot = Protocol.innovate()
+    prob = FitProblem(m, prot, ranges={"R": (1.0, 12.0)})
+    assert (prob.sphere.r0, prob.sphere.r0 + prob.sphere.rh * (prob.sphere.nodes - 1)) == pytest.approx((1.0, 12.0))
+    seen = []
+    original = type(m).signal
+
+    def spy(self, params, protocol, *, sphere=None):
+        seen.append(sphere)
+        return original(self, params, protocol, sphere=sphere)
+
+    monkeypatch.setattr(type(m), "signal", spy)
+    prob.signal({"f_ic": np.array([0.4]), "f_vasc": np.array([0.1]), "f_ees": np.array([0.5]), "R": np.array([5.0])},
+                np)
+    assert seen == [prob.sphere]

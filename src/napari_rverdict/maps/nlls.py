@@ -24,9 +24,10 @@ Starts: ``n_candidates`` parameter sets drawn (seeded) from the model's prior ar
 once (closed-form scale, a matrix product), and each voxel starts from its ``n_starts`` best; an ``init`` (e.g. a
 network's maps or a Bundle) adds one more start per voxel. The best fit per voxel is kept.
 
-Speed: the sphere attenuation depends only on R for a given protocol, so it is tabulated once per fit on a
-uniform R grid (1024 nodes over the fitted R range, with exact derivatives) and evaluated by cubic Hermite
-interpolation (error < 1e-9 of the exact series, tested); the other compartments are the library's own.
+Forward model: the model's own ``signal`` (:mod:`napari_rverdict.physics.models`), so a model change is made in
+one place. Speed: the sphere attenuation depends only on R for a given protocol, so the fit passes the model a
+:class:`~napari_rverdict.physics.compartments.SphereTable` (1024 nodes over the fitted R range, exact
+derivatives, cubic Hermite interpolation: < 2e-12 of the exact series, tested).
 :func:`fit_signals_scipy` is the per-voxel SciPy ``least_squares`` baseline on exactly the same objective, starts
 and transform (used by the tests and ``benchmarks/bench_volume.py``).
 
@@ -40,12 +41,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from napari_rverdict.physics.compartments import astrosticks, ball, sphere_gpd
-from napari_rverdict.physics.models import D_EES_CLASSIC, D_IC, D_VASC, get_model
+from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
 
-SPHERE_TABLE_NODES = 1024
 FD_STEP = 1e-7  # forward-difference step in the unbounded space (float64)
 FD_STEP_FLOAT32 = 3e-4  # devices without float64 (MPS)
 DAMP_FLOOR = 1.0  # damping uses max(diag(JᵀJ), DAMP_FLOOR · mean diag): no free direction at a saturated bound
@@ -53,7 +52,7 @@ DAMP_FLOOR = 1.0  # damping uses max(diag(JᵀJ), DAMP_FLOOR · mean diag): no f
 
 # ---------------------------------------------------------------------- the fitted function
 class FitProblem:
-    """The model, protocol and ranges of one fit: the bounded transform and a fast forward model.
+    """The model, protocol and ranges of one fit: the bounded transform and the model's own forward signal.
 
     ``names`` : the unbounded coordinates' order: two logits of the estimated fractions (against the dependent
     one), then the other estimated parameters (``model.estimated_names`` order).
@@ -76,38 +75,19 @@ class FitProblem:
         self.k = len(self.names)
         self.lo = np.array([self.ranges[n][0] for n in self.others], dtype=float)
         self.hi = np.array([self.ranges[n][1] for n in self.others], dtype=float)
-        b, sd, bd = (np.array(getattr(protocol, a), dtype=float) for a in ("b", "small_delta", "big_delta"))
-        self.te, self.tr, self.b = np.array(protocol.te, dtype=float), np.array(protocol.tr, dtype=float), b
-        self.e_astro = np.asarray(astrosticks(b, D_VASC), dtype=float)
-        self.e_ball_classic = np.asarray(ball(b, D_EES_CLASSIC), dtype=float)
-        self.fast = self.model.name in ("rverdict", "verdict") and "R" in self.others
-        if self.fast:
-            r_lo, r_hi = self.ranges["R"]
-            grid = torch.linspace(r_lo, r_hi, SPHERE_TABLE_NODES, dtype=torch.float64)
-            tb, tsd, tbd = (torch.as_tensor(a, dtype=torch.float64) for a in (b, sd, bd))
-            val, der = torch.func.jvp(lambda r: sphere_gpd(tb, tsd, tbd, r[:, None], D_IC), (grid,),
-                                      (torch.ones_like(grid),))
-            self.r0, self.rh = float(r_lo), float(grid[1] - grid[0])
-            self.table_np = (val.numpy(), (der * self.rh).numpy())
+        # the sphere depends only on R for this protocol: tabulated once over the fitted R range
+        self.sphere = self.model.sphere_table(protocol, self.ranges["R"]) if "R" in self.others else None
         self._torch_consts = None
 
     # -------------------------------------------------------------- constants on the device
     def _consts(self):
         if self._torch_consts is None:
-            t = lambda a: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)  # noqa: E731
-            c = {"lo": t(self.lo), "hi": t(self.hi), "te": t(self.te), "tr": t(self.tr), "b": t(self.b),
-                 "e_astro": t(self.e_astro), "e_ball": t(self.e_ball_classic)}
-            if self.fast:
-                c["table"] = (t(self.table_np[0]), t(self.table_np[1]))
-            self._torch_consts = c
+            self._torch_consts = {k: torch.as_tensor(getattr(self, k), dtype=self.dtype, device=self.device)
+                                  for k in ("lo", "hi")}
         return self._torch_consts
 
     def _np_consts(self):
-        c = {"lo": self.lo, "hi": self.hi, "te": self.te, "tr": self.tr, "b": self.b, "e_astro": self.e_astro,
-             "e_ball": self.e_ball_classic}
-        if self.fast:
-            c["table"] = self.table_np
-        return c
+        return {"lo": self.lo, "hi": self.hi}
 
     # -------------------------------------------------------------- transform
     def to_params(self, u, xp=torch) -> dict:
@@ -144,40 +124,16 @@ class FitProblem:
         return u
 
     # -------------------------------------------------------------- forward
-    def _sphere(self, r, xp, c):
-        vals, ders = c["table"]
-        t = (r - self.r0) / self.rh
-        if xp is torch:
-            i = torch.clamp(torch.floor(t), 0, SPHERE_TABLE_NODES - 2).long()
-        else:
-            i = np.clip(np.floor(t), 0, SPHERE_TABLE_NODES - 2).astype(np.int64)
-        s = (t - i)[..., None]
-        s2, s3 = s * s, s * s * s
-        return ((2 * s3 - 3 * s2 + 1) * vals[i] + (s3 - 2 * s2 + s) * ders[i]
-                + (3 * s2 - 2 * s3) * vals[i + 1] + (s3 - s2) * ders[i + 1])
-
     def signal(self, params: Mapping, xp=torch):
-        """The model's signal (S0 = 1) for parameter arrays (B,) → (B, m)."""
-        c = self._consts() if xp is torch else self._np_consts()
-        if not self.fast:
-            p = dict(params)
-            if "S0" in self.model.parameter_names:
-                p["S0"] = 1.0 + 0 * p[self.fractions[0]]
-            if xp is np:
-                return np.asarray(self.model.signal({k: torch.as_tensor(v) for k, v in p.items()},
-                                                    self.protocol).numpy())
-            return self.model.signal(p, self.protocol)
-        col = lambda v: v[..., None]  # noqa: E731
-        e_ic = self._sphere(params["R"], xp, c)
-        if self.model.name == "verdict":
-            return (col(params["f_ic"]) * e_ic + col(params["f_ees"]) * c["e_ball"]
-                    + col(params["f_vasc"]) * c["e_astro"])
-        t2ve = xp.exp(-c["te"] / col(params["T2_vasc_ees"]))
-        t2ic = xp.exp(-c["te"] / col(params["T2_ic"]))
-        t1w = 1.0 - xp.exp(-c["tr"] / col(params["T1"]))
-        e_ees = xp.exp(-c["b"] * 1e-3 * col(params["D_ees"]))
-        return t1w * (col(params["f_vasc"]) * t2ve * c["e_astro"] + col(params["f_ic"]) * t2ic * e_ic
-                      + col(params["f_ees"]) * t2ve * e_ees)
+        """The model's signal (S0 = 1) for parameter arrays (B,) → (B, m), through ``model.signal`` with the
+        tabulated sphere. ``xp=np``: NumPy in and out (computed in float64 torch on the CPU)."""
+        p = {n: params[n] for n in self.names}
+        if "S0" in self.model.parameter_names:
+            p["S0"] = 1.0 + 0 * p[self.fractions[0]]
+        if xp is np:
+            p = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in p.items()}
+            return self.model.signal(p, self.protocol, sphere=self.sphere).numpy()
+        return self.model.signal(p, self.protocol, sphere=self.sphere)
 
     def residual(self, u, y, xp=torch):
         """r = c·s(u) − y with the least-squares scale c ≥ 0 (variable projection); (B, m)."""

@@ -117,3 +117,47 @@ def sphere_gpd(b, small_delta, big_delta, radius, d, n_roots: int = SPHERE_N_ROO
     e = torch.exp(-2.0 * gamma2g2 * total)
     e = torch.where(no_weighting, torch.ones_like(e), e)
     return _out(e, np_in)
+
+
+SPHERE_TABLE_NODES = 1024  # uniform R nodes of a SphereTable: cubic Hermite error < 2e-12 on clinical timings
+
+
+class SphereTable:
+    """:func:`sphere_gpd` for one protocol's timings and one D, tabulated over a radius range for speed.
+
+    The sphere attenuation depends only on R once b, δ, Δ and D are fixed, so it is computed once on a uniform grid
+    of ``nodes`` radii over ``r_range`` (float64, with exact derivatives by forward-mode autodiff) and evaluated by
+    cubic Hermite interpolation (error < 2e-12 of the exact series inside the range, tested; outside it the end
+    cubics extrapolate). Calling it with radii (..., 1) gives (..., n_measurements), like
+    ``sphere_gpd(b, small_delta, big_delta, radius, d)``; NumPy in gives NumPy out, tensors keep dtype and device.
+    """
+
+    def __init__(self, b, small_delta, big_delta, d, r_range, nodes: int = SPHERE_TABLE_NODES):
+        r_lo, r_hi = (float(v) for v in r_range)
+        if not r_hi > r_lo or int(nodes) < 2:
+            raise ValueError(f"a sphere table needs r_range low < high and ≥ 2 nodes, got {r_range}, {nodes}")
+        self.nodes = int(nodes)
+        grid = torch.linspace(r_lo, r_hi, self.nodes, dtype=torch.float64)
+        tb, tsd, tbd = (torch.as_tensor(np.array(a, dtype=np.float64)) for a in (b, small_delta, big_delta))
+        val, der = torch.func.jvp(lambda r: sphere_gpd(tb, tsd, tbd, r[:, None], float(d)), (grid,),
+                                  (torch.ones_like(grid),))
+        self.r0, self.rh = r_lo, float(grid[1] - grid[0])
+        self._tables = {(torch.float64, torch.device("cpu")): (val, der * self.rh)}
+
+    def _table(self, dtype, device):
+        key = (dtype, torch.device(device))
+        if key not in self._tables:
+            val, der = self._tables[(torch.float64, torch.device("cpu"))]
+            self._tables[key] = (val.to(device=device, dtype=dtype), der.to(device=device, dtype=dtype))
+        return self._tables[key]
+
+    def __call__(self, radius):
+        (r,), np_in = _as_tensors(radius)
+        vals, ders = self._table(r.dtype, r.device)
+        t = ((r - self.r0) / self.rh)[..., 0]
+        i = torch.clamp(torch.floor(t), 0, self.nodes - 2).long()
+        s = (t - i)[..., None]
+        s2, s3 = s * s, s * s * s
+        e = ((2 * s3 - 3 * s2 + 1) * vals[i] + (s3 - 2 * s2 + s) * ders[i]
+             + (3 * s2 - 2 * s3) * vals[i + 1] + (s3 - s2) * ders[i + 1])
+        return _out(e, np_in)

@@ -1,7 +1,9 @@
 """The biophysical signal models: classic VERDICT and relaxation-VERDICT (rVERDICT).
 
 A model holds only what does not depend on data: its parameters (names, units, default training ranges,
-physical limits), its maps, its forward signal and its normalisation of raw scanner signals. ``get_model(name)``
+physical limits), its fixed constants (the diffusivities it does not fit), its maps, its forward signal and its
+normalisation of raw scanner signals. The forward signal is the one implementation of each model's composition:
+the NLLS fit calls it too, with a tabulated sphere (:meth:`SignalModel.sphere_table`) for speed. ``get_model(name)``
 returns the shared instance.
 
 Units: b s/mm², δ Δ TE TR ms, D µm²/ms, R µm, T1 T2 ms, fractions dimensionless, cellularity µm⁻³.
@@ -15,12 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_rverdict.physics.compartments import astrosticks, ball, sphere_gpd
+from napari_rverdict.physics.compartments import SPHERE_TABLE_NODES, SphereTable, astrosticks, ball, sphere_gpd
 from napari_rverdict.physics.protocol import Protocol, ProtocolError
 
-D_IC = 2.0  # µm²/ms, intracellular (both models)
-D_EES_CLASSIC = 2.0  # µm²/ms, classic VERDICT extracellular-extravascular
-D_VASC = 8.0  # µm²/ms, vascular (astrosticks)
 R_MIN_CELLULARITY = 0.01  # µm: R is clamped here when computing f_ic / R³
 
 
@@ -44,6 +43,20 @@ class ParameterSpec:
 
 
 @dataclass(frozen=True)
+class FixedParameter:
+    """A constant of a model's signal that is not fitted (e.g. the intracellular diffusivity)."""
+
+    name: str
+    unit: str
+    value: float
+    description: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} = {self.value:g} {self.unit}".rstrip()
+
+
+@dataclass(frozen=True)
 class MapSpec:
     """One output map: name, unit, a display range and a colormap suggestion."""
 
@@ -63,15 +76,38 @@ def _fraction(name, description):
 
 
 _R = ParameterSpec("R", "µm", 0.01, 15.0, 1e-4, 50.0, "cell radius (impermeable sphere)")
+_D_IC = FixedParameter("D_ic", "µm²/ms", 2.0, "intracellular diffusivity (sphere)")
+_D_VASC = FixedParameter("D_vasc", "µm²/ms", 8.0, "vascular diffusivity (astrosticks)")
+
+# Every map of every model, once: a model lists the names it produces.
+_MAPS = {m.name: m for m in (
+    MapSpec("f_ic", "", "intracellular volume fraction", (0.0, 1.0), "magma"),
+    MapSpec("f_ees", "", "extracellular-extravascular volume fraction", (0.0, 1.0), "viridis"),
+    MapSpec("f_vasc", "", "vascular volume fraction", (0.0, 0.5), "inferno"),
+    MapSpec("R", "µm", "cell radius", (0.0, 15.0), "plasma"),
+    MapSpec("cellularity", "µm⁻³", "f_ic / R³", (0.0, 0.01), "magma"),
+    MapSpec("D_ees", "µm²/ms", "EES diffusivity", (0.5, 3.0), "cividis"),
+    MapSpec("T1", "ms", "T1", (0.0, 4000.0), "turbo"),
+    MapSpec("T2_vasc_ees", "ms", "T2 of vascular and EES water", (150.0, 800.0), "turbo"),
+    MapSpec("T2_ic", "ms", "T2 of intracellular water", (0.0, 150.0), "turbo"),
+)}
+
+
+def _maps(*names) -> tuple[MapSpec, ...]:
+    return tuple(_MAPS[n] for n in names)
+
+
+_VOLUME_MAPS = ("f_ic", "f_ees", "f_vasc", "R", "cellularity")  # the maps both models produce
 
 
 class SignalModel:
-    """Base class: subclasses set ``name``, ``label``, ``parameters``, ``maps``, ``estimated_fractions`` and
-    ``dependent_fraction`` and implement :meth:`signal` and :meth:`normalise`."""
+    """Base class: subclasses set ``name``, ``label``, ``parameters``, ``fixed``, ``maps``, ``estimated_fractions``
+    and ``dependent_fraction`` and implement :meth:`signal` and :meth:`normalise`."""
 
     name: str
     label: str
     parameters: tuple[ParameterSpec, ...]
+    fixed: tuple[FixedParameter, ...]
     maps: tuple[MapSpec, ...]
     estimated_fractions: tuple[str, ...]
     dependent_fraction: str
@@ -96,6 +132,17 @@ class SignalModel:
             if p.name == name:
                 return p
         raise KeyError(f"{self.name} has no parameter '{name}' (it has {', '.join(self.parameter_names)})")
+
+    @property
+    def fixed_values(self) -> dict[str, float]:
+        """The constants of the signal that are not fitted, {name: value} (e.g. D_ic = 2 µm²/ms)."""
+        return {c.name: c.value for c in self.fixed}
+
+    def fixed_value(self, name: str) -> float:
+        for c in self.fixed:
+            if c.name == name:
+                return c.value
+        raise KeyError(f"{self.name} has no fixed constant '{name}' (it has {', '.join(self.fixed_values)})")
 
     def map_spec(self, name: str) -> MapSpec:
         for m in self.maps:
@@ -154,8 +201,21 @@ class SignalModel:
                 out[k] = v
         return out
 
+    # ---------------------------------------------------------------- forward
+    def sphere_table(self, protocol: Protocol, r_range, nodes: int = SPHERE_TABLE_NODES) -> SphereTable:
+        """This model's intracellular sphere for ``protocol``, tabulated over ``r_range`` (µm): pass it as
+        ``signal(..., sphere=table)`` to replace the exact series (< 2e-12 of it inside the range)."""
+        return SphereTable(protocol.b, protocol.small_delta, protocol.big_delta, self.fixed_value("D_ic"), r_range,
+                           nodes)
+
+    def _sphere(self, sphere, b, sd, bd, radius):
+        """E_ic for radii (..., 1): the exact series, or ``sphere(radius)`` when a provider (a SphereTable) is given."""
+        if sphere is None:
+            return sphere_gpd(b, sd, bd, radius, self.fixed_value("D_ic"))
+        return sphere(radius)
+
     # ---------------------------------------------------------------- to implement
-    def signal(self, params: Mapping, protocol: Protocol):  # pragma: no cover - abstract
+    def signal(self, params: Mapping, protocol: Protocol, *, sphere=None):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def normalise(self, signals, protocol: Protocol):  # pragma: no cover - abstract
@@ -188,7 +248,8 @@ def _exp(x):
 
 
 class ClassicVerdict(SignalModel):
-    """Classic prostate VERDICT: S/S0 = f_ic·E_sphere(R, D_ic = 2) + f_ees·exp(−2b) + f_vasc·E_astro(D = 8).
+    """Classic prostate VERDICT: S/S0 = f_ic·E_sphere(R, D_ic) + f_ees·exp(−b D_ees) + f_vasc·E_astro(D_vasc),
+    with D_ic = D_ees = 2 and D_vasc = 8 µm²/ms fixed (:attr:`fixed`).
 
     f_ees = 1 − f_ic − f_vasc. No relaxation terms, so raw signals are normalised per series: each measurement is
     divided by the b = 0 of its own series (same TE and TR).
@@ -201,26 +262,25 @@ class ClassicVerdict(SignalModel):
         _fraction("f_vasc", "vascular volume fraction"),
         _R,
     )
-    maps = (
-        MapSpec("f_ic", "", "intracellular volume fraction", (0.0, 1.0), "magma"),
-        MapSpec("f_ees", "", "extracellular-extravascular volume fraction", (0.0, 1.0), "viridis"),
-        MapSpec("f_vasc", "", "vascular volume fraction", (0.0, 0.5), "inferno"),
-        MapSpec("R", "µm", "cell radius", (0.0, 15.0), "plasma"),
-        MapSpec("cellularity", "µm⁻³", "f_ic / R³", (0.0, 0.01), "magma"),
-    )
+    fixed = (_D_IC, FixedParameter("D_ees", "µm²/ms", 2.0, "EES diffusivity (fitted by rVERDICT)"), _D_VASC)
+    maps = _maps(*_VOLUME_MAPS)
     estimated_fractions = ("f_ic", "f_vasc")
     dependent_fraction = "f_ees"
 
-    def signal(self, params: Mapping, protocol: Protocol):
-        """S/S0 for every measurement: parameter arrays of shape (...,) → signals (..., n_measurements)."""
+    def signal(self, params: Mapping, protocol: Protocol, *, sphere=None):
+        """S/S0 for every measurement: parameter arrays of shape (...,) → signals (..., n_measurements).
+
+        ``sphere``: optional provider of E_ic for radii (..., 1), e.g. :meth:`sphere_table` (default: the exact
+        series).
+        """
         f_ic, f_vasc, radius = self._params(params, ("f_ic", "f_vasc", "R"))
         like = _first_tensor((f_ic, f_vasc, radius))
         b, sd, bd, _, _ = _protocol_arrays(protocol, like)
         f_ic, f_vasc, radius = (_column(v, like) for v in (f_ic, f_vasc, radius))
         f_ees = 1.0 - f_ic - f_vasc
-        e_ic = sphere_gpd(b, sd, bd, radius, D_IC)
-        e_ees = ball(b, D_EES_CLASSIC)
-        e_vasc = astrosticks(b, D_VASC)
+        e_ic = self._sphere(sphere, b, sd, bd, radius)
+        e_ees = ball(b, self.fixed_value("D_ees"))
+        e_vasc = astrosticks(b, self.fixed_value("D_vasc"))
         return f_ic * e_ic + f_ees * e_ees + f_vasc * e_vasc
 
     def normalise(self, signals, protocol: Protocol):
@@ -251,8 +311,10 @@ class ClassicVerdict(SignalModel):
 class RelaxationVerdict(SignalModel):
     """rVERDICT (Palombo et al., Sci Rep 2023):
 
-    S = S0 (1 − e^{−TR/T1}) [f_vasc e^{−TE/T2_vasc_ees} E_astro(8) + f_ic e^{−TE/T2_ic} E_sphere(R, 2)
-                             + f_ees e^{−TE/T2_vasc_ees} exp(−b D_ees)],   f_vasc = 1 − f_ic − f_ees.
+    S = S0 (1 − e^{−TR/T1}) [f_vasc e^{−TE/T2_vasc_ees} E_astro(D_vasc) + f_ic e^{−TE/T2_ic} E_sphere(R, D_ic)
+                             + f_ees e^{−TE/T2_vasc_ees} exp(−b D_ees)],   f_vasc = 1 − f_ic − f_ees,
+
+    with D_ic = 2 and D_vasc = 8 µm²/ms fixed (:attr:`fixed`).
 
     Raw signals are normalised by each voxel's maximum, which keeps the TE/TR contrast between series (and removes
     S0, which is therefore a nuisance parameter the networks do not estimate).
@@ -271,22 +333,17 @@ class RelaxationVerdict(SignalModel):
         ParameterSpec("D_ees", "µm²/ms", 0.5, 3.0, 0.01, 3.5, "EES diffusivity"),
         ParameterSpec("S0", "a.u.", 0.1, 1.0, 0.0, np.inf, "signal at b = 0, TE = 0, TR = ∞", nuisance=True),
     )
-    maps = (
-        MapSpec("f_ic", "", "intracellular volume fraction", (0.0, 1.0), "magma"),
-        MapSpec("f_ees", "", "extracellular-extravascular volume fraction", (0.0, 1.0), "viridis"),
-        MapSpec("f_vasc", "", "vascular volume fraction", (0.0, 0.5), "inferno"),
-        MapSpec("R", "µm", "cell radius", (0.0, 15.0), "plasma"),
-        MapSpec("cellularity", "µm⁻³", "f_ic / R³", (0.0, 0.01), "magma"),
-        MapSpec("D_ees", "µm²/ms", "EES diffusivity", (0.5, 3.0), "cividis"),
-        MapSpec("T1", "ms", "T1", (0.0, 4000.0), "turbo"),
-        MapSpec("T2_vasc_ees", "ms", "T2 of vascular and EES water", (150.0, 800.0), "turbo"),
-        MapSpec("T2_ic", "ms", "T2 of intracellular water", (0.0, 150.0), "turbo"),
-    )
+    fixed = (_D_IC, _D_VASC)
+    maps = _maps(*_VOLUME_MAPS, "D_ees", "T1", "T2_vasc_ees", "T2_ic")
     estimated_fractions = ("f_ic", "f_ees")
     dependent_fraction = "f_vasc"
 
-    def signal(self, params: Mapping, protocol: Protocol):
-        """S for every measurement: parameter arrays of shape (...,) → signals (..., n_measurements)."""
+    def signal(self, params: Mapping, protocol: Protocol, *, sphere=None):
+        """S for every measurement: parameter arrays of shape (...,) → signals (..., n_measurements).
+
+        ``sphere``: optional provider of E_ic for radii (..., 1), e.g. :meth:`sphere_table` (default: the exact
+        series).
+        """
         self.check_protocol(protocol)
         names = ("f_ic", "f_ees", "R", "T2_vasc_ees", "T2_ic", "T1", "D_ees", "S0")
         values = self._params(params, names)
@@ -294,9 +351,9 @@ class RelaxationVerdict(SignalModel):
         b, sd, bd, te, tr = _protocol_arrays(protocol, like)
         f_ic, f_ees, radius, t2ve, t2ic, t1, d_ees, s0 = (_column(v, like) for v in values)
         f_vasc = 1.0 - f_ic - f_ees
-        e_ic = sphere_gpd(b, sd, bd, radius, D_IC)
+        e_ic = self._sphere(sphere, b, sd, bd, radius)
         e_ees = ball(b, d_ees)
-        e_vasc = astrosticks(b, D_VASC)
+        e_vasc = astrosticks(b, self.fixed_value("D_vasc"))
         t2_ve = _exp(-te / t2ve)
         t2_ic = _exp(-te / t2ic)
         t1w = 1.0 - _exp(-tr / t1)
