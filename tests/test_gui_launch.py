@@ -73,7 +73,7 @@ def test_train_uncertainty_checkbox_gives_sd_maps_option(viewer, qtbot):
 def test_training_error_is_shown_and_the_dock_stays_usable(viewer, qtbot, monkeypatch):
     from napari.utils.notifications import notification_manager
 
-    from napari_rverdict._napari import train_widget
+    from napari_rverdict._napari.train_dock import job as train_job
 
     sim, tr = add_dock(viewer, "Simulate"), add_dock(viewer, "Train")
     sim.n_spin.setValue(500)
@@ -84,7 +84,7 @@ def test_training_error_is_shown_and_the_dock_stays_usable(viewer, qtbot, monkey
         raise RuntimeError("CUDA out of memory (simulated)")
         yield  # pragma: no cover
 
-    monkeypatch.setattr(train_widget, "iter_training", broken)
+    monkeypatch.setattr(train_job, "iter_training", broken)
     n_notes = len(notification_manager.records)
     qtbot.mouseClick(tr.start_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: tr.worker is None, timeout=30_000)

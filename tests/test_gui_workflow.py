@@ -145,7 +145,7 @@ def test_stop_keeps_weights_and_ui_responsive(viewer, qtbot, tmp_path):
     assert [p.name for p in written] == ["model.pt", "model-last.pt"]
 
     # a fresh dock loads the bundle back: settings and curves restored
-    from napari_rverdict._napari.train_widget import TrainWidget
+    from napari_rverdict._napari.train_dock import TrainWidget
 
     other = TrainWidget(viewer)  # a second Train dock of the same viewer
     qtbot.addWidget(other)

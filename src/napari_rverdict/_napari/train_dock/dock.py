@@ -1,137 +1,38 @@
 """Dock 2 — Train: the same ``iter_training`` the CLI runs, in a napari worker, with live loss curves.
 
-The worker is a generator that yields only small records (the trainer's ``TrainProgress``; the last one carries the
-CPU bundle) and never touches layers. A state (idle, training, stopping, done, stopped, crashed) drives the
+The widgets and their layout are in :mod:`napari_rverdict._napari.train_dock.form`, the worker in
+:mod:`napari_rverdict._napari.train_dock.job`. A state (idle, training, stopping, done, stopped, crashed) drives the
 buttons. Stop sets a ``threading.Event`` the trainer checks before every batch: the best and the last weights are
 kept. Closing the dock or the viewer stops the worker the same way.
 """
 
 from __future__ import annotations
 
-import enum
 import math
-import threading
 import time
 from pathlib import Path
 
 import napari
 import numpy as np
 import torch
-from napari.qt.threading import thread_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QHeaderView,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 
-from napari_rverdict._napari._common import LifetimeGuard, Message, hint, release_worker, separator
-from napari_rverdict._napari.loss_plot import LossPlot
+from napari_rverdict._napari._common import LifetimeGuard, release_worker
 from napari_rverdict._napari.state import get_state, model_label
+from napari_rverdict._napari.train_dock import form
+from napari_rverdict._napari.train_dock.form import NETWORKS
+from napari_rverdict._napari.train_dock.job import (
+    EVAL_N,
+    StopEvent,
+    TrainState,
+    format_seconds,
+    report_rows,
+    training_job,
+)
 from napari_rverdict.learn.nets import default_hyperparameters
-from napari_rverdict.learn.train import TrainConfig, iter_training
-
-NETWORKS = (("mlp", "MLP (model 1)"), ("resnetreg", "ResNetReg (model 2)"),
-            ("resnetreg-st", "ResNetReg + soft-thresholding (model 3)"))
-EVAL_N = 2000  # synthetic test signals for the validation table
-
-
-class TrainState(enum.Enum):
-    IDLE = "idle"
-    TRAINING = "training"
-    STOPPING = "stopping"
-    DONE = "done"
-    STOPPED = "stopped"
-    CRASHED = "crashed"
-
-
-def available_devices() -> list[str]:
-    """'auto', 'cpu', every visible 'cuda:i', and 'mps' when present."""
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
-
-
-def _config_has(field: str) -> bool:
-    """Whether this version's TrainConfig has ``field`` (e.g. ``uncertainty``)."""
-    import dataclasses
-
-    return field in {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def format_seconds(s) -> str:
-    if s is None or not math.isfinite(s):
-        return "–"
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def report_rows(report) -> list[tuple[str, str, float, float, float]]:
-    """(parameter, unit, RMSE, MAPE in % of the training range, median √CRLB) rows of an ``EvaluationReport``."""
-    rows = []
-    items = getattr(report, "rows", None)
-    if items is None and hasattr(report, "per_parameter"):
-        items = report.per_parameter
-    if isinstance(items, dict):
-        items = [dict(name=k, **v) if isinstance(v, dict) else v for k, v in items.items()]
-    for r in items or []:
-        get = (lambda k, r=r: r.get(k)) if isinstance(r, dict) else (lambda k, r=r: getattr(r, k, None))
-        rows.append((str(get("name") or get("parameter")), str(get("unit") or ""),
-                     _num(get("rmse")), 100.0 * _num(get("mape")), _num(get("crlb"))))
-    return rows
-
-
-def _num(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-@thread_worker
-def training_job(data, config: TrainConfig, stop_event: threading.Event, evaluate_after: bool = True):
-    """Generator worker: yields ("progress", TrainProgress) … ("done", TrainProgress with .result),
-    then ("metrics", report) or ("metrics_error", message); a training failure yields ("error", exception)."""
-    result = None
-    try:
-        for rec in iter_training(data, config, stop_event):
-            if rec.kind == "done":
-                result = rec.result
-                yield ("done", rec)
-            else:
-                yield ("progress", rec)
-    except Exception as exc:  # noqa: BLE001 - superqt drops a generator's RuntimeError (e.g. CUDA out of memory)
-        yield ("error", exc)  # without "finished": report it as a record instead
-        return
-    if not evaluate_after or result is None or getattr(stop_event, "closing", False):
-        return
-    try:
-        from napari_rverdict.evaluate.metrics import evaluate
-
-        yield ("metrics", evaluate(result.bundle, n=EVAL_N, seed=int(config.seed) + 12345))
-    except Exception as exc:  # noqa: BLE001 - the table is a bonus; training itself succeeded
-        yield ("metrics_error", f"{type(exc).__name__}: {exc}")
-
-
-class _StopEvent(threading.Event):
-    closing = False  # set when the dock / viewer goes away: skip the evaluation too
+from napari_rverdict.learn.train import TrainConfig
 
 
 class TrainWidget(QWidget):
@@ -142,112 +43,20 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.session = get_state(napari_viewer)
         self.worker = None
-        self.stop_event = _StopEvent()
+        self.stop_event = StopEvent()
         self.result = None  # TrainResult of the last run
         self.last_state_dict = None
         self.report = None
         self.state = TrainState.IDLE
         self._pbar = None
         self._t_start = 0.0
+        form.build(self)
+        self._connect()
+        self._data_changed(self.session.data)
+        self._bundle_changed(self.session.bundle)
+        self._set_state(TrainState.IDLE)
 
-        self.data_label = QLabel()
-        self.data_label.setWordWrap(True)
-        self.net_combo = QComboBox()
-        for key, text in NETWORKS:
-            self.net_combo.addItem(text, key)
-        self.depth_spin = QSpinBox()
-        self.depth_spin.setRange(0, 200)
-        self.depth_spin.setSpecialValueText("default")
-        self.width_spin = QSpinBox()
-        self.width_spin.setRange(0, 4096)
-        self.width_spin.setSpecialValueText("default")
-        self.defaults_label = hint("")
-        self.epochs_spin = QSpinBox()
-        self.epochs_spin.setRange(1, 100_000)
-        self.epochs_spin.setValue(100)
-        self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(2, 1_000_000)
-        self.batch_spin.setValue(100)
-        self.lr_spin = QDoubleSpinBox()
-        self.lr_spin.setDecimals(6)
-        self.lr_spin.setRange(1e-6, 1.0)
-        self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(1e-3)
-        self.patience_spin = QSpinBox()
-        self.patience_spin.setRange(0, 10_000)
-        self.patience_spin.setValue(20)
-        self.patience_spin.setSpecialValueText("off")
-        self.scheduler_check = QCheckBox("halve lr on plateau")
-        self.uncertainty_check = QCheckBox("uncertainty (also learn a per-voxel sd)")
-        if not _config_has("uncertainty"):
-            self.uncertainty_check.setToolTip("this version of the trainer has no uncertainty option")
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(available_devices())
-        self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, 2**31 - 1)
-        self.start_btn = QPushButton("Start training")
-        self.stop_btn = QPushButton("Stop")
-        self.epoch_bar = QProgressBar()
-        self.epoch_bar.setFormat("epoch %v / %m")
-        self.batch_bar = QProgressBar()
-        self.batch_bar.setFormat("batch %v / %m")
-        self.eta_label = QLabel("")
-        self.message = Message()
-        self.plot = LossPlot()
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["parameter", "RMSE", "MAPE (% range)", "√CRLB"])
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table_caption = hint("")
-        self.table.setMinimumHeight(150)
-        self.save_btn = QPushButton("Save bundle…")
-        self.load_btn = QPushButton("Load bundle…")
-        self.bundle_label = hint("")
-
-        form = QFormLayout()
-        form.addRow("network", self.net_combo)
-        dw = QHBoxLayout()
-        dw.addWidget(QLabel("depth"))
-        dw.addWidget(self.depth_spin)
-        dw.addWidget(QLabel("width"))
-        dw.addWidget(self.width_spin)
-        form.addRow("", dw)
-        form.addRow("", self.defaults_label)
-        form.addRow("epochs", self.epochs_spin)
-        form.addRow("batch size", self.batch_spin)
-        form.addRow("learning rate", self.lr_spin)
-        pr = QHBoxLayout()
-        pr.addWidget(self.patience_spin)
-        pr.addWidget(self.scheduler_check)
-        form.addRow("early-stop patience", pr)
-        form.addRow("device", self.device_combo)
-        form.addRow("seed", self.seed_spin)
-        form.addRow("", self.uncertainty_check)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.start_btn)
-        buttons.addWidget(self.stop_btn)
-        io = QHBoxLayout()
-        io.addWidget(self.save_btn)
-        io.addWidget(self.load_btn)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(hint("Step 2 of 3. Train a network on the signals from the Simulate dock (or load a "
-                              "saved bundle). Stop keeps the best and the last weights."))
-        layout.addWidget(self.data_label)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.epoch_bar)
-        layout.addWidget(self.batch_bar)
-        layout.addWidget(self.eta_label)
-        layout.addWidget(self.message)
-        layout.addWidget(self.plot)
-        layout.addWidget(separator())
-        layout.addWidget(self.table_caption)
-        layout.addWidget(self.table)
-        layout.addLayout(io)
-        layout.addWidget(self.bundle_label)
-
+    def _connect(self) -> None:
         self.net_combo.currentIndexChanged.connect(self._update_defaults)
         self.start_btn.clicked.connect(self.start)
         self.stop_btn.clicked.connect(self.stop)
@@ -259,9 +68,6 @@ class TrainWidget(QWidget):
         self._stop_box = box
         self.destroyed.connect(lambda *_, box=box: box[0].set())  # last resort: never leave a thread training
         self._guard = LifetimeGuard(self, self.shutdown)
-        self._data_changed(self.session.data)
-        self._bundle_changed(self.session.bundle)
-        self._set_state(TrainState.IDLE)
 
     # ------------------------------------------------------------------ state
     def _set_state(self, state: TrainState) -> None:
@@ -270,9 +76,9 @@ class TrainWidget(QWidget):
         self.start_btn.setEnabled(not running and self.session.data is not None)
         self.stop_btn.setEnabled(state == TrainState.TRAINING)
         for w in (self.net_combo, self.depth_spin, self.width_spin, self.epochs_spin, self.batch_spin, self.lr_spin,
-                  self.patience_spin, self.scheduler_check, self.device_combo, self.seed_spin, self.load_btn):
+                  self.patience_spin, self.scheduler_check, self.device_combo, self.seed_spin, self.load_btn,
+                  self.uncertainty_check):
             w.setEnabled(not running)
-        self.uncertainty_check.setEnabled(not running and _config_has("uncertainty"))
         self.save_btn.setEnabled(not running and self.session.bundle is not None)
 
     def _model_name(self) -> str | None:
@@ -318,9 +124,8 @@ class TrainWidget(QWidget):
             batch_size=self.batch_spin.value(), lr=float(self.lr_spin.value()),
             patience=self.patience_spin.value() or None, device=self.device_combo.currentText(),
             seed=self.seed_spin.value(), scheduler=self.scheduler_check.isChecked(),
+            uncertainty=self.uncertainty_check.isChecked(),
         )
-        if _config_has("uncertainty"):
-            cfg.uncertainty = self.uncertainty_check.isChecked()
         data = self.session.data
         if data is not None:  # a few batch reports per epoch so the train curve moves within an epoch
             n_batches = max(1, math.ceil(len(data.train_index) / cfg.batch_size))
@@ -344,7 +149,7 @@ class TrainWidget(QWidget):
         except ValueError as exc:
             self.message.error(str(exc))
             return
-        self.stop_event = _StopEvent()
+        self.stop_event = StopEvent()
         self._stop_box[0] = self.stop_event
         self.result = None
         self.last_state_dict = None
@@ -516,7 +321,7 @@ class TrainWidget(QWidget):
         if "patience" in cfg:
             self.patience_spin.setValue(int(cfg["patience"] or 0))
         self.scheduler_check.setChecked(bool(cfg.get("scheduler", False)))
-        self.uncertainty_check.setChecked(bool(cfg.get("uncertainty", getattr(bundle, "has_uncertainty", False))))
+        self.uncertainty_check.setChecked(bool(cfg.get("uncertainty", bundle.has_uncertainty)))
         dev = self.device_combo.findText(str(cfg.get("device", "auto")))
         self.device_combo.setCurrentIndex(max(dev, 0))
         self.result = None

@@ -1,4 +1,8 @@
-"""Dock 1 — Simulate: make noisy synthetic training signals with the same ``simulate`` the CLI calls."""
+"""Dock 1 — Simulate: make noisy synthetic training signals with the same ``simulate`` the CLI calls.
+
+The widgets and their layout are in :mod:`napari_rverdict._napari.simulate_dock.form`; here: validation, the
+protocol choice and the worker.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +12,19 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
-from qtpy.QtGui import QBrush, QColor
-from qtpy.QtWidgets import (
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QHeaderView,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtGui import QBrush
+from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 
-from napari_rverdict._napari._common import Message, Relay, hint, release_worker, separator
+from napari_rverdict._napari._common import Relay, release_worker
 from napari_rverdict._napari.reader import layer_protocol
+from napari_rverdict._napari.simulate_dock import form
+from napari_rverdict._napari.simulate_dock.form import INVALID_BG
 from napari_rverdict._napari.state import get_state, model_label
 from napari_rverdict.data.noise import parse_snr
-from napari_rverdict.data.prior import FRACTION_SAMPLERS, resolve_ranges
+from napari_rverdict.data.prior import resolve_ranges
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol_files import load_protocol
-
-MODELS = (("rverdict", "rVERDICT (relaxation-VERDICT, 9 maps)"), ("verdict", "classic VERDICT (5 maps)"))
-SAMPLERS = {"dirichlet": "Dirichlet(1,1,1): uniform on the simplex", "tissue": "tissue: p1 = 1 − f_vasc, p2 = f_ic / p1"}
-INVALID_BG = QColor("#8b1e1e")
 
 
 class SimulateWidget(QWidget):
@@ -50,64 +38,12 @@ class SimulateWidget(QWidget):
         self._file_protocol = None  # (path, Protocol) chosen with "File…"
         self._relay = None
         self._pbar = None
+        form.build(self)
+        self._connect()
+        self._refresh_protocols()
+        self._model_changed()
 
-        self.model_combo = QComboBox()
-        for key, text in MODELS:
-            self.model_combo.addItem(text, key)
-        self.protocol_combo = QComboBox()
-        self.protocol_file_btn = QPushButton("File…")
-        self.protocol_file_btn.setToolTip("a Camino .scheme or an FSL .bval (with .bvec / .json timings beside it)")
-        self.protocol_info = hint("")
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["parameter", "unit", "low", "high"])
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.sampler_combo = QComboBox()
-        for key in FRACTION_SAMPLERS:
-            self.sampler_combo.addItem(SAMPLERS.get(key, key), key)
-        self.snr_edit = QLineEdit("35")
-        self.snr_edit.setToolTip("one SNR (e.g. 35) or a range LOW-HIGH drawn per sample (e.g. 15-60); "
-                                 "σ = 1/SNR of the voxel's brightest measurement")
-        self.n_spin = QSpinBox()
-        self.n_spin.setRange(100, 10_000_000)
-        self.n_spin.setSingleStep(10_000)
-        self.n_spin.setValue(100_000)
-        self.n_spin.setGroupSeparatorShown(True)
-        self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, 2**31 - 1)
-        self.generate_btn = QPushButton("Generate")
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 100)
-        self.progress.setValue(0)
-        self.message = Message()
-        from napari_rverdict._napari.loss_plot import SignalPlot
-
-        self.plot = SignalPlot()
-
-        form = QFormLayout()
-        form.addRow("model", self.model_combo)
-        row = QHBoxLayout()
-        row.addWidget(self.protocol_combo, 1)
-        row.addWidget(self.protocol_file_btn)
-        form.addRow("protocol", row)
-        form.addRow("", self.protocol_info)
-        layout = QVBoxLayout(self)
-        layout.addWidget(hint("Step 1 of 3. Make noisy synthetic signals with known microstructure to train a "
-                              "network on (synthetic q-space learning). Ranges are the training prior."))
-        layout.addLayout(form)
-        layout.addWidget(self.table)
-        form2 = QFormLayout()
-        form2.addRow("fractions", self.sampler_combo)
-        form2.addRow("SNR", self.snr_edit)
-        form2.addRow("N samples", self.n_spin)
-        form2.addRow("seed", self.seed_spin)
-        layout.addLayout(form2)
-        layout.addWidget(self.generate_btn)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.message)
-        layout.addWidget(separator())
-        layout.addWidget(self.plot)
-
+    def _connect(self) -> None:
         self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.protocol_combo.currentIndexChanged.connect(self._validate)
         self.protocol_file_btn.clicked.connect(self._choose_protocol_file)
@@ -117,8 +53,6 @@ class SimulateWidget(QWidget):
         self.generate_btn.clicked.connect(self.generate)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._refresh_protocols)
-        self._refresh_protocols()
-        self._model_changed()
 
     # ------------------------------------------------------------------ inputs
     @property

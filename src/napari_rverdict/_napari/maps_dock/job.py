@@ -1,0 +1,41 @@
+"""The Maps dock's worker and the helpers that read layers for it (no widgets)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_rverdict._napari.reader import layer_to_xyz
+
+
+def layer_affine(layer) -> np.ndarray:
+    """The NIfTI affine of a layer: ``metadata['affine']``, else one built from its spatial scale / translate."""
+    from napari_rverdict._napari.writer import affine_from_meta
+
+    return affine_from_meta({"metadata": layer.metadata, "scale": list(layer.scale),
+                             "translate": list(layer.translate)})
+
+
+def on_dwi_grid(layer, spatial: tuple, what: str):
+    """A 3D layer's data as (x, y, z), refused unless it has the DWI's spatial shape; None when no layer."""
+    if layer is None:
+        return None
+    data = layer_to_xyz(np.asarray(layer.data))
+    if data.shape != spatial:
+        raise ValueError(f"The {what} layer '{layer.name}' has shape {data.shape[::-1]} (z, y, x) but the "
+                         f"DWI's is {spatial[::-1]}.")
+    return data
+
+
+def compute_job(bundle, dwi, mask, device, uncertainty, with_nlls, progress):
+    """The worker: network maps (and NLLS maps); reports ``progress((stage, done, total))``. No layers here."""
+    from napari_rverdict.maps.predict import predict_volume
+
+    out = {"maps": None, "nlls": None, "nlls_error": None}
+    out["maps"] = predict_volume(bundle, dwi, mask=mask, uncertainty=uncertainty, device=device,
+                                 progress=lambda d, t: progress(("network", d, t)))
+    if with_nlls:
+        from napari_rverdict.maps.nlls import fit_volume
+
+        out["nlls"] = fit_volume(bundle.model, dwi, protocol=None, mask=mask, device=device, init=bundle,
+                                 progress=lambda d, t: progress(("NLLS", d, t)))
+    return out
