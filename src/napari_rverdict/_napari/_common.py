@@ -112,6 +112,22 @@ def _disconnect(events, slot) -> None:
             pass
 
 
+class JobStopped(Exception):
+    """Raised inside a worker (by :func:`stoppable`) when its dock asked it to stop: a quiet end, not an error."""
+
+
+def stoppable(callback: Callable, stop_event) -> Callable:
+    """Wrap a worker's progress callback so that the worker stops (raises :class:`JobStopped`) at its next
+    progress report once ``stop_event`` is set; the callback itself is not called after that."""
+
+    def report(*args):
+        if stop_event.is_set():
+            raise JobStopped("stopped")
+        return callback(*args)
+
+    return report
+
+
 class Relay(QObject):
     """Carries values from a worker thread to the GUI thread (Qt queues the signal across threads)."""
 

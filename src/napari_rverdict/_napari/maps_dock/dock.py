@@ -11,6 +11,7 @@ per map (:func:`napari_rverdict.maps.compare.roi_statistics`) and, when NLLS ran
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import napari
@@ -46,6 +47,7 @@ class MapsWidget(QWidget):
         self._run = None  # what the running worker was given
         self._relay = None
         self._pbar = None
+        self.stop_event = threading.Event()  # set when the dock or the viewer closes: the running job stops
         form.build(self)
         self._connect()
         self._bundle_changed(self.session.bundle)
@@ -165,9 +167,10 @@ class MapsWidget(QWidget):
         self._relay = Relay(self)
         self._pbar = napari_progress(total=100, desc="Computing maps")
         self._relay.value.connect(self._on_progress)
+        self.stop_event = threading.Event()
         worker = create_worker(compute_job, run["bundle"], run["dwi"], run["mask"], run["device"],
-                               run["uncertainty"], run["with_nlls"], self._relay.value.emit, _start_thread=False,
-                               _ignore_errors=True)  # errors go to _failed (dock + notification)
+                               run["uncertainty"], run["with_nlls"], self._relay.value.emit, self.stop_event,
+                               _start_thread=False, _ignore_errors=True)  # errors go to _failed (dock + notification)
         worker.returned.connect(self._done)
         worker.errored.connect(self._failed)
         worker.finished.connect(self._finished)
@@ -179,12 +182,11 @@ class MapsWidget(QWidget):
         worker.start()
 
     def shutdown(self) -> None:
-        """The dock or the viewer is going away: ask the worker to quit (prediction ends at its next chunk)."""
+        """The dock or the viewer is going away: stop the job (prediction at its next chunk, the NLLS fit through
+        its stop event) and let go of the worker, so nothing it returns reaches this dock."""
+        self.stop_event.set()
         if self.worker is not None:
-            try:
-                self.worker.quit()
-            except RuntimeError:
-                pass
+            release_worker(self)
 
     def _failed(self, exc) -> None:
         text = f"Computing maps failed: {exc}"
@@ -209,6 +211,9 @@ class MapsWidget(QWidget):
     def _done(self, out) -> None:
         run = self._run
         if run is None:
+            return
+        if out.get("stopped"):
+            self.message.info("stopped: no maps were added")
             return
         bundle, layer = run["bundle"], run["layer"]
         maps, nlls = out["maps"], out["nlls"]
@@ -245,7 +250,8 @@ class MapsWidget(QWidget):
             return None
         try:
             names = (labels_layer.metadata or {}).get("label_names") if labels_layer is not None else None
-            self.roi_table = compare.roi_statistics(maps, run["labels"].astype(np.int64), label_names=names)
+            self.roi_table = compare.roi_statistics(maps, run["labels"].astype(np.int64), label_names=names,
+                                                    mask=run["mask"])  # NaN voxels never count
             fill_table(self.roi_table_widget, self.roi_table)
             self.roi_caption.setText(f"ROI statistics of the network maps per label of '{labels_layer.name}'"
                                      + (" (mean_sd: mean of the voxel sds)" if run["uncertainty"] else ""))
@@ -262,8 +268,9 @@ class MapsWidget(QWidget):
         bundle, labels_layer = run["bundle"], run["labels_layer"]
         try:
             mask = run["mask"]
-            if mask is None:
-                mask = np.asarray(maps[bundle.map_names[0]]) != 0  # the voxels the network estimated
+            if mask is None:  # the voxels the network estimated: finite (and, in zero-filled maps, non-zero)
+                first = np.asarray(maps[bundle.map_names[0]])
+                mask = np.isfinite(first) if np.isnan(first).any() else first != 0
             self.comparison = compare.compare_maps(
                 {k: v for k, v in maps.items() if not k.endswith(SD_SUFFIX)}, nlls, mask=mask,
                 labels=run["labels"], model=bundle.model.name,
@@ -280,7 +287,8 @@ class MapsWidget(QWidget):
         if not name or self.maps is None or name + SD_SUFFIX not in self.maps:
             return
         sd = self.maps[name + SD_SUFFIX]
-        hi = float(np.nanmax(sd)) if sd.size else 1.0
+        finite = np.asarray(sd)[np.isfinite(sd)]
+        hi = float(finite.max()) if finite.size else 1.0
         self.sd_spin.blockSignals(True)
         self.sd_spin.setSingleStep(max(hi / 50.0, 1e-4))
         self.sd_spin.setValue(0.0)
@@ -307,7 +315,8 @@ class MapsWidget(QWidget):
                 self.map_layers[other].data = np.ascontiguousarray(layer_to_xyz(self.maps[other]))
         value = float(self.sd_spin.value())
         full = self.maps[name]
-        shown = full if value <= 0 else np.where(self.maps[name + SD_SUFFIX] > value, np.nan, full)
+        with np.errstate(invalid="ignore"):  # NaN sd (outside the mask) stays NaN: hidden either way
+            shown = full if value <= 0 else np.where(self.maps[name + SD_SUFFIX] > value, np.nan, full)
         layer = self.map_layers[name]
         layer.data = np.ascontiguousarray(layer_to_xyz(shown.astype(np.float32)))
         layer.metadata["sd_threshold"] = value if value > 0 else None

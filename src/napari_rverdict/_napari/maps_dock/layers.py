@@ -11,13 +11,20 @@ from napari_rverdict._napari.reader import layer_to_xyz, map_layer_name, map_spe
 SD_SUFFIX = "_sd"
 
 
-def auto_limits(data) -> tuple[float, float]:
-    finite = np.asarray(data)[np.isfinite(data)]
-    finite = finite[finite != 0]
+def auto_limits(data, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
+    """Contrast limits from robust percentiles (``low``, ``high``) of the finite values only: NaN (outside the
+    mask, left-out voxels) and inf never count. The lower limit is 0 for non-negative data; (0, 1) when nothing
+    is finite."""
+    arr = np.asarray(data, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
     if finite.size == 0:
         return (0.0, 1.0)
-    hi = float(np.percentile(finite, 99))
-    return (0.0, hi if hi > 0 else 1.0)
+    lo, hi = (float(v) for v in np.percentile(finite, [low, high]))
+    if lo >= 0:
+        lo = 0.0
+    if not hi > lo:
+        hi = lo + (abs(lo) if lo else 1.0)
+    return (lo, hi)
 
 
 def raise_to_top(viewer, layer) -> None:

@@ -6,6 +6,9 @@ protocol choice and the worker.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import napari
 import numpy as np
 from napari.qt.threading import create_worker
@@ -15,7 +18,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QBrush
 from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 
-from napari_rverdict._napari._common import Relay, release_worker
+from napari_rverdict._napari._common import JobStopped, LifetimeGuard, Relay, release_worker, stoppable
 from napari_rverdict._napari.reader import layer_protocol
 from napari_rverdict._napari.simulate_dock import form
 from napari_rverdict._napari.simulate_dock.form import INVALID_BG
@@ -38,6 +41,7 @@ class SimulateWidget(QWidget):
         self._file_protocol = None  # (path, Protocol) chosen with "File…"
         self._relay = None
         self._pbar = None
+        self.stop_event = threading.Event()  # set when the dock or the viewer closes: the running job stops
         form.build(self)
         self._connect()
         self._refresh_protocols()
@@ -53,6 +57,8 @@ class SimulateWidget(QWidget):
         self.generate_btn.clicked.connect(self.generate)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._refresh_protocols)
+        self.destroyed.connect(lambda *_: _disconnect_layers(self.viewer, self._refresh_protocols))
+        self._guard = LifetimeGuard(self, self.shutdown)
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -231,8 +237,9 @@ class SimulateWidget(QWidget):
         self._pbar = napari_progress(total=100,
                                      desc=f"Simulating {kwargs['n']:,} {model_label(kwargs['model'])} signals")
         self._relay.value.connect(self._on_progress)
-        worker = create_worker(simulate, progress=self._relay.value.emit, _start_thread=False, _ignore_errors=True,
-                               **kwargs)
+        self.stop_event = threading.Event()
+        worker = create_worker(_simulate_job, self.stop_event, progress=self._relay.value.emit,
+                               _start_thread=False, _ignore_errors=True, **kwargs)
         worker.returned.connect(self._done)
         worker.errored.connect(self._failed)
         worker.finished.connect(self._finished)
@@ -242,7 +249,17 @@ class SimulateWidget(QWidget):
         self.message.info(f"simulating {kwargs['n']:,} signals…")
         worker.start()
 
+    def shutdown(self) -> None:
+        """The dock or the viewer is going away: stop ``simulate`` at its next chunk and let go of the worker, so
+        nothing it returns reaches this dock."""
+        self.stop_event.set()
+        if self.worker is not None:
+            release_worker(self)
+
     def _done(self, data) -> None:
+        if data is None:  # stopped
+            self.message.info("stopped: no signals were made")
+            return
         self.state.data = data
         snr = data.snr_setting
         snr_text = f"{snr:g}" if np.ndim(snr) == 0 else f"{snr[0]:g}–{snr[1]:g}"
@@ -269,3 +286,17 @@ class SimulateWidget(QWidget):
     def _finished(self) -> None:
         release_worker(self)  # the worker keeps no reference to this dock
         self._validate()
+
+
+def _simulate_job(stop_event, progress, **kwargs):
+    """``simulate`` that ends at its next chunk once ``stop_event`` is set (returns None then)."""
+    try:
+        return simulate(progress=stoppable(progress, stop_event), **kwargs)
+    except JobStopped:
+        return None
+
+
+def _disconnect_layers(viewer, slot) -> None:
+    for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
+        with contextlib.suppress(Exception):  # the viewer may be gone already
+            ev.disconnect(slot)
