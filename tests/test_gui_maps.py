@@ -256,6 +256,9 @@ def test_nan_maps_limits_threshold_and_roi_use_inside_values_only(viewer, qtbot,
     lo, hi = sd_layer.contrast_limits
     assert np.isfinite(lo) and np.isfinite(hi) and hi > lo
     assert (lo, hi) == pytest.approx((0.0, float(np.percentile(sd[mask], 99))))
+    # napari draws NaN with vispy's colormap "bad colour", fully transparent
+    node = viewer.window._qt_viewer.layer_to_visual[maps.map_layers["R"]].node
+    assert node.cmap.bad_color.rgba[3] == 0
     # the threshold hides with NaN and leaves the outside NaN
     maps.set_sd_threshold("R", float(np.median(sd[mask])))
     shown = maps.map_layers["R"].data.transpose(2, 1, 0)
