@@ -26,6 +26,40 @@ def load_cli_protocol(args):
     return load_protocol(args.protocol, tr=args.tr, direction_averaged=True)
 
 
+def cli_model(name: str):
+    """The signal model ``--model`` names; an unknown name is bad input (:class:`CliError`)."""
+    from napari_rverdict.physics.models import available_models, get_model
+
+    if name not in available_models():
+        raise CliError(f"unknown model '{name}'; choose one of: {', '.join(available_models())}")
+    return get_model(name)
+
+
+def cli_bundle(path):
+    """``load_bundle(path)``, with its documented ``ValueError`` (missing file, not a bundle, unsupported version)
+    reported as bad input (:class:`CliError`) until ``learn.bundle`` raises ``InputError`` itself."""
+    from napari_rverdict.learn.bundle import load_bundle
+
+    try:
+        return load_bundle(path)
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def cli_device(name: str):
+    """``resolve_device(name)`` for ``--device``; an unknown or unavailable device is bad input (:class:`CliError`)."""
+    from napari_rverdict.learn.device import resolve_device
+
+    try:
+        return resolve_device(name)
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts (samples, epochs, chunk sizes): an integer ≥ 1."""
     try:

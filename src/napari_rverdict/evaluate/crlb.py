@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 
@@ -99,7 +100,7 @@ def crlb(model, protocol: Protocol, params: Mapping, snr, chunk: int = 2048, ret
     n = theta.shape[0]
     snr = np.broadcast_to(np.asarray(snr, dtype=float), (n,))
     if not (snr > 0).all():
-        raise ValueError("SNR must be positive")
+        raise InputError("SNR must be positive")
     k = len(names)
     out = np.empty((n, k))
     covs = np.empty((n, k, k)) if return_covariance else None

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.evaluate.crlb import crlb
 
 
@@ -46,7 +47,7 @@ def regression_metrics(true, pred, ranges) -> dict[str, dict[str, float]]:
         if t.size == 0:
             raise ValueError(f"{name}: no values to compare")
         if name not in ranges:
-            raise ValueError(f"no range for '{name}' (ranges has {', '.join(ranges)})")
+            raise InputError(f"no range for '{name}' (ranges has {', '.join(ranges)})")
         lo, hi = ranges[name]
         err = p - t
         if t.std() > 0 and p.std() > 0:
@@ -129,11 +130,11 @@ def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 
     from napari_rverdict.data.synth import simulate
 
     if int(n) != n or n < 2:
-        raise ValueError(f"n must be an integer ≥ 2, got {n!r}")
+        raise InputError(f"n must be an integer ≥ 2, got {n!r}")
     if int(bayes) != bayes or bayes < 0:
-        raise ValueError(f"bayes (prior dictionary entries, 0 = off) must be an integer ≥ 0, got {bayes!r}")
+        raise InputError(f"bayes (prior dictionary entries, 0 = off) must be an integer ≥ 0, got {bayes!r}")
     if bayes and (int(n_bayes_test) != n_bayes_test or n_bayes_test < 2):
-        raise ValueError(f"n_bayes_test must be an integer ≥ 2, got {n_bayes_test!r}")
+        raise InputError(f"n_bayes_test must be an integer ≥ 2, got {n_bayes_test!r}")
     snr = bundle.snr if snr is None else snr
     model = bundle.model
     data = simulate(model, bundle.protocol, n=int(n), snr=snr, ranges=bundle.ranges,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.evaluate.posterior import bayes_limit, build_dictionary
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol_files import load_protocol
@@ -23,7 +24,8 @@ def typical_parameters(model, ranges: Mapping | None = None,
     ranges = resolve_ranges(model, ranges)
     fr = np.asarray(fractions, dtype=float)
     if fr.shape != (3,) or (fr < 0).any() or abs(fr.sum() - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers (f_ic, f_ees, f_vasc) summing to 1, got {fractions}")
+        raise InputError("fractions must be three non-negative numbers (f_ic, f_ees, f_vasc) summing to 1, "
+                         f"got {fractions}")
     out = {"f_ic": float(fr[0]), "f_ees": float(fr[1]), "f_vasc": float(fr[2])}
     for p in model.parameters:
         if not p.is_fraction:
@@ -118,7 +120,7 @@ def protocol_report(model, protocol="innovate", snr: float = 35.0, n_test: int =
     model.check_protocol(protocol)
     snr = float(snr)
     if not (np.isfinite(snr) and snr > 0):
-        raise ValueError(f"SNR must be a positive number, got {snr}")
+        raise InputError(f"SNR must be a positive number, got {snr}")
     crlbs = typical_crlb(model, protocol, snr, ranges, fractions)
     dictionary = build_dictionary(model, protocol, n_dictionary, ranges, fraction_sampler, seed)
     rmse, det = bayes_limit(model, protocol, snr, n_test, dictionary=dictionary, seed=seed, device=device,
