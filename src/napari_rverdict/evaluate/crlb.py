@@ -2,6 +2,16 @@
 
 √CRLB bounds the sd of *unbiased* estimators only: for weakly identifiable models (rVERDICT: 7 parameters from
 10 measurements) it can be far above what a prior-informed estimator reaches; the Bayes limit is the yardstick.
+
+CRLB conventions (Gaussian approximation of the noise)
+------------------------------------------------------
+Signals are scaled so that the brightest noise-free measurement of the sample is 1 and the noise is Gaussian
+with σ = 1/SNR (the same σ the synthetic data use, ignoring the Rician bias). With θ the estimated parameters
+plus a signal-scale nuisance (rVERDICT: its own S0; classic VERDICT: a multiplicative S0, since the networks see
+per-series ratios, not absolute signals), the Fisher information is ``F = Jᵀ J / σ²`` with ``J = ∂s/∂θ`` at the
+true θ (σ held fixed at the truth). The full matrix, nuisance included, is inverted and only the estimated
+parameters' ``sqrt(diag(F⁻¹))`` are reported, in physical units. A singular F (a parameter the protocol
+cannot see, e.g. R → 0) gives ``inf``.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from napari_rverdict.errors import InputError
-from napari_rverdict.physics.models import SignalModel, get_model
+from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
 
@@ -293,14 +293,6 @@ def posterior_from_dictionary(observed, dictionary: PriorDictionary, sigma, like
                            ess, N, log_ev, {"likelihood": likelihood, "scale": scale})
 
 
-def weighted_posterior(observed, forward: Callable, sampler: Callable, sigma, n_dictionary: int = 200_000,
-                       quantities: Callable | None = None, groups=None, likelihood: str = "rician",
-                       scale: str = "profile", seed=0, chunk: int = 16384, device="cpu") -> PosteriorResult:
-    """Generic dictionary posterior for any forward model (see :meth:`PriorDictionary.from_functions`)."""
-    dictionary = PriorDictionary.from_functions(forward, sampler, n_dictionary, quantities, groups, seed)
-    return posterior_from_dictionary(observed, dictionary, sigma, likelihood, scale, chunk, device)
-
-
 # ---------------------------------------------------------------------- VERDICT / rVERDICT wrappers
 def _sigma_from_snr(snr, n: int) -> np.ndarray:
     snr = np.broadcast_to(np.asarray(snr, dtype=float), (n,))
@@ -362,5 +354,4 @@ def bayes_limit(model, protocol="innovate", snr=35.0, n_test: int = 200, n_dicti
 __all__ = [
     "LIKELIHOODS", "SCALES", "PosteriorResult", "PriorDictionary", "bayes_limit", "build_dictionary",
     "normalisation_groups", "posterior_from_dictionary", "posterior_quantities", "reference_posterior",
-    "weighted_posterior",
 ]
