@@ -79,8 +79,8 @@ class EvaluationReport:
         bayes = self.has_bayes
         head = f"{'parameter':<14}{'unit':<8}{'RMSE':>11}" + (f"{'Bayes RMSE':>12}" if bayes else "") + \
             f"{'bias':>11}{'MAPE':>8}{'r':>7}{'√CRLB':>11}"
-        lines = [f"{self.description}", f"{self.n} fresh synthetic signals at SNR {snr} (seed {self.seed}); "
-                 f"√CRLB: median over {self.n_crlb}"]
+        lines = [f"{self.description}", (f"{self.n} fresh synthetic signals at SNR {snr} (seed {self.seed}); "
+                 f"√CRLB: median over {self.n_crlb}")]
         if bayes:
             b = self.extra["bayes"]
             lines.append(f"Bayes RMSE: the Bayes limit (posterior mean of a {b['n_dictionary']:,}-entry prior "

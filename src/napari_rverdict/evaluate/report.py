@@ -59,8 +59,8 @@ class ProtocolReport:
         st = self.settings
         lines = [f"{self.model} on {self.protocol_name} ({self.n_measurements} measurements) at SNR {self.snr:g}",
                  f"√CRLB at typical tissue ({', '.join(f'{k} {v:g}' for k, v in st.get('typical', {}).items())});",
-                 f"Bayes limit: posterior-mean RMSE over {st.get('n_test')} prior draws, "
-                 f"{st.get('n_dictionary'):,}-entry dictionary (median ESS {st.get('median_ess', float('nan')):.0f})",
+                 (f"Bayes limit: posterior-mean RMSE over {st.get('n_test')} prior draws, "
+                 f"{st.get('n_dictionary'):,}-entry dictionary (median ESS {st.get('median_ess', float('nan')):.0f})"),
                  head, "-" * len(head)]
         for name, r in self.rows.items():
             lines.append(f"{name:<14}{r['unit']:<7}{r['typical']:>10.4g}{r['crlb']:>11.4g}{r['bayes_rmse']:>12.4g}"
