@@ -35,29 +35,29 @@ def cli_model(name: str):
     return get_model(name)
 
 
-def cli_bundle(path):
-    """``load_bundle(path)``, with its documented ``ValueError`` (missing file, not a bundle, unsupported version)
-    reported as bad input (:class:`CliError`) until ``learn.bundle`` raises ``InputError`` itself."""
-    from napari_rverdict.learn.bundle import load_bundle
-
+def _as_input_error(call, *args):
+    """``call(*args)``, a plain ``ValueError`` from it reported as bad input (:class:`CliError`): for library calls
+    whose ``ValueError`` means bad input but which do not raise ``InputError`` themselves yet (learn/)."""
     try:
-        return load_bundle(path)
+        return call(*args)
     except InputError:
         raise
     except ValueError as exc:
         raise CliError(str(exc)) from exc
+
+
+def cli_bundle(path):
+    """``load_bundle(path)``; a missing file, a file that is not a bundle or an unsupported version is bad input."""
+    from napari_rverdict.learn.bundle import load_bundle
+
+    return _as_input_error(load_bundle, path)
 
 
 def cli_device(name: str):
-    """``resolve_device(name)`` for ``--device``; an unknown or unavailable device is bad input (:class:`CliError`)."""
+    """``resolve_device(name)`` for ``--device``; an unknown or unavailable device is bad input."""
     from napari_rverdict.learn.device import resolve_device
 
-    try:
-        return resolve_device(name)
-    except InputError:
-        raise
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
+    return _as_input_error(resolve_device, name)
 
 
 def positive_int(text: str) -> int:
