@@ -42,8 +42,7 @@ def _warning_lines(caught) -> list[str]:
 
 # Modules that still raise a plain ValueError for bad input (owned by other branches; issue 11). A plain ValueError
 # raised *directly* in one of them counts as bad input until they raise InputError; remove each entry as it converts.
-_PLAIN_VALUEERROR_MODULES: tuple[str, ...] = ("napari_rverdict.learn.", "napari_rverdict.physics.models",
-                                              "napari_rverdict.maps.nlls")
+_PLAIN_VALUEERROR_MODULES: tuple[str, ...] = ("napari_rverdict.learn.",)
 
 
 def _is_bad_input(exc: BaseException) -> bool:

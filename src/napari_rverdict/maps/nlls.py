@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
@@ -260,7 +261,7 @@ def _init_params(init, signals_raw, protocol, problem: FitProblem, index=None) -
 
     if isinstance(init, Bundle):
         if init.model.name != problem.model.name:
-            raise ValueError(f"init bundle is a {init.model.name} model but the fit is {problem.model.name}")
+            raise InputError(f"init bundle is a {init.model.name} model but the fit is {problem.model.name}")
         import warnings
 
         with warnings.catch_warnings():
@@ -274,14 +275,14 @@ def _init_params(init, signals_raw, protocol, problem: FitProblem, index=None) -
                 a = a.reshape(-1)[index]
             values[k] = a.reshape(-1)
     else:
-        raise ValueError(f"init must be a Bundle or a dict of per-voxel values, got {type(init).__name__}")
+        raise InputError(f"init must be a Bundle or a dict of per-voxel values, got {type(init).__name__}")
     need = [n for n in problem.fractions + problem.others if n not in values]
     if need:
-        raise ValueError(f"init lacks {', '.join(need)} (it has {', '.join(values)})")
+        raise InputError(f"init lacks {', '.join(need)} (it has {', '.join(values)})")
     n = len(signals_raw)
     bad = [k for k in problem.fractions + problem.others if values[k].shape[0] != n]
     if bad:
-        raise ValueError(f"init '{bad[0]}' has {values[bad[0]].shape[0]} values but there are {n} voxels")
+        raise InputError(f"init '{bad[0]}' has {values[bad[0]].shape[0]} values but there are {n} voxels")
     return problem.from_params(values)
 
 
@@ -313,14 +314,14 @@ def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, i
     protocol = load_protocol(protocol)
     raw = np.asarray(signals, dtype=np.float64)
     if raw.ndim != 2 or raw.shape[0] == 0:
-        raise ValueError(f"signals must be a non-empty 2-D array (n_voxels, {len(protocol)}), got shape {raw.shape}")
+        raise InputError(f"signals must be a non-empty 2-D array (n_voxels, {len(protocol)}), got shape {raw.shape}")
     if raw.shape[1] != len(protocol):
-        raise ValueError(f"signals have {raw.shape[1]} measurements but the protocol has {len(protocol)}")
+        raise InputError(f"signals have {raw.shape[1]} measurements but the protocol has {len(protocol)}")
     if int(n_starts) < 0 or (int(n_starts) == 0 and init is None):
-        raise ValueError(f"n_starts must be ≥ 1 (or 0 with an init), got {n_starts}")
+        raise InputError(f"n_starts must be ≥ 1 (or 0 with an init), got {n_starts}")
     chunk = int(chunk)
     if chunk < 1:
-        raise ValueError(f"chunk must be ≥ 1, got {chunk}")
+        raise InputError(f"chunk must be ≥ 1, got {chunk}")
     _check_stop(stop_event)
     dev = resolve_device(device)
     dtype = torch.float64 if dev.type != "mps" else torch.float32
