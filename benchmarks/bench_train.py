@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.learn.nets import build_network
 from napari_rverdict.learn.scaling import scale_targets
-from napari_rverdict.learn.train import TrainConfig, iter_training
+from napari_rverdict.learn.train import ProgressKind, TrainConfig, iter_training
 
 
 def baseline_epochs(data, net_name: str, epochs: int, seed: int):
@@ -80,9 +80,9 @@ def ours_epochs(data, net_name: str, epochs: int, seed: int):
     while True:
         t0 = time.perf_counter()
         rec = next(it, None)
-        if rec is None or rec.kind == "done":
+        if rec is None or rec.kind is ProgressKind.DONE:
             return
-        if rec.kind == "epoch":
+        if rec.kind is ProgressKind.EPOCH:
             yield time.perf_counter() - t0, rec.val_loss
 
 

@@ -1,5 +1,8 @@
 """The batched NLLS reference fit: exact forward model, bounded transform, recovery, and the SciPy baseline."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,8 @@ from napari_rverdict.data.noise import add_rician_noise
 from napari_rverdict.data.phantom import make_phantom
 from napari_rverdict.data.prior import sample_parameters
 from napari_rverdict.data.synth import noise_free_signals
-from napari_rverdict.maps.nlls import FitProblem, fit_signals, fit_signals_scipy, fit_volume
+from napari_rverdict.errors import InputError
+from napari_rverdict.maps.nlls import FitCancelled, FitProblem, fit_signals, fit_signals_scipy, fit_volume
 from napari_rverdict.physics import Protocol, get_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -157,3 +161,50 @@ def test_fit_problem_uses_the_models_signal_with_a_sphere_table(monkeypatch):
     prob.signal({"f_ic": np.array([0.4]), "f_vasc": np.array([0.1]), "f_ees": np.array([0.5]), "R": np.array([5.0])},
                 np)
     assert seen == [prob.sphere]
+
+
+def _noisy_signals(n, seed=5):
+    m = get_model("rverdict")
+    rng = np.random.default_rng(seed)
+    par = sample_parameters(m, n, rng=seed)
+    par["S0"] = np.ones(n)
+    clean = noise_free_signals(m, par, Protocol.innovate())
+    return add_rician_noise(clean, clean.max(1, keepdims=True) / 35.0, rng)
+
+
+def test_progress_moves_within_a_chunk():
+    x = _noisy_signals(64)
+    calls = []
+    fit_signals("rverdict", x, "innovate", device="cpu", n_starts=1, chunk=8192,
+                progress=lambda d, t: calls.append((d, t)))
+    assert calls[0] == (0, 64) and calls[-1] == (64, 64)
+    within = [d for d, _ in calls if 0 < d < 64]
+    assert len(within) >= 2  # one chunk, yet progress moved inside it
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and all(t == 64 for _, t in calls)
+
+
+def test_stop_event_cancels_promptly():
+    assert issubclass(FitCancelled, Exception) and not issubclass(FitCancelled, InputError)
+    x = _noisy_signals(64)
+    stop = threading.Event()
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if done > 0:
+            stop.set()
+
+    t0 = time.perf_counter()
+    with pytest.raises(FitCancelled):
+        fit_signals("rverdict", x, "innovate", device="cpu", n_starts=1, progress=progress, stop_event=stop)
+    assert time.perf_counter() - t0 < 30
+    assert len(calls) == 2 and 0 < calls[-1] < 64  # stopped inside the first chunk, at the next LM iteration
+    # fit_volume passes it on; an event already set stops before any work
+    dwi = x.reshape(4, 4, 4, -1)
+    with pytest.raises(FitCancelled):
+        fit_volume("rverdict", dwi, "innovate", device="cpu", stop_event=stop)
+    stop.clear()
+    maps = fit_volume("rverdict", dwi, "innovate", device="cpu", n_starts=1, chunk=16, stop_event=stop,
+                      max_iter=5)
+    assert maps["f_ic"].shape == (4, 4, 4)

@@ -11,7 +11,6 @@ from napari_rverdict.evaluate.posterior import (
     normalisation_groups,
     posterior_from_dictionary,
     reference_posterior,
-    weighted_posterior,
 )
 from napari_rverdict.evaluate.report import typical_parameters
 from napari_rverdict.physics.protocol_files import load_protocol
@@ -206,10 +205,11 @@ def test_typical_parameters():
         typical_parameters("rverdict", fractions=(0.5, 0.5, 0.5))
 
 
-def test_weighted_posterior_generic():
+def test_generic_forward_model_posterior():
     b = np.linspace(0, 3, 6)
-    post = weighted_posterior(np.exp(-b * 2.0), _ball(b), _flat_prior, 1 / 100, n_dictionary=50_000,
-                              quantities=lambda p: {"D": p["D"], "ADCx2": 2 * p["D"]})
+    dictionary = PriorDictionary.from_functions(_ball(b), _flat_prior, 50_000,
+                                                quantities=lambda p: {"D": p["D"], "ADCx2": 2 * p["D"]})
+    post = posterior_from_dictionary(np.exp(-b * 2.0), dictionary, 1 / 100)
     assert post.mean["ADCx2"][0] == pytest.approx(2 * post.mean["D"][0])
     assert post.sd["ADCx2"][0] == pytest.approx(2 * post.sd["D"][0], rel=1e-6)
     assert post.mean["D"][0] == pytest.approx(2.0, abs=3 * post.sd["D"][0])

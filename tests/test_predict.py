@@ -141,7 +141,7 @@ def test_prepare_voxels_without_reference_averages_directions(phantom):
 
 
 def test_uncertainty_without_support_is_a_clear_error(bundle, phantom):
-    if getattr(bundle, "has_uncertainty", False):
+    if bundle.has_uncertainty:
         pytest.skip("this bundle gives uncertainty")
     with pytest.raises(ValueError, match="uncertainty"):
         predict_volume(bundle, phantom.to_dwi(), mask=phantom.mask, uncertainty=True)

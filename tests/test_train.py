@@ -10,7 +10,7 @@ import torch
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.learn import train as train_mod
 from napari_rverdict.learn.device import resolve_device
-from napari_rverdict.learn.train import TrainConfig, batch_bounds, iter_training, train
+from napari_rverdict.learn.train import ProgressKind, TrainConfig, batch_bounds, iter_training, train
 
 SMALL = {"mlp": {}, "resnetreg": {"depth": 11, "width": 32}, "resnetreg-st": {"depth": 11, "width": 32}}
 
@@ -109,7 +109,10 @@ def test_early_stopping_restores_best(data, monkeypatch):
 def test_progress_records(data):
     recs = list(iter_training(data, TrainConfig(epochs=2, report_every=5)))
     kinds = [r.kind for r in recs]
-    assert kinds == ["batch"] * 3 + ["epoch"] + ["batch"] * 3 + ["epoch", "done"]
+    assert kinds == ["batch"] * 3 + ["epoch"] + ["batch"] * 3 + ["epoch", "done"]  # str enum: strings compare
+    B, E, D = ProgressKind.BATCH, ProgressKind.EPOCH, ProgressKind.DONE
+    assert all(isinstance(k, ProgressKind) for k in kinds) and kinds == [B] * 3 + [E] + [B] * 3 + [E, D]
+    assert str(D) == f"{D}" == "done" and ProgressKind("epoch") is E
     assert [r.batch for r in recs if r.kind == "batch"][:3] == [5, 10, 15]
     ep = recs[3]
     assert ep.n_epochs == 2 and ep.n_batches == 16 and ep.val_loss > 0 and ep.best_epoch == 1 and ep.lr == 1e-3

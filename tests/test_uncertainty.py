@@ -11,7 +11,6 @@ from napari_rverdict.learn.uncertainty import (
     QUANTILE_LEVELS,
     SD_LEVEL,
     beta_nll_loss,
-    calibration_factor,
     conformal_quantiles,
     coverage,
     derived_sd,
@@ -63,23 +62,6 @@ def test_coverage_bad_input():
         coverage({"a": np.zeros(3)}, {"a": np.zeros(3)}, {"b": np.ones(3)})
 
 
-def test_calibration_factor_recovers_scale():
-    rng = np.random.default_rng(1)
-    sd = rng.uniform(0.5, 2.0, 50_000)
-    err = 2.5 * sd * rng.standard_normal(sd.size)  # the true spread is 2.5 × the predicted sd
-    c = calibration_factor(err, np.zeros_like(err), sd)
-    assert c == pytest.approx(2.5, rel=0.03)
-    cov = coverage(err, np.zeros_like(err), c * sd, levels=(0.6827, 0.9545))
-    assert abs(cov[0.6827] - 0.6827) < 0.01 and abs(cov[0.9545] - 0.9545) < 0.01
-    # heavy tails: no single factor is exact, but the minimax one keeps both levels within a few per cent
-    t_err = sd * rng.standard_t(5, sd.size)
-    c = calibration_factor(t_err, np.zeros_like(t_err), sd)
-    cov = coverage(t_err, np.zeros_like(t_err), c * sd, levels=(0.6827, 0.9545))
-    assert max(abs(cov[0.6827] - 0.6827), abs(cov[0.9545] - 0.9545)) < 0.03
-    with pytest.raises(ValueError, match="at least 10"):
-        calibration_factor([1.0], [0.0], [1.0])
-
-
 def test_conformal_quantile_is_the_finite_sample_rank():
     scores = np.arange(1.0, 11.0)  # n = 10 scores 1..10 (|true − mean| / sd with sd = 2)
     rng = np.random.default_rng(0)
@@ -118,10 +100,6 @@ def test_conformal_intervals_hit_both_levels_where_one_factor_cannot(dist):
     err_cal, sig_cal = draw(20_000)
     err, sig = draw(200_000)
     zero = np.zeros_like(err)
-    # one Gaussian factor (the best minimax one) misses a level by more than the issue's tolerance
-    c = calibration_factor(err_cal, np.zeros_like(err_cal), sig_cal)
-    cov1 = coverage(err, zero, c * sig, levels=(0.6827, 0.9545))
-    assert abs(cov1[0.6827] - 0.6827) > 0.03 or abs(cov1[0.9545] - 0.9545) > 0.02, cov1
     # conformal quantiles: both levels (and any level of the grid) right on fresh data
     q = conformal_quantiles(err_cal, np.zeros_like(err_cal), sig_cal)
     b = _Calibrated({"x": q.tolist()}, {"x": float(q[QUANTILE_LEVELS.index(SD_LEVEL)])})
@@ -146,9 +124,9 @@ def test_conformal_intervals_hit_both_levels_where_one_factor_cannot(dist):
         coverage(err, zero, sd, bundle=b)
 
 
-def test_gaussian_factor_bundles_give_gaussian_intervals():
-    b = _Calibrated(sd_scale={"x": 2.0})  # an older bundle: one factor, no quantile curve
-    assert interval_quantile(b, "x", 0.95) == pytest.approx(2.0 * 1.959964, rel=1e-5)
+def test_uncalibrated_bundles_give_gaussian_intervals():
+    b = _Calibrated(sd_scale={"x": 1.0})  # too few validation signals: no quantile curve, factor 1
+    assert interval_quantile(b, "x", 0.95) == pytest.approx(1.959964, rel=1e-5)
     assert interval_factor(b, "x", 0.95) == pytest.approx(1.959964 / z_of_level(SD_LEVEL), rel=1e-6)
     assert interval_factor(b, "y", 0.5) == pytest.approx(z_of_level(0.5) / z_of_level(SD_LEVEL))  # uncalibrated
     hw = interval_halfwidth(b, {"x": np.zeros((2, 3)), "x_sd": np.ones((2, 3), np.float32)}, 0.95)
@@ -315,26 +293,6 @@ def test_round_trip_weights_only(trained, tmp_path):
         np.testing.assert_array_equal(m1[k], m2[k])
     for k, v in b.interval(m1, 0.9).items():
         np.testing.assert_array_equal(v, b2.interval(m2, 0.9)[k])
-
-
-def test_old_bundle_with_one_factor_loads_with_gaussian_intervals(trained, tmp_path):
-    data, res, test = trained
-    b = res.bundle
-    payload = torch.load(b.save(tmp_path / "new.pt"), weights_only=True)
-    meta = payload["meta"]
-    del meta["interval_quantiles"]  # what bundles written before the conformal calibration hold
-    meta["sd_scale"] = {k: 2.0 for k in b.map_names}
-    torch.save(payload, tmp_path / "old.pt")
-    old = load_bundle(tmp_path / "old.pt")
-    assert old.interval_quantiles == {} and old.sd_scale["R"] == 2.0
-    assert "one sd factor" in old.describe() and "conformal" in b.describe()
-    m_old = old.predict_normalised(test.signals[:100], uncertainty=True, return_all=False)
-    m_new = b.predict_normalised(test.signals[:100], uncertainty=True, return_all=False)
-    for k in b.target_names:  # sd = factor × σ: the ratio of the two bundles' sds is the ratio of the factors
-        np.testing.assert_allclose(m_old[f"{k}_sd"] / m_new[f"{k}_sd"], 2.0 / b.sd_scale[k], rtol=1e-5)
-    hw = old.interval(m_old, 0.95)
-    np.testing.assert_allclose(hw["R"], m_old["R_sd"] * z_of_level(0.95) / z_of_level(SD_LEVEL), rtol=1e-6)
-    assert interval_quantile(old, "R", 0.999) == pytest.approx(2.0 * z_of_level(0.999))  # any level: Gaussian
 
 
 def test_plain_bundle_refuses_uncertainty(plain, tmp_path):

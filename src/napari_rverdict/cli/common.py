@@ -26,6 +26,40 @@ def load_cli_protocol(args):
     return load_protocol(args.protocol, tr=args.tr, direction_averaged=True)
 
 
+def cli_model(name: str):
+    """The signal model ``--model`` names; an unknown name is bad input (:class:`CliError`)."""
+    from napari_rverdict.physics.models import available_models, get_model
+
+    if name not in available_models():
+        raise CliError(f"unknown model '{name}'; choose one of: {', '.join(available_models())}")
+    return get_model(name)
+
+
+def _as_input_error(call, *args):
+    """``call(*args)``, a plain ``ValueError`` from it reported as bad input (:class:`CliError`): for library calls
+    whose ``ValueError`` means bad input but which do not raise ``InputError`` themselves yet (learn/)."""
+    try:
+        return call(*args)
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def cli_bundle(path):
+    """``load_bundle(path)``; a missing file, a file that is not a bundle or an unsupported version is bad input."""
+    from napari_rverdict.learn.bundle import load_bundle
+
+    return _as_input_error(load_bundle, path)
+
+
+def cli_device(name: str):
+    """``resolve_device(name)`` for ``--device``; an unknown or unavailable device is bad input."""
+    from napari_rverdict.learn.device import resolve_device
+
+    return _as_input_error(resolve_device, name)
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts (samples, epochs, chunk sizes): an integer ≥ 1."""
     try:

@@ -1,8 +1,9 @@
 """The ``rverdict`` command line: ``rverdict <command> [options]`` (also ``python -m napari_rverdict``).
 
 Each command is a function ``cmd_<name>(args)`` registered in :func:`build_parser` with its own sub-parser.
-Expected failures (bad input, files that are not ours) raise :class:`CliError` or ``ValueError``/``OSError``;
-:func:`main` turns them into one line on stderr and exit code 2. ``--debug`` shows the traceback instead.
+Bad input is the project's own :class:`~napari_rverdict.errors.InputError` (``CliError``, ``ProtocolError``, ...) or an
+``OSError`` from a file: :func:`main` prints it as one line on stderr and exits 2. Anything else is a bug: one line
+``bug: <type>: <message>`` and exit 1. ``--debug`` re-raises either with the traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import warnings
 from importlib import import_module
 
-from napari_rverdict.cli.common import CliError
+from napari_rverdict.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +40,33 @@ def _warning_lines(caught) -> list[str]:
     return list(seen)
 
 
+# Modules that still raise a plain ValueError for bad input (owned by other branches; issue 11). A plain ValueError
+# raised *directly* in one of them counts as bad input until they raise InputError; remove each entry as it converts.
+_PLAIN_VALUEERROR_MODULES: tuple[str, ...] = ("napari_rverdict.learn.",)
+
+
+def _is_bad_input(exc: BaseException) -> bool:
+    """Bad input: our :class:`InputError`, an ``OSError`` from a file, or (for now) a plain ``ValueError`` raised in
+    one of :data:`_PLAIN_VALUEERROR_MODULES`. Everything else is a bug."""
+    if isinstance(exc, (InputError, OSError)):
+        return True
+    if type(exc) is ValueError and exc.__traceback__ is not None:
+        tb = exc.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        return module.startswith(_PLAIN_VALUEERROR_MODULES)
+    return False
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def main(argv=None) -> int:
-    """Run one command. Warnings are collected and printed as one line each when the command succeeds; a failure
-    prints exactly one error line on stderr (exit 2; ``--debug`` re-raises with the traceback)."""
+    """Run one command. Warnings are collected and printed as one line each when the command succeeds. Bad input
+    (:class:`InputError`, ``OSError``) prints one error line on stderr and returns 2; any other exception is a bug:
+    one ``bug:`` line and 1. ``--debug`` re-raises with the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
@@ -51,12 +76,15 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             print("rverdict: interrupted", file=sys.stderr)
             return 130
-        except (CliError, ValueError, KeyError, OSError, RuntimeError) as exc:
+        except Exception as exc:
             if args.debug:
                 raise
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            print(f"rverdict {args.command}: error: {' '.join(str(msg).split())}", file=sys.stderr)
-            return 2
+            if _is_bad_input(exc):
+                print(f"rverdict {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+                return 2
+            print(f"rverdict {args.command}: bug: {type(exc).__name__}: {_one_line(exc)} "
+                  "(run with --debug for the traceback)", file=sys.stderr)
+            return 1
     for line in _warning_lines(caught):
         print(f"rverdict {args.command}: warning: {line}", file=sys.stderr)
     return rc

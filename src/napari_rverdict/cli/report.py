@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from napari_rverdict.cli.common import CliError, add_protocol_option, load_cli_protocol
+from napari_rverdict.cli.common import CliError, add_protocol_option, cli_device, cli_model, load_cli_protocol
 
 
 def cmd_protocol_report(args) -> int:
@@ -19,6 +19,8 @@ def cmd_protocol_report(args) -> int:
         raise CliError(f"--snr expects one number, got '{args.snr}'") from None
     if args.n_test < 2 or args.n_dictionary < 1:
         raise CliError("--n-test must be at least 2 and --n-dictionary at least 1")
+    cli_model(args.model)
+    cli_device(args.device)
     protocol = load_cli_protocol(args)
     print(f"computing the Bayes limit ({args.n_test} signals, {args.n_dictionary:,}-entry dictionary) …",
           file=sys.stderr)

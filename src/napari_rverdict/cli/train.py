@@ -22,7 +22,7 @@ def cmd_train(args) -> int:
     from napari_rverdict.data.prior import FRACTION_SAMPLERS, resolve_ranges
     from napari_rverdict.data.synth import simulate
     from napari_rverdict.learn.device import resolve_device
-    from napari_rverdict.learn.train import TrainConfig, iter_training
+    from napari_rverdict.learn.train import ProgressKind, TrainConfig, iter_training
     from napari_rverdict.physics.models import get_model
 
     if not str(args.out).endswith(".pt"):
@@ -64,9 +64,9 @@ def cmd_train(args) -> int:
                disable=args.quiet, dynamic_ncols=True)
     try:
         for rec in iter_training(data, config, stop):
-            if rec.kind == "batch":
+            if rec.kind is ProgressKind.BATCH:
                 bar.set_postfix_str(f"batch {rec.batch}/{rec.n_batches} loss {rec.train_loss:.4g}")
-            elif rec.kind == "epoch":
+            elif rec.kind is ProgressKind.EPOCH:
                 bar.set_postfix_str(f"train {rec.train_loss:.4g} val {rec.val_loss:.4g} "
                                     f"best {rec.best_val_loss:.4g}@{rec.best_epoch}", refresh=False)
                 bar.update(1)

@@ -1,7 +1,7 @@
 """``rverdict phantom | predict | fit | compare`` (registered by :mod:`napari_rverdict.cli`): maps from volumes.
 
 Heavy imports happen inside the command functions so ``rverdict --help`` stays fast. Bad input raises
-ValueError / CliError, which ``cli.main`` prints as one line (exit 2).
+InputError (CliError), which ``cli.main`` prints as one line (exit 2).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from napari_rverdict.cli.common import CliError, add_protocol_option, positive_int
+from napari_rverdict.cli.common import CliError, add_protocol_option, cli_bundle, cli_device, cli_model, positive_int
 
 
 def _bar(total: int, desc: str, quiet: bool):
@@ -86,52 +86,41 @@ def cmd_phantom(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def _maps_of_volume(args, what: str, model, make) -> int:
+    """What ``predict`` and ``fit`` share: the device, the DWI, the mask, a progress bar, and writing the maps.
+    ``make(dwi, mask, device, progress)`` makes the maps; ``what`` names the method on the bar."""
     from napari_rverdict.data.nifti import save_maps
-    from napari_rverdict.learn.bundle import load_bundle
-    from napari_rverdict.learn.device import resolve_device
-    from napari_rverdict.maps.predict import predict_volume
 
-    bundle = load_bundle(args.model)
-    device = resolve_device(args.device)
+    device = cli_device(args.device)
     dwi = _load_dwi(args)
     mask = args.mask
     if mask is not None and not Path(mask).exists():
         raise CliError(f"mask file not found: {mask}")
-    bar, progress = _bar(0, f"{bundle.net_name} on {device}", args.quiet)
+    bar, progress = _bar(0, f"{what} on {device}", args.quiet)
     try:
-        maps = predict_volume(bundle, dwi, None, mask, uncertainty=args.uncertainty, device=str(device),
-                              chunk=args.chunk, progress=progress)
+        maps = make(dwi, mask, str(device), progress)
     finally:
         bar.close()
-    written = save_maps(maps, args.out, dwi.affine, model=bundle.model)
-    _report_written(written, args.out)
+    _report_written(save_maps(maps, args.out, dwi.affine, model=model), args.out)
     return 0
+
+
+def cmd_predict(args) -> int:
+    from napari_rverdict.maps.predict import predict_volume
+
+    bundle = cli_bundle(args.model)
+    return _maps_of_volume(args, bundle.net_name, bundle.model, lambda dwi, mask, device, progress: predict_volume(
+        bundle, dwi, None, mask, uncertainty=args.uncertainty, device=device, chunk=args.chunk, progress=progress))
 
 
 def cmd_fit(args) -> int:
-    from napari_rverdict.data.nifti import save_maps
-    from napari_rverdict.learn.bundle import load_bundle
-    from napari_rverdict.learn.device import resolve_device
     from napari_rverdict.maps.nlls import fit_volume
-    from napari_rverdict.physics.models import get_model
 
-    model = get_model(args.model)
-    device = resolve_device(args.device)
-    init = load_bundle(args.init) if args.init else None
-    dwi = _load_dwi(args)
-    mask = args.mask
-    if mask is not None and not Path(mask).exists():
-        raise CliError(f"mask file not found: {mask}")
-    bar, progress = _bar(0, f"NLLS {model.name} on {device}", args.quiet)
-    try:
-        maps = fit_volume(model, dwi, None, mask, device=str(device), init=init, progress=progress,
-                          n_starts=args.starts, max_iter=args.max_iter, seed=args.seed)
-    finally:
-        bar.close()
-    written = save_maps(maps, args.out, dwi.affine, model=model)
-    _report_written(written, args.out)
-    return 0
+    model = cli_model(args.model)
+    init = cli_bundle(args.init) if args.init else None
+    return _maps_of_volume(args, f"NLLS {model.name}", model, lambda dwi, mask, device, progress: fit_volume(
+        model, dwi, None, mask, device=device, init=init, progress=progress, n_starts=args.starts,
+        max_iter=args.max_iter, seed=args.seed))
 
 
 def cmd_compare(args) -> int:

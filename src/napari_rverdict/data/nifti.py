@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average
 from napari_rverdict.physics.protocol_files import load_protocol, protocol_stem, write_fsl
 
@@ -96,10 +97,10 @@ class Dwi:
         """An in-memory Dwi: ``data`` (x, y, z, n), ``affine`` (default identity), ``protocol`` (n entries)."""
         data = np.asarray(data, dtype=np.float32)
         if data.ndim != 4:
-            raise ValueError(f"a DWI must be 4D (x, y, z, volumes); got an array of shape {data.shape}")
+            raise InputError(f"a DWI must be 4D (x, y, z, volumes); got an array of shape {data.shape}")
         affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
         if protocol is None:
-            raise ValueError("an in-memory DWI needs its protocol (one entry per volume)")
+            raise InputError("an in-memory DWI needs its protocol (one entry per volume)")
         protocol = load_protocol(protocol)
         _check_count(data.shape[-1], protocol, "the array")
         sizes = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(0)))
@@ -177,7 +178,7 @@ class Dwi:
 def _check_count(n_volumes: int, protocol: Protocol, what: str) -> None:
     if n_volumes != len(protocol):
         name = f" ({protocol.name})" if protocol.name else ""
-        raise ValueError(f"{what} has {n_volumes} volumes but its protocol{name} has {len(protocol)} measurements")
+        raise InputError(f"{what} has {n_volumes} volumes but its protocol{name} has {len(protocol)} measurements")
 
 
 def find_sidecar(path) -> Path | None:
@@ -207,23 +208,23 @@ def load_dwi(path, protocol=None, tr=None, *, direction_averaged: bool = False) 
     nib = _nib()
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"DWI file not found: {path}")
+        raise InputError(f"DWI file not found: {path}")
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for files that are not images
-        raise ValueError(f"{path}: not a readable NIfTI image ({exc})") from None
+        raise InputError(f"{path}: not a readable NIfTI image ({exc})") from None
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 5 and shape[3] == 1:  # (x, y, z, 1, n) as some converters write
         img = nib.Nifti1Image(np.asarray(img.dataobj).reshape(shape[:3] + shape[4:]), img.affine, img.header)
         shape = shape[:3] + shape[4:]
     if len(shape) != 4:
-        raise ValueError(f"{path.name}: a DWI must be 4D (x, y, z, volumes), got {len(shape)}D shape {shape}")
+        raise InputError(f"{path.name}: a DWI must be 4D (x, y, z, volumes), got {len(shape)}D shape {shape}")
     notes = []
     if protocol is None:
         sidecar = find_sidecar(path)
         if sidecar is None:
             stem = protocol_stem(path)
-            raise ValueError(f"no protocol found for {path.name}: looked for {stem.name}.scheme and {stem.name}.bval "
+            raise InputError(f"no protocol found for {path.name}: looked for {stem.name}.scheme and {stem.name}.bval "
                              "beside it; pass a protocol (preset name or file)")
         prot = load_protocol(sidecar, tr=tr)
         notes.append(f"protocol read from {sidecar.name}")
@@ -243,7 +244,7 @@ def save_dwi(data, affine, path, protocol: Protocol | None = None) -> list[Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 4:
-        raise ValueError(f"save_dwi needs a 4D array (x, y, z, volumes), got shape {data.shape}")
+        raise InputError(f"save_dwi needs a 4D array (x, y, z, volumes), got shape {data.shape}")
     if protocol is not None:
         _check_count(data.shape[-1], protocol, "the array")
     img = nib.Nifti1Image(data, np.asarray(affine, dtype=float))
@@ -282,7 +283,7 @@ def save_map(array, path, affine, name: str, unit: str = "", display: tuple | No
     nib = _nib()
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 3:
-        raise ValueError(f"map '{name}' must be 3D (x, y, z), got shape {array.shape}")
+        raise InputError(f"map '{name}' must be 3D (x, y, z), got shape {array.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(array, np.asarray(affine, dtype=float))
@@ -328,7 +329,7 @@ def load_maps(directory, prefix: str = "", *, with_units: bool = False):
     nib = _nib()
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"not a directory of maps: {directory}")
+        raise InputError(f"not a directory of maps: {directory}")
     files = sorted(p for p in directory.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and p.name.startswith(prefix))
     ours, other = {}, {}
     for p in files:
@@ -343,11 +344,11 @@ def load_maps(directory, prefix: str = "", *, with_units: bool = False):
             other[key_name] = (img, "")
     chosen = ours or other
     if not chosen:
-        raise ValueError(f"no 3D NIfTI maps in {directory}")
+        raise InputError(f"no 3D NIfTI maps in {directory}")
     maps, units, shape = {}, {}, None
     for name, (img, unit) in chosen.items():
         if shape is not None and img.shape != shape:
-            raise ValueError(f"maps in {directory} differ in shape: {name} is {img.shape}, others are {shape}")
+            raise InputError(f"maps in {directory} differ in shape: {name} is {img.shape}, others are {shape}")
         shape = img.shape
         maps[name] = np.asarray(img.dataobj, dtype=np.float32)
         units[name] = unit
@@ -370,7 +371,7 @@ def _load_on_grid(path, like, what: str) -> np.ndarray:
     nib = _nib()
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{what} file not found: {path}")
+        raise InputError(f"{what} file not found: {path}")
     img = nib.load(str(path))
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
@@ -378,14 +379,14 @@ def _load_on_grid(path, like, what: str) -> np.ndarray:
     if like is not None:
         want_shape, want_affine, desc = _grid_of(like)
         if shape != tuple(want_shape):
-            raise ValueError(f"{what} {path.name} has shape {shape} but {desc} has spatial shape {tuple(want_shape)}")
+            raise InputError(f"{what} {path.name} has shape {shape} but {desc} has spatial shape {tuple(want_shape)}")
         if not np.allclose(img.affine, want_affine, atol=AFFINE_ATOL):
-            raise ValueError(
+            raise InputError(
                 f"{what} {path.name} is on a different grid than {desc}: affine "
                 f"{np.round(img.affine[:3], 3).tolist()} vs {np.round(want_affine[:3], 3).tolist()}"
             )
     elif len(shape) != 3:
-        raise ValueError(f"{what} {path.name} must be 3D, got shape {shape}")
+        raise InputError(f"{what} {path.name} must be 3D, got shape {shape}")
     return np.asarray(img.dataobj).reshape(shape)
 
 
@@ -397,7 +398,7 @@ def load_labels(path, like=None) -> np.ndarray:
     raw = _load_on_grid(path, like, "label image")
     values = np.asarray(raw, dtype=np.float64)
     if not np.isfinite(values).all() or not np.allclose(values, np.round(values)):
-        raise ValueError(f"label image {Path(path).name} has non-integer values; labels must be whole numbers")
+        raise InputError(f"label image {Path(path).name} has non-integer values; labels must be whole numbers")
     return np.round(values).astype(np.int32)
 
 

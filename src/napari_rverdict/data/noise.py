@@ -26,14 +26,14 @@ def _snr_per_sample(snr, n: int, rng: np.random.Generator) -> np.ndarray:
     if np.ndim(snr) == 0:
         value = float(snr)
         if not np.isfinite(value) or value <= 0:
-            raise ValueError(f"SNR must be a positive number, got {snr!r}")
+            raise InputError(f"SNR must be a positive number, got {snr!r}")
         return np.full(n, value)
     try:
         low, high = (float(x) for x in snr)
     except (TypeError, ValueError):
-        raise ValueError(f"SNR must be a number or a (low, high) pair, got {snr!r}") from None
+        raise InputError(f"SNR must be a number or a (low, high) pair, got {snr!r}") from None
     if not (0 < low < high and np.isfinite(high)):
-        raise ValueError(f"SNR range must satisfy 0 < low < high, got ({low:g}, {high:g})")
+        raise InputError(f"SNR range must satisfy 0 < low < high, got ({low:g}, {high:g})")
     return rng.uniform(low, high, n)
 
 

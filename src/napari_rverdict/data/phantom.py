@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 
@@ -153,9 +154,9 @@ def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
 
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape[:2]) < 8 or shape[2] < 1:
-        raise ValueError(f"phantom shape must be (x, y, z) with x, y ≥ 8 and z ≥ 1, got {shape}")
+        raise InputError(f"phantom shape must be (x, y, z) with x, y ≥ 8 and z ≥ 1, got {shape}")
     if not np.isfinite(snr) or snr <= 0:
-        raise ValueError(f"snr must be a positive number, got {snr}")
+        raise InputError(f"snr must be a positive number, got {snr}")
     protocol = Protocol.innovate(direction_averaged=False) if protocol is None else protocol
     model = get_model("rverdict")
     model.check_protocol(protocol)
@@ -164,7 +165,7 @@ def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
     labels = make_labels(shape)
     mask = labels > 0
     if not mask.any():  # pragma: no cover - the gland always covers the centre
-        raise ValueError(f"shape {shape} is too small to hold the gland")
+        raise InputError(f"shape {shape} is too small to hold the gland")
 
     ranges = model.default_ranges()
     params = {k: np.zeros(shape) for k in REGION_PARAMETERS[1]}
@@ -259,7 +260,7 @@ def load_phantom(directory) -> SavedPhantom:
 
     d = Path(directory)
     if not (d / "dwi.nii.gz").exists():
-        raise ValueError(f"{d} holds no phantom (dwi.nii.gz missing)")
+        raise InputError(f"{d} holds no phantom (dwi.nii.gz missing)")
     dwi = load_dwi(d / "dwi.nii.gz")
     labels = load_labels(d / "labels.nii.gz", dwi)
     mask = load_mask(d / "mask.nii.gz", dwi)

@@ -26,18 +26,18 @@ def resolve_ranges(model, ranges: Mapping | None = None) -> dict[str, tuple[floa
     out = model.default_ranges()
     for name, bounds in (ranges or {}).items():
         if name not in out:
-            raise ValueError(f"unknown parameter '{name}' for {model.name}; its parameters are {', '.join(out)}")
+            raise InputError(f"unknown parameter '{name}' for {model.name}; its parameters are {', '.join(out)}")
         try:
             low, high = (float(x) for x in bounds)
         except (TypeError, ValueError):
-            raise ValueError(f"range for {name} must be two numbers (low, high), got {bounds!r}") from None
+            raise InputError(f"range for {name} must be two numbers (low, high), got {bounds!r}") from None
         spec = model.spec(name)
         if not (np.isfinite(low) and np.isfinite(high)):
-            raise ValueError(f"range for {name} must be finite, got ({low}, {high})")
+            raise InputError(f"range for {name} must be finite, got ({low}, {high})")
         if low >= high:
-            raise ValueError(f"range for {name}: low ({low:g}) must be below high ({high:g})")
+            raise InputError(f"range for {name}: low ({low:g}) must be below high ({high:g})")
         if low < spec.limit_low or high > spec.limit_high:
-            raise ValueError(f"range for {name} ({low:g}, {high:g}) {spec.unit} is outside its physical limits "
+            raise InputError(f"range for {name} ({low:g}, {high:g}) {spec.unit} is outside its physical limits "
                              f"[{spec.limit_low:g}, {spec.limit_high:g}]")
         out[name] = (low, high)
     return out
@@ -51,7 +51,7 @@ def _sample_fractions(model: SignalModel, n: int, ranges, sampler: str, rng: np.
     removes the draws with f_ic or f_ees below 0.01, which lowers the mean f_vasc to ≈ 0.47).
     """
     if sampler not in FRACTION_SAMPLERS:
-        raise ValueError(f"unknown fraction sampler '{sampler}'; choose one of: {', '.join(FRACTION_SAMPLERS)}")
+        raise InputError(f"unknown fraction sampler '{sampler}'; choose one of: {', '.join(FRACTION_SAMPLERS)}")
     names = ("f_ic", "f_ees", "f_vasc")
     kept = []
     have = drawn = 0
@@ -74,7 +74,7 @@ def _sample_fractions(model: SignalModel, n: int, ranges, sampler: str, rng: np.
         drawn += m
         rate = max(have / drawn, 1e-5)
         if drawn >= 1_000_000 and have < 1e-4 * drawn:
-            raise ValueError("the fraction ranges leave almost no room on the simplex (f_ic + f_ees + f_vasc = 1); "
+            raise InputError("the fraction ranges leave almost no room on the simplex (f_ic + f_ees + f_vasc = 1); "
                              "widen them")
     f = np.concatenate(kept)[:n]
     return {k: f[:, i].copy() for i, k in enumerate(names)}

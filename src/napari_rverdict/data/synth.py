@@ -16,6 +16,7 @@ import torch
 
 from napari_rverdict.data.noise import _snr_per_sample, add_rician_noise
 from napari_rverdict.data.prior import resolve_ranges, sample_parameters
+from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import SignalModel, get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
@@ -78,7 +79,7 @@ def noise_free_signals(model, params: Mapping, protocol: Protocol, chunk: int = 
 def split_indices(n: int, val_fraction: float = 0.2, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A reproducible random split of ``range(n)`` into train and validation indices."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
     perm = np.random.default_rng(None if seed is None else seed + 7919).permutation(n)
     n_val = max(1, int(round(n * val_fraction))) if n > 1 else 0
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
@@ -105,7 +106,7 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Map
     protocol = load_protocol(protocol)
     model.check_protocol(protocol)
     if int(n) != n or n < 2:
-        raise ValueError(f"n must be an integer ≥ 2, got {n!r}")
+        raise InputError(f"n must be an integer ≥ 2, got {n!r}")
     n = int(n)
     ranges = resolve_ranges(model, ranges)
     rng = np.random.default_rng(seed)

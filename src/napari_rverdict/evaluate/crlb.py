@@ -2,6 +2,16 @@
 
 √CRLB bounds the sd of *unbiased* estimators only: for weakly identifiable models (rVERDICT: 7 parameters from
 10 measurements) it can be far above what a prior-informed estimator reaches; the Bayes limit is the yardstick.
+
+CRLB conventions (Gaussian approximation of the noise)
+------------------------------------------------------
+Signals are scaled so that the brightest noise-free measurement of the sample is 1 and the noise is Gaussian
+with σ = 1/SNR (the same σ the synthetic data use, ignoring the Rician bias). With θ the estimated parameters
+plus a signal-scale nuisance (rVERDICT: its own S0; classic VERDICT: a multiplicative S0, since the networks see
+per-series ratios, not absolute signals), the Fisher information is ``F = Jᵀ J / σ²`` with ``J = ∂s/∂θ`` at the
+true θ (σ held fixed at the truth). The full matrix, nuisance included, is inverted and only the estimated
+parameters' ``sqrt(diag(F⁻¹))`` are reported, in physical units. A singular F (a parameter the protocol
+cannot see, e.g. R → 0) gives ``inf``.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 
@@ -99,7 +110,7 @@ def crlb(model, protocol: Protocol, params: Mapping, snr, chunk: int = 2048, ret
     n = theta.shape[0]
     snr = np.broadcast_to(np.asarray(snr, dtype=float), (n,))
     if not (snr > 0).all():
-        raise ValueError("SNR must be positive")
+        raise InputError("SNR must be positive")
     k = len(names)
     out = np.empty((n, k))
     covs = np.empty((n, k, k)) if return_covariance else None

@@ -1,20 +1,10 @@
-"""Accuracy of a trained bundle on fresh synthetic data, and the Cramér–Rao lower bound of the forward model.
+"""Accuracy of a trained bundle on fresh synthetic data.
 
 * :func:`regression_metrics` — per parameter RMSE, bias, MAE / range (the paper's MAPE) and Pearson r.
-* :func:`crlb_from_function` / :func:`crlb` — √CRLB per parameter from the Fisher information of a forward model,
-  with the Jacobian from torch autograd, batched over samples.
 * :func:`evaluate` — a fresh held-out synthetic set from the bundle's own model, protocol, ranges and sampler;
-  metrics for every estimated parameter (and the dependent fraction) and the median √CRLB.
-
-CRLB conventions (Gaussian approximation of the noise)
-------------------------------------------------------
-Signals are scaled so that the brightest noise-free measurement of the sample is 1 and the noise is Gaussian
-with σ = 1/SNR (the same σ the synthetic data use, ignoring the Rician bias). With θ the estimated parameters
-plus a signal-scale nuisance (rVERDICT: its own S0; classic VERDICT: a multiplicative S0, since the networks see
-per-series ratios, not absolute signals), the Fisher information is ``F = Jᵀ J / σ²`` with ``J = ∂s/∂θ`` at the
-true θ (σ held fixed at the truth). The full matrix, nuisance included, is inverted and only the estimated
-parameters' ``sqrt(diag(F⁻¹))`` are reported, in physical units. A singular F (a parameter the protocol
-cannot see, e.g. R → 0) gives ``inf``.
+  metrics for every estimated parameter (and the dependent fraction), the median √CRLB
+  (:func:`napari_rverdict.evaluate.crlb.crlb`, whose module docstring states the conventions) and, on request,
+  the Bayes-limit RMSE.
 """
 
 from __future__ import annotations
@@ -25,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.evaluate.crlb import crlb
 
 
@@ -46,7 +37,7 @@ def regression_metrics(true, pred, ranges) -> dict[str, dict[str, float]]:
         if t.size == 0:
             raise ValueError(f"{name}: no values to compare")
         if name not in ranges:
-            raise ValueError(f"no range for '{name}' (ranges has {', '.join(ranges)})")
+            raise InputError(f"no range for '{name}' (ranges has {', '.join(ranges)})")
         lo, hi = ranges[name]
         err = p - t
         if t.std() > 0 and p.std() > 0:
@@ -88,8 +79,8 @@ class EvaluationReport:
         bayes = self.has_bayes
         head = f"{'parameter':<14}{'unit':<8}{'RMSE':>11}" + (f"{'Bayes RMSE':>12}" if bayes else "") + \
             f"{'bias':>11}{'MAPE':>8}{'r':>7}{'√CRLB':>11}"
-        lines = [f"{self.description}", f"{self.n} fresh synthetic signals at SNR {snr} (seed {self.seed}); "
-                 f"√CRLB: median over {self.n_crlb}"]
+        lines = [f"{self.description}", (f"{self.n} fresh synthetic signals at SNR {snr} (seed {self.seed}); "
+                 f"√CRLB: median over {self.n_crlb}")]
         if bayes:
             b = self.extra["bayes"]
             lines.append(f"Bayes RMSE: the Bayes limit (posterior mean of a {b['n_dictionary']:,}-entry prior "
@@ -129,11 +120,11 @@ def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 
     from napari_rverdict.data.synth import simulate
 
     if int(n) != n or n < 2:
-        raise ValueError(f"n must be an integer ≥ 2, got {n!r}")
+        raise InputError(f"n must be an integer ≥ 2, got {n!r}")
     if int(bayes) != bayes or bayes < 0:
-        raise ValueError(f"bayes (prior dictionary entries, 0 = off) must be an integer ≥ 0, got {bayes!r}")
+        raise InputError(f"bayes (prior dictionary entries, 0 = off) must be an integer ≥ 0, got {bayes!r}")
     if bayes and (int(n_bayes_test) != n_bayes_test or n_bayes_test < 2):
-        raise ValueError(f"n_bayes_test must be an integer ≥ 2, got {n_bayes_test!r}")
+        raise InputError(f"n_bayes_test must be an integer ≥ 2, got {n_bayes_test!r}")
     snr = bundle.snr if snr is None else snr
     model = bundle.model
     data = simulate(model, bundle.protocol, n=int(n), snr=snr, ranges=bundle.ranges,

@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from napari_rverdict.physics.models import SignalModel, get_model
+from napari_rverdict.errors import InputError
+from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
 
@@ -227,20 +228,20 @@ def posterior_from_dictionary(observed, dictionary: PriorDictionary, sigma, like
     chunk : dictionary entries per step.  device : torch device for the log-weights.
     """
     if likelihood not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood '{likelihood}'; choose one of: {', '.join(LIKELIHOODS)}")
+        raise InputError(f"unknown likelihood '{likelihood}'; choose one of: {', '.join(LIKELIHOODS)}")
     if scale not in SCALES:
-        raise ValueError(f"unknown scale treatment '{scale}'; choose one of: {', '.join(SCALES)}")
+        raise InputError(f"unknown scale treatment '{scale}'; choose one of: {', '.join(SCALES)}")
     y_np = np.atleast_2d(np.asarray(observed, dtype=float))
     n, m = y_np.shape
     if m != dictionary.signals.shape[1]:
-        raise ValueError(f"signals have {m} measurements but the dictionary has {dictionary.signals.shape[1]}")
+        raise InputError(f"signals have {m} measurements but the dictionary has {dictionary.signals.shape[1]}")
     if not np.isfinite(y_np).all():
-        raise ValueError("observed signals contain NaN or inf")
+        raise InputError("observed signals contain NaN or inf")
     sig = np.broadcast_to(np.asarray(sigma, dtype=float), (n,)).copy()
     if not (np.isfinite(sig).all() and (sig > 0).all()):
-        raise ValueError("sigma (1/SNR) must be positive and finite")
+        raise InputError("sigma (1/SNR) must be positive and finite")
     if int(chunk) != chunk or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+        raise InputError(f"chunk must be a positive integer, got {chunk!r}")
     chunk = int(chunk)
     dev = _device(device)
     acc = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
@@ -292,19 +293,11 @@ def posterior_from_dictionary(observed, dictionary: PriorDictionary, sigma, like
                            ess, N, log_ev, {"likelihood": likelihood, "scale": scale})
 
 
-def weighted_posterior(observed, forward: Callable, sampler: Callable, sigma, n_dictionary: int = 200_000,
-                       quantities: Callable | None = None, groups=None, likelihood: str = "rician",
-                       scale: str = "profile", seed=0, chunk: int = 16384, device="cpu") -> PosteriorResult:
-    """Generic dictionary posterior for any forward model (see :meth:`PriorDictionary.from_functions`)."""
-    dictionary = PriorDictionary.from_functions(forward, sampler, n_dictionary, quantities, groups, seed)
-    return posterior_from_dictionary(observed, dictionary, sigma, likelihood, scale, chunk, device)
-
-
 # ---------------------------------------------------------------------- VERDICT / rVERDICT wrappers
 def _sigma_from_snr(snr, n: int) -> np.ndarray:
     snr = np.broadcast_to(np.asarray(snr, dtype=float), (n,))
     if not (np.isfinite(snr).all() and (snr > 0).all()):
-        raise ValueError(f"SNR must be positive and finite, got {snr.min() if snr.size else snr!r}")
+        raise InputError(f"SNR must be positive and finite, got {snr.min() if snr.size else snr!r}")
     return 1.0 / snr
 
 
@@ -345,7 +338,7 @@ def bayes_limit(model, protocol="innovate", snr=35.0, n_test: int = 200, n_dicti
     model = get_model(model)
     protocol = load_protocol(protocol)
     if int(n_test) < 2:
-        raise ValueError(f"n_test must be at least 2, got {n_test}")
+        raise InputError(f"n_test must be at least 2, got {n_test}")
     data = simulate(model, protocol, n=int(n_test), snr=snr, ranges=ranges, fraction_sampler=fraction_sampler,
                     seed=None if seed is None else int(seed) + 100_003)
     if dictionary is None:
@@ -361,5 +354,4 @@ def bayes_limit(model, protocol="innovate", snr=35.0, n_test: int = 200, n_dicti
 __all__ = [
     "LIKELIHOODS", "SCALES", "PosteriorResult", "PriorDictionary", "bayes_limit", "build_dictionary",
     "normalisation_groups", "posterior_from_dictionary", "posterior_quantities", "reference_posterior",
-    "weighted_posterior",
 ]

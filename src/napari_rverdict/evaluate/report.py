@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.evaluate.posterior import bayes_limit, build_dictionary
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol_files import load_protocol
@@ -23,7 +24,8 @@ def typical_parameters(model, ranges: Mapping | None = None,
     ranges = resolve_ranges(model, ranges)
     fr = np.asarray(fractions, dtype=float)
     if fr.shape != (3,) or (fr < 0).any() or abs(fr.sum() - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers (f_ic, f_ees, f_vasc) summing to 1, got {fractions}")
+        raise InputError("fractions must be three non-negative numbers (f_ic, f_ees, f_vasc) summing to 1, "
+                         f"got {fractions}")
     out = {"f_ic": float(fr[0]), "f_ees": float(fr[1]), "f_vasc": float(fr[2])}
     for p in model.parameters:
         if not p.is_fraction:
@@ -57,8 +59,8 @@ class ProtocolReport:
         st = self.settings
         lines = [f"{self.model} on {self.protocol_name} ({self.n_measurements} measurements) at SNR {self.snr:g}",
                  f"√CRLB at typical tissue ({', '.join(f'{k} {v:g}' for k, v in st.get('typical', {}).items())});",
-                 f"Bayes limit: posterior-mean RMSE over {st.get('n_test')} prior draws, "
-                 f"{st.get('n_dictionary'):,}-entry dictionary (median ESS {st.get('median_ess', float('nan')):.0f})",
+                 (f"Bayes limit: posterior-mean RMSE over {st.get('n_test')} prior draws, "
+                 f"{st.get('n_dictionary'):,}-entry dictionary (median ESS {st.get('median_ess', float('nan')):.0f})"),
                  head, "-" * len(head)]
         for name, r in self.rows.items():
             lines.append(f"{name:<14}{r['unit']:<7}{r['typical']:>10.4g}{r['crlb']:>11.4g}{r['bayes_rmse']:>12.4g}"
@@ -118,7 +120,7 @@ def protocol_report(model, protocol="innovate", snr: float = 35.0, n_test: int =
     model.check_protocol(protocol)
     snr = float(snr)
     if not (np.isfinite(snr) and snr > 0):
-        raise ValueError(f"SNR must be a positive number, got {snr}")
+        raise InputError(f"SNR must be a positive number, got {snr}")
     crlbs = typical_crlb(model, protocol, snr, ranges, fractions)
     dictionary = build_dictionary(model, protocol, n_dictionary, ranges, fraction_sampler, seed)
     rmse, det = bayes_limit(model, protocol, snr, n_test, dictionary=dictionary, seed=seed, device=device,

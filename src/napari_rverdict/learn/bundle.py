@@ -9,8 +9,8 @@ name, the protocol (``Protocol.to_dict()``), the training ranges, SNR setting, f
 hyperparameters, the normalisation, seed, training history and configuration, package and torch versions, target
 names and creation time; for a network trained with uncertainty also ``"uncertainty": true``, ``"sd_scale"``
 ({map: factor on the network's σ in the reported sd}) and ``"interval_quantiles"`` ({"levels": [...],
-"q": {map: [conformal quantile per level]}}, see :mod:`napari_rverdict.learn.uncertainty`). Bundles without
-``"interval_quantiles"`` (written before the conformal calibration) load with Gaussian intervals c · z(level).
+"q": {map: [conformal quantile per level]}}, see :mod:`napari_rverdict.learn.uncertainty`; no curves when the
+validation set was too small to calibrate: Gaussian intervals z(level)).
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_rverdict import __version__
+from napari_rverdict.learn.device import resolve_device
 from napari_rverdict.learn.nets import build_network
+from napari_rverdict.learn.scaling import unscale_targets
+from napari_rverdict.learn.uncertainty import derived_sd, interval_halfwidth, split_output
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 
@@ -72,15 +76,13 @@ class Bundle:
     uncertainty : the network has 2k outputs (means, then log-variances in scaled units; see
         :mod:`napari_rverdict.learn.uncertainty`).  sd_scale : {map: factor} on the network's σ in the reported sd
         (the 68.27 % conformal quantile).  interval_levels, interval_quantiles : the conformal quantile curve
-        per map (empty for bundles calibrated with one Gaussian factor); see :meth:`interval`.
+        per map (empty when too few validation signals to calibrate); see :meth:`interval`.
     """
 
     def __init__(self, network: nn.Module, model_name, protocol, ranges, snr=35.0, fraction_sampler="dirichlet",
                  net_name="mlp", depth=None, width=None, seed=None, history=None, train_config=None,
                  target_names=None, created=None, versions=None, extra=None, uncertainty=False, sd_scale=None,
                  interval_quantiles=None):
-        from napari_rverdict import __version__
-
         self.model = get_model(model_name)
         self.protocol = protocol if isinstance(protocol, Protocol) else Protocol.from_dict(protocol)
         self.ranges = {str(k): (float(v[0]), float(v[1])) for k, v in ranges.items()}
@@ -138,7 +140,7 @@ class Bundle:
         ]
         if self.uncertainty:
             how = ("conformal intervals per map from the validation set" if self.interval_quantiles
-                   else "one sd factor per map (Gaussian intervals)")
+                   else "uncalibrated Gaussian intervals (too few validation signals)")
             lines.append(f"uncertainty: predicts a mean and a variance per parameter (β-NLL); {how}")
         vl = self.history.get("val_loss") or []
         if vl:
@@ -209,8 +211,6 @@ class Bundle:
         """Calibrated half-widths at ``level`` (0.05–0.99 for conformal bundles) for maps predicted with
         ``uncertainty=True``: {name: half-width}, the interval being map ± half-width
         (:func:`napari_rverdict.learn.uncertainty.interval_halfwidth`)."""
-        from napari_rverdict.learn.uncertainty import interval_halfwidth
-
         self._check_uncertainty()
         return interval_halfwidth(self, maps, level, names)
 
@@ -234,8 +234,6 @@ class Bundle:
         return s
 
     def _device_network(self, device="cpu"):
-        from napari_rverdict.learn.device import resolve_device
-
         dev = resolve_device(device)
         net = self.network if dev.type == "cpu" else copy.deepcopy(self.network).to(dev)
         return dev, net.eval()
@@ -252,8 +250,6 @@ class Bundle:
         ``return_sd``: also the sd (n, k) in physical units, recalibrated with ``sd_scale`` unless ``raw_sd``;
         then returns (est, sd, mean_scaled, sd_scaled) with the scaled-unit (clipped) means and sds as well.
         """
-        from napari_rverdict.learn.scaling import unscale_targets
-
         k = len(self.target_names)
         if return_sd:
             self._check_uncertainty()
@@ -265,8 +261,6 @@ class Bundle:
                 o = net(xb).float()
                 out[s:s + chunk] = o[:, :k].cpu().numpy()
                 if return_sd:
-                    from napari_rverdict.learn.uncertainty import split_output
-
                     sd[s:s + chunk] = torch.exp(0.5 * split_output(o, k)[1]).cpu().numpy()
         np.clip(out, 0.0, 1.0, out=out)
         est = unscale_targets(out, self.target_names, self.ranges)
@@ -292,8 +286,6 @@ class Bundle:
         if uncertainty:
             sds = {k: sd[:, i] for i, k in enumerate(self.target_names)}
             if return_all:
-                from napari_rverdict.learn.uncertainty import derived_sd
-
                 for k, v in derived_sd(self.model, mean_s, sd_s, self.target_names, self.ranges, seed=seed).items():
                     sds[k] = v * self.sd_scale.get(k, 1.0)
             for k in list(out):

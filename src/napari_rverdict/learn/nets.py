@@ -40,6 +40,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from napari_rverdict.physics.models import get_model
+
 # (depth, width) defaults per network and signal model; None = any model.
 DEFAULTS: dict[str, dict[str | None, tuple[int, int]]] = {
     "mlp": {None: (3, 150)},
@@ -53,8 +55,6 @@ LINEAR_PER_STAGE = 10  # dense block: 3 main + 1 shortcut; identity blocks: 3 + 
 def _model_key(model_name) -> str | None:
     if model_name is None:
         return None
-    from napari_rverdict.physics.models import get_model
-
     return get_model(model_name).name
 
 

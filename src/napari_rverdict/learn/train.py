@@ -13,6 +13,7 @@ Use :func:`iter_training` (a generator of :class:`TrainProgress` records, as the
 from __future__ import annotations
 
 import copy
+import enum
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,9 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_rverdict.learn.bundle import Bundle
 from napari_rverdict.learn.device import _synchronize, resolve_device
-from napari_rverdict.learn.nets import build_network, default_hyperparameters
+from napari_rverdict.learn.nets import available_networks, build_network, default_hyperparameters
 from napari_rverdict.learn.scaling import scale_targets
+from napari_rverdict.learn.uncertainty import beta_nll_loss, calibrate_bundle, gaussian_nll_value
 
 VAL_CHUNK = 16384
 
@@ -65,8 +68,6 @@ class TrainConfig:
     uncertainty_beta: float = 0.5
 
     def validate(self) -> None:
-        from napari_rverdict.learn.nets import available_networks
-
         if str(self.net).lower() not in available_networks():
             raise ValueError(f"unknown network '{self.net}'; choose one of: {', '.join(available_networks())}")
         if int(self.epochs) != self.epochs or self.epochs < 1:
@@ -90,13 +91,24 @@ class TrainConfig:
         return asdict(self)
 
 
+class ProgressKind(str, enum.Enum):
+    """What a :class:`TrainProgress` record reports. A ``str`` enum: ``rec.kind == "epoch"`` holds as well."""
+
+    BATCH = "batch"  # every ``report_every`` batches
+    EPOCH = "epoch"  # after each epoch's validation
+    DONE = "done"  # the last record; ``result`` holds the TrainResult
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class TrainProgress:
-    """One progress record. ``kind``: "batch" (every ``report_every`` batches), "epoch" (after validation) or
-    "done" (last record; ``result`` holds the :class:`TrainResult`). Losses are MSE on scaled targets; times in s.
-    ``epoch`` counts from 1; ``batch`` is the number of batches done in this epoch."""
+    """One progress record. ``kind`` (:class:`ProgressKind`): BATCH (every ``report_every`` batches), EPOCH (after
+    validation) or DONE (last record; ``result`` holds the :class:`TrainResult`). Losses are MSE on scaled targets;
+    times in s. ``epoch`` counts from 1; ``batch`` is the number of batches done in this epoch."""
 
-    kind: str
+    kind: ProgressKind
     epoch: int
     n_epochs: int
     batch: int
@@ -122,7 +134,7 @@ class TrainResult:
     n_steps : optimiser steps taken.  elapsed_s : wall time.
     """
 
-    bundle: object
+    bundle: Bundle
     last_state_dict: dict
     history: dict
     stopped: bool
@@ -181,8 +193,6 @@ def _evaluate_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _evaluate_nll(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean Gaussian NLL per target of an uncertainty network (no ½ log 2π), in eval mode."""
-    from napari_rverdict.learn.uncertainty import gaussian_nll_value
-
     was_training = net.training
     net.eval()
     total = 0.0
@@ -203,6 +213,235 @@ def _state_copy(net: nn.Module) -> dict:
 
 
 # ---------------------------------------------------------------------- the loop
+@dataclass(eq=False)
+class _Run:
+    """One training run's state: the device tensors, network, optimiser and what the loop has seen so far."""
+
+    config: TrainConfig
+    device: torch.device
+    t0: float
+    depth: int
+    width: int
+    net: nn.Module
+    gen: torch.Generator
+    opt: torch.optim.Optimizer | None
+    sched: object
+    loss_fn: Callable
+    bounds: list[tuple[int, int]]
+    x_tr: torch.Tensor | None
+    y_tr: torch.Tensor | None
+    x_va: torch.Tensor | None
+    y_va: torch.Tensor | None
+    n_train: int
+    history: dict = field(default_factory=lambda: {"train_loss": [], "val_loss": [], "lr": [], "best_epoch": None,
+                                                   "partial_last_epoch": False})
+    best_val: float | None = None
+    best_epoch: int | None = None
+    best_state: dict | None = None
+    bad_epochs: int = 0
+    stopped: bool = False
+    n_steps: int = 0
+    epochs_run: int = 0
+
+    @property
+    def n_epochs(self) -> int:
+        return int(self.config.epochs)
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.bounds)
+
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def eta(self, done_epochs: float) -> float | None:
+        el = time.perf_counter() - self.t0
+        if done_epochs <= 0:
+            return None
+        return el / done_epochs * max(self.n_epochs - done_epochs, 0.0)
+
+    def record(self, kind: ProgressKind, epoch: int, batch: int, train_loss, val_loss, done_epochs: float
+               ) -> TrainProgress:
+        return TrainProgress(kind, epoch, self.n_epochs, batch, self.n_batches, train_loss, val_loss, self.lr(),
+                             time.perf_counter() - self.t0, self.eta(done_epochs), self.best_epoch, self.best_val)
+
+
+def _device_tensors(data, names, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(x_train, y_train, x_val, y_val) on ``device``: normalised signals and min–max scaled targets."""
+    y_all = scale_targets(data.targets(names), names, data.ranges).astype(np.float32)
+    if not np.isfinite(y_all).all():
+        raise ValueError("the training targets contain NaN or inf")
+
+    def put(a, dtype=None):
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype)).to(device)
+
+    return (put(data.signals[data.train_index], np.float32), put(y_all[data.train_index]),
+            put(data.signals[data.val_index], np.float32), put(y_all[data.val_index]))
+
+
+def _build_net(config: TrainConfig, model, n_inputs: int, n_targets: int) -> tuple[nn.Module, int, int]:
+    """(network, depth, width), reproducibly initialised from ``config.seed`` without touching the global RNG."""
+    d0, w0 = default_hyperparameters(config.net, model.name)
+    depth = d0 if config.depth is None else int(config.depth)
+    width = w0 if config.width is None else int(config.width)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(config.seed))
+        n_out = n_targets * (2 if config.uncertainty else 1)
+        net = build_network(config.net, n_inputs, n_out, depth, width, model_name=model.name)
+    return net, depth, width
+
+
+def _loss_function(config: TrainConfig) -> Callable:
+    if not config.uncertainty:
+        return nn.MSELoss()
+    beta = float(config.uncertainty_beta)
+    return lambda out, y: beta_nll_loss(out, y, beta)
+
+
+def _set_up(data, config: TrainConfig | None) -> _Run:
+    """Check the inputs, put the data on the device, build the network, optimiser, scheduler and loss."""
+    config = TrainConfig() if config is None else config
+    config.validate()
+    _check_data(data)
+    device = resolve_device(config.device)
+    t0 = time.perf_counter()
+    names = tuple(data.model.estimated_names)
+    x_tr, y_tr, x_va, y_va = _device_tensors(data, names, device)
+    net, depth, width = _build_net(config, data.model, x_tr.shape[1], len(names))
+    net.to(device)
+    net.train()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(config.seed) + 1)
+    opt = _make_optimizer(net.parameters(), config, device)
+    sched = None
+    if config.scheduler:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5,
+                                                           patience=max(1, int(config.patience or 4) // 4))
+    bounds = batch_bounds(x_tr.shape[0], int(config.batch_size))
+    return _Run(config, device, t0, depth, width, net, gen, opt, sched, _loss_function(config), bounds,
+                x_tr, y_tr, x_va, y_va, int(x_tr.shape[0]))
+
+
+def _stop_requested(stop_event: threading.Event | None) -> bool:
+    return stop_event is not None and stop_event.is_set()
+
+
+def _train_epoch(run: _Run, epoch: int, stop_event: threading.Event | None):
+    """One pass over a fresh permutation of the training set, yielding "batch" records every ``report_every``
+    batches. Returns (batches done, summed per-sample loss) through ``yield from``; sets ``run.stopped`` when the
+    stop event ends the epoch early."""
+    config, net, opt = run.config, run.net, run.opt
+    perm = torch.randperm(run.n_train, generator=run.gen, device=run.device)
+    xp, yp = run.x_tr[perm], run.y_tr[perm]
+    running = torch.zeros((), device=run.device)
+    running_n = 0
+    epoch_sum = torch.zeros((), device=run.device)
+    done = 0
+    for bi, (s, e) in enumerate(run.bounds):
+        if _stop_requested(stop_event):
+            run.stopped = True
+            break
+        xb, yb = xp[s:e], yp[s:e]
+        opt.zero_grad(set_to_none=True)
+        out = net(xb)
+        loss = run.loss_fn(out, yb)
+        loss.backward()
+        opt.step()
+        run.n_steps += 1
+        done = bi + 1
+        if config.uncertainty:  # report the means' MSE, as without uncertainty
+            lb = ((out.detach()[:, :yb.shape[1]] - yb) ** 2).mean() * (e - s)
+        else:
+            lb = loss.detach() * (e - s)
+        running += lb
+        epoch_sum += lb
+        running_n += e - s
+        if done % config.report_every == 0:
+            tl = float(running) / running_n  # the reporting sync
+            running.zero_()
+            running_n = 0
+            yield run.record(ProgressKind.BATCH, epoch, done, tl, None, epoch - 1 + done / run.n_batches)
+    return done, epoch_sum
+
+
+def _validate_epoch(run: _Run, epoch: int, done: int, epoch_sum: torch.Tensor) -> TrainProgress:
+    """Validation after an epoch of ``done`` batches: history, best weights, patience count, scheduler step;
+    returns the "epoch" record."""
+    history = run.history
+    train_loss = float(epoch_sum) / run.bounds[done - 1][1]
+    val_loss = _evaluate_loss(run.net, run.x_va, run.y_va)
+    if run.config.uncertainty:
+        history.setdefault("val_nll", []).append(_evaluate_nll(run.net, run.x_va, run.y_va))
+    history["train_loss"].append(train_loss)
+    history["val_loss"].append(val_loss)
+    history["lr"].append(run.lr())
+    if run.stopped:
+        history["partial_last_epoch"] = True
+    if run.best_val is None or val_loss < run.best_val:
+        run.best_val, run.best_epoch, run.best_state = val_loss, epoch, _state_copy(run.net)
+        run.bad_epochs = 0
+    else:
+        run.bad_epochs += 1
+    history["best_epoch"] = run.best_epoch
+    if run.sched is not None and not run.stopped:
+        run.sched.step(val_loss)
+    return run.record(ProgressKind.EPOCH, epoch, done, train_loss, val_loss,
+                      epoch if not run.stopped else epoch - 1 + done / run.n_batches)
+
+
+def _out_of_patience(run: _Run) -> bool:
+    patience = run.config.patience
+    return bool(patience) and run.bad_epochs >= patience
+
+
+def _hand_back(run: _Run, data) -> tuple[Bundle, dict, float]:
+    """Everything to the CPU (optimiser dropped, device memory freed), the best weights loaded into the network:
+    returns (bundle, last weights, elapsed seconds)."""
+    _synchronize(run.device)
+    net = run.net
+    last_state = _state_to_cpu(net)
+    best_state = run.best_state if run.best_state is not None else _state_copy(net)  # stopped before any batch
+    best_cpu = {k: v.to("cpu", copy=True) for k, v in best_state.items()}
+    del best_state
+    run.opt = run.sched = run.best_state = run.x_tr = run.y_tr = run.x_va = run.y_va = None
+    net.to("cpu")
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+    net.load_state_dict(best_cpu)
+    net.eval()
+    elapsed = time.perf_counter() - run.t0
+    config = run.config
+    cfg = config.to_dict()
+    cfg.update(depth=run.depth, width=run.width)
+    bundle = Bundle(
+        network=net, model_name=data.model.name, protocol=data.protocol, ranges=data.ranges,
+        snr=data.snr_setting, fraction_sampler=data.fraction_sampler, net_name=config.net, depth=run.depth,
+        width=run.width, seed=config.seed, history=copy.deepcopy(run.history), train_config=cfg,
+        extra={"n_train": int(run.n_train), "n_val": int(len(data.val_index)), "data_seed": data.seed,
+               "device": str(run.device), "elapsed_s": elapsed, "stopped": run.stopped},
+        uncertainty=bool(config.uncertainty),
+    )
+    return bundle, last_state, elapsed
+
+
+def _calibrate(bundle: Bundle, data) -> None:
+    """Conformal interval quantiles per map from the validation set (uncertainty networks)."""
+    val_truth = {k: np.asarray(v)[data.val_index] for k, v in data.params.items()}
+    calibrate_bundle(bundle, data.signals[data.val_index], val_truth)
+    bundle.extra["calibration"] = {"method": "normalised split conformal quantiles of |y - mean| / sd on the "
+                                             "validation set, levels 0.05-0.99",
+                                   "n": int(len(data.val_index))}
+
+
+def _done_record(run: _Run, result: TrainResult) -> TrainProgress:
+    h = run.history
+    return TrainProgress(ProgressKind.DONE, max(run.epochs_run, 0), run.n_epochs, 0, run.n_batches,
+                         h["train_loss"][-1] if h["train_loss"] else None,
+                         h["val_loss"][-1] if h["val_loss"] else None,
+                         h["lr"][-1] if h["lr"] else run.config.lr, result.elapsed_s, 0.0, run.best_epoch,
+                         run.best_val, result)
+
+
 def _iter_training(data, config: TrainConfig | None = None,
                    stop_event: threading.Event | None = None) -> Iterator[TrainProgress]:
     """Train a network on synthetic data, yielding progress records; the last one has ``kind == "done"``.
@@ -217,175 +456,25 @@ def _iter_training(data, config: TrainConfig | None = None,
     Targets are the model's estimated parameters (``model.estimated_names``; rVERDICT's S0 is a nuisance and is
     not estimated) min–max scaled with ``data.ranges``; the loss is their MSE.
     """
-    from napari_rverdict.learn.bundle import Bundle
-
-    config = TrainConfig() if config is None else config
-    config.validate()
-    _check_data(data)
-    device = resolve_device(config.device)
-    model = data.model
-    names = tuple(model.estimated_names)
-    t0 = time.perf_counter()
-
-    # --- data on the device
-    y_all = scale_targets(data.targets(names), names, data.ranges).astype(np.float32)
-    if not np.isfinite(y_all).all():
-        raise ValueError("the training targets contain NaN or inf")
-    x_tr = torch.from_numpy(np.ascontiguousarray(data.signals[data.train_index], dtype=np.float32)).to(device)
-    y_tr = torch.from_numpy(np.ascontiguousarray(y_all[data.train_index])).to(device)
-    x_va = torch.from_numpy(np.ascontiguousarray(data.signals[data.val_index], dtype=np.float32)).to(device)
-    y_va = torch.from_numpy(np.ascontiguousarray(y_all[data.val_index])).to(device)
-    n_train = x_tr.shape[0]
-
-    # --- network, reproducibly initialised without touching the global RNG
-    depth, width = config.depth, config.width
-    d0, w0 = default_hyperparameters(config.net, model.name)
-    depth = d0 if depth is None else int(depth)
-    width = w0 if width is None else int(width)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(config.seed))
-        n_out = len(names) * (2 if config.uncertainty else 1)
-        net = build_network(config.net, x_tr.shape[1], n_out, depth, width, model_name=model.name)
-    net.to(device)
-    net.train()
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(config.seed) + 1)
-
-    opt = _make_optimizer(net.parameters(), config, device)
-    sched = None
-    if config.scheduler:
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5,
-                                                           patience=max(1, int(config.patience or 4) // 4))
-    loss_fn = nn.MSELoss()
-    if config.uncertainty:
-        from napari_rverdict.learn.uncertainty import beta_nll_loss
-
-        beta = float(config.uncertainty_beta)
-        loss_fn = lambda out, y: beta_nll_loss(out, y, beta)  # noqa: E731
-    bounds = batch_bounds(n_train, int(config.batch_size))
-    n_batches = len(bounds)
-    n_epochs = int(config.epochs)
-    patience = config.patience
-
-    history = {"train_loss": [], "val_loss": [], "lr": [], "best_epoch": None, "partial_last_epoch": False}
-    best_val = None
-    best_epoch = None
-    best_state = None
-    stopped = False
-    n_steps = 0
-    epochs_run = 0
-    bad_epochs = 0
-
-    def lr_now():
-        return float(opt.param_groups[0]["lr"])
-
-    def eta(done_epochs: float):
-        el = time.perf_counter() - t0
-        if done_epochs <= 0:
-            return None
-        return el / done_epochs * max(n_epochs - done_epochs, 0.0)
-
-    for epoch in range(1, n_epochs + 1):
-        if stop_event is not None and stop_event.is_set():
-            stopped = True
+    run = _set_up(data, config)
+    for epoch in range(1, run.n_epochs + 1):
+        if _stop_requested(stop_event):
+            run.stopped = True
             break
-        epochs_run = epoch
-        perm = torch.randperm(n_train, generator=gen, device=device)
-        xp, yp = x_tr[perm], y_tr[perm]
-        running = torch.zeros((), device=device)
-        running_n = 0
-        epoch_sum = torch.zeros((), device=device)
-        done = 0
-        for bi, (s, e) in enumerate(bounds):
-            if stop_event is not None and stop_event.is_set():
-                stopped = True
-                break
-            xb, yb = xp[s:e], yp[s:e]
-            opt.zero_grad(set_to_none=True)
-            out = net(xb)
-            loss = loss_fn(out, yb)
-            loss.backward()
-            opt.step()
-            n_steps += 1
-            done = bi + 1
-            if config.uncertainty:  # report the means' MSE, as without uncertainty
-                lb = ((out.detach()[:, :yb.shape[1]] - yb) ** 2).mean() * (e - s)
-            else:
-                lb = loss.detach() * (e - s)
-            running += lb
-            epoch_sum += lb
-            running_n += e - s
-            if done % config.report_every == 0:
-                tl = float(running) / running_n  # the reporting sync
-                running.zero_()
-                running_n = 0
-                yield TrainProgress("batch", epoch, n_epochs, done, n_batches, tl, None, lr_now(),
-                                    time.perf_counter() - t0, eta(epoch - 1 + done / n_batches), best_epoch, best_val)
+        run.epochs_run = epoch
+        done, epoch_sum = yield from _train_epoch(run, epoch, stop_event)
         if done == 0:  # stopped before the first batch of this epoch
-            epochs_run = epoch - 1
+            run.epochs_run = epoch - 1
             break
-        n_seen = bounds[done - 1][1]
-        train_loss = float(epoch_sum) / n_seen
-        val_loss = _evaluate_loss(net, x_va, y_va)
-        if config.uncertainty:
-            history.setdefault("val_nll", []).append(_evaluate_nll(net, x_va, y_va))
-        history["train_loss"].append(train_loss)
-        history["val_loss"].append(val_loss)
-        history["lr"].append(lr_now())
-        if stopped:
-            history["partial_last_epoch"] = True
-        if best_val is None or val_loss < best_val:
-            best_val, best_epoch, best_state = val_loss, epoch, _state_copy(net)
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-        history["best_epoch"] = best_epoch
-        if sched is not None and not stopped:
-            sched.step(val_loss)
-        yield TrainProgress("epoch", epoch, n_epochs, done, n_batches, train_loss, val_loss, lr_now(),
-                            time.perf_counter() - t0, eta(epoch if not stopped else epoch - 1 + done / n_batches),
-                            best_epoch, best_val)
-        if stopped:
+        yield _validate_epoch(run, epoch, done, epoch_sum)
+        if run.stopped or _out_of_patience(run):
             break
-        if patience and bad_epochs >= patience:
-            break
-
-    # --- hand back: everything on the CPU, optimiser dropped, device memory freed
-    _synchronize(device)
-    last_state = _state_to_cpu(net)
-    if best_state is None:  # stopped before any batch: the initial weights are both best and last
-        best_state = _state_copy(net)
-    best_cpu = {k: v.to("cpu", copy=True) for k, v in best_state.items()}
-    del opt, sched, best_state, x_tr, y_tr, x_va, y_va
-    net.to("cpu")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    net.load_state_dict(best_cpu)
-    net.eval()
-    elapsed = time.perf_counter() - t0
-    cfg = config.to_dict()
-    cfg.update(depth=depth, width=width)
-    bundle = Bundle(
-        network=net, model_name=model.name, protocol=data.protocol, ranges=data.ranges,
-        snr=data.snr_setting, fraction_sampler=data.fraction_sampler, net_name=config.net, depth=depth,
-        width=width, seed=config.seed, history=copy.deepcopy(history), train_config=cfg,
-        extra={"n_train": int(n_train), "n_val": int(len(data.val_index)), "data_seed": data.seed,
-               "device": str(device), "elapsed_s": elapsed, "stopped": stopped},
-        uncertainty=bool(config.uncertainty),
-    )
-    if config.uncertainty:  # conformal interval quantiles per map from the validation set
-        from napari_rverdict.learn.uncertainty import calibrate_bundle
-
-        val_truth = {k: np.asarray(v)[data.val_index] for k, v in data.params.items()}
-        calibrate_bundle(bundle, data.signals[data.val_index], val_truth)
-        bundle.extra["calibration"] = {"method": "normalised split conformal quantiles of |y - mean| / sd on the "
-                                                 "validation set, levels 0.05-0.99",
-                                       "n": int(len(data.val_index))}
-    result = TrainResult(bundle, last_state, history, stopped, epochs_run, n_steps, elapsed, str(device))
-    yield TrainProgress("done", max(epochs_run, 0), n_epochs, 0, n_batches,
-                        history["train_loss"][-1] if history["train_loss"] else None,
-                        history["val_loss"][-1] if history["val_loss"] else None, cfg["lr"] if not
-                        history["lr"] else history["lr"][-1], elapsed, 0.0, best_epoch, best_val, result)
+    bundle, last_state, elapsed = _hand_back(run, data)
+    if run.config.uncertainty:
+        _calibrate(bundle, data)
+    result = TrainResult(bundle, last_state, run.history, run.stopped, run.epochs_run, run.n_steps, elapsed,
+                         str(run.device))
+    yield _done_record(run, result)
 
 
 def iter_training(data, config: TrainConfig | None = None,
@@ -417,6 +506,6 @@ def train(data, config: TrainConfig | None = None, stop_event: threading.Event |
     for rec in iter_training(data, config, stop_event):
         if callback is not None:
             callback(rec)
-        if rec.kind == "done":
+        if rec.kind is ProgressKind.DONE:
             result = rec.result
     return result

@@ -27,9 +27,9 @@ What this guarantees, honestly: marginal coverage ≥ L on data exchangeable wit
 signals from the training model, protocol, ranges, fraction sampler and SNR), averaged over voxels. It is not a
 per-voxel guarantee (voxels where σ is too small still under-cover, others over-cover) and it says nothing for
 data that differ from the training distribution (another SNR, artefacts, model mismatch). The quantiles are stored
-in the bundle (``bundle.interval_quantiles``; ``bundle.sd_scale`` keeps q_0.6827 per map). Bundles written before
-this method hold only one factor c per map (``sd_scale``); they load with q_L = c · z(L), the Gaussian intervals
-they were calibrated for.
+in the bundle (``bundle.interval_quantiles``; ``bundle.sd_scale`` keeps q_0.6827 per map). A bundle whose
+validation set was too small to calibrate (fewer than ``MIN_CALIBRATION`` signals) has no curve and every factor
+1: its intervals are the network's own Gaussian ones, q_L = z(L).
 
 Derived maps (the dependent fraction, cellularity) are propagated by Monte-Carlo: ``n_samples`` draws per voxel from
 the predicted (diagonal) Gaussian in scaled units, clipped to the training ranges, pushed through
@@ -52,8 +52,6 @@ import torch
 
 BETA = 0.5
 LOGVAR_MIN, LOGVAR_MAX = -18.0, 4.0
-CALIBRATION_LEVELS = (0.6827, 0.9545)
-CALIBRATION_TOLERANCES = (0.03, 0.02)  # the issue's targets: 68 ± 3 %, 95 ± 2 %
 N_DERIVED_SAMPLES = 64
 _HALF_68 = 0.3413447460685429  # Φ(1) − ½
 MIN_CALIBRATION = 10  # validation signals needed to recalibrate (fewer: factors stay 1)
@@ -175,13 +173,13 @@ def conformal_quantiles(true, mean, sd, levels: Sequence[float] = QUANTILE_LEVEL
 
 def interval_quantile(bundle, name: str, level: float) -> float:
     """The calibrated half-width of ``bundle``'s ``level`` interval for map ``name`` in units of the network's
-    raw σ: interpolated from the stored conformal quantile curve (levels 0.05–0.99), or, for bundles calibrated
-    with one Gaussian factor c (older bundles) or not at all, c · z(level) (c = 1)."""
+    raw σ: interpolated from the stored conformal quantile curve (levels 0.05–0.99), or, for a bundle without a
+    curve (too few validation signals to calibrate), the Gaussian z(level)."""
     level = float(level)
     z = z_of_level(level)
-    curve = (getattr(bundle, "interval_quantiles", None) or {}).get(name)
+    curve = bundle.interval_quantiles.get(name)
     if curve is None:
-        return float((getattr(bundle, "sd_scale", None) or {}).get(name, 1.0)) * z
+        return z
     levels = np.asarray(bundle.interval_levels, dtype=float)
     if not levels[0] - 1e-12 <= level <= levels[-1] + 1e-12:
         raise ValueError(f"this bundle's intervals are calibrated for levels {levels[0]:g}–{levels[-1]:g}, "
@@ -191,7 +189,7 @@ def interval_quantile(bundle, name: str, level: float) -> float:
 
 def interval_factor(bundle, name: str, level: float) -> float:
     """Half-width of the ``level`` interval of map ``name`` divided by the ``<name>_sd`` the bundle reports
-    (q_level / q_0.6827; z(level) for Gaussian-calibrated bundles)."""
+    (q_level / q_0.6827; z(level) / z(0.6827) for uncalibrated bundles)."""
     q_sd = interval_quantile(bundle, name, SD_LEVEL)
     q = interval_quantile(bundle, name, level)
     if q_sd > 0:
@@ -218,38 +216,6 @@ def interval_halfwidth(bundle, maps: Mapping, level: float, names: Sequence[str]
         sd = np.asarray(maps[key])
         out[name] = (sd * np.float32(interval_factor(bundle, name, level))).astype(sd.dtype, copy=False)
     return out
-
-
-def calibration_factor(true, mean, sd, levels: Sequence[float] = CALIBRATION_LEVELS,
-                       tolerances: Sequence[float] | None = None, n_grid: int = 201) -> float:
-    """Diagnostic (bundles use :func:`conformal_quantiles` instead): the best single sd factor c so that
-    ``mean ± c · z(l) · sd`` covers ``true`` as close to ``l`` as possible for every level at once: the minimax
-    of |coverage − l| / tolerance over a grid between the per-level exact factors (tolerances default to 3 % at
-    the first level and 2 % at the others; equal weights when the levels differ from the defaults).
-
-    For Gaussian errors both per-level factors equal the unit-z-variance factor √mean((true − mean)² / sd²).
-    """
-    t, m, s = (np.asarray(a, dtype=float).ravel() for a in (true, mean, sd))
-    ok = np.isfinite(t) & np.isfinite(m) & np.isfinite(s) & (s > 0)
-    if ok.sum() < 10:
-        raise ValueError(f"calibration needs at least 10 finite values with sd > 0, got {int(ok.sum())}")
-    z = np.abs(t[ok] - m[ok]) / s[ok]
-    per_level = [float(np.quantile(z, lv)) / z_of_level(lv) for lv in levels]
-    lo, hi = min(per_level), max(per_level)
-    if not hi > 0:
-        return 1.0
-    lo = max(lo, 1e-12)
-    if hi - lo < 1e-12 * hi:
-        return hi
-    if tolerances is None:
-        tolerances = CALIBRATION_TOLERANCES if tuple(levels) == CALIBRATION_LEVELS else (1.0,) * len(levels)
-    grid = np.linspace(lo, hi, int(n_grid))
-    zs = np.sort(z)
-    errs = np.zeros_like(grid)
-    for lv, tol in zip(levels, tolerances):
-        cov = np.searchsorted(zs, grid * z_of_level(lv), side="right") / zs.size
-        errs = np.maximum(errs, np.abs(cov - lv) / tol)
-    return float(grid[int(np.argmin(errs))])
 
 
 # ---------------------------------------------------------------------- derived maps
@@ -328,6 +294,6 @@ def calibrate_bundle(bundle, signals: np.ndarray, truth: Mapping, levels: Sequen
     return dict(bundle.interval_quantiles)
 
 
-__all__ = ["BETA", "QUANTILE_LEVELS", "SD_LEVEL", "beta_nll_loss", "calibrate_bundle", "calibration_factor",
-           "conformal_quantiles", "coverage", "derived_sd", "interval_factor", "interval_halfwidth",
-           "interval_quantile", "split_output", "z_of_level"]
+__all__ = ["BETA", "QUANTILE_LEVELS", "SD_LEVEL", "beta_nll_loss", "calibrate_bundle", "conformal_quantiles",
+           "coverage", "derived_sd", "interval_factor", "interval_halfwidth", "interval_quantile", "split_output",
+           "z_of_level"]

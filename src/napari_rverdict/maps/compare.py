@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import available_models, get_model
 
 SD_SUFFIX = "_sd"
@@ -32,12 +33,12 @@ def _as_maps(maps, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         loaded, units = load_maps(maps, with_units=True)
         return {k: np.asarray(v, dtype=np.float64) for k, v in loaded.items()}, dict(units)
     if not isinstance(maps, dict) or not maps:
-        raise ValueError(f"{what} must be a non-empty dict of arrays or a directory of NIfTI maps")
+        raise InputError(f"{what} must be a non-empty dict of arrays or a directory of NIfTI maps")
     out, shape = {}, None
     for k, v in maps.items():
         a = np.asarray(v, dtype=np.float64)
         if shape is not None and a.shape != shape:
-            raise ValueError(f"{what}: map '{k}' has shape {a.shape}, the others {shape}")
+            raise InputError(f"{what}: map '{k}' has shape {a.shape}, the others {shape}")
         shape = a.shape
         out[str(k)] = a
     return out, {}
@@ -58,10 +59,10 @@ def _as_labels(labels, shape) -> np.ndarray:
             lab = lab.astype(np.int32)
         if not np.issubdtype(lab.dtype, np.integer):
             if not np.all(np.isfinite(lab)) or not np.allclose(lab, np.round(lab)):
-                raise ValueError("labels must be whole numbers")
+                raise InputError("labels must be whole numbers")
             lab = np.round(lab).astype(np.int32)
     if lab.shape != tuple(shape):
-        raise ValueError(f"the labels have shape {lab.shape} but the maps have shape {tuple(shape)}")
+        raise InputError(f"the labels have shape {lab.shape} but the maps have shape {tuple(shape)}")
     return lab
 
 
@@ -76,7 +77,7 @@ def _as_mask(mask, shape) -> np.ndarray | None:
         m = np.asarray(mask)
         m = m if m.dtype == bool else np.nan_to_num(m.astype(np.float64)) != 0
     if m.shape != tuple(shape):
-        raise ValueError(f"the mask has shape {m.shape} but the maps have shape {tuple(shape)}")
+        raise InputError(f"the mask has shape {m.shape} but the maps have shape {tuple(shape)}")
     return m
 
 
@@ -217,10 +218,10 @@ def compare_maps(maps_a, maps_b, mask=None, labels=None, model=None, *, label_na
     a, units_a = _as_maps(maps_a, "maps_a")
     b, units_b = _as_maps(maps_b, "maps_b")
     if _shape(a) != _shape(b):
-        raise ValueError(f"the two sets of maps differ in shape: {_shape(a)} vs {_shape(b)}")
+        raise InputError(f"the two sets of maps differ in shape: {_shape(a)} vs {_shape(b)}")
     common = _ordered([k for k in a if k in b], model)
     if not common:
-        raise ValueError(f"the two sets of maps share no map name ({', '.join(a)} vs {', '.join(b)})")
+        raise InputError(f"the two sets of maps share no map name ({', '.join(a)} vs {', '.join(b)})")
     shape = _shape(a)
     m = _as_mask(mask, shape)
     if m is None:
@@ -316,7 +317,7 @@ def roi_statistics(maps, labels, label_names=None, *, mask=None) -> RoiTable:
     m = _as_mask(mask, shape)
     names = _label_names(lab, label_names)
     if not names:
-        raise ValueError("the label image has no non-zero label")
+        raise InputError("the label image has no non-zero label")
     main = _ordered([k for k in mp if not (k.endswith(SD_SUFFIX) and k[: -len(SD_SUFFIX)] in mp)])
     rows = []
     for v, nm in names.items():

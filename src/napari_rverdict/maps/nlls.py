@@ -20,6 +20,12 @@ batched over every (voxel, start) pair, with forward-difference Jacobians and an
 costing). A row stops when an accepted step lowers its cost by less than 1e-12 (relative), when λ exceeds 1e10, or
 after ``max_iter`` (1000) iterations.
 
+Progress and cancelling: ``progress(done, total)`` is called inside a chunk too, after LM iterations, with ``done``
+the voxels finished before the chunk plus the chunk's voxel-equivalents done so far (the larger of the fraction of
+rows converged and the fraction of ``max_iter`` spent), so it moves every iteration or so rather than once per
+chunk. A ``stop_event`` (``threading.Event``) is checked before each chunk and between LM iterations; once it is set
+the fit raises :class:`FitCancelled` and returns nothing partial.
+
 Starts: ``n_candidates`` parameter sets drawn (seeded) from the model's prior are scored against every voxel at
 once (closed-form scale, a matrix product), and each voxel starts from its ``n_starts`` best; an ``init`` (e.g. a
 network's maps or a Bundle) adds one more start per voxel. The best fit per voxel is kept.
@@ -41,6 +47,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
@@ -48,6 +55,15 @@ from napari_rverdict.physics.protocol_files import load_protocol
 FD_STEP = 1e-7  # forward-difference step in the unbounded space (float64)
 FD_STEP_FLOAT32 = 3e-4  # devices without float64 (MPS)
 DAMP_FLOOR = 1.0  # damping uses max(diag(JᵀJ), DAMP_FLOOR · mean diag): no free direction at a saturated bound
+
+
+class FitCancelled(Exception):
+    """The fit was cancelled through its ``stop_event``; no partial maps are returned."""
+
+
+def _check_stop(stop_event) -> None:
+    if stop_event is not None and stop_event.is_set():
+        raise FitCancelled("NLLS fit cancelled")
 
 
 # ---------------------------------------------------------------------- the fitted function
@@ -184,8 +200,14 @@ def make_starts(problem: FitProblem, y: np.ndarray, n_starts: int, n_candidates:
 
 
 # ---------------------------------------------------------------------- Levenberg–Marquardt, batched
-def levenberg_marquardt(problem: FitProblem, y, u0, max_iter: int = 1000, tol: float = 1e-12):
-    """Minimise ‖r(u)‖² for every row independently. y (B, m), u0 (B, k) tensors. Returns (u, cost, iterations)."""
+def levenberg_marquardt(problem: FitProblem, y, u0, max_iter: int = 1000, tol: float = 1e-12, *,
+                        stop_event=None, on_iter: Callable[[float], None] | None = None):
+    """Minimise ‖r(u)‖² for every row independently. y (B, m), u0 (B, k) tensors. Returns (u, cost, iterations).
+
+    ``stop_event`` : checked before every iteration; when set, :class:`FitCancelled` is raised.
+    ``on_iter(fraction)`` : after every iteration, the fraction (0–1, non-decreasing) of the work done: the larger
+    of the fraction of rows converged and the fraction of ``max_iter`` spent.
+    """
     u = u0.clone()
     B, k = u.shape
     r = problem.residual(u, y)
@@ -198,6 +220,7 @@ def levenberg_marquardt(problem: FitProblem, y, u0, max_iter: int = 1000, tol: f
     for iters in range(1, max_iter + 1):
         if active.numel() == 0:
             break
+        _check_stop(stop_event)
         ua, ya, ra, ca, la = u[active], y[active], r[active], cost[active], lam[active]
         nb = ua.shape[0]
         # forward-difference Jacobian: k shifted copies in one batched evaluation
@@ -224,6 +247,8 @@ def levenberg_marquardt(problem: FitProblem, y, u0, max_iter: int = 1000, tol: f
         small_step = step.abs().amax(-1) < 1e-9
         done = (better & ((rel < tol) | small_step)) | (~better & (la > 1e10)) | (cn < 1e-28)
         active = active[~done]
+        if on_iter is not None:
+            on_iter(max(1.0 - active.numel() / max(B, 1), iters / max_iter))
     return u, cost, iters
 
 
@@ -236,7 +261,7 @@ def _init_params(init, signals_raw, protocol, problem: FitProblem, index=None) -
 
     if isinstance(init, Bundle):
         if init.model.name != problem.model.name:
-            raise ValueError(f"init bundle is a {init.model.name} model but the fit is {problem.model.name}")
+            raise InputError(f"init bundle is a {init.model.name} model but the fit is {problem.model.name}")
         import warnings
 
         with warnings.catch_warnings():
@@ -250,20 +275,21 @@ def _init_params(init, signals_raw, protocol, problem: FitProblem, index=None) -
                 a = a.reshape(-1)[index]
             values[k] = a.reshape(-1)
     else:
-        raise ValueError(f"init must be a Bundle or a dict of per-voxel values, got {type(init).__name__}")
+        raise InputError(f"init must be a Bundle or a dict of per-voxel values, got {type(init).__name__}")
     need = [n for n in problem.fractions + problem.others if n not in values]
     if need:
-        raise ValueError(f"init lacks {', '.join(need)} (it has {', '.join(values)})")
+        raise InputError(f"init lacks {', '.join(need)} (it has {', '.join(values)})")
     n = len(signals_raw)
     bad = [k for k in problem.fractions + problem.others if values[k].shape[0] != n]
     if bad:
-        raise ValueError(f"init '{bad[0]}' has {values[bad[0]].shape[0]} values but there are {n} voxels")
+        raise InputError(f"init '{bad[0]}' has {values[bad[0]].shape[0]} values but there are {n} voxels")
     return problem.from_params(values)
 
 
 def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, init=None, ranges=None,
                 progress: Callable[[int, int], None] | None = None, n_candidates: int = 512, max_iter: int = 1000,
-                seed: int = 0, chunk: int = 8192, return_cost: bool = False) -> dict[str, np.ndarray]:
+                seed: int = 0, chunk: int = 8192, return_cost: bool = False,
+                stop_event=None) -> dict[str, np.ndarray]:
     """Batched NLLS fit of raw signals (n, m) acquired with ``protocol``.
 
     Parameters
@@ -272,9 +298,13 @@ def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, i
     device : "auto", "cpu", "cuda", "mps".  n_starts : starts per voxel from the screened prior candidates.
     init : a Bundle (its predictions) or {name: (n,)} values (physical units): one extra start per voxel.
     ranges : {name: (low, high)} bounds of the fit (default: the model's training ranges).
-    progress : ``progress(done_voxels, total)`` after each chunk.  n_candidates : prior draws screened for starts.
+    progress : ``progress(done_voxels, total)``: at the start, within each chunk as LM iterations finish (``done``
+    counts the chunk's voxel-equivalents done so far; it never decreases) and after each chunk.
+    n_candidates : prior draws screened for starts.
     max_iter : Levenberg–Marquardt iterations at most.  seed : the candidate draws.  chunk : voxels per batch.
     return_cost : also return ``"cost"``, the per-voxel sum of squared residuals on the normalised signal.
+    stop_event : a ``threading.Event``, checked before each chunk and between LM iterations: once set, the fit
+    raises :class:`FitCancelled` (nothing partial is returned).
 
     Returns {map: float64 (n,)} for every map of ``model.map_names`` (fractions, R, cellularity, …).
     """
@@ -284,11 +314,15 @@ def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, i
     protocol = load_protocol(protocol)
     raw = np.asarray(signals, dtype=np.float64)
     if raw.ndim != 2 or raw.shape[0] == 0:
-        raise ValueError(f"signals must be a non-empty 2-D array (n_voxels, {len(protocol)}), got shape {raw.shape}")
+        raise InputError(f"signals must be a non-empty 2-D array (n_voxels, {len(protocol)}), got shape {raw.shape}")
     if raw.shape[1] != len(protocol):
-        raise ValueError(f"signals have {raw.shape[1]} measurements but the protocol has {len(protocol)}")
+        raise InputError(f"signals have {raw.shape[1]} measurements but the protocol has {len(protocol)}")
     if int(n_starts) < 0 or (int(n_starts) == 0 and init is None):
-        raise ValueError(f"n_starts must be ≥ 1 (or 0 with an init), got {n_starts}")
+        raise InputError(f"n_starts must be ≥ 1 (or 0 with an init), got {n_starts}")
+    chunk = int(chunk)
+    if chunk < 1:
+        raise InputError(f"chunk must be ≥ 1, got {chunk}")
+    _check_stop(stop_event)
     dev = resolve_device(device)
     dtype = torch.float64 if dev.type != "mps" else torch.float32
     problem = FitProblem(model, protocol, ranges, dev, dtype)
@@ -297,25 +331,38 @@ def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, i
     n = y_all.shape[0]
     best_u = np.empty((n, problem.k))
     best_cost = np.empty(n)
+    reported = [0]
+
+    def report(done: int) -> None:
+        if progress is not None and done > reported[0]:
+            reported[0] = done
+            progress(done, n)
+
     if progress is not None:
         progress(0, n)
-    for a in range(0, n, int(chunk)):
+    for a in range(0, n, chunk):
+        _check_stop(stop_event)
         y = y_all[a:a + chunk]
         starts = make_starts(problem, y, int(n_starts), int(n_candidates), seed,
                              None if init_u is None else init_u[a:a + chunk])
         nv, ns, k = starts.shape
         yt = torch.as_tensor(np.repeat(y, ns, axis=0), dtype=dtype, device=dev)
         ut = torch.as_tensor(starts.reshape(nv * ns, k), dtype=dtype, device=dev)
+
+        def on_iter(frac: float, a=a, nv=nv) -> None:
+            report(a + min(int(frac * nv), nv - 1))  # the chunk's last voxel is reported when it is stored
+
         with torch.no_grad():
-            u, cost, _ = levenberg_marquardt(problem, yt, ut, max_iter=max_iter)
+            u, cost, _ = levenberg_marquardt(problem, yt, ut, max_iter=max_iter, stop_event=stop_event,
+                                             on_iter=None if progress is None else on_iter)
         u = u.double().cpu().numpy().reshape(nv, ns, k)
         cost = cost.double().cpu().numpy().reshape(nv, ns)
         cost = np.where(np.isfinite(cost), cost, np.inf)
         pick = cost.argmin(1)
         best_u[a:a + nv] = u[np.arange(nv), pick]
         best_cost[a:a + nv] = cost[np.arange(nv), pick]
-        if progress is not None:
-            progress(min(a + nv, n), n)
+        report(min(a + nv, n))
+    _check_stop(stop_event)
     return _maps_from_u(problem, best_u, best_cost if return_cost else None)
 
 
@@ -329,10 +376,13 @@ def _maps_from_u(problem: FitProblem, u: np.ndarray, cost=None) -> dict[str, np.
 
 
 def fit_volume(model, dwi, protocol=None, mask=None, *, device="auto", init=None,
-               progress: Callable[[int, int], None] | None = None, **fit_kw) -> dict[str, np.ndarray]:
+               progress: Callable[[int, int], None] | None = None, stop_event=None,
+               **fit_kw) -> dict[str, np.ndarray]:
     """NLLS maps of a 4D volume: the same DWI / protocol / mask handling as :func:`.predict.predict_volume`.
 
     ``init`` : a Bundle (its prediction on these voxels), or {name: 3D map or (n_voxels,) values}: an extra start.
+    ``progress(done, total)`` moves within chunks (see :func:`fit_signals`); ``stop_event`` (a ``threading.Event``)
+    cancels the fit with :class:`FitCancelled`.
     Other keywords go to :func:`fit_signals` (``n_starts``, ``ranges``, ``n_candidates``, ``max_iter``, …).
     Returns {map: float32 (x, y, z)}, 0 outside the mask.
     """
@@ -344,7 +394,7 @@ def fit_volume(model, dwi, protocol=None, mask=None, *, device="auto", init=None
     if isinstance(init, Mapping):
         init_values = {k: (np.asarray(v).reshape(-1)[vox.index] if np.ndim(v) == 3 else v) for k, v in init.items()}
     maps = fit_signals(model, vox.signals, vox.protocol, device=device, init=init_values, progress=progress,
-                       **fit_kw)
+                       stop_event=stop_event, **fit_kw)
     return scatter_maps(maps, vox.index, vox.shape)
 
 
@@ -387,4 +437,4 @@ def fit_signals_scipy(model, signals, protocol, *, n_starts: int = 4, init=None,
     return _maps_from_u(problem, best_u, best_cost)
 
 
-__all__ = ["FitProblem", "fit_signals", "fit_signals_scipy", "fit_volume", "levenberg_marquardt", "make_starts"]
+__all__ = ["FitCancelled", "FitProblem", "fit_signals", "fit_signals_scipy", "fit_volume", "levenberg_marquardt", "make_starts"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_rverdict.data.nifti import Dwi
+from napari_rverdict.errors import InputError
 from napari_rverdict.maps.voxels import _NO_USABLE, _plan, _warn_excluded, prepare_voxels, scatter_maps
 
 NETWORK_CHUNK = 16384  # voxels per network call (PERFORMANCE.md: larger chunks spill the cache)
@@ -42,12 +43,12 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
     from napari_rverdict.learn.bundle import Bundle, load_bundle
 
     if int(chunk) != chunk or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+        raise InputError(f"chunk must be a positive integer, got {chunk!r}")
     chunk = int(chunk)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     if uncertainty and not bundle.has_uncertainty:  # before any voxel is read
-        raise ValueError("this bundle gives no uncertainty (it was not trained for it)")
+        raise InputError("this bundle gives no uncertainty (it was not trained for it)")
     kwargs = {"device": device, "chunk": min(chunk, NETWORK_CHUNK), "uncertainty": bool(uncertainty)}
     if _streams(dwi):
         return _predict_streaming(bundle, dwi, protocol, mask, chunk, kwargs, progress)
@@ -119,5 +120,5 @@ def _predict_streaming(bundle, dwi, protocol, mask, chunk: int, kwargs: dict, pr
             progress(done, total)
     _warn_excluded(n_bad, total, stacklevel=3)
     if n_used == 0:
-        raise ValueError(_NO_USABLE)
+        raise InputError(_NO_USABLE)
     return maps

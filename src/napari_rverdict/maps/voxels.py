@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_rverdict.data.nifti import Dwi, load_dwi, load_mask
+from napari_rverdict.errors import InputError
 from napari_rverdict.physics.protocol import Protocol, direction_average
 
 
@@ -24,7 +25,7 @@ def default_mask(b0_3d) -> np.ndarray:
 
     b0 = np.asarray(b0_3d, dtype=np.float64)
     if b0.ndim != 3:
-        raise ValueError(f"default_mask needs a 3D b = 0 image, got shape {b0.shape}")
+        raise InputError(f"default_mask needs a 3D b = 0 image, got shape {b0.shape}")
     finite = np.isfinite(b0)
     values = b0[finite]
     if values.size == 0:
@@ -50,12 +51,12 @@ def resolve_dwi(dwi, protocol=None, *, fallback: Protocol | None = None) -> Dwi:
         return load_dwi(dwi, protocol)
     arr = np.asarray(dwi)
     if arr.ndim != 4:
-        raise ValueError(f"a DWI must be 4D (x, y, z, volumes); got an array of shape {arr.shape}")
+        raise InputError(f"a DWI must be 4D (x, y, z, volumes); got an array of shape {arr.shape}")
     if protocol is None:
         if fallback is not None and arr.shape[-1] == len(fallback):
             return Dwi.from_array(arr, None, fallback, notes=["protocol assumed to be the model's"])
         want = f" (the model's has {len(fallback)})" if fallback is not None else ""
-        raise ValueError(f"a DWI array with {arr.shape[-1]} volumes needs its protocol{want}: pass protocol=")
+        raise InputError(f"a DWI array with {arr.shape[-1]} volumes needs its protocol{want}: pass protocol=")
     return Dwi.from_array(arr, None, protocol)
 
 
@@ -67,7 +68,7 @@ def resolve_mask(mask, dwi: Dwi) -> np.ndarray:
         return load_mask(mask, dwi)
     m = np.asarray(mask)
     if m.shape != dwi.spatial_shape:
-        raise ValueError(f"the mask has shape {m.shape} but the DWI's spatial shape is {dwi.spatial_shape}")
+        raise InputError(f"the mask has shape {m.shape} but the DWI's spatial shape is {dwi.spatial_shape}")
     if m.dtype != bool:
         m = np.nan_to_num(m.astype(np.float64)) != 0
     return m
@@ -147,7 +148,7 @@ def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int) -> _
     notes = list(d.notes)
     m = resolve_mask(mask, d)
     if not m.any():
-        raise ValueError("the mask is empty: no voxel to estimate")
+        raise InputError("the mask is empty: no voxel to estimate")
     prot = d.protocol
     average = d.is_direction_resolved and (reference is None or len(d.protocol) != len(reference))
     if average:
@@ -198,7 +199,7 @@ def prepare_voxels(dwi, protocol=None, mask=None, *, reference: Protocol | None 
     if n_bad:
         signals, index = signals[ok], index[ok]
         if index.size == 0:
-            raise ValueError(_NO_USABLE)
+            raise InputError(_NO_USABLE)
     used = np.zeros(int(np.prod(d.spatial_shape)), dtype=bool)
     used[index] = True
     return VoxelSet(np.ascontiguousarray(signals, dtype=np.float32), plan.protocol, index,

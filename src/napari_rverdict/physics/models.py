@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.physics.compartments import SPHERE_TABLE_NODES, SphereTable, astrosticks, ball, sphere_gpd
 from napari_rverdict.physics.protocol import Protocol, ProtocolError
 
@@ -292,7 +293,7 @@ class ClassicVerdict(SignalModel):
         s = signals
         lib = torch if isinstance(s, torch.Tensor) else np
         if s.shape[-1] != len(protocol):
-            raise ValueError(f"signals have {s.shape[-1]} measurements but the protocol has {len(protocol)}")
+            raise InputError(f"signals have {s.shape[-1]} measurements but the protocol has {len(protocol)}")
         b0_groups = {tuple(r.tolist()) for r in refs}
         denoms = {}
         for g in b0_groups:
@@ -301,7 +302,7 @@ class ClassicVerdict(SignalModel):
             bad = ~(d > 0)
             n_bad = int(bad.sum())
             if n_bad:
-                raise ValueError(f"{n_bad} signal(s) have a NaN or non-positive b = 0 (measurement {idx[0]}); "
+                raise InputError(f"{n_bad} signal(s) have a NaN or non-positive b = 0 (measurement {idx[0]}); "
                                  "per-series b = 0 normalisation cannot divide by it")
             denoms[g] = d
         cols = [s[..., i] / denoms[tuple(refs[i].tolist())] for i in range(len(protocol))]
@@ -362,7 +363,7 @@ class RelaxationVerdict(SignalModel):
     def normalise(self, signals, protocol: Protocol):
         """Divide each voxel by its maximum over measurements. Raises ValueError for NaN or non-positive maxima."""
         if signals.shape[-1] != len(protocol):
-            raise ValueError(f"signals have {signals.shape[-1]} measurements but the protocol has {len(protocol)}")
+            raise InputError(f"signals have {signals.shape[-1]} measurements but the protocol has {len(protocol)}")
         if isinstance(signals, torch.Tensor):
             m = signals.amax(-1, keepdim=True)
             bad = int((~(m > 0)).sum()) + int(torch.isnan(signals).any(-1).sum())
@@ -370,7 +371,7 @@ class RelaxationVerdict(SignalModel):
             m = signals.max(-1, keepdims=True)
             bad = int((~(m > 0)).sum()) + int(np.isnan(signals).any(-1).sum())
         if bad:
-            raise ValueError(f"{bad} signal(s) contain NaN or have no positive value; they cannot be normalised")
+            raise InputError(f"{bad} signal(s) contain NaN or have no positive value; they cannot be normalised")
         return signals / m
 
 
@@ -389,5 +390,5 @@ def get_model(name) -> SignalModel:
     key = str(name).lower().strip()
     key = _ALIASES.get(key, key)
     if key not in _MODELS:
-        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(_MODELS)}")
+        raise InputError(f"unknown model '{name}'; choose one of: {', '.join(_MODELS)}")
     return _MODELS[key]

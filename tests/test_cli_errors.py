@@ -1,0 +1,77 @@
+"""`rverdict` failure lines: bad input (our InputError, OSError) → one `error:` line and exit 2; anything else is a bug
+→ one `bug:` line and exit 1; `--debug` re-raises; `python -m napari_rverdict` goes through the same `main`."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import napari_rverdict.cli.report as report_cmd
+from napari_rverdict.cli import main
+from napari_rverdict.errors import InputError
+
+
+def _stderr_lines(capsys):
+    return [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+
+def test_bad_input_is_one_error_line_exit_2(capsys):
+    assert main(["protocol-report", "--snr", "abc"]) == 2
+    lines = _stderr_lines(capsys)
+    assert lines == ["rverdict protocol-report: error: --snr expects one number, got 'abc'"]
+
+
+def test_os_error_is_bad_input(monkeypatch, capsys):
+    def fails(args):
+        raise FileNotFoundError(2, "No such file or directory", "nowhere.nii.gz")
+
+    monkeypatch.setattr(report_cmd, "cmd_protocol_report", fails)
+    assert main(["protocol-report"]) == 2
+    (line,) = _stderr_lines(capsys)
+    assert line.startswith("rverdict protocol-report: error: ") and "nowhere.nii.gz" in line
+
+
+def test_input_error_from_the_library_is_bad_input(monkeypatch, capsys):
+    def fails(args):
+        raise InputError("the mask is\n empty")
+
+    monkeypatch.setattr(report_cmd, "cmd_protocol_report", fails)
+    assert main(["protocol-report"]) == 2
+    assert _stderr_lines(capsys) == ["rverdict protocol-report: error: the mask is empty"]
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyError("k"), ValueError("plain value error"),
+                                 ZeroDivisionError("division by zero")])
+def test_a_bug_is_one_bug_line_exit_1(monkeypatch, capsys, exc):
+    def fails(args):
+        raise exc
+
+    monkeypatch.setattr(report_cmd, "cmd_protocol_report", fails)
+    assert main(["protocol-report"]) == 1
+    (line,) = _stderr_lines(capsys)
+    assert line.startswith(f"rverdict protocol-report: bug: {type(exc).__name__}: ")
+    assert line.endswith("(run with --debug for the traceback)")
+
+
+def test_debug_reraises(monkeypatch):
+    def fails(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(report_cmd, "cmd_protocol_report", fails)
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["--debug", "protocol-report"])
+    monkeypatch.undo()
+    with pytest.raises(InputError):
+        main(["--debug", "protocol-report", "--snr", "abc"])
+
+
+def test_python_dash_m_exit_2_on_bad_option_value():
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "napari_rverdict", "protocol-report", "--snr", "abc"],
+                       check=False, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == ["rverdict protocol-report: error: --snr expects one number, got 'abc'"]
