@@ -294,7 +294,6 @@ def test_closing_the_maps_dock_stops_the_nlls_fit(viewer, qtbot, unc_bundle, mon
 
     from napari_rverdict.maps import nlls
 
-    cancelled = getattr(nlls, "FitCancelled", None) or type("FitCancelled", (RuntimeError,), {})
     started, seen = threading.Event(), []
 
     def fake_fit(model, dwi, protocol=None, mask=None, device=None, init=None, progress=None, stop_event=None):
@@ -302,7 +301,7 @@ def test_closing_the_maps_dock_stops_the_nlls_fit(viewer, qtbot, unc_bundle, mon
         started.set()
         if stop_event is None or not stop_event.wait(60):
             return {}
-        raise cancelled("stopped")
+        raise nlls.FitCancelled("stopped")
 
     monkeypatch.setattr(nlls, "fit_volume", fake_fit)
     viewer.open_sample("napari-rverdict", "prostate_phantom")
@@ -327,12 +326,7 @@ def test_closing_the_maps_dock_stops_the_nlls_fit(viewer, qtbot, unc_bundle, mon
 
 
 def test_closing_the_maps_dock_stops_the_real_nlls_fit(viewer, qtbot, unc_bundle):
-    import inspect
-
-    from napari_rverdict.maps.nlls import fit_volume
-
-    if "stop_event" not in inspect.signature(fit_volume).parameters:
-        pytest.skip("napari_rverdict.maps.nlls.fit_volume has no stop_event= yet (issue 11, NLLS side)")
+    """The real fit_volume, on the whole gland: closing the dock during the NLLS stage ends the worker soon."""
     viewer.open_sample("napari-rverdict", "prostate_phantom")
     maps, close = _close_dock(viewer, "Maps")
     get_state(viewer).bundle = unc_bundle

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 
 from napari_rverdict._napari._common import JobStopped, stoppable
@@ -33,9 +31,10 @@ def compute_job(bundle, dwi, mask, device, uncertainty, with_nlls, progress, sto
     """The worker: network maps (and NLLS maps); reports ``progress((stage, done, total))``. No layers here.
 
     Setting ``stop_event`` (a :class:`threading.Event`) stops the run at the network's next chunk or inside the
-    NLLS fit (``fit_volume(stop_event=...)``, which raises ``FitCancelled``); the result is then
+    NLLS fit (``fit_volume(stop_event=...)`` raises ``FitCancelled``); the result is then
     ``{"stopped": True, ...}`` with no maps, never an error.
     """
+    from napari_rverdict.maps.nlls import FitCancelled, fit_volume
     from napari_rverdict.maps.predict import predict_volume
 
     out = {"maps": None, "nlls": None, "nlls_error": None, "stopped": False}
@@ -45,23 +44,8 @@ def compute_job(bundle, dwi, mask, device, uncertainty, with_nlls, progress, sto
         out["maps"] = predict_volume(bundle, dwi, mask=mask, uncertainty=uncertainty, device=device,
                                      progress=lambda d, t: progress(("network", d, t)))
         if with_nlls:
-            out["nlls"] = _fit_nlls(bundle, dwi, mask, device, progress, stop_event)
-    except JobStopped:
-        out.update(maps=None, nlls=None, stopped=True)
-    except Exception as exc:
-        if type(exc).__name__ != "FitCancelled":
-            raise
+            out["nlls"] = fit_volume(bundle.model, dwi, protocol=None, mask=mask, device=device, init=bundle,
+                                     progress=lambda d, t: progress(("NLLS", d, t)), stop_event=stop_event)
+    except (JobStopped, FitCancelled):
         out.update(maps=None, nlls=None, stopped=True)
     return out
-
-
-def _fit_nlls(bundle, dwi, mask, device, progress, stop_event):
-    """``fit_volume`` with the stop event when it takes one (``stop_event=``; older versions stop only at the
-    next progress report)."""
-    from napari_rverdict.maps.nlls import fit_volume
-
-    kwargs = {}
-    if stop_event is not None and "stop_event" in inspect.signature(fit_volume).parameters:
-        kwargs["stop_event"] = stop_event
-    return fit_volume(bundle.model, dwi, protocol=None, mask=mask, device=device, init=bundle,
-                      progress=lambda d, t: progress(("NLLS", d, t)), **kwargs)
