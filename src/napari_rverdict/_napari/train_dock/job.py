@@ -51,17 +51,8 @@ def format_seconds(s) -> str:
 
 def report_rows(report) -> list[tuple[str, str, float, float, float]]:
     """(parameter, unit, RMSE, MAPE in % of the training range, median √CRLB) rows of an ``EvaluationReport``."""
-    rows = []
-    items = getattr(report, "rows", None)
-    if items is None and hasattr(report, "per_parameter"):
-        items = report.per_parameter
-    if isinstance(items, dict):
-        items = [dict(name=k, **v) if isinstance(v, dict) else v for k, v in items.items()]
-    for r in items or []:
-        get = (lambda k, r=r: r.get(k)) if isinstance(r, dict) else (lambda k, r=r: getattr(r, k, None))
-        rows.append((str(get("name") or get("parameter")), str(get("unit") or ""),
-                     _num(get("rmse")), 100.0 * _num(get("mape")), _num(get("crlb"))))
-    return rows
+    return [(name, str(r.get("unit") or ""), _num(r.get("rmse")), 100.0 * _num(r.get("mape")), _num(r.get("crlb")))
+            for name, r in report.rows.items()]
 
 
 def _num(v) -> float:
