@@ -58,6 +58,23 @@ def test_file_is_weights_only_and_marked(rv, tmp_path):
     assert load_bundle(path).net_name == "mlp"
 
 
+def test_save_keeps_permissions_and_new_file_not_private(rv, tmp_path):
+    _, b = rv
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"old")
+    os.chmod(path, 0o644)
+    b.save(path)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert load_bundle(path).net_name == "mlp"
+    old = os.umask(0o022)
+    try:
+        fresh = b.save(tmp_path / "new.pt")
+    finally:
+        os.umask(old)
+    assert os.stat(fresh).st_mode & 0o777 == 0o644  # 0o666 & ~umask, not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "new.pt"]
+
+
 def test_refuses_foreign_files(rv, tmp_path):
     _, b = rv
     with pytest.raises(ValueError, match="does not exist"):

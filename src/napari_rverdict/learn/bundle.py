@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from napari_rverdict import __version__
+from napari_rverdict.files import atomic_path
 from napari_rverdict.learn.device import resolve_device
 from napari_rverdict.learn.nets import build_network
 from napari_rverdict.learn.scaling import unscale_targets
@@ -169,24 +169,16 @@ class Bundle:
         })
 
     def save(self, path) -> Path:
-        """Write the bundle atomically (a temporary file in the same folder, then ``os.replace``)."""
+        """Write the bundle atomically through :func:`napari_rverdict.files.atomic_path` (a temporary file beside
+        it, then ``os.replace``; an existing file keeps its permissions, a new one gets ``0o666 & ~umask``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "meta": self.metadata(),
                    "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "wb") as fh:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
                 torch.save(payload, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
         return path
 
     @classmethod
