@@ -30,7 +30,11 @@ from napari_rverdict.files import atomic_path
 from napari_rverdict.learn.device import resolve_device
 from napari_rverdict.learn.nets import build_network
 from napari_rverdict.learn.scaling import unscale_targets
-from napari_rverdict.learn.uncertainty import derived_sd, interval_halfwidth, split_output
+from napari_rverdict.learn.uncertainty import (
+    derived_sd,
+    interval_halfwidth,
+    split_output,
+)
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 
