@@ -145,6 +145,8 @@ def test_evaluate_prints_table(trained, tmp_path, capsys):
     (["--snr", "60-15"], ["--snr range needs LOW < HIGH"]),
     (["--n", "5"], ["--n must be at least 10"]),
     (["--batch", "1"], ["batch_size"]),
+    (["--lr", "nan"], ["lr must be a positive number"]),
+    (["--weight-decay", "inf"], ["weight_decay must be a finite"]),
     (["--protocol", "nowhere.scheme"], ["nowhere.scheme"]),
 ])
 def test_train_bad_input_one_line(tmp_path, capsys, args, needles):
@@ -194,3 +196,14 @@ def test_train_overwrite_replaces(tmp_path, capsys):
     rc = main(["train", *TINY, "--quiet", "--overwrite", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     assert load_bundle(out).net_name == "mlp"
+
+
+def test_train_diverged_no_bundle(tmp_path, capsys):
+    out = tmp_path / "nan.pt"
+    rc = main(["train", *TINY, "--quiet", "--lr", "1e6", "--out", str(out)])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and "Traceback" not in err, err
+    assert lines[-1].startswith("rverdict train") and "diverged at epoch 1" in lines[-1], err
+    assert "lower learning rate" in lines[-1] and lines[:-1] == [ln for ln in lines[:-1] if "simulating" in ln]
+    assert not out.exists()

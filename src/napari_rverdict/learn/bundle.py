@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from napari_rverdict import __version__
+from napari_rverdict.errors import InputError
 from napari_rverdict.files import atomic_path
 from napari_rverdict.learn.device import resolve_device
 from napari_rverdict.learn.nets import build_network
@@ -178,11 +179,10 @@ class Bundle:
         path = Path(path)
         payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "meta": self.metadata(),
                    "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         return path
 
     @classmethod
@@ -375,7 +375,28 @@ def load_bundle(path) -> Bundle:
                          f"napari-rverdict reads version {BUNDLE_VERSION}")
     if not isinstance(payload.get("meta"), dict) or not isinstance(payload.get("state_dict"), dict):
         raise ValueError(f"'{p}' is a damaged napari-rverdict bundle (meta or state_dict missing)")
+    _check_finite(payload, p)
     try:
         return Bundle.from_payload(payload, source=str(p))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"'{p}' is a damaged napari-rverdict bundle (missing or bad entry {exc})") from None
+
+
+def _check_finite(payload: dict, p: Path) -> None:
+    """Refuse a bundle with NaN/inf weights (a diverged training) or non-finite or inverted training ranges."""
+    for name, v in payload["state_dict"].items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise InputError(f"'{p}' holds NaN or inf weights ({name}): its training diverged; retrain it "
+                             "with a lower learning rate")
+    ranges = payload["meta"].get("ranges")
+    if not isinstance(ranges, dict):
+        return  # reported as a damaged bundle by from_payload
+    for name, r in ranges.items():
+        try:
+            lo, hi = float(r[0]), float(r[1])
+        except (TypeError, ValueError, IndexError):
+            raise InputError(f"'{p}' is a damaged napari-rverdict bundle (bad range for {name}: {r!r})") from None
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise InputError(f"'{p}' has a non-finite training range for {name}: {lo:g}–{hi:g}")
+        if lo >= hi:
+            raise InputError(f"'{p}' has an inverted training range for {name}: low {lo:g} >= high {hi:g}")

@@ -23,13 +23,36 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.learn.bundle import Bundle
 from napari_rverdict.learn.device import _synchronize, resolve_device
-from napari_rverdict.learn.nets import available_networks, build_network, default_hyperparameters
+from napari_rverdict.learn.nets import (
+    available_networks,
+    build_network,
+    default_hyperparameters,
+)
 from napari_rverdict.learn.scaling import scale_targets
-from napari_rverdict.learn.uncertainty import beta_nll_loss, calibrate_bundle, gaussian_nll_value
+from napari_rverdict.learn.uncertainty import (
+    beta_nll_loss,
+    calibrate_bundle,
+    gaussian_nll_value,
+)
 
 VAL_CHUNK = 16384
+
+
+class TrainingDiverged(InputError):
+    """Training produced a non-finite loss or non-finite weights (usually a too-high learning rate); no bundle."""
+
+    def __init__(self, epoch: int | None, lr: float, what: str = "the training loss became NaN or inf"):
+        when = f" at epoch {epoch}" if epoch else ""
+        super().__init__(f"training diverged{when}: {what} (learning rate {lr:g}); "
+                         f"try a lower learning rate (the default is {TrainConfig.lr:g})")
+        self.epoch = epoch
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 @dataclass
@@ -74,14 +97,14 @@ class TrainConfig:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 2:
             raise ValueError(f"batch_size must be an integer >= 2 (BatchNorm needs 2 samples), got {self.batch_size!r}")
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (_is_number(self.lr) and np.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"lr must be a positive number (finite), got {self.lr!r}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience!r}")
         if int(self.report_every) != self.report_every or self.report_every < 1:
             raise ValueError(f"report_every must be a positive integer, got {self.report_every!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (_is_number(self.weight_decay) and np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise InputError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not isinstance(self.uncertainty, (bool, np.bool_)):
             raise ValueError(f"uncertainty must be True or False, got {self.uncertainty!r}")
         if not (np.isfinite(self.uncertainty_beta) and 0.0 <= self.uncertainty_beta <= 1.0):
@@ -369,7 +392,11 @@ def _validate_epoch(run: _Run, epoch: int, done: int, epoch_sum: torch.Tensor) -
     returns the "epoch" record."""
     history = run.history
     train_loss = float(epoch_sum) / run.bounds[done - 1][1]
+    if not np.isfinite(train_loss):  # once per epoch (no per-batch host sync): no NaN bundle is ever written
+        raise TrainingDiverged(epoch, run.config.lr)
     val_loss = _evaluate_loss(run.net, run.x_va, run.y_va)
+    if not np.isfinite(val_loss):
+        raise TrainingDiverged(epoch, run.config.lr, "the validation loss became NaN or inf")
     if run.config.uncertainty:
         history.setdefault("val_nll", []).append(_evaluate_nll(run.net, run.x_va, run.y_va))
     history["train_loss"].append(train_loss)
@@ -407,6 +434,8 @@ def _hand_back(run: _Run, data) -> tuple[Bundle, dict, float]:
     net.to("cpu")
     if run.device.type == "cuda":
         torch.cuda.empty_cache()
+    if not all(bool(torch.isfinite(v).all()) for v in best_cpu.values() if v.is_floating_point()):
+        raise TrainingDiverged(run.best_epoch, run.config.lr, "the network's weights became NaN or inf")
     net.load_state_dict(best_cpu)
     net.eval()
     elapsed = time.perf_counter() - run.t0
