@@ -130,7 +130,7 @@ def register(sub) -> None:
     p.add_argument("--scheduler", action="store_true", help="halve the learning rate on validation plateaus")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--uncertainty", action="store_true",
-                   help="also predict a per-voxel sd for every map (mean + variance, β-NLL; intervals calibrated on the validation set)")
+                   help="also predict a per-voxel sd for every map (mean + variance, β-NLL; intervals calibrated on a fresh synthetic set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -10,7 +10,7 @@ hyperparameters, the normalisation, seed, training history and configuration, pa
 names and creation time; for a network trained with uncertainty also ``"uncertainty": true``, ``"sd_scale"``
 ({map: factor on the network's σ in the reported sd}) and ``"interval_quantiles"`` ({"levels": [...],
 "q": {map: [conformal quantile per level]}}, see :mod:`napari_rverdict.learn.uncertainty`; no curves when the
-validation set was too small to calibrate: Gaussian intervals z(level)).
+calibration set (as large as the validation set) was too small to calibrate: Gaussian intervals z(level)).
 """
 
 from __future__ import annotations
@@ -144,8 +144,8 @@ class Bundle:
                                    if k in self.target_names),
         ]
         if self.uncertainty:
-            how = ("conformal intervals per map from the validation set" if self.interval_quantiles
-                   else "uncalibrated Gaussian intervals (too few validation signals)")
+            how = ("conformal intervals per map from a fresh calibration set" if self.interval_quantiles
+                   else "uncalibrated Gaussian intervals (too few calibration signals)")
             lines.append(f"uncertainty: predicts a mean and a variance per parameter (β-NLL); {how}")
         vl = self.history.get("val_loss") or []
         if vl:

@@ -33,6 +33,7 @@ from napari_rverdict.learn.nets import (
 )
 from napari_rverdict.learn.scaling import scale_targets
 from napari_rverdict.learn.uncertainty import (
+    MIN_CALIBRATION,
     beta_nll_loss,
     calibrate_bundle,
     gaussian_nll_value,
@@ -69,8 +70,9 @@ class TrainConfig:
         patience max(1, patience // 4)).
     weight_decay : Adam L2 weight decay.
     uncertainty : the network also predicts a variance per target (2k outputs), trained with the β-NLL
-        (β = ``uncertainty_beta``, Seitzer et al. 2022), then the intervals of every map are calibrated on the
-        validation set by normalised split conformal prediction (see :mod:`napari_rverdict.learn.uncertainty`).
+        (β = ``uncertainty_beta``, Seitzer et al. 2022), then the intervals of every map are calibrated on a fresh
+        synthetic set (:func:`calibration_data`) by normalised split conformal prediction (see
+        :mod:`napari_rverdict.learn.uncertainty`).
         Losses reported and early stopping stay the MSE of the means; the validation Gaussian NLL is added to
         the history as ``val_nll``.
     """
@@ -453,13 +455,42 @@ def _hand_back(run: _Run, data) -> tuple[Bundle, dict, float]:
     return bundle, last_state, elapsed
 
 
+CALIBRATION_SALT = 0xCA11B
+
+
+def calibration_seed(seed):
+    """The seed of the calibration set for training data made with ``seed``: derived from it through a
+    ``SeedSequence`` with a fixed salt, so its stream is never the training data's (None: fresh entropy)."""
+    if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        return None
+    return int(np.random.SeedSequence([int(seed), CALIBRATION_SALT]).generate_state(1, dtype=np.uint64)[0])
+
+
+def calibration_data(data):
+    """A fresh synthetic calibration set drawn like ``data`` (model, protocol, ranges, fraction sampler, SNR) with
+    :func:`calibration_seed` of its seed, as many signals as its validation set. The validation set picked the
+    best epoch, so conformal quantiles from it would be optimistic; these signals were seen by nothing."""
+    from napari_rverdict.data.synth import simulate
+
+    n = max(len(data.val_index), 2)
+    return simulate(data.model, data.protocol, n=n, snr=data.snr_setting, ranges=data.ranges,
+                    fraction_sampler=data.fraction_sampler, seed=calibration_seed(data.seed))
+
+
 def _calibrate(bundle: Bundle, data) -> None:
-    """Conformal interval quantiles per map from the validation set (uncertainty networks)."""
-    val_truth = {k: np.asarray(v)[data.val_index] for k, v in data.params.items()}
-    calibrate_bundle(bundle, data.signals[data.val_index], val_truth)
-    bundle.extra["calibration"] = {"method": "normalised split conformal quantiles of |y - mean| / sd on the "
-                                             "validation set, levels 0.05-0.99",
-                                   "n": int(len(data.val_index))}
+    """Conformal interval quantiles per map from a fresh calibration set (uncertainty networks)."""
+    n_val = len(data.val_index)
+    if n_val < MIN_CALIBRATION:  # too few to fit anything (as calibrate_bundle decides): no set to draw
+        cal_signals, cal_truth, seed = data.signals[data.val_index], {
+            k: np.asarray(v)[data.val_index] for k, v in data.params.items()}, None
+    else:
+        cal = calibration_data(data)
+        cal_signals, cal_truth, seed = cal.signals, cal.params, cal.seed
+    calibrate_bundle(bundle, cal_signals, cal_truth)
+    bundle.extra["calibration"] = {"method": "normalised split conformal quantiles of |y - mean| / sd on a fresh "
+                                             "synthetic calibration set drawn like the training data, "
+                                             "levels 0.05-0.99",
+                                   "n": n_val, "seed": seed}
 
 
 def _done_record(run: _Run, result: TrainResult) -> TrainProgress:
