@@ -58,6 +58,23 @@ def test_file_is_weights_only_and_marked(rv, tmp_path):
     assert load_bundle(path).net_name == "mlp"
 
 
+def test_save_keeps_permissions_and_new_file_not_private(rv, tmp_path):
+    _, b = rv
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"old")
+    os.chmod(path, 0o644)
+    b.save(path)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert load_bundle(path).net_name == "mlp"
+    old = os.umask(0o022)
+    try:
+        fresh = b.save(tmp_path / "new.pt")
+    finally:
+        os.umask(old)
+    assert os.stat(fresh).st_mode & 0o777 == 0o644  # 0o666 & ~umask, not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "new.pt"]
+
+
 def test_refuses_foreign_files(rv, tmp_path):
     _, b = rv
     with pytest.raises(ValueError, match="does not exist"):
@@ -158,3 +175,25 @@ def test_chunking_and_clipping(rv):
         if k in est:
             assert est[k].min() >= lo - 1e-4 and est[k].max() <= hi + 1e-4
     assert isinstance(b, Bundle) and os.fspath("x")
+
+
+@pytest.mark.parametrize("damage", ["nan_weight", "inf_range", "inverted_range"])
+def test_load_refuses_nonfinite_or_inverted(rv, tmp_path, damage):
+    from napari_rverdict.errors import InputError
+
+    _, b = rv
+    payload = torch.load(b.save(tmp_path / "m.pt"), weights_only=True)
+    if damage == "nan_weight":
+        next(v for v in payload["state_dict"].values() if v.is_floating_point()).view(-1)[0] = float("nan")
+        needle = "NaN or inf weights"
+    elif damage == "inf_range":
+        payload["meta"]["ranges"]["R"] = [1.0, float("inf")]
+        needle = "non-finite training range for R"
+    else:
+        payload["meta"]["ranges"]["R"] = [12.0, 1.0]
+        needle = "inverted training range for R"
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    with pytest.raises(InputError, match=needle) as info:
+        load_bundle(bad)
+    assert str(bad) in str(info.value)

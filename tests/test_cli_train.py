@@ -145,6 +145,8 @@ def test_evaluate_prints_table(trained, tmp_path, capsys):
     (["--snr", "60-15"], ["--snr range needs LOW < HIGH"]),
     (["--n", "5"], ["--n must be at least 10"]),
     (["--batch", "1"], ["batch_size"]),
+    (["--lr", "nan"], ["lr must be a positive number"]),
+    (["--weight-decay", "inf"], ["weight_decay must be a finite"]),
     (["--protocol", "nowhere.scheme"], ["nowhere.scheme"]),
 ])
 def test_train_bad_input_one_line(tmp_path, capsys, args, needles):
@@ -163,3 +165,45 @@ def test_evaluate_bad_files_one_line(tmp_path, capsys):
     (tmp_path / "notes.pt").write_text("not a torch file")
     rc = main(["evaluate", str(tmp_path / "notes.pt")])
     _one_error_line(capsys, rc, "not a napari-rverdict model bundle")
+
+
+def _no_work(monkeypatch):
+    import napari_rverdict.data.synth as synth_mod
+
+    def boom(*a, **k):
+        raise AssertionError("simulated or trained although --out was refused")
+
+    monkeypatch.setattr(synth_mod, "simulate", boom)
+    monkeypatch.setattr(train_mod, "iter_training", boom)
+
+
+@pytest.mark.parametrize("kind", ["folder", "empty", "existing"])
+def test_train_out_checked_before_training(tmp_path, capsys, monkeypatch, kind):
+    _no_work(monkeypatch)
+    existing = tmp_path / "old.pt"
+    existing.write_bytes(b"precious bytes")
+    out, needles = {"folder": (str(tmp_path), ["folder"]), "empty": ("", ["empty"]),
+                    "existing": (str(existing), ["exists", "--overwrite"])}[kind]
+    rc = main(["train", *TINY, "--out", out])
+    _one_error_line(capsys, rc, *needles)
+    assert existing.read_bytes() == b"precious bytes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.pt"]
+
+
+def test_train_overwrite_replaces(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"old")
+    rc = main(["train", *TINY, "--quiet", "--overwrite", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert load_bundle(out).net_name == "mlp"
+
+
+def test_train_diverged_no_bundle(tmp_path, capsys):
+    out = tmp_path / "nan.pt"
+    rc = main(["train", *TINY, "--quiet", "--lr", "1e6", "--out", str(out)])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and "Traceback" not in err, err
+    assert lines[-1].startswith("rverdict train") and "diverged at epoch 1" in lines[-1], err
+    assert "lower learning rate" in lines[-1] and lines[:-1] == [ln for ln in lines[:-1] if "simulating" in ln]
+    assert not out.exists()

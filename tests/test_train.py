@@ -204,3 +204,40 @@ def test_denormals_flushed_only_while_training(data, monkeypatch):
     assert len(inside) == 2 and all(v == 0.0 for v in inside)  # flushed while the trainer's code runs
     assert outside and all(v > 0 for v in outside)  # never in the caller's code between records
     assert float(tiny * 1.0) > 0  # nor afterwards
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, 0.0])
+def test_config_refuses_bad_lr_and_weight_decay(bad):
+    from napari_rverdict.errors import InputError
+
+    with pytest.raises(InputError, match="lr must be a positive number"):
+        TrainConfig(lr=bad).validate()
+    if bad != 0.0:
+        with pytest.raises(InputError, match="weight_decay must be a finite number"):
+            TrainConfig(weight_decay=bad).validate()
+
+
+def test_diverged_training_raises(data):
+    from napari_rverdict.errors import InputError
+    from napari_rverdict.learn.train import TrainingDiverged
+
+    small = simulate("rverdict", n=400, seed=0)
+    with pytest.raises(TrainingDiverged, match=r"diverged at epoch 1.*lower learning rate") as info:
+        train(small, TrainConfig(epochs=3, lr=1e6))
+    assert isinstance(info.value, InputError) and info.value.epoch == 1
+
+
+def test_nonfinite_final_weights_refused(data, monkeypatch):
+    from napari_rverdict.learn.train import TrainingDiverged
+
+    real = train_mod._state_copy
+
+    def poisoned(net):
+        state = real(net)
+        next(v for v in state.values() if v.is_floating_point()).fill_(float("nan"))
+        return state
+
+    monkeypatch.setattr(train_mod, "_state_copy", poisoned)
+    monkeypatch.setattr(train_mod, "_evaluate_loss", lambda *a: 0.5)  # the losses stay finite
+    with pytest.raises(TrainingDiverged, match="weights became NaN"):
+        train(simulate("rverdict", n=400, seed=0), TrainConfig(epochs=1))

@@ -21,12 +21,14 @@ def cmd_train(args) -> int:
 
     from napari_rverdict.data.prior import FRACTION_SAMPLERS, resolve_ranges
     from napari_rverdict.data.synth import simulate
+    from napari_rverdict.files import check_output_file
     from napari_rverdict.learn.device import resolve_device
     from napari_rverdict.learn.train import ProgressKind, TrainConfig, iter_training
     from napari_rverdict.physics.models import get_model
 
-    if not str(args.out).endswith(".pt"):
-        raise CliError(f"--out should name a .pt bundle file, got '{args.out}'")
+    # Any file name is accepted (load_bundle reads the format marker, not the suffix); refuse an unusable or
+    # existing output before the (slow) simulation and training.
+    check_output_file(args.out, overwrite=args.overwrite)
     device = resolve_device(args.device)  # fail before simulating
     config = TrainConfig(net=args.net, depth=args.depth, width=args.width, epochs=args.epochs,
                          batch_size=args.batch, lr=args.lr, patience=args.patience, device=str(device),
@@ -128,11 +130,12 @@ def register(sub) -> None:
     p.add_argument("--scheduler", action="store_true", help="halve the learning rate on validation plateaus")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--uncertainty", action="store_true",
-                   help="also predict a per-voxel sd for every map (mean + variance, β-NLL; intervals calibrated on the validation set)")
+                   help="also predict a per-voxel sd for every map (mean + variance, β-NLL; intervals calibrated on a fresh synthetic set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output model bundle (.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy of a model bundle on fresh synthetic data, with √CRLB")

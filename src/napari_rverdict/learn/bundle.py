@@ -10,7 +10,7 @@ hyperparameters, the normalisation, seed, training history and configuration, pa
 names and creation time; for a network trained with uncertainty also ``"uncertainty": true``, ``"sd_scale"``
 ({map: factor on the network's σ in the reported sd}) and ``"interval_quantiles"`` ({"levels": [...],
 "q": {map: [conformal quantile per level]}}, see :mod:`napari_rverdict.learn.uncertainty`; no curves when the
-validation set was too small to calibrate: Gaussian intervals z(level)).
+calibration set (as large as the validation set) was too small to calibrate: Gaussian intervals z(level)).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,10 +26,16 @@ import torch
 from torch import nn
 
 from napari_rverdict import __version__
+from napari_rverdict.errors import InputError
+from napari_rverdict.files import atomic_path
 from napari_rverdict.learn.device import resolve_device
 from napari_rverdict.learn.nets import build_network
 from napari_rverdict.learn.scaling import unscale_targets
-from napari_rverdict.learn.uncertainty import derived_sd, interval_halfwidth, split_output
+from napari_rverdict.learn.uncertainty import (
+    derived_sd,
+    interval_halfwidth,
+    split_output,
+)
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 
@@ -139,8 +144,8 @@ class Bundle:
                                    if k in self.target_names),
         ]
         if self.uncertainty:
-            how = ("conformal intervals per map from the validation set" if self.interval_quantiles
-                   else "uncalibrated Gaussian intervals (too few validation signals)")
+            how = ("conformal intervals per map from a fresh calibration set" if self.interval_quantiles
+                   else "uncalibrated Gaussian intervals (too few calibration signals)")
             lines.append(f"uncertainty: predicts a mean and a variance per parameter (β-NLL); {how}")
         vl = self.history.get("val_loss") or []
         if vl:
@@ -169,24 +174,15 @@ class Bundle:
         })
 
     def save(self, path) -> Path:
-        """Write the bundle atomically (a temporary file in the same folder, then ``os.replace``)."""
+        """Write the bundle atomically through :func:`napari_rverdict.files.atomic_path` (a temporary file beside
+        it, then ``os.replace``; an existing file keeps its permissions, a new one gets ``0o666 & ~umask``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "meta": self.metadata(),
                    "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         return path
 
     @classmethod
@@ -379,7 +375,28 @@ def load_bundle(path) -> Bundle:
                          f"napari-rverdict reads version {BUNDLE_VERSION}")
     if not isinstance(payload.get("meta"), dict) or not isinstance(payload.get("state_dict"), dict):
         raise ValueError(f"'{p}' is a damaged napari-rverdict bundle (meta or state_dict missing)")
+    _check_finite(payload, p)
     try:
         return Bundle.from_payload(payload, source=str(p))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"'{p}' is a damaged napari-rverdict bundle (missing or bad entry {exc})") from None
+
+
+def _check_finite(payload: dict, p: Path) -> None:
+    """Refuse a bundle with NaN/inf weights (a diverged training) or non-finite or inverted training ranges."""
+    for name, v in payload["state_dict"].items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise InputError(f"'{p}' holds NaN or inf weights ({name}): its training diverged; retrain it "
+                             "with a lower learning rate")
+    ranges = payload["meta"].get("ranges")
+    if not isinstance(ranges, dict):
+        return  # reported as a damaged bundle by from_payload
+    for name, r in ranges.items():
+        try:
+            lo, hi = float(r[0]), float(r[1])
+        except (TypeError, ValueError, IndexError):
+            raise InputError(f"'{p}' is a damaged napari-rverdict bundle (bad range for {name}: {r!r})") from None
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise InputError(f"'{p}' has a non-finite training range for {name}: {lo:g}–{hi:g}")
+        if lo >= hi:
+            raise InputError(f"'{p}' has an inverted training range for {name}: low {lo:g} >= high {hi:g}")

@@ -23,13 +23,37 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.learn.bundle import Bundle
 from napari_rverdict.learn.device import _synchronize, resolve_device
-from napari_rverdict.learn.nets import available_networks, build_network, default_hyperparameters
+from napari_rverdict.learn.nets import (
+    available_networks,
+    build_network,
+    default_hyperparameters,
+)
 from napari_rverdict.learn.scaling import scale_targets
-from napari_rverdict.learn.uncertainty import beta_nll_loss, calibrate_bundle, gaussian_nll_value
+from napari_rverdict.learn.uncertainty import (
+    MIN_CALIBRATION,
+    beta_nll_loss,
+    calibrate_bundle,
+    gaussian_nll_value,
+)
 
 VAL_CHUNK = 16384
+
+
+class TrainingDiverged(InputError):
+    """Training produced a non-finite loss or non-finite weights (usually a too-high learning rate); no bundle."""
+
+    def __init__(self, epoch: int | None, lr: float, what: str = "the training loss became NaN or inf"):
+        when = f" at epoch {epoch}" if epoch else ""
+        super().__init__(f"training diverged{when}: {what} (learning rate {lr:g}); "
+                         f"try a lower learning rate (the default is {TrainConfig.lr:g})")
+        self.epoch = epoch
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 @dataclass
@@ -46,8 +70,9 @@ class TrainConfig:
         patience max(1, patience // 4)).
     weight_decay : Adam L2 weight decay.
     uncertainty : the network also predicts a variance per target (2k outputs), trained with the β-NLL
-        (β = ``uncertainty_beta``, Seitzer et al. 2022), then the intervals of every map are calibrated on the
-        validation set by normalised split conformal prediction (see :mod:`napari_rverdict.learn.uncertainty`).
+        (β = ``uncertainty_beta``, Seitzer et al. 2022), then the intervals of every map are calibrated on a fresh
+        synthetic set (:func:`calibration_data`) by normalised split conformal prediction (see
+        :mod:`napari_rverdict.learn.uncertainty`).
         Losses reported and early stopping stay the MSE of the means; the validation Gaussian NLL is added to
         the history as ``val_nll``.
     """
@@ -74,14 +99,14 @@ class TrainConfig:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 2:
             raise ValueError(f"batch_size must be an integer >= 2 (BatchNorm needs 2 samples), got {self.batch_size!r}")
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (_is_number(self.lr) and np.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"lr must be a positive number (finite), got {self.lr!r}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience!r}")
         if int(self.report_every) != self.report_every or self.report_every < 1:
             raise ValueError(f"report_every must be a positive integer, got {self.report_every!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (_is_number(self.weight_decay) and np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise InputError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not isinstance(self.uncertainty, (bool, np.bool_)):
             raise ValueError(f"uncertainty must be True or False, got {self.uncertainty!r}")
         if not (np.isfinite(self.uncertainty_beta) and 0.0 <= self.uncertainty_beta <= 1.0):
@@ -369,7 +394,11 @@ def _validate_epoch(run: _Run, epoch: int, done: int, epoch_sum: torch.Tensor) -
     returns the "epoch" record."""
     history = run.history
     train_loss = float(epoch_sum) / run.bounds[done - 1][1]
+    if not np.isfinite(train_loss):  # once per epoch (no per-batch host sync): no NaN bundle is ever written
+        raise TrainingDiverged(epoch, run.config.lr)
     val_loss = _evaluate_loss(run.net, run.x_va, run.y_va)
+    if not np.isfinite(val_loss):
+        raise TrainingDiverged(epoch, run.config.lr, "the validation loss became NaN or inf")
     if run.config.uncertainty:
         history.setdefault("val_nll", []).append(_evaluate_nll(run.net, run.x_va, run.y_va))
     history["train_loss"].append(train_loss)
@@ -407,6 +436,8 @@ def _hand_back(run: _Run, data) -> tuple[Bundle, dict, float]:
     net.to("cpu")
     if run.device.type == "cuda":
         torch.cuda.empty_cache()
+    if not all(bool(torch.isfinite(v).all()) for v in best_cpu.values() if v.is_floating_point()):
+        raise TrainingDiverged(run.best_epoch, run.config.lr, "the network's weights became NaN or inf")
     net.load_state_dict(best_cpu)
     net.eval()
     elapsed = time.perf_counter() - run.t0
@@ -424,13 +455,42 @@ def _hand_back(run: _Run, data) -> tuple[Bundle, dict, float]:
     return bundle, last_state, elapsed
 
 
+CALIBRATION_SALT = 0xCA11B
+
+
+def calibration_seed(seed):
+    """The seed of the calibration set for training data made with ``seed``: derived from it through a
+    ``SeedSequence`` with a fixed salt, so its stream is never the training data's (None: fresh entropy)."""
+    if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        return None
+    return int(np.random.SeedSequence([int(seed), CALIBRATION_SALT]).generate_state(1, dtype=np.uint64)[0])
+
+
+def calibration_data(data):
+    """A fresh synthetic calibration set drawn like ``data`` (model, protocol, ranges, fraction sampler, SNR) with
+    :func:`calibration_seed` of its seed, as many signals as its validation set. The validation set picked the
+    best epoch, so conformal quantiles from it would be optimistic; these signals were seen by nothing."""
+    from napari_rverdict.data.synth import simulate
+
+    n = max(len(data.val_index), 2)
+    return simulate(data.model, data.protocol, n=n, snr=data.snr_setting, ranges=data.ranges,
+                    fraction_sampler=data.fraction_sampler, seed=calibration_seed(data.seed))
+
+
 def _calibrate(bundle: Bundle, data) -> None:
-    """Conformal interval quantiles per map from the validation set (uncertainty networks)."""
-    val_truth = {k: np.asarray(v)[data.val_index] for k, v in data.params.items()}
-    calibrate_bundle(bundle, data.signals[data.val_index], val_truth)
-    bundle.extra["calibration"] = {"method": "normalised split conformal quantiles of |y - mean| / sd on the "
-                                             "validation set, levels 0.05-0.99",
-                                   "n": int(len(data.val_index))}
+    """Conformal interval quantiles per map from a fresh calibration set (uncertainty networks)."""
+    n_val = len(data.val_index)
+    if n_val < MIN_CALIBRATION:  # too few to fit anything (as calibrate_bundle decides): no set to draw
+        cal_signals, cal_truth, seed = data.signals[data.val_index], {
+            k: np.asarray(v)[data.val_index] for k, v in data.params.items()}, None
+    else:
+        cal = calibration_data(data)
+        cal_signals, cal_truth, seed = cal.signals, cal.params, cal.seed
+    calibrate_bundle(bundle, cal_signals, cal_truth)
+    bundle.extra["calibration"] = {"method": "normalised split conformal quantiles of |y - mean| / sd on a fresh "
+                                             "synthetic calibration set drawn like the training data, "
+                                             "levels 0.05-0.99",
+                                   "n": n_val, "seed": seed}
 
 
 def _done_record(run: _Run, result: TrainResult) -> TrainProgress:

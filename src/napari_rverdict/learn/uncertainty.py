@@ -16,25 +16,26 @@ the means, so progress records, loss plots and early stopping mean the same thin
 A network's σ is rarely calibrated out of the box, and posteriors bounded by the prior (fractions, R, T2) are
 flatter than a Gaussian while cellularity = f_ic / R³ is heavy-tailed, so no single sd factor makes the 68 % and
 95 % intervals right at once. After training, the intervals are therefore calibrated by **normalised split
-conformal prediction** on the validation set (:func:`conformal_quantiles`, :func:`calibrate_bundle`): per map
+conformal prediction** on a fresh synthetic calibration set, as large as the validation set but drawn apart from
+it, since the validation set picked the best epoch (:func:`conformal_quantiles`, :func:`calibrate_bundle`): per map
 the scores s = |y − μ| / σ are computed and, for every level L of ``QUANTILE_LEVELS`` (0.05 … 0.99 in steps of
 0.01, plus 0.6827 and 0.9545), their finite-sample conformal quantile q_L (the ⌈(n + 1) L⌉-th smallest score; the
 largest one where that index exceeds n). The interval at level L is μ ± q_L · σ; levels between grid points
 interpolate the stored curve linearly. The reported ``<map>_sd`` is q_0.6827 · σ, the 68.27 % half-width (an sd for
 Gaussian errors), and :func:`interval_halfwidth` turns it into the half-width at any level in 0.05–0.99.
 
-What this guarantees, honestly: marginal coverage ≥ L on data exchangeable with the validation set (synthetic
+What this guarantees, honestly: marginal coverage ≥ L on data exchangeable with the calibration set (synthetic
 signals from the training model, protocol, ranges, fraction sampler and SNR), averaged over voxels. It is not a
 per-voxel guarantee (voxels where σ is too small still under-cover, others over-cover) and it says nothing for
 data that differ from the training distribution (another SNR, artefacts, model mismatch). The quantiles are stored
 in the bundle (``bundle.interval_quantiles``; ``bundle.sd_scale`` keeps q_0.6827 per map). A bundle whose
-validation set was too small to calibrate (fewer than ``MIN_CALIBRATION`` signals) has no curve and every factor
+validation (hence calibration) set was too small to calibrate (fewer than ``MIN_CALIBRATION`` signals) has no curve and every factor
 1: its intervals are the network's own Gaussian ones, q_L = z(L).
 
 Derived maps (the dependent fraction, cellularity) are propagated by Monte-Carlo: ``n_samples`` draws per voxel from
 the predicted (diagonal) Gaussian in scaled units, clipped to the training ranges, pushed through
 ``model.derived_maps``; their robust sd (half the central 68 % range of the draws) is then rescaled by its own
-validation quantiles (the same conformal treatment: the MC spread is the σ of the derived map). The network
+calibration quantiles (the same conformal treatment: the MC spread is the σ of the derived map). The network
 predicts no covariance, and f_ic / f_ees are anti-correlated in the posterior, so the uncalibrated f_vasc spread
 is too large; the quantiles correct it on average (not per voxel).
 
