@@ -40,23 +40,9 @@ def _warning_lines(caught) -> list[str]:
     return list(seen)
 
 
-# Modules that still raise a plain ValueError for bad input (owned by other branches; issue 11). A plain ValueError
-# raised *directly* in one of them counts as bad input until they raise InputError; remove each entry as it converts.
-_PLAIN_VALUEERROR_MODULES: tuple[str, ...] = ("napari_rverdict.learn.",)
-
-
 def _is_bad_input(exc: BaseException) -> bool:
-    """Bad input: our :class:`InputError`, an ``OSError`` from a file, or (for now) a plain ``ValueError`` raised in
-    one of :data:`_PLAIN_VALUEERROR_MODULES`. Everything else is a bug."""
-    if isinstance(exc, (InputError, OSError)):
-        return True
-    if type(exc) is ValueError and exc.__traceback__ is not None:
-        tb = exc.__traceback__
-        while tb.tb_next is not None:
-            tb = tb.tb_next
-        module = tb.tb_frame.f_globals.get("__name__", "")
-        return module.startswith(_PLAIN_VALUEERROR_MODULES)
-    return False
+    """Bad input: our :class:`InputError` or an ``OSError`` from a file. Everything else is a bug."""
+    return isinstance(exc, (InputError, OSError))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -94,7 +94,7 @@ class Bundle:
         self.target_names = tuple(target_names) if target_names is not None else tuple(self.model.estimated_names)
         missing = [k for k in self.target_names if k not in self.ranges]
         if missing:
-            raise ValueError(f"the bundle's ranges lack target(s) {', '.join(missing)}")
+            raise InputError(f"the bundle's ranges lack target(s) {', '.join(missing)}")
         self.snr = tuple(float(x) for x in snr) if isinstance(snr, (list, tuple)) else float(snr)
         self.fraction_sampler = str(fraction_sampler)
         self.net_name = str(net_name)
@@ -115,7 +115,7 @@ class Bundle:
         self.interval_quantiles = {str(k): [float(x) for x in v] for k, v in (iq.get("q") or {}).items()}
         bad = [k for k, v in self.interval_quantiles.items() if len(v) != len(self.interval_levels)]
         if bad or list(self.interval_levels) != sorted(self.interval_levels):
-            raise ValueError("the bundle's interval quantiles do not match their levels")
+            raise InputError("the bundle's interval quantiles do not match their levels")
 
     # ------------------------------------------------------------------ info
     @property
@@ -194,7 +194,7 @@ class Bundle:
         try:
             net.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
-            raise ValueError(f"{source}: the weights do not fit a {meta['net']} network "
+            raise InputError(f"{source}: the weights do not fit a {meta['net']} network "
                              f"(depth {meta['depth']}, width {meta['width']}): {str(exc).splitlines()[0]}") from None
         snr = meta["snr"]
         return cls(net, meta["model"], Protocol.from_dict(meta["protocol"]), meta["ranges"],
@@ -216,16 +216,16 @@ class Bundle:
             signals = signals.detach().cpu().numpy()
         s = np.asarray(signals)
         if s.ndim != 2:
-            raise ValueError(f"signals must be a 2-D array (n_voxels, {n_expected}), got shape {s.shape}")
+            raise InputError(f"signals must be a 2-D array (n_voxels, {n_expected}), got shape {s.shape}")
         if s.shape[0] == 0:
-            raise ValueError(f"signals are empty: shape {s.shape}, expected (n_voxels ≥ 1, {n_expected})")
+            raise InputError(f"signals are empty: shape {s.shape}, expected (n_voxels ≥ 1, {n_expected})")
         if s.shape[1] != n_expected:
-            raise ValueError(f"signals have {s.shape[1]} measurements but the model's protocol has {n_expected}")
+            raise InputError(f"signals have {s.shape[1]} measurements but the model's protocol has {n_expected}")
         if not np.issubdtype(s.dtype, np.number):
-            raise ValueError(f"signals must be numeric, got dtype {s.dtype}")
+            raise InputError(f"signals must be numeric, got dtype {s.dtype}")
         bad = ~np.isfinite(s).all(axis=1)
         if bad.any():
-            raise ValueError(f"{int(bad.sum())} signal(s) contain NaN or inf (first at row {int(np.argmax(bad))}); "
+            raise InputError(f"{int(bad.sum())} signal(s) contain NaN or inf (first at row {int(np.argmax(bad))}); "
                              "mask them out before predicting")
         return s
 
@@ -236,7 +236,7 @@ class Bundle:
 
     def _check_uncertainty(self) -> None:
         if not self.uncertainty:
-            raise ValueError("this model was trained without uncertainty; train it with uncertainty "
+            raise InputError("this model was trained without uncertainty; train it with uncertainty "
                              "(TrainConfig(uncertainty=True) or 'rverdict train --uncertainty') to get sd maps")
 
     def _run_network(self, x: np.ndarray, dev, net, chunk: int = DEFAULT_CHUNK, return_sd: bool = False,
@@ -323,12 +323,12 @@ class Bundle:
         estimates are clipped to the training ranges.
         """
         if int(chunk) != chunk or chunk < 1:
-            raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+            raise InputError(f"chunk must be a positive integer, got {chunk!r}")
         if uncertainty:
             self._check_uncertainty()
         if protocol is not None:
             if not isinstance(protocol, Protocol):
-                raise ValueError(f"protocol must be a Protocol, got {type(protocol).__name__}")
+                raise InputError(f"protocol must be a Protocol, got {type(protocol).__name__}")
             index, notes = protocol.match_to(self.protocol)
             s = self._check_signals(signals, len(protocol))[:, index]
             if notes:
@@ -355,9 +355,9 @@ def load_bundle(path) -> Bundle:
     """
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"model bundle '{p}' does not exist")
+        raise InputError(f"model bundle '{p}' does not exist")
     if not p.is_file():
-        raise ValueError(f"model bundle '{p}' is not a file")
+        raise InputError(f"model bundle '{p}' is not a file")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of every kind: not a torch file we can read safely
@@ -366,20 +366,20 @@ def load_bundle(path) -> Bundle:
             why = "it holds pickled Python objects, which weights_only loading refuses"
         else:
             why = f"not a readable torch file: {type(exc).__name__}"
-        raise ValueError(f"'{p}' is not a napari-rverdict model bundle ({why})") from None
+        raise InputError(f"'{p}' is not a napari-rverdict model bundle ({why})") from None
     if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"'{p}' is not a napari-rverdict model bundle (no '{BUNDLE_FORMAT}' format marker)")
+        raise InputError(f"'{p}' is not a napari-rverdict model bundle (no '{BUNDLE_FORMAT}' format marker)")
     version = payload.get("version")
     if version != BUNDLE_VERSION:
-        raise ValueError(f"'{p}' is a napari-rverdict bundle of format version {version!r}; this version of "
+        raise InputError(f"'{p}' is a napari-rverdict bundle of format version {version!r}; this version of "
                          f"napari-rverdict reads version {BUNDLE_VERSION}")
     if not isinstance(payload.get("meta"), dict) or not isinstance(payload.get("state_dict"), dict):
-        raise ValueError(f"'{p}' is a damaged napari-rverdict bundle (meta or state_dict missing)")
+        raise InputError(f"'{p}' is a damaged napari-rverdict bundle (meta or state_dict missing)")
     _check_finite(payload, p)
     try:
         return Bundle.from_payload(payload, source=str(p))
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"'{p}' is a damaged napari-rverdict bundle (missing or bad entry {exc})") from None
+        raise InputError(f"'{p}' is a damaged napari-rverdict bundle (missing or bad entry {exc})") from None
 
 
 def _check_finite(payload: dict, p: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from napari_rverdict.errors import InputError
+
 
 # ---------------------------------------------------------------------- devices
 def _mps_available() -> bool:
@@ -29,22 +31,22 @@ def resolve_device(device="auto") -> torch.device:
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
+        raise InputError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cpu":
         return dev
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise ValueError(f"device '{device}' requested but CUDA is not available (torch {torch.__version__}); "
+            raise InputError(f"device '{device}' requested but CUDA is not available (torch {torch.__version__}); "
                              "use --device cpu")
         if dev.index is not None and dev.index >= n:
-            raise ValueError(f"device '{device}' requested but only {n} CUDA device(s) exist (cuda:0..cuda:{n - 1})")
+            raise InputError(f"device '{device}' requested but only {n} CUDA device(s) exist (cuda:0..cuda:{n - 1})")
         return dev
     if dev.type == "mps":
         if not _mps_available():
-            raise ValueError(f"device '{device}' requested but MPS is not available; use cpu")
+            raise InputError(f"device '{device}' requested but MPS is not available; use cpu")
         return dev
-    raise ValueError(f"unsupported device '{device}'; use auto, cpu, cuda, cuda:N or mps")
+    raise InputError(f"unsupported device '{device}'; use auto, cpu, cuda, cuda:N or mps")
 
 
 def _synchronize(device: torch.device) -> None:

@@ -40,6 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import get_model
 
 # (depth, width) defaults per network and signal model; None = any model.
@@ -69,7 +70,7 @@ def resnet_stages(depth: int) -> int:
     """Number of {dense, identity, identity} stages for a ResNetReg ``depth`` (31 → 3, 28 → 3, 21 → 2, 11 → 1)."""
     depth = int(depth)
     if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+        raise InputError(f"depth must be >= 1, got {depth}")
     return max(1, int(round((depth - 1) / LINEAR_PER_STAGE)))
 
 
@@ -184,7 +185,7 @@ def available_networks() -> tuple[str, ...]:
 def _check_name(name) -> str:
     key = str(name).lower().strip()
     if key not in _BUILDERS:
-        raise ValueError(f"unknown network '{name}'; choose one of: {', '.join(_BUILDERS)}")
+        raise InputError(f"unknown network '{name}'; choose one of: {', '.join(_BUILDERS)}")
     return key
 
 
@@ -207,7 +208,7 @@ def build_network(name: str, n_inputs: int, n_outputs: int, depth: int | None = 
     width = w0 if width is None else width
     for label, v in (("n_inputs", n_inputs), ("n_outputs", n_outputs), ("depth", depth), ("width", width)):
         if int(v) != v or v < 1:
-            raise ValueError(f"{label} must be a positive integer, got {v!r}")
+            raise InputError(f"{label} must be a positive integer, got {v!r}")
     net = _BUILDERS[key](int(n_inputs), int(n_outputs), int(depth), int(width))
     net.net_name, net.depth, net.width = key, int(depth), int(width)
     net.n_inputs, net.n_outputs = int(n_inputs), int(n_outputs)

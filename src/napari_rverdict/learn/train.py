@@ -94,23 +94,23 @@ class TrainConfig:
 
     def validate(self) -> None:
         if str(self.net).lower() not in available_networks():
-            raise ValueError(f"unknown network '{self.net}'; choose one of: {', '.join(available_networks())}")
+            raise InputError(f"unknown network '{self.net}'; choose one of: {', '.join(available_networks())}")
         if int(self.epochs) != self.epochs or self.epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+            raise InputError(f"epochs must be a positive integer, got {self.epochs!r}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 2:
-            raise ValueError(f"batch_size must be an integer >= 2 (BatchNorm needs 2 samples), got {self.batch_size!r}")
+            raise InputError(f"batch_size must be an integer >= 2 (BatchNorm needs 2 samples), got {self.batch_size!r}")
         if not (_is_number(self.lr) and np.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"lr must be a positive number (finite), got {self.lr!r}")
         if self.patience is not None and self.patience < 0:
-            raise ValueError(f"patience must be >= 0, got {self.patience!r}")
+            raise InputError(f"patience must be >= 0, got {self.patience!r}")
         if int(self.report_every) != self.report_every or self.report_every < 1:
-            raise ValueError(f"report_every must be a positive integer, got {self.report_every!r}")
+            raise InputError(f"report_every must be a positive integer, got {self.report_every!r}")
         if not (_is_number(self.weight_decay) and np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise InputError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not isinstance(self.uncertainty, (bool, np.bool_)):
-            raise ValueError(f"uncertainty must be True or False, got {self.uncertainty!r}")
+            raise InputError(f"uncertainty must be True or False, got {self.uncertainty!r}")
         if not (np.isfinite(self.uncertainty_beta) and 0.0 <= self.uncertainty_beta <= 1.0):
-            raise ValueError(f"uncertainty_beta must be in [0, 1], got {self.uncertainty_beta!r}")
+            raise InputError(f"uncertainty_beta must be in [0, 1], got {self.uncertainty_beta!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,15 +174,15 @@ class TrainResult:
 def _check_data(data) -> None:
     n = len(data)
     if n == 0:
-        raise ValueError("the training data is empty (0 signals)")
+        raise InputError("the training data is empty (0 signals)")
     if len(data.train_index) < 2:
-        raise ValueError(f"the training split needs at least 2 signals, got {len(data.train_index)}")
+        raise InputError(f"the training split needs at least 2 signals, got {len(data.train_index)}")
     if len(data.val_index) < 1:
-        raise ValueError("the validation split is empty; early stopping needs validation signals")
+        raise InputError("the validation split is empty; early stopping needs validation signals")
     if data.signals.ndim != 2 or data.signals.shape[1] != len(data.protocol):
-        raise ValueError(f"signals must have shape (n, {len(data.protocol)}), got {data.signals.shape}")
+        raise InputError(f"signals must have shape (n, {len(data.protocol)}), got {data.signals.shape}")
     if not np.isfinite(data.signals).all():
-        raise ValueError(f"{int((~np.isfinite(data.signals)).any(1).sum())} training signal(s) contain NaN or inf")
+        raise InputError(f"{int((~np.isfinite(data.signals)).any(1).sum())} training signal(s) contain NaN or inf")
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -295,7 +295,7 @@ def _device_tensors(data, names, device: torch.device) -> tuple[torch.Tensor, ..
     """(x_train, y_train, x_val, y_val) on ``device``: normalised signals and min–max scaled targets."""
     y_all = scale_targets(data.targets(names), names, data.ranges).astype(np.float32)
     if not np.isfinite(y_all).all():
-        raise ValueError("the training targets contain NaN or inf")
+        raise InputError("the training targets contain NaN or inf")
 
     def put(a, dtype=None):
         return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype)).to(device)

@@ -51,6 +51,8 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
+from napari_rverdict.errors import InputError
+
 BETA = 0.5
 LOGVAR_MIN, LOGVAR_MAX = -18.0, 4.0
 N_DERIVED_SAMPLES = 64
@@ -64,7 +66,7 @@ def z_of_level(level: float) -> float:
     """Half-width in sd of the central Gaussian interval holding ``level`` (0.68 → 0.994, 0.95 → 1.960)."""
     level = float(level)
     if not 0.0 < level < 1.0:
-        raise ValueError(f"coverage levels must lie strictly between 0 and 1, got {level}")
+        raise InputError(f"coverage levels must lie strictly between 0 and 1, got {level}")
     return NormalDist().inv_cdf(0.5 + level / 2.0)
 
 
@@ -72,7 +74,7 @@ def z_of_level(level: float) -> float:
 def split_output(out: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 2k) network output → (mean, log-variance clamped to [LOGVAR_MIN, LOGVAR_MAX]), scaled units."""
     if out.shape[-1] != 2 * k:
-        raise ValueError(f"an uncertainty network has {2 * k} outputs for {k} targets, got {out.shape[-1]}")
+        raise InputError(f"an uncertainty network has {2 * k} outputs for {k} targets, got {out.shape[-1]}")
     return out[..., :k], torch.clamp(out[..., k:], LOGVAR_MIN, LOGVAR_MAX)
 
 
@@ -98,11 +100,11 @@ def _coverage_array(true, mean, sd, levels, factors=None) -> dict[float, float]:
     m = np.asarray(mean, dtype=float).ravel()
     s = np.asarray(sd, dtype=float).ravel()
     if not (t.shape == m.shape == s.shape):
-        raise ValueError(f"true, mean and sd must have the same size, got {t.size}, {m.size}, {s.size}")
+        raise InputError(f"true, mean and sd must have the same size, got {t.size}, {m.size}, {s.size}")
     if t.size == 0:
-        raise ValueError("no values to compute coverage on")
+        raise InputError("no values to compute coverage on")
     if (s < 0).any() or not np.isfinite(s).all():
-        raise ValueError("sd must be finite and non-negative")
+        raise InputError("sd must be finite and non-negative")
     err = np.abs(t - m)
     if factors is None:
         factors = {lv: z_of_level(lv) for lv in levels}
@@ -135,16 +137,16 @@ def coverage(true, mean, sd, levels: Sequence[float] = (0.68, 0.95), *, bundle=N
             if key.endswith("_sd") or key not in true:
                 continue
             if not isinstance(sd, Mapping):
-                raise ValueError("with dicts for true and mean, sd must be a dict too")
+                raise InputError("with dicts for true and mean, sd must be a dict too")
             s = sd[f"{key}_sd"] if f"{key}_sd" in sd else sd.get(key)  # "<name>_sd" first: sd may hold means
             if s is None:
-                raise ValueError(f"no sd for '{key}'")
+                raise InputError(f"no sd for '{key}'")
             out[key] = _coverage_array(true[key], m, s, levels, factors(key))
         if not out:
-            raise ValueError("true and mean share no names")
+            raise InputError("true and mean share no names")
         return out
     if bundle is not None and name is None:
-        raise ValueError("coverage with a bundle's intervals on arrays needs the map's name (name=...)")
+        raise InputError("coverage with a bundle's intervals on arrays needs the map's name (name=...)")
     return _coverage_array(true, mean, sd, levels, factors(name))
 
 
@@ -158,16 +160,16 @@ def conformal_quantiles(true, mean, sd, levels: Sequence[float] = QUANTILE_LEVEL
     """
     t, m, s = (np.asarray(a, dtype=float).ravel() for a in (true, mean, sd))
     if not (t.shape == m.shape == s.shape):
-        raise ValueError(f"true, mean and sd must have the same size, got {t.size}, {m.size}, {s.size}")
+        raise InputError(f"true, mean and sd must have the same size, got {t.size}, {m.size}, {s.size}")
     ok = np.isfinite(t) & np.isfinite(m) & np.isfinite(s) & (s > 0)
     n = int(ok.sum())
     if n < MIN_CALIBRATION:
-        raise ValueError(f"conformal calibration needs at least {MIN_CALIBRATION} finite values with sd > 0, "
+        raise InputError(f"conformal calibration needs at least {MIN_CALIBRATION} finite values with sd > 0, "
                          f"got {n}")
     scores = np.sort(np.abs(t[ok] - m[ok]) / s[ok])
     lv = np.asarray(levels, dtype=float)
     if ((lv <= 0) | (lv >= 1)).any():
-        raise ValueError(f"coverage levels must lie strictly between 0 and 1, got {levels}")
+        raise InputError(f"coverage levels must lie strictly between 0 and 1, got {levels}")
     k = np.ceil((n + 1) * lv - 1e-9).astype(int)  # 1-based rank; the tiny guard keeps exact products exact
     return scores[np.clip(k, 1, n) - 1]
 
@@ -183,7 +185,7 @@ def interval_quantile(bundle, name: str, level: float) -> float:
         return z
     levels = np.asarray(bundle.interval_levels, dtype=float)
     if not levels[0] - 1e-12 <= level <= levels[-1] + 1e-12:
-        raise ValueError(f"this bundle's intervals are calibrated for levels {levels[0]:g}–{levels[-1]:g}, "
+        raise InputError(f"this bundle's intervals are calibrated for levels {levels[0]:g}–{levels[-1]:g}, "
                          f"got {level:g}")
     return float(np.interp(level, levels, np.asarray(curve, dtype=float)))
 
@@ -208,12 +210,12 @@ def interval_halfwidth(bundle, maps: Mapping, level: float, names: Sequence[str]
     if names is None:
         names = [k[:-3] for k in maps if k.endswith("_sd")]
     if not names:
-        raise ValueError("maps hold no '<name>_sd' entries: predict with uncertainty=True first")
+        raise InputError("maps hold no '<name>_sd' entries: predict with uncertainty=True first")
     out = {}
     for name in names:
         key = f"{name}_sd"
         if key not in maps:
-            raise ValueError(f"maps have no '{key}'")
+            raise InputError(f"maps have no '{key}'")
         sd = np.asarray(maps[key])
         out[name] = (sd * np.float32(interval_factor(bundle, name, level))).astype(sd.dtype, copy=False)
     return out
@@ -266,10 +268,10 @@ def calibrate_bundle(bundle, signals: np.ndarray, truth: Mapping, levels: Sequen
     every factor stays 1 and the intervals are the network's own Gaussian ones. Returns the quantiles.
     """
     if not bundle.has_uncertainty:
-        raise ValueError("this model was trained without uncertainty; nothing to calibrate")
+        raise InputError("this model was trained without uncertainty; nothing to calibrate")
     levels = tuple(sorted(float(lv) for lv in levels))
     if SD_LEVEL not in levels:
-        raise ValueError(f"the calibration levels must include {SD_LEVEL} (the level reported as sd)")
+        raise InputError(f"the calibration levels must include {SD_LEVEL} (the level reported as sd)")
     model = bundle.model
     bundle.sd_scale = {name: 1.0 for name in bundle.map_names}
     bundle.interval_quantiles = {}
