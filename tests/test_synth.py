@@ -111,10 +111,10 @@ def test_cli_simulate_and_one_line_errors(tmp_path, capsys):
     assert cli_main(["simulate", "--model", "verdict", "--n", "200", "--snr", "20-40", "--out", str(out)]) == 0
     z = np.load(out)
     assert z["signals"].shape == (200, 10) and z["snr"].min() >= 20
-    assert cli_main(["simulate", "--n", "200", "--range", "R=9,3", "--out", str(out)]) == 2
+    assert cli_main(["simulate", "--n", "200", "--range", "R=9,3", "--out", str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "low (9) must be below high (3)" in err[0]
-    assert cli_main(["simulate", "--n", "200", "--range", "R:9", "--out", str(out)]) == 2
+    assert cli_main(["simulate", "--n", "200", "--range", "R:9", "--out", str(out), "--overwrite"]) == 2
 
 
 @pytest.mark.parametrize("text, expected", [("35", 35.0), ("15-60", (15.0, 60.0)), ("15,60", (15.0, 60.0)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,14 +54,24 @@ class SyntheticData:
         names = self.model.estimated_names if names is None else names
         return np.stack([self.params[n] for n in names], axis=1)
 
-    def save(self, path) -> None:
-        """Write an ``.npz`` with signals, params (``param_<name>``), snr, split and the settings."""
+    def save(self, path) -> Path:
+        """Write an ``.npz`` with signals, params (``param_<name>``), snr, split and the settings, atomically.
+
+        NumPy would append ``.npz`` to any other name, so ``.npz`` is added here when missing and the real path
+        returned."""
+        from napari_rverdict.files import atomic_path
+
+        path = Path(path)
+        if not path.name.endswith(".npz"):
+            path = path.with_name(path.name + ".npz")
         arrays = {f"param_{k}": v for k, v in self.params.items()}
-        np.savez_compressed(
-            path, signals=self.signals, snr=self.snr, train_index=self.train_index, val_index=self.val_index,
-            model=self.model.name, protocol=np.array(repr(self.protocol.to_dict())),
-            fraction_sampler=self.fraction_sampler, **arrays,
-        )
+        with atomic_path(path) as tmp:
+            np.savez_compressed(
+                tmp, signals=self.signals, snr=self.snr, train_index=self.train_index, val_index=self.val_index,
+                model=self.model.name, protocol=np.array(repr(self.protocol.to_dict())),
+                fraction_sampler=self.fraction_sampler, **arrays,
+            )
+        return path
 
 
 def noise_free_signals(model, params: Mapping, protocol: Protocol, chunk: int = 65536) -> np.ndarray:

@@ -131,9 +131,10 @@ def _fmt(x) -> str:
 
 
 def _write_csv(rows: list[dict], columns: list[str], path) -> Path:
+    from napari_rverdict.files import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
