@@ -8,6 +8,7 @@ So SNR is that of the brightest measurement of the voxel (for classic VERDICT: o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,26 @@ def split_indices(n: int, val_fraction: float = 0.2, seed: int | None = None) ->
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def physical_memory() -> int | None:
+    """The machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(n_bytes: float, what: str, *, fraction: float = 0.8) -> None:
+    """Refuse (InputError), before allocating, work whose arrays need more than ``fraction`` of physical memory."""
+    total = physical_memory()
+    if total is not None and n_bytes > fraction * total:
+        raise InputError(f"{what} would need about {_gib(n_bytes)} of memory but this machine has {_gib(total)}; "
+                         "ask for fewer")
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**28 else f"{n_bytes / 2**20:,.0f} MiB"
+
+
 def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Mapping | None = None,
              fraction_sampler: str = "dirichlet", seed: int | None = None, val_fraction: float = 0.2,
              progress=None) -> SyntheticData:
@@ -119,6 +140,9 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Map
     if int(n) != n or n < 2:
         raise InputError(f"n must be an integer ≥ 2, got {n!r}")
     n = int(n)
+    # signals (float32), every parameter and the SNR (float64), the split's permutation and indices (int64)
+    check_memory(n * (4.0 * len(protocol) + 8.0 * (len(model.parameter_names) + 1) + 32.0),
+                 f"simulating {n:,} signals")
     ranges = resolve_ranges(model, ranges)
     rng = np.random.default_rng(seed)
     params = sample_parameters(model, n, ranges, fraction_sampler, rng)
