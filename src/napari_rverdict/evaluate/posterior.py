@@ -154,7 +154,6 @@ def build_dictionary(model, protocol="innovate", n: int = 500_000, ranges: Mappi
     noise-free signals normalised by ``model.normalise`` (rVERDICT: own maximum; VERDICT: b = 0), and as
     quantities every estimated parameter followed by every derived map not already among them."""
     from napari_rverdict.data.prior import resolve_ranges, sample_parameters
-
     from napari_rverdict.data.synth import check_memory
 
     model = get_model(model)
