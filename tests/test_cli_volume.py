@@ -47,7 +47,7 @@ def test_predict_fit_compare_end_to_end(workdir, capsys):
     net = load_maps(out / "net")
     mask = np.asarray(nib.load(str(ph / "mask.nii.gz")).dataobj) != 0
     assert set(net) >= {"f_ic", "f_ees", "f_vasc", "R", "cellularity", "T1"}
-    assert np.all(net["f_ic"][~mask] == 0) and np.all(net["f_ic"][mask] > 0)
+    assert np.all(np.isnan(net["f_ic"][~mask])) and np.all(net["f_ic"][mask] > 0)
     np.testing.assert_allclose(nib.load(str(out / "net" / "f_ic.nii.gz")).affine,
                                nib.load(str(ph / "dwi.nii.gz")).affine)
     # the preset name works for the 20-volume file too
@@ -56,7 +56,7 @@ def test_predict_fit_compare_end_to_end(workdir, capsys):
     assert main(["fit", str(ph / "dwi.nii.gz"), "--mask", str(ph / "mask.nii.gz"), "--device", "cpu",
                  "--starts", "2", "--init", str(workdir / "m.pt"), "--out", str(out / "nlls"), "--quiet"]) == 0
     nlls = load_maps(out / "nlls")
-    assert np.all(nlls["T1"][~mask] == 0) and np.all((nlls["T1"][mask] >= 10) & (nlls["T1"][mask] <= 4000))
+    assert np.all(np.isnan(nlls["T1"][~mask])) and np.all((nlls["T1"][mask] >= 10) & (nlls["T1"][mask] <= 4000))
     capsys.readouterr()
     assert main(["compare", str(out / "net"), str(ph / "truth"), "--labels", str(ph / "labels.nii.gz"),
                  "--csv", str(out / "cmp.csv"), "--roi-csv", str(out / "roi.csv")]) == 0
@@ -126,3 +126,60 @@ def test_phantom_with_the_users_protocol(tmp_path, capsys):
     assert dwi.shape == (8, 8, 1, len(acquired))
     np.testing.assert_allclose(dwi.protocol.b, acquired.b, rtol=1e-3, atol=1.0)
     np.testing.assert_allclose(dwi.protocol.tr, 3000.0)
+
+
+def _hashes(folder):
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_predict_refuses_a_folder_with_other_files_and_changes_nothing(workdir, tmp_path, capsys):
+    """Issue 11: `predict model.pt sub01/dwi.nii.gz --out sub01` with a sub01/T1.nii.gz must not touch it."""
+    import shutil
+
+    sub = tmp_path / "sub01"
+    sub.mkdir()
+    for name in ("dwi.nii.gz", "dwi.bval", "dwi.bvec", "dwi.delta", "dwi.smalldel", "dwi.te", "dwi.tr"):
+        shutil.copy(workdir / "ph" / name, sub / name)
+    (sub / "T1.nii.gz").write_bytes(b"the user's own T1 map")
+    before = _hashes(sub)
+    assert main(["predict", str(workdir / "m.pt"), str(sub / "dwi.nii.gz"), "--out", str(sub), "--quiet"]) == 2
+    assert "--overwrite" in _err(capsys)
+    assert _hashes(sub) == before and not any(p.name.startswith(".") for p in sub.iterdir())
+    assert main(["predict", str(workdir / "m.pt"), str(sub / "dwi.nii.gz"), "--out", "", "--quiet"]) == 2
+    assert "empty" in _err(capsys)
+
+
+def test_predict_over_existing_maps_needs_overwrite_and_replaces_only_maps(workdir, tmp_path, capsys):
+    import shutil
+
+    ph = tmp_path / "ph"
+    shutil.copytree(workdir / "ph", ph)
+    truth = ph / "truth"
+    before = _hashes(truth)
+    args = ["predict", str(workdir / "m.pt"), str(ph / "dwi.nii.gz"), "--out", str(truth), "--quiet"]
+    assert main(args) == 2
+    assert "--overwrite" in _err(capsys)
+    assert _hashes(truth) == before
+    assert main(args + ["--overwrite"]) == 0
+    after = _hashes(truth)
+    assert set(after) == set(before)  # no stray temporary file
+    assert after["S0.nii.gz"] == before["S0.nii.gz"]  # not a map of the network: left alone
+    assert after["f_ic.nii.gz"] != before["f_ic.nii.gz"]
+
+
+def test_phantom_and_simulate_outputs_are_checked(tmp_path, capsys):
+    assert main(["phantom", "--out", "", "--shape", "8", "8", "1"]) == 2
+    (tmp_path / "ph").mkdir()
+    (tmp_path / "ph" / "notes.txt").write_text("mine")
+    assert main(["phantom", "--out", str(tmp_path / "ph"), "--shape", "8", "8", "1"]) == 2
+    assert (tmp_path / "ph" / "notes.txt").read_text() == "mine" and len(list((tmp_path / "ph").iterdir())) == 1
+    assert main(["simulate", "--n", "10", "--out", str(tmp_path / "sim.dat")]) == 2
+    assert ".npz" in _err(capsys)
+    assert not list(tmp_path.glob("sim.dat*"))
+    assert main(["simulate", "--n", "10", "--out", str(tmp_path / "sim.npz")]) == 0
+    assert str(tmp_path / "sim.npz") in capsys.readouterr().out
+    assert main(["simulate", "--n", "10", "--out", str(tmp_path / "sim.npz")]) == 2
+    assert main(["simulate", "--n", "10", "--out", str(tmp_path / "sim.npz"), "--overwrite"]) == 0

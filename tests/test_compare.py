@@ -99,3 +99,24 @@ def test_roi_statistics_by_hand(tmp_path):
     assert r["n"] == 1 and r["mean"] == 2 and r["sd"] == 0
     with pytest.raises(ValueError, match="no non-zero label"):
         roi_statistics(a, np.zeros(labels.shape, int))
+
+
+def test_nan_outside_and_left_out_voxels_are_not_values():
+    """Issue 11: maps with NaN outside the mapped voxels: the default mask is the finite voxels, n counts them."""
+    a = np.full((4, 4, 1), np.nan, np.float32)
+    b = np.full((4, 4, 1), np.nan, np.float32)
+    a[:2] = 0.6
+    b[:2] = 0.5
+    a[0, 0, 0] = np.nan  # left out in a only
+    a[1, 1, 0] = 0.0  # a genuine 0 inside the mapped voxels still counts
+    t = compare_maps({"f_ic": a}, {"f_ic": b}, model="rverdict")
+    r = t.get("f_ic")
+    assert r["n"] == 7
+    assert r["mse"] == pytest.approx((6 * 0.01 + 0.25) / 7, rel=1e-5)
+    mask = np.ones((4, 4, 1), bool)
+    assert compare_maps({"f_ic": a}, {"f_ic": b}, mask=mask, model="rverdict").get("f_ic")["n"] == 7
+    lab = np.zeros((4, 4, 1), int)
+    lab[:2] = 1
+    lab[2:] = 1  # the label covers unmapped (NaN) voxels too
+    row = roi_statistics({"f_ic": a}, lab).get("f_ic", 1)
+    assert row["n"] == 7 and row["mean"] == pytest.approx((6 * 0.6) / 7, rel=1e-5)

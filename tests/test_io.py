@@ -198,3 +198,50 @@ def test_labels_and_masks_on_the_dwi_grid(tmp_path, data):
         load_labels(tmp_path / "frac.nii.gz", dwi)
     with pytest.raises(ValueError, match="not found"):
         load_labels(tmp_path / "none.nii.gz", dwi)
+
+
+def test_save_maps_is_one_set_and_names_stay_in_the_folder(tmp_path):
+    import pytest as _pytest
+
+    from napari_rverdict.data.nifti import save_maps
+    from napari_rverdict.errors import InputError
+
+    good = np.ones((2, 2, 2), np.float32)
+    with _pytest.raises(InputError, match="leave"):
+        save_maps({"a": good, "../evil": good}, tmp_path / "out", np.eye(4))
+    assert not (tmp_path / "evil.nii.gz").exists() and not (tmp_path / "out").exists()
+    with _pytest.raises(InputError, match="3D"):
+        save_maps({"a": good, "b": np.ones((2, 2), np.float32)}, tmp_path / "out", np.eye(4))  # b is not 3D
+    assert not (tmp_path / "out" / "a.nii.gz").exists()  # whole or not at all
+    assert [p.name for p in save_maps({"a": good}, tmp_path / "out", np.eye(4))] == ["a.nii.gz"]
+
+
+def test_sidecars_belong_to_the_full_stem(tmp_path):
+    """Issue 11: dwi.sorted.nii.gz must never read dwi.bval / dwi.delta."""
+    import pytest as _pytest
+
+    from napari_rverdict.data.nifti import find_sidecar, load_dwi, save_dwi
+    from napari_rverdict.errors import InputError
+    from napari_rverdict.physics.protocol import Protocol
+    from napari_rverdict.physics.protocol_files import load_protocol, write_fsl
+
+    prot = Protocol.innovate(direction_averaged=False)
+    data = np.ones((2, 2, 1, len(prot)), np.float32)
+    written = save_dwi(data, np.eye(4), tmp_path / "dwi.nii.gz", prot)
+    assert {p.name for p in written} >= {"dwi.nii.gz", "dwi.bval", "dwi.delta"}
+    sorted_path = tmp_path / "dwi.sorted.nii.gz"
+    (tmp_path / "dwi.nii.gz").rename(sorted_path)
+    assert find_sidecar(sorted_path) is None
+    with _pytest.raises(InputError):
+        load_dwi(sorted_path)
+    written = write_fsl(prot, tmp_path / "dwi.sorted")
+    assert {p.name for p in written} >= {"dwi.sorted.bval", "dwi.sorted.delta", "dwi.sorted.smalldel"}
+    assert find_sidecar(sorted_path).name == "dwi.sorted.bval"
+    assert len(load_dwi(sorted_path).protocol) == len(prot)
+    # --protocol x.bval takes its timings from x.* only, not from a shorter stem
+    x = tmp_path / "x.v2"
+    (tmp_path / "x.v2.bval").write_text((tmp_path / "dwi.sorted.bval").read_text())
+    for f in ("delta", "smalldel", "te"):
+        (tmp_path / f"x.{f}").write_text((tmp_path / f"dwi.sorted.{f}").read_text())
+    with _pytest.raises(InputError, match="timings"):
+        load_protocol(str(x) + ".bval")

@@ -39,8 +39,8 @@ def test_maps_shape_mask_and_lesion_contrast(bundle, phantom):
     assert list(maps) == list(bundle.map_names)
     for name, m in maps.items():
         assert m.shape == phantom.shape and m.dtype == np.float32, name
-        assert np.all(m[~phantom.mask] == 0), name
-        assert np.all(np.isfinite(m)), name
+        assert np.all(np.isnan(m[~phantom.mask])), name  # NaN outside the mask, never 0
+        assert np.all(np.isfinite(m[phantom.mask])), name
     assert np.all(maps["f_ic"][phantom.mask] > 0)
     lesion = np.isin(phantom.labels, LESION_LABELS)
     normal = np.isin(phantom.labels, NORMAL_LABELS)
@@ -76,7 +76,7 @@ def test_default_mask_is_otsu_of_b0(bundle, phantom):
     assert m.dtype == bool and m.shape == phantom.shape
     assert (m == phantom.mask).mean() > 0.97  # the gland is bright, the background is noise
     maps = predict_volume(bundle, phantom.to_dwi())
-    assert np.array_equal(maps["f_ic"] != 0, m)
+    assert np.array_equal(np.isfinite(maps["f_ic"]), m)
     flat = np.full((4, 4, 2), 5.0)
     assert default_mask(flat).all()
     flat[0, 0, 0] = np.nan
@@ -95,7 +95,7 @@ def test_bad_voxels_left_out_with_one_warning(bundle, phantom):
         maps = predict_volume(bundle, data, Protocol.innovate(direction_averaged=False), mask=phantom.mask)
     assert sum("non-positive" in str(w.message) for w in rec) == 1
     for i in idx:
-        assert maps["f_ic"][tuple(i)] == 0
+        assert np.isnan(maps["f_ic"][tuple(i)])
     assert (maps["f_ic"][phantom.mask] > 0).sum() == phantom.mask.sum() - 3
 
 
@@ -156,7 +156,7 @@ def test_uncertainty_maps_are_3d_and_masked(phantom):
     assert "f_ic_sd" in sd_keys and set(b.map_names) <= set(maps)
     for k in sd_keys:
         assert maps[k].shape == phantom.shape and maps[k].dtype == np.float32
-        assert np.all(maps[k][~phantom.mask] == 0) and np.all(maps[k][phantom.mask] >= 0), k
+        assert np.all(np.isnan(maps[k][~phantom.mask])) and np.all(maps[k][phantom.mask] >= 0), k
     plain = predict_volume(b, phantom.to_dwi(), mask=phantom.mask)
     assert not any(k.endswith("_sd") for k in plain)
     np.testing.assert_allclose(plain["f_ic"], maps["f_ic"], rtol=1e-5, atol=1e-6)
@@ -224,9 +224,9 @@ def test_streaming_default_mask_and_bad_voxels_as_in_memory(bundle, phantom, tmp
     assert msgs == [str(w.message) for w in rec_mem if "non-positive" in str(w.message)]
     # the NaN b = 0 voxel has a NaN mean b = 0, so the default mask leaves it out; the other two are counted
     assert len(msgs) == 1 and msgs[0].startswith(f"2 of {int(default_mask(file_mask).sum())} ")
-    assert np.array_equal(got["f_ic"] != 0, ref["f_ic"] != 0)
+    assert np.array_equal(np.isnan(got["f_ic"]), np.isnan(ref["f_ic"]))
     for i in idx:
-        assert got["f_ic"][tuple(i)] == 0
+        assert np.isnan(got["f_ic"][tuple(i)])
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-6, atol=1e-6)
 
@@ -253,3 +253,26 @@ def test_streaming_never_reads_the_whole_volume(bundle, phantom, tmp_path, monke
     proxy.reads.clear()
     predict_volume(bundle, dwi, mask=mask, chunk=chunk)
     assert proxy.reads == [(x, y, 1, 20)] * 2
+
+
+def test_left_out_voxels_are_nan_and_roi_mean_is_over_mapped_voxels(bundle, phantom):
+    """Issue 11: 20 % of a lesion's voxels with a NaN b = 0 must not pull its ROI mean towards 0."""
+    from napari_rverdict.maps.compare import roi_statistics
+
+    lesion = phantom.mask & (phantom.labels == LESION_LABELS[0])
+    idx = np.argwhere(lesion)
+    drop = idx[: max(1, len(idx) // 5)]
+    data = phantom.dwi.copy()
+    for i in drop:
+        data[tuple(i)][0] = np.nan
+    with pytest.warns(UserWarning, match="NaN or a non-positive"):
+        maps = predict_volume(bundle, data, Protocol.innovate(direction_averaged=False), mask=phantom.mask)
+    for i in drop:
+        assert np.isnan(maps["f_ic"][tuple(i)])
+    assert np.all(np.isnan(maps["f_ic"][~phantom.mask]))
+    mapped = lesion.copy()
+    mapped[tuple(drop.T)] = False
+    expected = float(maps["f_ic"][mapped].mean())
+    row = roi_statistics({"f_ic": maps["f_ic"]}, phantom.labels * phantom.mask).get("f_ic", LESION_LABELS[0])
+    assert row["n"] == int(mapped.sum())
+    assert row["mean"] == pytest.approx(expected, rel=1e-6)

@@ -86,3 +86,14 @@ def test_cli_bad_input(capsys):
     assert "SNR" in capsys.readouterr().err
     assert main(["protocol-report", "--model", "dti"]) == 2
     assert "dti" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_huge_dictionary_and_an_existing_csv(tmp_path, capsys):
+    from napari_rverdict.cli import main as cli
+
+    assert cli(["protocol-report", "--n-dictionary", str(10**13)]) == 2
+    assert "memory" in capsys.readouterr().err
+    out = tmp_path / "r.csv"
+    out.write_text("mine")
+    assert cli(["protocol-report", "--n-dictionary", "5000", "--csv", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == "mine"

@@ -111,10 +111,10 @@ def test_cli_simulate_and_one_line_errors(tmp_path, capsys):
     assert cli_main(["simulate", "--model", "verdict", "--n", "200", "--snr", "20-40", "--out", str(out)]) == 0
     z = np.load(out)
     assert z["signals"].shape == (200, 10) and z["snr"].min() >= 20
-    assert cli_main(["simulate", "--n", "200", "--range", "R=9,3", "--out", str(out)]) == 2
+    assert cli_main(["simulate", "--n", "200", "--range", "R=9,3", "--out", str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "low (9) must be below high (3)" in err[0]
-    assert cli_main(["simulate", "--n", "200", "--range", "R:9", "--out", str(out)]) == 2
+    assert cli_main(["simulate", "--n", "200", "--range", "R:9", "--out", str(out), "--overwrite"]) == 2
 
 
 @pytest.mark.parametrize("text, expected", [("35", 35.0), ("15-60", (15.0, 60.0)), ("15,60", (15.0, 60.0)),
@@ -147,3 +147,17 @@ def test_cli_warnings_are_one_line_each_and_errors_stay_one_line(tmp_path, capsy
     assert cli_main(["simulate", "--protocol", str(scheme), "--n", "100", "--out", str(tmp_path / "r.npz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0] and "TR" in err[0]
+
+
+def test_huge_requests_are_refused_before_allocating(tmp_path, capsys):
+    """Issue 11: `rverdict simulate --n 10**12` and a huge dictionary say how much memory they would need."""
+    from napari_rverdict.errors import InputError
+    from napari_rverdict.evaluate.posterior import build_dictionary
+
+    with pytest.raises(InputError, match="memory"):
+        simulate("rverdict", n=10**12)
+    with pytest.raises(InputError, match="memory"):
+        build_dictionary("rverdict", n=10**12)
+    assert cli_main(["simulate", "--n", str(10**12), "--out", str(tmp_path / "big.npz")]) == 2
+    assert "GiB" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -73,12 +73,31 @@ def atomic_path(path) -> Iterator[Path]:
         raise
 
 
-def write_text(path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+def write_text(path, text: str, fileset: FileSet | None = None) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (or as part of ``fileset``)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with writing(path, fileset) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+@contextmanager
+def writing(path, fileset: FileSet | None = None) -> Iterator[Path]:
+    """The temporary path to write ``path`` through: its own :func:`atomic_path`, or one of ``fileset`` (committed
+    with the set)."""
+    if fileset is None:
+        with atomic_path(path) as tmp:
+            yield tmp
+    else:
+        yield fileset.path(path)
+
+
+def check_name(name: str, what: str = "output name") -> str:
+    """Refuse a file name that would leave its folder (``../x``, ``a/b``, absolute) or is empty."""
+    text = str(name)
+    if not text.strip() or "/" in text or "\\" in text or text in (".", "..") or text.startswith(".."):
+        raise InputError(f"{what} '{text}' is not a plain file name (it must not leave the output folder)")
+    return text
 
 
 class FileSet:

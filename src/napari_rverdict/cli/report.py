@@ -19,9 +19,17 @@ def cmd_protocol_report(args) -> int:
         raise CliError(f"--snr expects one number, got '{args.snr}'") from None
     if args.n_test < 2 or args.n_dictionary < 1:
         raise CliError("--n-test must be at least 2 and --n-dictionary at least 1")
-    cli_model(args.model)
+    from napari_rverdict.data.synth import check_memory
+    from napari_rverdict.files import check_output_file
+
+    if args.csv is not None:
+        check_output_file(args.csv, overwrite=args.overwrite, what="--csv")
+    model = cli_model(args.model)
     cli_device(args.device)
     protocol = load_cli_protocol(args)
+    n_q = len(model.parameter_names) + len(model.map_names)
+    check_memory(2.0 * args.n_dictionary * (4.0 * len(protocol) + 8.0 * n_q),
+                 f"a {args.n_dictionary:,}-entry prior dictionary")  # before the CRLB work, not after it
     print(f"computing the Bayes limit ({args.n_test} signals, {args.n_dictionary:,}-entry dictionary) …",
           file=sys.stderr)
     report = protocol_report(args.model, protocol, snr, n_test=args.n_test, n_dictionary=args.n_dictionary,
@@ -45,4 +53,5 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--csv", default=None, help="also write the table as CSV")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --csv")
     p.set_defaults(func=cmd_protocol_report)

@@ -9,12 +9,14 @@ from napari_rverdict.data.prior import parse_ranges
 
 def cmd_simulate(args) -> int:
     from napari_rverdict.data.synth import simulate
+    from napari_rverdict.files import check_output_file
 
+    check_output_file(args.out, overwrite=args.overwrite, suffixes=(".npz",))
     protocol = load_cli_protocol(args)
     data = simulate(args.model, protocol, n=args.n, snr=parse_snr(args.snr, "--snr"), ranges=parse_ranges(args.range),
                     fraction_sampler=args.sampler, seed=args.seed)
-    data.save(args.out)
-    print(f"wrote {len(data)} {data.model.name} signals × {len(protocol)} measurements to {args.out}")
+    path = data.save(args.out)
+    print(f"wrote {len(data)} {data.model.name} signals × {len(protocol)} measurements to {path}")
     return 0
 
 
@@ -28,4 +30,5 @@ def register(sub) -> None:
     p.add_argument("--sampler", default="dirichlet", choices=("dirichlet", "tissue"), help="fraction sampler")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_simulate)

@@ -10,7 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-from napari_rverdict.cli.common import CliError, add_protocol_option, cli_bundle, cli_device, cli_model, positive_int
+from napari_rverdict.cli.common import (
+    CliError,
+    add_protocol_option,
+    cli_bundle,
+    cli_device,
+    cli_model,
+    positive_int,
+)
 
 
 def _bar(total: int, desc: str, quiet: bool):
@@ -72,9 +79,14 @@ def _report_written(paths, out) -> None:
 
 # ---------------------------------------------------------------------- commands
 def cmd_phantom(args) -> int:
-    from napari_rverdict.data.phantom import make_phantom, save_phantom
+    from napari_rverdict.data.phantom import PHANTOM_FILES, make_phantom, save_phantom
+    from napari_rverdict.files import check_output_dir
+    from napari_rverdict.physics.models import get_model
     from napari_rverdict.physics.protocol_files import load_protocol
 
+    truth = [f"truth/{n}.nii.gz" for n in (*get_model("rverdict").map_names, "S0")]
+    names = [n for n in PHANTOM_FILES if n != "truth"] + truth
+    check_output_dir(args.out, names, overwrite=args.overwrite)
     protocol = load_protocol(args.protocol, tr=args.tr)  # as acquired: the DWI gets one volume per entry
     if args.snr <= 0:
         raise CliError(f"--snr must be positive, got {args.snr:g}")
@@ -84,6 +96,15 @@ def cmd_phantom(args) -> int:
     print(f"wrote the {'×'.join(map(str, ph.shape))} prostate phantom (SNR {args.snr:g}, seed {args.seed}; "
           f"{int(ph.mask.sum())} gland voxels, {n_les} lesion voxels) to {args.out}: {len(written)} files")
     return 0
+
+
+def _check_out(args, map_names, inputs) -> None:
+    """Refuse ``--out`` before any long work: empty, a file, holding other files (without --overwrite), or a map
+    file that is an input. With --overwrite only the map files are replaced."""
+    from napari_rverdict.files import check_output_dir
+
+    names = [f"{n}.nii.gz" for n in map_names]
+    check_output_dir(args.out, names, overwrite=args.overwrite, inputs=[args.dwi, args.mask, *inputs])
 
 
 def _maps_of_volume(args, what: str, model, make) -> int:
@@ -109,6 +130,10 @@ def cmd_predict(args) -> int:
     from napari_rverdict.maps.predict import predict_volume
 
     bundle = cli_bundle(args.model)
+    names = list(bundle.map_names)
+    if args.uncertainty:
+        names += [f"{n}_sd" for n in bundle.map_names]
+    _check_out(args, names, [args.model])
     return _maps_of_volume(args, bundle.net_name, bundle.model, lambda dwi, mask, device, progress: predict_volume(
         bundle, dwi, None, mask, uncertainty=args.uncertainty, device=device, chunk=args.chunk, progress=progress))
 
@@ -117,6 +142,7 @@ def cmd_fit(args) -> int:
     from napari_rverdict.maps.nlls import fit_volume
 
     model = cli_model(args.model)
+    _check_out(args, model.map_names, [args.init])
     init = cli_bundle(args.init) if args.init else None
     return _maps_of_volume(args, f"NLLS {model.name}", model, lambda dwi, mask, device, progress: fit_volume(
         model, dwi, None, mask, device=device, init=init, progress=progress, n_starts=args.starts,
@@ -125,11 +151,19 @@ def cmd_fit(args) -> int:
 
 def cmd_compare(args) -> int:
     from napari_rverdict.data.nifti import load_labels, load_maps, load_mask
+    from napari_rverdict.files import check_output_file
     from napari_rverdict.maps.compare import compare_maps, roi_statistics
 
     for d in (args.dir_a, args.dir_b):
         if not Path(d).is_dir():
             raise CliError(f"not a directory of maps: {d}")
+    inputs = [args.labels, args.mask, *sorted(Path(args.dir_a).iterdir()), *sorted(Path(args.dir_b).iterdir())]
+    if args.csv is not None:
+        check_output_file(args.csv, overwrite=args.overwrite, inputs=inputs, what="--csv")
+    if args.roi_csv is not None:
+        for d in (args.dir_a, args.dir_b):
+            check_output_file(_roi_csv_path(args.roi_csv, d), overwrite=args.overwrite, inputs=inputs,
+                              what="--roi-csv")
     maps_a, maps_b = load_maps(args.dir_a), load_maps(args.dir_b)
     grid = (next(iter(maps_a.values())).shape, _affine_of(args.dir_a))
     labels = load_labels(args.labels, grid) if args.labels else None
@@ -147,11 +181,15 @@ def cmd_compare(args) -> int:
             print(f"\nROI statistics of {d}")
             print(roi.format_table())
             if args.roi_csv:
-                stem = Path(args.roi_csv)
-                path = stem.with_name(f"{stem.stem}_{Path(d).name or 'maps'}{stem.suffix or '.csv'}")
+                path = _roi_csv_path(args.roi_csv, d)
                 roi.to_csv(path)
                 print(f"wrote {path}")
     return 0
+
+
+def _roi_csv_path(roi_csv, directory) -> Path:
+    stem = Path(roi_csv)
+    return stem.with_name(f"{stem.stem}_{Path(directory).name or 'maps'}{stem.suffix or '.csv'}")
 
 
 def _affine_of(directory):
@@ -175,6 +213,12 @@ def _volume_options(p) -> None:
     p.add_argument("--mask", default=None, help="mask NIfTI on the DWI's grid (default: Otsu on the mean b = 0)")
     p.add_argument("--out", required=True, help="output directory for the maps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _overwrite_option(p)
+
+
+def _overwrite_option(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (only those this command writes; others are left alone)")
 
 
 def register(sub) -> None:
@@ -185,6 +229,7 @@ def register(sub) -> None:
     p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 8), metavar=("X", "Y", "Z"),
                    help="voxels (default: 64 64 8; 1.25 × 1.25 × 5 mm each)")
     add_protocol_option(p, default="innovate-20")
+    _overwrite_option(p)
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("predict", help="maps of a 4D DWI from a trained model bundle")
@@ -216,4 +261,5 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="model whose ranges scale MAPE (default: any that knows the map)")
     p.add_argument("--csv", default=None, help="write the comparison table as CSV")
     p.add_argument("--roi-csv", default=None, help="write the ROI statistics as CSV (one file per directory)")
+    _overwrite_option(p)
     p.set_defaults(func=cmd_compare)

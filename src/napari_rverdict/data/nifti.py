@@ -23,7 +23,8 @@ import numpy as np
 
 from napari_rverdict.errors import InputError
 from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average
-from napari_rverdict.physics.protocol_files import load_protocol, protocol_stem, write_fsl
+from napari_rverdict.files import FileSet, check_name, writing
+from napari_rverdict.physics.protocol_files import _sidecar, load_protocol, protocol_stem, write_fsl
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DESCRIP_PREFIX = "napari-rverdict map"
@@ -185,7 +186,7 @@ def find_sidecar(path) -> Path | None:
     """The protocol file beside a DWI with the same stem: ``<stem>.scheme`` or ``<stem>.bval`` (or None)."""
     stem = protocol_stem(Path(path))
     for suffix in (".scheme", ".bval"):
-        candidate = stem.with_suffix(suffix)
+        candidate = _sidecar(stem, suffix)
         if candidate.exists():
             return candidate
     return None
@@ -236,12 +237,15 @@ def load_dwi(path, protocol=None, tr=None, *, direction_averaged: bool = False) 
     return dwi.direction_averaged() if direction_averaged else dwi
 
 
-def save_dwi(data, affine, path, protocol: Protocol | None = None) -> list[Path]:
+def save_dwi(data, affine, path, protocol: Protocol | None = None, *, fileset: FileSet | None = None) -> list[Path]:
     """Write a 4D float32 NIfTI and, given ``protocol``, FSL-style sidecars beside it (``.bval``, ``.bvec``,
-    ``.delta``, ``.smalldel``, ``.te``, ``.tr`` in seconds). Returns the paths written."""
+    ``.delta``, ``.smalldel``, ``.te``, ``.tr`` in seconds), all as one :class:`.files.FileSet` (whole or not at
+    all; or as part of ``fileset``). Returns the paths written."""
+    if fileset is None:
+        with FileSet() as files:
+            return save_dwi(data, affine, path, protocol, fileset=files)
     nib = _nib()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 4:
         raise InputError(f"save_dwi needs a 4D array (x, y, z, volumes), got shape {data.shape}")
@@ -250,10 +254,10 @@ def save_dwi(data, affine, path, protocol: Protocol | None = None) -> list[Path]
     img = nib.Nifti1Image(data, np.asarray(affine, dtype=float))
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = b"napari-rverdict DWI"
-    nib.save(img, str(path))
+    nib.save(img, str(fileset.path(path)))
     written = [path]
     if protocol is not None:
-        written += write_fsl(protocol, protocol_stem(path))
+        written += write_fsl(protocol, protocol_stem(path), fileset=fileset)
     return written
 
 
@@ -277,15 +281,16 @@ def parse_descrip(descrip) -> tuple[str, str] | None:
     return rest, ""
 
 
-def save_map(array, path, affine, name: str, unit: str = "", display: tuple | None = None) -> Path:
+def save_map(array, path, affine, name: str, unit: str = "", display: tuple | None = None, *,
+             fileset: FileSet | None = None) -> Path:
     """Write one 3D float32 map with ``affine``; ``descrip`` names the map and its unit; ``display`` (low, high)
-    becomes the header's cal_min / cal_max (a display-range hint for viewers)."""
+    becomes the header's cal_min / cal_max (a display-range hint for viewers). Written atomically, or as part of
+    ``fileset``."""
     nib = _nib()
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 3:
         raise InputError(f"map '{name}' must be 3D (x, y, z), got shape {array.shape}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(array, np.asarray(affine, dtype=float))
     hdr = img.header
     hdr.set_xyzt_units("mm")
@@ -293,20 +298,28 @@ def save_map(array, path, affine, name: str, unit: str = "", display: tuple | No
     hdr["intent_name"] = name.encode("ascii", "replace")[:15]
     if display is not None:
         hdr["cal_min"], hdr["cal_max"] = float(display[0]), float(display[1])
-    nib.save(img, str(path))
+    with writing(path, fileset) as tmp:
+        nib.save(img, str(tmp))
     return path
 
 
-def save_maps(maps: dict, out_dir, affine, model=None, prefix: str = "", suffix: str = ".nii.gz") -> list[Path]:
-    """Write every map of ``maps`` as ``<out_dir>/<prefix><name>.nii.gz`` (3D float32, the DWI's affine).
+def save_maps(maps: dict, out_dir, affine, model=None, prefix: str = "", suffix: str = ".nii.gz", *,
+              fileset: FileSet | None = None) -> list[Path]:
+    """Write every map of ``maps`` as ``<out_dir>/<prefix><name>.nii.gz`` (3D float32, the DWI's affine), as one
+    :class:`.files.FileSet`: all maps or none (or as part of ``fileset``). A name that would leave ``out_dir`` is
+    refused (InputError) before anything is written.
 
     ``model`` (a SignalModel or its name) supplies each map's unit and display range; maps it does not know are
     written without a unit. Returns the paths in the order of ``maps``.
     """
     from napari_rverdict.physics.models import get_model
 
+    for name in maps:
+        check_name(f"{prefix}{name}{suffix}", "map file name")
+    if fileset is None:
+        with FileSet() as files:
+            return save_maps(maps, out_dir, affine, model, prefix, suffix, fileset=files)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model = get_model(model) if model is not None else None
     written = []
     for name, array in maps.items():
@@ -314,7 +327,8 @@ def save_maps(maps: dict, out_dir, affine, model=None, prefix: str = "", suffix:
         if model is not None and name in model.map_names:
             spec = model.map_spec(name)
             unit, display = spec.unit, spec.display
-        written.append(save_map(array, out_dir / f"{prefix}{name}{suffix}", affine, name, unit, display))
+        written.append(save_map(array, out_dir / f"{prefix}{name}{suffix}", affine, name, unit, display,
+                                fileset=fileset))
     return written
 
 
@@ -408,15 +422,16 @@ def load_mask(path, like=None) -> np.ndarray:
     return np.nan_to_num(raw) != 0
 
 
-def save_labels(labels, path, affine, descrip: str = "napari-rverdict labels") -> Path:
-    """Write an integer label (or mask) image as int16 with ``affine``."""
+def save_labels(labels, path, affine, descrip: str = "napari-rverdict labels", *,
+                fileset: FileSet | None = None) -> Path:
+    """Write an integer label (or mask) image as int16 with ``affine`` (atomically, or as part of ``fileset``)."""
     nib = _nib()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(labels).astype(np.int16), np.asarray(affine, dtype=float))
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = descrip.encode("ascii", "replace")[:79]
-    nib.save(img, str(path))
+    with writing(path, fileset) as tmp:
+        nib.save(img, str(tmp))
     return path
 
 

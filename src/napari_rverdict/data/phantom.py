@@ -212,15 +212,27 @@ def save_phantom(phantom: Phantom, out_dir) -> list[Path]:
     rVERDICT map and ``truth/S0.nii.gz``; ``phantom.json`` naming the labels and the settings.
     """
     from napari_rverdict.data.nifti import save_dwi, save_labels, save_map, save_maps
+    from napari_rverdict.files import FileSet, write_text
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = save_dwi(phantom.dwi, phantom.affine, out / "dwi.nii.gz", phantom.protocol)
+    with FileSet() as files:  # the whole phantom or nothing
+        written = _save_phantom(phantom, out, files, save_dwi, save_labels, save_map, save_maps, write_text)
+    return written
+
+
+PHANTOM_FILES = ("dwi.nii.gz", "dwi.bval", "dwi.bvec", "dwi.delta", "dwi.smalldel", "dwi.te", "dwi.tr",
+                 "labels.nii.gz", "mask.nii.gz", "truth", "phantom.json")
+
+
+def _save_phantom(phantom, out, files, save_dwi, save_labels, save_map, save_maps, write_text) -> list[Path]:
+    written = save_dwi(phantom.dwi, phantom.affine, out / "dwi.nii.gz", phantom.protocol, fileset=files)
     written.append(save_labels(phantom.labels, out / "labels.nii.gz", phantom.affine,
-                               "labels: " + ", ".join(f"{k} {v}" for k, v in phantom.label_names.items())))
-    written.append(save_labels(phantom.mask, out / "mask.nii.gz", phantom.affine, "mask: prostate gland"))
-    written += save_maps(phantom.truth, out / "truth", phantom.affine, model="rverdict")
-    written.append(save_map(phantom.s0, out / "truth" / "S0.nii.gz", phantom.affine, "S0", "a.u."))
+                               "labels: " + ", ".join(f"{k} {v}" for k, v in phantom.label_names.items()),
+                               fileset=files))
+    written.append(save_labels(phantom.mask, out / "mask.nii.gz", phantom.affine, "mask: prostate gland",
+                               fileset=files))
+    written += save_maps(phantom.truth, out / "truth", phantom.affine, model="rverdict", fileset=files)
+    written.append(save_map(phantom.s0, out / "truth" / "S0.nii.gz", phantom.affine, "S0", "a.u.", fileset=files))
     meta = {
         "description": "napari-rverdict digital prostate phantom (rVERDICT forward model, INNOVATE acquisition)",
         "labels": {str(k): v for k, v in phantom.label_names.items()},
@@ -237,9 +249,7 @@ def save_phantom(phantom: Phantom, out_dir) -> list[Path]:
         "regenerate": f"rverdict phantom --out DIR --snr {phantom.snr:g} --seed {phantom.seed} "
                       f"--shape {' '.join(str(s) for s in phantom.shape)}",
     }
-    p = out / "phantom.json"
-    p.write_text(json.dumps(meta, indent=2) + "\n")
-    written.append(p)
+    written.append(write_text(out / "phantom.json", json.dumps(meta, indent=2) + "\n", files))
     return written
 
 

@@ -8,8 +8,10 @@ So SNR is that of the brightest measurement of the voxel (for classic VERDICT: o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,14 +55,24 @@ class SyntheticData:
         names = self.model.estimated_names if names is None else names
         return np.stack([self.params[n] for n in names], axis=1)
 
-    def save(self, path) -> None:
-        """Write an ``.npz`` with signals, params (``param_<name>``), snr, split and the settings."""
+    def save(self, path) -> Path:
+        """Write an ``.npz`` with signals, params (``param_<name>``), snr, split and the settings, atomically.
+
+        NumPy would append ``.npz`` to any other name, so ``.npz`` is added here when missing and the real path
+        returned."""
+        from napari_rverdict.files import atomic_path
+
+        path = Path(path)
+        if not path.name.endswith(".npz"):
+            path = path.with_name(path.name + ".npz")
         arrays = {f"param_{k}": v for k, v in self.params.items()}
-        np.savez_compressed(
-            path, signals=self.signals, snr=self.snr, train_index=self.train_index, val_index=self.val_index,
-            model=self.model.name, protocol=np.array(repr(self.protocol.to_dict())),
-            fraction_sampler=self.fraction_sampler, **arrays,
-        )
+        with atomic_path(path) as tmp:
+            np.savez_compressed(
+                tmp, signals=self.signals, snr=self.snr, train_index=self.train_index, val_index=self.val_index,
+                model=self.model.name, protocol=np.array(repr(self.protocol.to_dict())),
+                fraction_sampler=self.fraction_sampler, **arrays,
+            )
+        return path
 
 
 def noise_free_signals(model, params: Mapping, protocol: Protocol, chunk: int = 65536) -> np.ndarray:
@@ -83,6 +95,26 @@ def split_indices(n: int, val_fraction: float = 0.2, seed: int | None = None) ->
     perm = np.random.default_rng(None if seed is None else seed + 7919).permutation(n)
     n_val = max(1, int(round(n * val_fraction))) if n > 1 else 0
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def physical_memory() -> int | None:
+    """The machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(n_bytes: float, what: str, *, fraction: float = 0.8) -> None:
+    """Refuse (InputError), before allocating, work whose arrays need more than ``fraction`` of physical memory."""
+    total = physical_memory()
+    if total is not None and n_bytes > fraction * total:
+        raise InputError(f"{what} would need about {_gib(n_bytes)} of memory but this machine has {_gib(total)}; "
+                         "ask for fewer")
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**28 else f"{n_bytes / 2**20:,.0f} MiB"
 
 
 def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Mapping | None = None,
@@ -108,6 +140,9 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Map
     if int(n) != n or n < 2:
         raise InputError(f"n must be an integer ≥ 2, got {n!r}")
     n = int(n)
+    # signals (float32), every parameter and the SNR (float64), the split's permutation and indices (int64)
+    check_memory(n * (4.0 * len(protocol) + 8.0 * (len(model.parameter_names) + 1) + 32.0),
+                 f"simulating {n:,} signals")
     ranges = resolve_ranges(model, ranges)
     rng = np.random.default_rng(seed)
     params = sample_parameters(model, n, ranges, fraction_sampler, rng)

@@ -94,8 +94,10 @@ class EvaluationReport:
         return "\n".join(lines)
 
     def to_csv(self, path) -> Path:
+        from napari_rverdict.files import atomic_path
+
         path = Path(path)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             bayes = ["bayes_limit_rmse"] if self.has_bayes else []
             w.writerow(["parameter", "unit", "rmse", "bias", "mape", "r", "sqrt_crlb_median"] + bayes)

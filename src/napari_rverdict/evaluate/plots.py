@@ -31,6 +31,9 @@ def plot_predicted_vs_true(report: EvaluationReport, path, max_points: int = 500
         ax.set_ylabel(f"predicted {unit}".strip(), fontsize=8)
     fig.suptitle(report.description, fontsize=9)
     fig.tight_layout()
+    from napari_rverdict.files import atomic_path
+
     path = Path(path)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return path

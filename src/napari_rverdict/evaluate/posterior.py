@@ -154,10 +154,16 @@ def build_dictionary(model, protocol="innovate", n: int = 500_000, ranges: Mappi
     noise-free signals normalised by ``model.normalise`` (rVERDICT: own maximum; VERDICT: b = 0), and as
     quantities every estimated parameter followed by every derived map not already among them."""
     from napari_rverdict.data.prior import resolve_ranges, sample_parameters
+    from napari_rverdict.data.synth import check_memory
 
     model = get_model(model)
     protocol = load_protocol(protocol)
     model.check_protocol(protocol)
+    if int(n) != n or n < 1:
+        raise InputError(f"the dictionary needs an integer number of entries ≥ 1, got {n!r}")
+    # float32 signals and float64 quantities, held twice while the chunks are joined
+    n_quantities = len(model.parameter_names) + len(model.map_names)
+    check_memory(2.0 * int(n) * (4.0 * len(protocol) + 8.0 * n_quantities), f"a {int(n):,}-entry prior dictionary")
     ranges = resolve_ranges(model, ranges)
 
     def sampler(c, rng):

@@ -71,8 +71,10 @@ class ProtocolReport:
         import csv
         from pathlib import Path
 
+        from napari_rverdict.files import atomic_path
+
         path = Path(path)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["map", "unit", "typical", "sqrt_crlb", "bayes_rmse", "prior_rmse", "bayes_over_prior"])
             for name, r in self.rows.items():

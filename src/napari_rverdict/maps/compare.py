@@ -131,9 +131,10 @@ def _fmt(x) -> str:
 
 
 def _write_csv(rows: list[dict], columns: list[str], path) -> Path:
+    from napari_rverdict.files import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
@@ -206,14 +207,15 @@ def compare_maps(maps_a, maps_b, mask=None, labels=None, model=None, *, label_na
     ----------
     maps_a, maps_b : {name: 3D array} or directories of NIfTI maps; the maps both have are compared (in
         ``maps_a``'s order). Raises ValueError when they share none or their shapes differ.
-    mask : 3D bool array or NIfTI path; None → the voxels where both sets have a non-zero value in some map.
+    mask : 3D bool array or NIfTI path; None → the voxels where both sets have a finite value in some map (the
+        non-zero ones when neither set has a NaN: maps written with 0 outside).
     labels : integer 3D array or NIfTI path; each non-zero label becomes a region (restricted to the mask).
     model : a model name / SignalModel whose ranges give each map's range for MAPE: a parameter's default training
         range, (0, 1) for fractions, the MapSpec display range otherwise (e.g. cellularity). Maps no model knows
         use the range of both sets' values in the region (``range_source = "data"``). None: any known model.
     label_names : {label: name} for the regions (default "label N").
 
-    Voxels where either map is NaN are skipped for that map.
+    Voxels where either map is NaN / inf are skipped for that map (n counts the finite voxels only).
     """
     a, units_a = _as_maps(maps_a, "maps_a")
     b, units_b = _as_maps(maps_b, "maps_b")
@@ -225,13 +227,18 @@ def compare_maps(maps_a, maps_b, mask=None, labels=None, model=None, *, label_na
     shape = _shape(a)
     m = _as_mask(mask, shape)
     if m is None:
-        m = np.zeros(shape, bool)
+        # maps written with NaN outside: the voxels finite in both; older maps with 0 outside: the non-zero ones
+        fin_a = np.zeros(shape, bool)
+        fin_b = np.zeros(shape, bool)
         nz_a = np.zeros(shape, bool)
         nz_b = np.zeros(shape, bool)
         for k in common:
-            nz_a |= np.nan_to_num(a[k]) != 0
-            nz_b |= np.nan_to_num(b[k]) != 0
-        m = nz_a & nz_b
+            fin_a |= np.isfinite(a[k])
+            fin_b |= np.isfinite(b[k])
+            with np.errstate(invalid="ignore"):
+                nz_a |= np.isfinite(a[k]) & (a[k] != 0)
+                nz_b |= np.isfinite(b[k]) & (b[k] != 0)
+        m = fin_a & fin_b if not (fin_a.all() and fin_b.all()) else nz_a & nz_b
     regions: list[tuple[str, int | None, np.ndarray]] = [("all", None, m)]
     if labels is not None:
         lab = _as_labels(labels, shape)

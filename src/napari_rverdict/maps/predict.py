@@ -111,7 +111,7 @@ def _predict_streaming(bundle, dwi, protocol, mask, chunk: int, kwargs: dict, pr
             out = bundle.predict_signals(signals[start:stop], **kwargs)
             for name, v in out.items():
                 if name not in maps:
-                    maps[name] = np.zeros(shape, dtype=np.float32)
+                    maps[name] = np.full(shape, np.nan, dtype=np.float32)
                 maps[name][i[start:stop], j[start:stop], k[start:stop]] = np.asarray(v, dtype=np.float32)
             if progress is not None and stop < n_ok:
                 progress(done + stop, total)

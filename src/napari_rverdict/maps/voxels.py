@@ -167,7 +167,7 @@ def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int) -> _
 def _warn_excluded(n_bad: int, n_mask: int, stacklevel: int) -> None:
     if n_bad:
         warnings.warn(f"{n_bad} of {n_mask} mask voxel(s) have NaN or a non-positive b = 0 signal; "
-                      "they are left out (0 in the maps)", stacklevel=stacklevel + 1)
+                      "they are left out (NaN in the maps)", stacklevel=stacklevel + 1)
 
 
 _NO_USABLE = "no voxel of the mask has a usable signal (all have NaN or a non-positive b = 0)"
@@ -208,11 +208,12 @@ def prepare_voxels(dwi, protocol=None, mask=None, *, reference: Protocol | None 
 
 
 def scatter_maps(values: dict, index: np.ndarray, shape: tuple) -> dict[str, np.ndarray]:
-    """{name: (n,)} at flat ``index`` → {name: float32 (x, y, z)}, 0 elsewhere."""
+    """{name: (n,)} at flat ``index`` → {name: float32 (x, y, z)}, NaN elsewhere (outside the mask and left-out
+    voxels: never 0, which would be taken for a value)."""
     out = {}
     size = int(np.prod(shape))
     for name, v in values.items():
-        full = np.zeros(size, dtype=np.float32)
+        full = np.full(size, np.nan, dtype=np.float32)
         full[index] = np.asarray(v, dtype=np.float32)
         out[name] = full.reshape(shape)
     return out

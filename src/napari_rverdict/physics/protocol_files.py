@@ -91,8 +91,14 @@ def read_scheme(path, tr=None) -> Protocol:
     return Protocol(b, sd, bd, te_s * 1e3, tr_ms, dirs, name=path.name)
 
 
-def write_scheme(protocol: Protocol, path, write_tr: bool = True) -> list[Path]:
-    """Write a Camino STEJSKALTANNER scheme (and ``<stem>.tr`` in seconds when TR is known). Returns the paths."""
+def write_scheme(protocol: Protocol, path, write_tr: bool = True, *, fileset=None) -> list[Path]:
+    """Write a Camino STEJSKALTANNER scheme (and ``<stem>.tr`` in seconds when TR is known) as one set of files
+    (or as part of ``fileset``). Returns the paths."""
+    from napari_rverdict.files import FileSet, write_text
+
+    if fileset is None:
+        with FileSet() as files:
+            return write_scheme(protocol, path, write_tr, fileset=files)
     path = Path(path)
     sd, bd = protocol.small_delta * 1e-3, protocol.big_delta * 1e-3
     dw = ~protocol.is_b0 | (protocol.b > 0)
@@ -104,11 +110,11 @@ def write_scheme(protocol: Protocol, path, write_tr: bool = True) -> list[Path]:
         x, y, z = dirs[i]
         lines.append(f"{x:.9g}\t{y:.9g}\t{z:.9g}\t{g[i]:.9g}\t{bd[i] if dw[i] else 0:.9g}\t"
                      f"{sd[i] if dw[i] else 0:.9g}\t{protocol.te[i] * 1e-3:.9g}")
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n", fileset)
     written = [path]
     if write_tr and protocol.has_tr:
         tr_path = path.with_suffix(".tr")
-        tr_path.write_text(" ".join(f"{t * 1e-3:.6e}" for t in protocol.tr) + "\n")
+        write_text(tr_path, " ".join(f"{t * 1e-3:.6e}" for t in protocol.tr) + "\n", fileset)
         written.append(tr_path)
     return written
 
@@ -167,25 +173,25 @@ def read_fsl(bval_path, bvec_path=None, timings=None, tr=None) -> Protocol:
     n = b.size
     stem = bval_path.with_suffix("")
     dirs = None
-    bvec_path = Path(bvec_path) if bvec_path is not None else stem.with_suffix(".bvec")
+    bvec_path = Path(bvec_path) if bvec_path is not None else _sidecar(stem, ".bvec")
     if bvec_path.exists():
         v = _read_numbers(bvec_path)
         v = v.reshape(3, -1).T if v.ndim == 1 or v.shape[0] == 3 else v
         if v.shape != (n, 3):
             raise ProtocolError(f"{bvec_path}: expected 3 × {n} values, got shape {v.shape}")
         dirs = v
-    json_path = Path(timings) if timings is not None else stem.with_suffix(".json")
+    json_path = Path(timings) if timings is not None else _sidecar(stem, ".json")
     if json_path.exists():
         t = read_json_timings(json_path, n)
     else:
         needed = {"big_delta": ".delta", "small_delta": ".smalldel", "te": ".te"}
-        missing = [stem.with_suffix(s).name for s in needed.values() if not stem.with_suffix(s).exists()]
+        missing = [_sidecar(stem, s).name for s in needed.values() if not _sidecar(stem, s).exists()]
         if missing:
             raise ProtocolError(
                 f"{bval_path}: no timings found: need a JSON sidecar {json_path.name} or the files {', '.join(missing)}"
             )
-        t = {k: _per_volume(stem.with_suffix(s), n, k) * 1e3 for k, s in needed.items()}
-        tr_file = stem.with_suffix(".tr")
+        t = {k: _per_volume(_sidecar(stem, s), n, k) * 1e3 for k, s in needed.items()}
+        tr_file = _sidecar(stem, ".tr")
         t["tr"] = _per_volume(tr_file, n, "TR") * 1e3 if tr_file.exists() else np.full(n, np.nan)
     if tr is not None:
         t["tr"] = _vec("tr", tr, n)
@@ -193,24 +199,29 @@ def read_fsl(bval_path, bvec_path=None, timings=None, tr=None) -> Protocol:
     return Protocol(b, sd, bd, t["te"], t["tr"], dirs, name=bval_path.name)
 
 
-def write_fsl(protocol: Protocol, stem) -> list[Path]:
-    """Write ``<stem>.bval``, ``.bvec`` (if directions), and per-volume ``.delta .smalldel .te .tr`` (seconds)."""
+def write_fsl(protocol: Protocol, stem, *, fileset=None) -> list[Path]:
+    """Write ``<stem>.bval``, ``.bvec`` (if directions), and per-volume ``.delta .smalldel .te .tr`` (seconds), as
+    one set of files (or as part of ``fileset``). ``stem`` is the full stem: ``a/dwi.sorted`` → ``a/dwi.sorted.bval``."""
+    from napari_rverdict.files import FileSet, write_text
+
+    if fileset is None:
+        with FileSet() as files:
+            return write_fsl(protocol, stem, fileset=files)
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    p = stem.with_suffix(".bval")
-    p.write_text(" ".join(f"{x:g}" for x in protocol.b) + "\n")
+    p = _sidecar(stem, ".bval")
+    write_text(p, " ".join(f"{x:g}" for x in protocol.b) + "\n", fileset)
     written.append(p)
     if protocol.directions is not None:
-        p = stem.with_suffix(".bvec")
-        p.write_text("\n".join(" ".join(f"{x:.9g}" for x in row) for row in protocol.directions.T) + "\n")
+        p = _sidecar(stem, ".bvec")
+        write_text(p, "\n".join(" ".join(f"{x:.9g}" for x in row) for row in protocol.directions.T) + "\n", fileset)
         written.append(p)
     for suffix, values in ((".delta", protocol.big_delta), (".smalldel", protocol.small_delta), (".te", protocol.te),
                            (".tr", protocol.tr)):
         if suffix == ".tr" and not protocol.has_tr:
             continue
-        p = stem.with_suffix(suffix)
-        p.write_text(" ".join(f"{x * 1e-3:.6e}" for x in values) + "\n")
+        p = _sidecar(stem, suffix)
+        write_text(p, " ".join(f"{x * 1e-3:.6e}" for x in values) + "\n", fileset)
         written.append(p)
     return written
 
@@ -250,12 +261,19 @@ def _read_protocol(spec, tr) -> Protocol:
         return read_fsl(path, tr=tr)
     stem = protocol_stem(path)
     for suffix, reader in ((".scheme", read_scheme), (".bval", read_fsl)):
-        candidate = stem.with_suffix(suffix)
+        candidate = _sidecar(stem, suffix)
         if candidate.exists():
             return reader(candidate, tr=tr)
     raise ProtocolError(
         f"unknown protocol '{s}': give a preset ({', '.join(PRESETS)}), a .scheme or .bval file, or a DWI with one beside it"
     )
+
+
+def _sidecar(stem, suffix: str) -> Path:
+    """``<stem><suffix>`` for the full stem: ``a/dwi.sorted`` + ``.bval`` → ``a/dwi.sorted.bval`` (never the
+    ``a/dwi.bval`` that ``Path.with_suffix`` would give)."""
+    stem = Path(stem)
+    return stem.with_name(stem.name + suffix)
 
 
 def protocol_stem(path) -> Path:
