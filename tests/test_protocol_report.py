@@ -83,7 +83,9 @@ def test_cli_bad_input(capsys):
     assert main(["protocol-report", "--snr", "abc"]) == 2
     assert "--snr" in capsys.readouterr().err
     assert main(["protocol-report", "--snr", "-5", "--n-test", "10", "--n-dictionary", "100"]) == 2
-    assert "SNR" in capsys.readouterr().err
+    assert "--snr" in capsys.readouterr().err
+    assert main(["protocol-report", "--snr", "15-60"]) == 2  # a range is for training, not for one report
+    assert "one number" in capsys.readouterr().err
     assert main(["protocol-report", "--model", "dti"]) == 2
     assert "dti" in capsys.readouterr().err
 

@@ -16,8 +16,15 @@ from importlib import import_module
 from napari_rverdict.errors import InputError
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rverdict", description="VERDICT / rVERDICT microstructure maps")
+    parser = _OneLineParser(prog="rverdict", description="VERDICT / rVERDICT microstructure maps")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 

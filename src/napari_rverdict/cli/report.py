@@ -8,15 +8,15 @@ from __future__ import annotations
 import sys
 
 from napari_rverdict.cli.common import CliError, add_protocol_option, cli_device, cli_model, load_cli_protocol
+from napari_rverdict.data.noise import parse_snr
 
 
 def cmd_protocol_report(args) -> int:
     from napari_rverdict.evaluate.report import protocol_report
 
-    try:
-        snr = float(args.snr)
-    except ValueError:
-        raise CliError(f"--snr expects one number, got '{args.snr}'") from None
+    snr = parse_snr(args.snr, "--snr")
+    if not isinstance(snr, float):
+        raise CliError(f"--snr expects one number, got '{args.snr}'")
     if args.n_test < 2 or args.n_dictionary < 1:
         raise CliError("--n-test must be at least 2 and --n-dictionary at least 1")
     from napari_rverdict.data.synth import check_memory

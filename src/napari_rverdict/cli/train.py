@@ -94,8 +94,12 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from napari_rverdict.evaluate.metrics import evaluate
     from napari_rverdict.evaluate.plots import plot_predicted_vs_true
+    from napari_rverdict.files import check_output_file
     from napari_rverdict.learn.bundle import load_bundle
 
+    for option, path in (("--csv", args.csv), ("--plot", args.plot)):
+        if path is not None:
+            check_output_file(path, overwrite=args.overwrite, inputs=[args.bundle], what=option)
     bundle = load_bundle(args.bundle)
     snr = None if args.snr is None else parse_snr(args.snr, "--snr")
     report = evaluate(bundle, n=args.n, snr=snr, seed=args.seed, n_crlb=args.n_crlb, device=args.device,
@@ -151,4 +155,5 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--csv", default=None, help="also write the table as CSV")
     p.add_argument("--plot", default=None, help="also write predicted-vs-true scatter plots (PNG)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --csv / --plot")
     p.set_defaults(func=cmd_evaluate)

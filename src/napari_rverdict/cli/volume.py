@@ -24,7 +24,8 @@ def _bar(total: int, desc: str, quiet: bool):
     """A tqdm bar and a ``progress(done, total)`` callback that moves it."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="vox", desc=desc, file=sys.stderr, disable=quiet, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="vox", desc=desc, file=sys.stderr, disable=quiet, dynamic_ncols=True,
+               delay=1.0)  # shown only for work that lasts: an error found at once stays one line
 
     def progress(done: int, n: int) -> None:
         if bar.total != n:

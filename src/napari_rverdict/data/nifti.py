@@ -386,8 +386,11 @@ def _load_on_grid(path, like, what: str) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} file not found: {path}")
-    img = nib.load(str(path))
-    shape = tuple(int(s) for s in img.shape)
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as exc:  # nibabel raises several types for files that are not images
+        raise InputError(f"{what} {path}: not a readable NIfTI image ({' '.join(str(exc).split())})") from None
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if like is not None:
