@@ -40,22 +40,15 @@ def _load_dwi(args):
 
     ``--protocol innovate`` on a 20-volume file means the 20-volume INNOVATE acquisition.
     """
-    import nibabel as nib
-
-    from napari_rverdict.data.nifti import load_dwi
+    from napari_rverdict.data.nifti import load_dwi, open_image
     from napari_rverdict.physics.protocol import Protocol
     from napari_rverdict.physics.protocol_files import load_protocol
 
     path = Path(args.dwi)
-    if not path.exists():
-        raise CliError(f"DWI file not found: {path}")
+    shape = open_image(path, "DWI").shape
     protocol = None
     if args.protocol is not None:
         protocol = load_protocol(args.protocol, tr=args.tr)
-        try:
-            shape = nib.load(str(path)).shape
-        except Exception as exc:
-            raise CliError(f"{path}: not a readable NIfTI image ({exc})") from None
         full = Protocol.innovate(direction_averaged=False)
         if (len(shape) == 4 and shape[3] == len(full) != len(protocol)
                 and str(args.protocol).lower() == "innovate"):

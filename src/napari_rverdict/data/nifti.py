@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_rverdict.errors import InputError
-from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average
 from napari_rverdict.files import FileSet, check_name, writing
+from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average
 from napari_rverdict.physics.protocol_files import _sidecar, load_protocol, protocol_stem, write_fsl
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -54,6 +54,20 @@ def _nib():
     import nibabel as nib
 
     return nib
+
+
+def open_image(path, what: str):
+    """The nibabel image at ``path`` (header only; data stays on disk), or one :class:`InputError` line naming
+    ``what`` (DWI, mask, labels) when the file is missing or not a readable NIfTI image."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} file not found: {path}")
+    try:
+        img = _nib().load(str(path))
+        img.shape  # noqa: B018  (a damaged header fails here)
+    except Exception as exc:  # nibabel raises several types for files that are not images
+        raise InputError(f"{what} {path}: not a readable NIfTI image ({' '.join(str(exc).split())})") from None
+    return img
 
 
 def _name_of(path: Path) -> str:
@@ -208,12 +222,7 @@ def load_dwi(path, protocol=None, tr=None, *, direction_averaged: bool = False) 
     """
     nib = _nib()
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"DWI file not found: {path}")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for files that are not images
-        raise InputError(f"{path}: not a readable NIfTI image ({exc})") from None
+    img = open_image(path, "DWI")
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 5 and shape[3] == 1:  # (x, y, z, 1, n) as some converters write
         img = nib.Nifti1Image(np.asarray(img.dataobj).reshape(shape[:3] + shape[4:]), img.affine, img.header)
@@ -382,15 +391,9 @@ def _grid_of(like) -> tuple[tuple, np.ndarray, str]:
 
 
 def _load_on_grid(path, like, what: str) -> np.ndarray:
-    nib = _nib()
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} file not found: {path}")
-    try:
-        img = nib.load(str(path))
-        shape = tuple(int(s) for s in img.shape)
-    except Exception as exc:  # nibabel raises several types for files that are not images
-        raise InputError(f"{what} {path}: not a readable NIfTI image ({' '.join(str(exc).split())})") from None
+    img = open_image(path, what)
+    shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if like is not None:
