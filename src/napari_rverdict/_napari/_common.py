@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QSizePolicy, QWidget
+from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
 ERROR_STYLE = "color: #ff6b6b;"
 OK_STYLE = "color: #8cd17d;"
@@ -213,3 +213,13 @@ class LifetimeGuard(QObject):
 
     def _reset_closing(self) -> None:
         self._closing = False
+
+
+def add_run_row(layout, text: str):
+    """A dock's primary button, a 0–100 % progress bar and its message line, added to ``layout`` in that order."""
+    button, progress, message = QPushButton(text), QProgressBar(), Message()
+    progress.setRange(0, 100)
+    progress.setValue(0)
+    for widget in (button, progress, message):
+        layout.addWidget(widget)
+    return button, progress, message

@@ -10,14 +10,13 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QTableWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_rverdict._napari._common import LayerCombo, Message, hint, separator
+from napari_rverdict._napari._common import LayerCombo, add_run_row, hint, separator
 
 AUTO_MASK = "(automatic: Otsu threshold of the mean b = 0)"
 NO_LABELS = "(none)"
@@ -82,14 +81,7 @@ def inputs_section(dock) -> QFormLayout:
 
 def run_section(dock, layout: QVBoxLayout) -> None:
     """Compute button, progress bar and message line."""
-    dock.compute_btn = QPushButton("Compute maps")
-    dock.progress = QProgressBar()
-    dock.progress.setRange(0, 100)
-    dock.progress.setValue(0)
-    dock.message = Message()
-    layout.addWidget(dock.compute_btn)
-    layout.addWidget(dock.progress)
-    layout.addWidget(dock.message)
+    dock.compute_btn, dock.progress, dock.message = add_run_row(layout, "Compute maps")
 
 
 def sd_section(dock) -> QWidget:

@@ -9,14 +9,13 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QTableWidget,
     QVBoxLayout,
 )
 
-from napari_rverdict._napari._common import Message, hint, separator
+from napari_rverdict._napari._common import add_run_row, hint, separator
 from napari_rverdict.data.prior import FRACTION_SAMPLERS
 
 MODELS = (("rverdict", "rVERDICT (relaxation-VERDICT, 9 maps)"), ("verdict", "classic VERDICT (5 maps)"))
@@ -92,14 +91,7 @@ def run_section(dock, layout: QVBoxLayout) -> None:
     """Generate button, progress bar, message line and the example-signal plot."""
     from napari_rverdict._napari.loss_plot import SignalPlot
 
-    dock.generate_btn = QPushButton("Generate")
-    dock.progress = QProgressBar()
-    dock.progress.setRange(0, 100)
-    dock.progress.setValue(0)
-    dock.message = Message()
+    dock.generate_btn, dock.progress, dock.message = add_run_row(layout, "Generate")
     dock.plot = SignalPlot()
-    layout.addWidget(dock.generate_btn)
-    layout.addWidget(dock.progress)
-    layout.addWidget(dock.message)
     layout.addWidget(separator())
     layout.addWidget(dock.plot)
