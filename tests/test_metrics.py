@@ -7,7 +7,7 @@ import torch
 
 from napari_rverdict.data.synth import noise_free_signals, simulate
 from napari_rverdict.evaluate.crlb import crlb, crlb_from_function
-from napari_rverdict.evaluate.metrics import EvaluationReport, evaluate, regression_metrics
+from napari_rverdict.evaluate.metrics import EvaluationReport, evaluate, evaluation_seed, regression_metrics
 from napari_rverdict.evaluate.plots import plot_predicted_vs_true
 from napari_rverdict.evaluate.report import typical_parameters
 from napari_rverdict.learn.train import TrainConfig, train
@@ -195,7 +195,7 @@ def test_evaluate_every_parameter(bundle, tmp_path):
     assert rep.rows["R"]["unit"] == "µm" and rep.rows["f_vasc"]["unit"] == ""
     # the table's numbers are the metrics of the predictions against the truth of a fresh set
     data = simulate("rverdict", bundle.protocol, n=400, snr=bundle.snr, ranges=bundle.ranges,
-                    fraction_sampler=bundle.fraction_sampler, seed=7)
+                    fraction_sampler=bundle.fraction_sampler, seed=evaluation_seed(7, bundle))
     maps = bundle.predict_signals(data.signals)
     for k in names:
         np.testing.assert_allclose(rep.true[k], data.params[k])
@@ -215,6 +215,20 @@ def test_evaluate_every_parameter(bundle, tmp_path):
     assert len(csv_text.splitlines()) == 1 + len(names)
     png = plot_predicted_vs_true(rep, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_never_reuses_training_or_calibration_data(bundle):
+    """Evaluating with the seed the training data were made with (11) must not evaluate on training data."""
+    assert bundle.extra["data_seed"] == 11
+    rep = evaluate(bundle, n=1500, n_crlb=0, seed=11)
+    training = simulate("rverdict", n=1500, seed=11)
+    for k in ("f_ic", "R"):  # continuous draws: any shared sample would be an exact repeat
+        assert not np.isin(rep.true[k], training.params[k]).any()
+    seeds = {evaluation_seed(s, bundle) for s in range(50)}
+    assert len(seeds) == 50 and not seeds & set(range(10_000))
+    assert bundle.extra["data_seed"] not in seeds
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        evaluate(bundle, n=10, seed=-1)
 
 
 def test_evaluate_snr_and_bad_n(bundle):

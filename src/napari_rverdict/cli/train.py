@@ -147,7 +147,9 @@ def register(sub) -> None:
     p.add_argument("--n", type=positive_int, default=10_000, help="fresh synthetic signals (default: %(default)s)")
     p.add_argument("--snr", default=None, help="SNR or LOW-HIGH (default: the bundle's training SNR)")
     p.add_argument("--n-crlb", type=int, default=1000, help="signals for the median √CRLB (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--seed", type=int, default=12345,
+                   help="the evaluation signals are drawn from a seed derived from this one, never the training or "
+                        "calibration data (default: %(default)s)")
     p.add_argument("--bayes", type=int, default=0, metavar="N",
                    help="also the Bayes-limit RMSE from an N-entry prior dictionary, e.g. 200000 (default: 0 = off)")
     p.add_argument("--bayes-signals", type=int, default=200, metavar="M",

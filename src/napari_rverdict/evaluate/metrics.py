@@ -107,10 +107,33 @@ class EvaluationReport:
         return path
 
 
+EVALUATION_SALT = 0xE7A1
+
+
+def evaluation_seed(seed: int, bundle=None) -> int:
+    """The seed of the evaluation signals for the user's ``seed``: derived through a ``SeedSequence`` with its own
+    salt (:func:`..learn.train.derived_seed`), so it is never a seed a user types and never the stream of the
+    training data or of the calibration set, whatever seed those were made with; checked against ``bundle``'s
+    recorded data and calibration seeds (re-derived in the astronomically unlikely case of a match)."""
+    from napari_rverdict.learn.train import derived_seed
+
+    if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be an integer ≥ 0, got {seed!r}")
+    used = set()
+    if bundle is not None:
+        extra = getattr(bundle, "extra", {}) or {}
+        used = {extra.get("data_seed"), (extra.get("calibration") or {}).get("seed")} - {None}
+    derived = derived_seed(int(seed), EVALUATION_SALT)
+    while derived in used:
+        derived = derived_seed(derived, EVALUATION_SALT)
+    return derived
+
+
 def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 1000,
              device="cpu", bayes: int = 0, n_bayes_test: int = 200) -> EvaluationReport:
     """Accuracy of ``bundle`` on ``n`` fresh synthetic signals from its own model, protocol, ranges and fraction
     sampler at ``snr`` (default: the bundle's training SNR), plus the median √CRLB over ``n_crlb`` of them.
+    The signals are drawn with :func:`evaluation_seed` of ``seed``: never the training or calibration data.
 
     ``bayes`` > 0: also the Bayes-limit RMSE (:func:`napari_rverdict.evaluate.posterior.bayes_limit`: posterior mean from a
     ``bayes``-entry prior dictionary with the bundle's model, protocol, ranges and fraction sampler, on
@@ -130,7 +153,7 @@ def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 
     snr = bundle.snr if snr is None else snr
     model = bundle.model
     data = simulate(model, bundle.protocol, n=int(n), snr=snr, ranges=bundle.ranges,
-                    fraction_sampler=bundle.fraction_sampler, seed=seed)
+                    fraction_sampler=bundle.fraction_sampler, seed=evaluation_seed(seed, bundle))
     pred_all = bundle.predict_normalised(data.signals, device=device)
     dep = model.dependent_fraction
     names = list(bundle.target_names) + [dep]

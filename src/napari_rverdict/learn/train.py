@@ -458,12 +458,17 @@ def _hand_back(run: _Run, data) -> tuple[Bundle, dict, float]:
 CALIBRATION_SALT = 0xCA11B
 
 
-def calibration_seed(seed):
-    """The seed of the calibration set for training data made with ``seed``: derived from it through a
-    ``SeedSequence`` with a fixed salt, so its stream is never the training data's (None: fresh entropy)."""
+def derived_seed(seed, salt: int):
+    """A seed derived from ``seed`` through a ``SeedSequence`` with a fixed ``salt`` (one salt per purpose), so
+    the data drawn with it never repeat the stream of ``seed`` itself (None or not a seed: None = fresh entropy)."""
     if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         return None
-    return int(np.random.SeedSequence([int(seed), CALIBRATION_SALT]).generate_state(1, dtype=np.uint64)[0])
+    return int(np.random.SeedSequence([int(seed), int(salt)]).generate_state(1, dtype=np.uint64)[0])
+
+
+def calibration_seed(seed):
+    """The seed of the calibration set for training data made with ``seed`` (:func:`derived_seed`)."""
+    return derived_seed(seed, CALIBRATION_SALT)
 
 
 def calibration_data(data):
