@@ -47,7 +47,81 @@ def ws(tmp_path_factory):
     shutil.copy(dwi, root / "anat" / "dwi.nii.gz")
     for ext in ("bval", "bvec", "delta", "smalldel", "te", "tr"):
         shutil.copy(root / "ph" / f"dwi.{ext}", root / "anat" / f"dwi.{ext}")
+    _broken_acquisitions(root)
     return root
+
+
+def _broken_acquisitions(root: Path) -> None:
+    """DWIs whose header, geometry or sidecars are wrong in the ways real exports are."""
+    import json
+
+    import nibabel as nib
+
+    ph = root / "ph"
+    img = nib.load(str(ph / "dwi.nii.gz"))
+    data = np.asarray(img.dataobj)
+
+    def folder(name, *, sidecars=True):
+        d = root / name
+        d.mkdir()
+        if sidecars:
+            for ext in ("bval", "bvec", "delta", "smalldel", "te", "tr"):
+                shutil.copy(ph / f"dwi.{ext}", d / f"dwi.{ext}")
+        return d
+
+    d = folder("huge")  # a header that declares 512 GB in a file of a few kB
+    nib.save(nib.Nifti1Image(data, img.affine), str(d / "dwi.nii"))
+    raw = bytearray((d / "dwi.nii").read_bytes())
+    hdr = nib.Nifti1Header.from_fileobj(open(d / "dwi.nii", "rb"))
+    hdr.set_data_shape((4000, 4000, 400, 20))
+    raw[:348] = hdr.binaryblock
+    (d / "dwi.nii").write_bytes(bytes(raw))
+    for name, transform in (("nan_affine", np.where(np.eye(4, dtype=bool), np.nan, 0.0)),
+                            ("zero_affine", np.diag([0.0, 0.0, 0.0, 1.0]))):
+        d = folder(name)
+        hdr = img.header.copy()
+        hdr.set_qform(None, code=0)
+        hdr.set_sform(img.affine, code=1)
+        hdr["srow_x"], hdr["srow_y"], hdr["srow_z"] = transform[:3]
+        nib.save(nib.Nifti1Image(data, None, hdr), str(d / "dwi.nii.gz"))
+    d = folder("json_types", sidecars=False)  # JSON timings with wrong types
+    shutil.copy(ph / "dwi.nii.gz", d / "dwi.nii.gz")
+    shutil.copy(ph / "dwi.bval", d / "dwi.bval")
+    (d / "dwi.json").write_text(json.dumps({"PulseDuration": "long", "PulseSeparation": 0.04, "EchoTime": 0.08}))
+    d = folder("json_list", sidecars=False)
+    shutil.copy(ph / "dwi.nii.gz", d / "dwi.nii.gz")
+    shutil.copy(ph / "dwi.bval", d / "dwi.bval")
+    (d / "dwi.json").write_text("[1, 2, 3]")
+    d = folder("bval_short")  # 19 b-values, 20 directions, 20 volumes
+    shutil.copy(ph / "dwi.nii.gz", d / "dwi.nii.gz")
+    (d / "dwi.bval").write_text(" ".join((ph / "dwi.bval").read_text().split()[:-1]) + "\n")
+    b = np.array((ph / "dwi.bval").read_text().split(), dtype=float)
+    for name, scale in (("b_ms_um2", 1e-3), ("b_s_m2", 1e6)):
+        d = folder(name)
+        shutil.copy(ph / "dwi.nii.gz", d / "dwi.nii.gz")
+        (d / "dwi.bval").write_text(" ".join(f"{x * scale:g}" for x in b) + "\n")
+    d = folder("no_tr", sidecars=False)  # a Camino scheme: no TR
+    shutil.copy(ph / "dwi.nii.gz", d / "dwi.nii.gz")
+    from napari_rverdict.physics.protocol_files import load_protocol, write_scheme
+
+    write_scheme(load_protocol(ph / "dwi.bval"), d / "dwi.scheme", write_tr=False)
+
+
+# (command, what the one line must say): guards that name the right thing
+NAMED = [
+    ("predict {ws}/model.pt {ws}/huge/dwi.nii --out {ws}/out", "header declares 4000 × 4000 × 400 × 20"),
+    ("predict {ws}/model.pt {ws}/nan_affine/dwi.nii.gz --out {ws}/out", "affine) has NaN"),
+    ("predict {ws}/model.pt {ws}/zero_affine/dwi.nii.gz --out {ws}/out", "affine) is singular"),
+    ("fit {ws}/nan_affine/dwi.nii.gz --out {ws}/out", "affine) has NaN"),
+    ("predict {ws}/model.pt {ws}/json_types/dwi.nii.gz --out {ws}/out", "PulseDuration must be a number"),
+    ("predict {ws}/model.pt {ws}/json_list/dwi.nii.gz --out {ws}/out", "must be an object"),
+    ("predict {ws}/model.pt {ws}/bval_short/dwi.nii.gz --out {ws}/out", "dwi.bval has 19 b-values but dwi.bvec has 20"),
+    ("predict {ws}/model.pt {ws}/b_ms_um2/dwi.nii.gz --out {ws}/out", "were ms/µm² given"),
+    ("predict {ws}/model.pt {ws}/b_s_m2/dwi.nii.gz --out {ws}/out", "were s/m² given"),
+    ("predict {ws}/model.pt {ws}/no_tr/dwi.nii.gz --out {ws}/out", "needs the TR of every measurement"),
+    ("fit {ws}/no_tr/dwi.nii.gz --out {ws}/out", "TR"),
+    ("predict {ws}/model.pt {ws}/truncated.nii.gz --protocol innovate-20 --out {ws}/out", "truncated"),
+]
 
 
 CASES = [
@@ -179,8 +253,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_hostile_input_gives_one_line_exit_2_and_changes_nothing(ws, case, capsys, monkeypatch):
+def _one_clean_refusal(ws, case, capsys, monkeypatch) -> str:
+    """Run ``case``; assert exit 2, one stderr line saying error (not bug), no file changed; return the line."""
     import shlex
 
     monkeypatch.chdir(ws)
@@ -197,7 +271,18 @@ def test_hostile_input_gives_one_line_exit_2_and_changes_nothing(ws, case, capsy
     assert len(lines) == 1, f"{case!r}: expected one stderr line, got {lines!r}"
     assert "error" in lines[0] and "bug" not in lines[0], lines[0]
     assert _tree_hash(ws) == before, f"{case!r} changed files"
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_hostile_input_gives_one_line_exit_2_and_changes_nothing(ws, case, capsys, monkeypatch):
+    _one_clean_refusal(ws, case, capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("case,says", NAMED, ids=[c for c, _ in NAMED])
+def test_broken_acquisition_is_refused_in_one_line_naming_the_cause(ws, case, says, capsys, monkeypatch):
+    assert says in _one_clean_refusal(ws, case, capsys, monkeypatch)
 
 
 def test_there_are_at_least_100_cases():
-    assert len(CASES) >= 100
+    assert len(CASES) + len(NAMED) >= 100

@@ -67,7 +67,66 @@ def open_image(path, what: str):
         img.shape  # noqa: B018  (a damaged header fails here)
     except Exception as exc:  # nibabel raises several types for files that are not images
         raise InputError(f"{what} {path}: not a readable NIfTI image ({' '.join(str(exc).split())})") from None
+    _check_declared_size(img, path, what)
     return img
+
+
+# deflate cannot compress better than about 1032:1, so a .nii.gz can never hold more than this × its size
+_MAX_GZIP_RATIO = 1100
+
+
+def _check_declared_size(img, path: Path, what: str) -> None:
+    """Refuse a header whose declared voxels cannot be in the file (truncated file or damaged header), before
+    anything is allocated: an uncompressed image must hold offset + voxels × itemsize bytes; a gzipped one can
+    hold at most :data:`_MAX_GZIP_RATIO` × its size."""
+    shape = tuple(int(v) for v in img.shape)
+    itemsize = np.dtype(img.get_data_dtype()).itemsize
+    declared = float(np.prod(shape, dtype=np.float64)) * itemsize
+    size = path.stat().st_size
+    if path.name.endswith(".gz"):
+        too_big = declared > _MAX_GZIP_RATIO * size
+    else:
+        offset = int(getattr(img.dataobj, "offset", 0) or 0)
+        too_big = declared + offset > size
+    if too_big:
+        raise InputError(f"{what} {path.name}: the header declares {' × '.join(map(str, shape))} voxels "
+                         f"({_size_text(declared)}) but the file is only {_size_text(size)}: "
+                         "a truncated file or a damaged header")
+
+
+def _size_text(n_bytes: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:,.1f} {unit}"
+    return f"{n_bytes:.0f} bytes"
+
+
+def check_affine(affine, what: str) -> np.ndarray:
+    """The (4, 4) voxel → world transform, or one InputError line when it is NaN / infinite or singular (maps
+    computed on such an image could not be placed in space, nor written)."""
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise InputError(f"{what}: its voxel-to-world transform (affine) has NaN or infinite entries; fix the "
+                         "header's sform / qform first")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{what}: its voxel-to-world transform (affine) is singular (zero voxel size); fix the "
+                         "header's sform / qform first")
+    return affine
+
+
+def _read_voxels(image, slicer, what: str) -> np.ndarray:
+    """float32 voxels ``image.dataobj[slicer]`` (magnitude of complex data), or one InputError line when the file
+    cannot deliver them (truncated, damaged)."""
+    import zlib
+
+    try:
+        values = np.asarray(image.dataobj[slicer])
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise InputError(f"{what}: could not read its voxels ({' '.join(str(exc).split())}): a truncated or "
+                         "damaged file") from None
+    if np.iscomplexobj(values):
+        values = np.abs(values)
+    return np.asarray(values, dtype=np.float32)
 
 
 def _name_of(path: Path) -> str:
@@ -110,10 +169,16 @@ class Dwi:
     @classmethod
     def from_array(cls, data, affine=None, protocol=None, notes=None) -> Dwi:
         """An in-memory Dwi: ``data`` (x, y, z, n), ``affine`` (default identity), ``protocol`` (n entries)."""
+        data = np.asarray(data)
+        if np.iscomplexobj(data):
+            import warnings
+
+            warnings.warn("the DWI is complex-valued: its magnitude is used", stacklevel=2)
+            data = np.abs(data)
         data = np.asarray(data, dtype=np.float32)
         if data.ndim != 4:
             raise InputError(f"a DWI must be 4D (x, y, z, volumes); got an array of shape {data.shape}")
-        affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
+        affine = np.eye(4) if affine is None else check_affine(affine, "the DWI")
         if protocol is None:
             raise InputError("an in-memory DWI needs its protocol (one entry per volume)")
         protocol = load_protocol(protocol)
@@ -125,8 +190,15 @@ class Dwi:
     def data(self) -> np.ndarray:
         """(x, y, z, n) float32, read on first access (scaled by the NIfTI slope/intercept)."""
         if self._data is None:
-            self._data = np.asarray(self._image.dataobj, dtype=np.float32)
+            from napari_rverdict.data.synth import check_memory
+
+            check_memory(float(np.prod(self.shape, dtype=np.float64)) * 4, f"reading {self._what}")
+            self._data = _read_voxels(self._image, ..., self._what)
         return self._data
+
+    @property
+    def _what(self) -> str:
+        return f"DWI {self.path.name}" if self.path is not None else "the DWI"
 
     @property
     def in_memory(self) -> bool:
@@ -158,14 +230,14 @@ class Dwi:
         """One 3D volume as float32, read from the file alone when the data are not loaded yet."""
         if self.in_memory:
             return self.data[..., index]
-        return np.asarray(self._image.dataobj[..., index], dtype=np.float32)
+        return _read_voxels(self._image, (..., index), self._what)
 
     def slab(self, start: int, stop: int) -> np.ndarray:
         """Slices ``start:stop`` along z of every volume, (x, y, stop - start, n) float32; read from the file alone
         (``dataobj[:, :, start:stop, :]``) when the data are not loaded yet, so memory stays at one slab."""
         if self.in_memory:
             return self.data[:, :, start:stop, :]
-        return np.asarray(self._image.dataobj[:, :, start:stop, :], dtype=np.float32)
+        return _read_voxels(self._image, (slice(None), slice(None), slice(start, stop), slice(None)), self._what)
 
     def b0(self) -> np.ndarray:
         """Mean of the b = 0 volumes (x, y, z) float32 (of every volume if the protocol has no b = 0)."""
@@ -225,7 +297,8 @@ def load_dwi(path, protocol=None, tr=None, *, direction_averaged: bool = False) 
     img = open_image(path, "DWI")
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 5 and shape[3] == 1:  # (x, y, z, 1, n) as some converters write
-        img = nib.Nifti1Image(np.asarray(img.dataobj).reshape(shape[:3] + shape[4:]), img.affine, img.header)
+        img = nib.Nifti1Image(_read_voxels(img, ..., f"DWI {path.name}").reshape(shape[:3] + shape[4:]), img.affine,
+                              img.header)
         shape = shape[:3] + shape[4:]
     if len(shape) != 4:
         raise InputError(f"{path.name}: a DWI must be 4D (x, y, z, volumes), got {len(shape)}D shape {shape}")
@@ -241,8 +314,14 @@ def load_dwi(path, protocol=None, tr=None, *, direction_averaged: bool = False) 
     else:
         prot = load_protocol(protocol, tr=tr)
     _check_count(shape[3], prot, path.name)
+    affine = check_affine(img.affine, f"DWI {path.name}")
+    if np.dtype(img.get_data_dtype()).kind == "c":
+        import warnings
+
+        warnings.warn(f"{path.name} is complex-valued: its magnitude is used", stacklevel=2)
+        notes.append("complex-valued: magnitude used")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    dwi = Dwi(np.asarray(img.affine, dtype=float), img.header, zooms, prot, path, shape, notes, img, None)
+    dwi = Dwi(affine, img.header, zooms, prot, path, shape, notes, img, None)
     return dwi.direction_averaged() if direction_averaged else dwi
 
 
@@ -373,7 +452,7 @@ def load_maps(directory, prefix: str = "", *, with_units: bool = False):
         if shape is not None and img.shape != shape:
             raise InputError(f"maps in {directory} differ in shape: {name} is {img.shape}, others are {shape}")
         shape = img.shape
-        maps[name] = np.asarray(img.dataobj, dtype=np.float32)
+        maps[name] = _read_voxels(img, ..., f"map {name}")
         units[name] = unit
     return (maps, units) if with_units else maps
 
@@ -407,7 +486,7 @@ def _load_on_grid(path, like, what: str) -> np.ndarray:
             )
     elif len(shape) != 3:
         raise InputError(f"{what} {path.name} must be 3D, got shape {shape}")
-    return np.asarray(img.dataobj).reshape(shape)
+    return _read_voxels(img, ..., f"{what} {path.name}").reshape(shape)
 
 
 def load_labels(path, like=None) -> np.ndarray:

@@ -389,7 +389,7 @@ def fit_volume(model, dwi, protocol=None, mask=None, *, device="auto", init=None
     from napari_rverdict.maps.voxels import prepare_voxels, scatter_maps
 
     model = get_model(model)
-    vox = prepare_voxels(dwi, protocol, mask)
+    vox = prepare_voxels(dwi, protocol, mask, model=model)
     init_values = init
     if isinstance(init, Mapping):
         init_values = {k: (np.asarray(v).reshape(-1)[vox.index] if np.ndim(v) == 3 else v) for k, v in init.items()}

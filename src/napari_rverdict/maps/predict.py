@@ -9,7 +9,8 @@ import numpy as np
 
 from napari_rverdict.data.nifti import Dwi
 from napari_rverdict.errors import InputError
-from napari_rverdict.maps.voxels import _NO_USABLE, _plan, _warn_excluded, prepare_voxels, scatter_maps
+from napari_rverdict.maps.voxels import (_NO_USABLE, _plan, _warn_excluded, _warn_implausible, implausible_fraction,
+                                         prepare_voxels, scatter_maps)
 
 NETWORK_CHUNK = 16384  # voxels per network call (PERFORMANCE.md: larger chunks spill the cache)
 
@@ -52,7 +53,7 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
     kwargs = {"device": device, "chunk": min(chunk, NETWORK_CHUNK), "uncertainty": bool(uncertainty)}
     if _streams(dwi):
         return _predict_streaming(bundle, dwi, protocol, mask, chunk, kwargs, progress)
-    vox = prepare_voxels(dwi, protocol, mask, reference=bundle.protocol)
+    vox = prepare_voxels(dwi, protocol, mask, reference=bundle.protocol, model=bundle.model)
     n = len(vox)
     flat: dict[str, np.ndarray] = {}
     if progress is not None:
@@ -82,13 +83,14 @@ def _predict_streaming(bundle, dwi, protocol, mask, chunk: int, kwargs: dict, pr
     :func:`prepare_voxels` and its usable mask voxels predicted into preallocated maps. ``progress`` counts mask
     voxels (left-out ones included) since the usable ones are only known once read.
     """
-    plan = _plan(dwi, protocol, mask, bundle.protocol, stacklevel=3)
+    plan = _plan(dwi, protocol, mask, bundle.protocol, stacklevel=3, model=bundle.model)
     d, m = plan.dwi, plan.mask
     shape = d.spatial_shape
     total = int(m.sum())
     thickness = max(1, chunk // max(1, shape[0] * shape[1]))
     maps: dict[str, np.ndarray] = {}
     done = n_bad = n_used = 0
+    n_implausible = 0.0
     if progress is not None:
         progress(0, total)
     for z0 in range(0, shape[2], thickness):
@@ -102,6 +104,7 @@ def _predict_streaming(bundle, dwi, protocol, mask, chunk: int, kwargs: dict, pr
         del raw
         n_bad += int((~ok).sum())
         signals = signals[ok]
+        n_implausible += implausible_fraction(signals, plan.protocol) * len(signals)
         i, j, k = (c[ok] for c in np.nonzero(in_slab))
         k = k + z0
         n_ok = len(signals)
@@ -121,4 +124,5 @@ def _predict_streaming(bundle, dwi, protocol, mask, chunk: int, kwargs: dict, pr
     _warn_excluded(n_bad, total, stacklevel=3)
     if n_used == 0:
         raise InputError(_NO_USABLE)
+    _warn_implausible(n_implausible / n_used, stacklevel=3)
     return maps

@@ -12,7 +12,7 @@ import numpy as np
 
 from napari_rverdict.data.nifti import Dwi, load_dwi, load_mask
 from napari_rverdict.errors import InputError
-from napari_rverdict.physics.protocol import Protocol, direction_average
+from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average
 
 
 # ---------------------------------------------------------------------- mask
@@ -139,12 +139,17 @@ class _Plan:
         return np.ascontiguousarray(s, dtype=np.float32), _valid_rows(s, self.protocol)
 
 
-def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int) -> _Plan:
+def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int, model=None) -> _Plan:
     """Resolve DWI, protocol and mask, and decide averaging and matching (warns once about protocol differences).
 
-    Reads no diffusion-weighted voxel: only the b = 0 volumes when the default mask is needed.
+    ``model``: the estimator's model; one that needs TR (rVERDICT) refuses data whose TR is unknown rather than
+    assume the reference's. Reads no diffusion-weighted voxel: only the b = 0 volumes when the default mask is needed.
     """
     d = resolve_dwi(dwi, protocol, fallback=reference)
+    if model is not None and model.requires_tr and not d.protocol.has_tr:
+        raise ProtocolError(f"{model.label} needs the TR of every measurement but the DWI's protocol "
+                            f"({d.protocol.name or 'given'}) has none (scheme files carry no TR): give it "
+                            "(--tr MS, or a <stem>.tr file in seconds beside the protocol)")
     notes = list(d.notes)
     m = resolve_mask(mask, d)
     if not m.any():
@@ -164,6 +169,27 @@ def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int) -> _
     return _Plan(d, m, bool(average), order, prot, notes)
 
 
+def implausible_fraction(signals: np.ndarray, protocol: Protocol) -> float:
+    """Fraction of voxels (rows of prepared, usable ``signals``) whose mean b = 0 signal is below the mean of their
+    diffusion-weighted measurements: physically impossible (diffusion only attenuates), so a majority means the
+    volumes are not in the order the protocol says or the b-values are wrong. 0 without b = 0 or b > 0."""
+    b0 = protocol.is_b0
+    if not b0.any() or b0.all() or len(signals) == 0:
+        return 0.0
+    s = np.asarray(signals, dtype=np.float64)
+    return float(np.mean(s[:, b0].mean(axis=1) < s[:, ~b0].mean(axis=1)))
+
+
+IMPLAUSIBLE_MAJORITY = 0.5
+
+
+def _warn_implausible(fraction: float, stacklevel: int) -> None:
+    if fraction > IMPLAUSIBLE_MAJORITY:
+        warnings.warn(f"in {fraction:.0%} of the mask voxels the b = 0 signal is below the diffusion-weighted signal, "
+                      "which diffusion cannot do: are the volumes in the order the protocol says, and the b-values "
+                      "right? The maps are unlikely to mean anything", stacklevel=stacklevel + 1)
+
+
 def _warn_excluded(n_bad: int, n_mask: int, stacklevel: int) -> None:
     if n_bad:
         warnings.warn(f"{n_bad} of {n_mask} mask voxel(s) have NaN or a non-positive b = 0 signal; "
@@ -173,7 +199,7 @@ def _warn_excluded(n_bad: int, n_mask: int, stacklevel: int) -> None:
 _NO_USABLE = "no voxel of the mask has a usable signal (all have NaN or a non-positive b = 0)"
 
 
-def prepare_voxels(dwi, protocol=None, mask=None, *, reference: Protocol | None = None,
+def prepare_voxels(dwi, protocol=None, mask=None, *, reference: Protocol | None = None, model=None,
                    _stacklevel: int = 2) -> VoxelSet:
     """Gather the masked voxels of a DWI as flat raw signals (shared by :func:`predict_volume` and NLLS).
 
@@ -185,11 +211,14 @@ def prepare_voxels(dwi, protocol=None, mask=None, *, reference: Protocol | None 
     mask : 3D bool array, NIfTI path, or None (→ :func:`default_mask` of the mean b = 0).
     reference : the protocol the estimator expects (e.g. a bundle's): the data's measurements are matched to it
         by their settings (``Protocol.match_to``), reordered, and differences reported with ``warnings.warn``.
+    model : the estimator's model: one that needs TR (rVERDICT) refuses a DWI whose TR is unknown.
+
+    Warns when most voxels' b = 0 signal is below their diffusion-weighted signal (:func:`implausible_fraction`).
 
     Raises ValueError for a non-4D DWI, a volume count that differs from the protocol, a mask on another grid,
     an empty mask, or no usable voxel in the mask.
     """
-    plan = _plan(dwi, protocol, mask, reference, _stacklevel + 1)
+    plan = _plan(dwi, protocol, mask, reference, _stacklevel + 1, model=model)
     d = plan.dwi
     index = np.flatnonzero(plan.mask.reshape(-1))
     data = d.data
@@ -200,6 +229,7 @@ def prepare_voxels(dwi, protocol=None, mask=None, *, reference: Protocol | None 
         signals, index = signals[ok], index[ok]
         if index.size == 0:
             raise InputError(_NO_USABLE)
+    _warn_implausible(implausible_fraction(signals, plan.protocol), _stacklevel + 1)
     used = np.zeros(int(np.prod(d.spatial_shape)), dtype=bool)
     used[index] = True
     return VoxelSet(np.ascontiguousarray(signals, dtype=np.float32), plan.protocol, index,
@@ -219,4 +249,4 @@ def scatter_maps(values: dict, index: np.ndarray, shape: tuple) -> dict[str, np.
     return out
 
 
-__all__ = ["VoxelSet", "default_mask", "prepare_voxels", "resolve_dwi", "resolve_mask", "scatter_maps"]
+__all__ = ["VoxelSet", "default_mask", "implausible_fraction", "prepare_voxels", "resolve_dwi", "resolve_mask", "scatter_maps"]

@@ -16,6 +16,7 @@ from napari_rverdict.errors import InputError
 
 GAMMA = 2.6751525e8  # proton gyromagnetic ratio, rad s⁻¹ T⁻¹
 B0_THRESHOLD = 50.0  # s/mm²: measurements below this count as b = 0 when grouping and matching
+B_MAX_PLAUSIBLE = 100_000.0  # s/mm²: above any diffusion MRI (clinical ≤ 10⁴, preclinical ≤ 5 × 10⁴); s/m² if larger
 
 # INNOVATE (Philips Achieva 3 T, PGSE): b, δ, Δ, TE, TR per series, in acquisition order of the rVERDICT examples.
 _INNOVATE_SERIES = (
@@ -111,8 +112,13 @@ class Protocol:
             top = np.nanmax(arrays[key]) if np.isfinite(arrays[key]).any() else 0.0
             if top > ceiling:
                 raise ProtocolError(f"{key} = {top:g} ms is implausibly long: were ms given where seconds are expected?")
-        if b.max() > 0 and b.max() < 1.0:
-            raise ProtocolError(f"largest b = {b.max():g} s/mm² is implausibly small: were ms/µm² given where s/mm² are expected?")
+        # b in another unit: ms/µm² (×1000 too small: every b would count as b = 0) or s/m² (×10⁶ too large)
+        if 0 < b.max() <= B0_THRESHOLD:
+            raise ProtocolError(f"largest b = {b.max():g} s/mm² is implausibly small (every measurement would count as "
+                                "b = 0): were ms/µm² given where s/mm² are expected? (multiply by 1000)")
+        if b.max() > B_MAX_PLAUSIBLE:
+            raise ProtocolError(f"largest b = {b.max():g} s/mm² is implausibly large: were s/m² given where s/mm² are "
+                                "expected? (divide by 10⁶)")
         dirs = None
         if self.directions is not None:
             dirs = np.asarray(self.directions, dtype=float)

@@ -85,8 +85,8 @@ def read_scheme(path, tr=None) -> Protocol:
         tr_ms = _per_volume(path.with_suffix(".tr"), n, "TR") * 1e3
     else:
         tr_ms = np.full(n, np.nan)
-        warnings.warn(f"{path.name}: no TR given (scheme files carry none); TR is unknown, which rVERDICT cannot use",
-                      stacklevel=2)
+        warnings.warn(f"{path.name}: no TR given (scheme files carry none): TR is unknown, fine for classic VERDICT; "
+                      "rVERDICT needs it (--tr MS or a .tr file)", stacklevel=2)
     sd, bd = _fill_b0_timings(b, sd_s * 1e3, bd_s * 1e3, te_s * 1e3, tr_ms)
     return Protocol(b, sd, bd, te_s * 1e3, tr_ms, dirs, name=path.name)
 
@@ -138,8 +138,10 @@ def read_json_timings(path, n: int) -> dict[str, np.ndarray]:
     path = Path(path)
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"{path}: a JSON sidecar must be an object of named timings, got a {type(meta).__name__}")
     units = str(meta.get("units", "s")).lower()
     if units not in ("s", "ms"):
         raise ProtocolError(f"{path}: units must be 's' or 'ms', got '{units}'")
@@ -152,7 +154,19 @@ def read_json_timings(path, n: int) -> dict[str, np.ndarray]:
                 out[key] = np.full(n, np.nan)
                 continue
             raise ProtocolError(f"{path}: no {key} (looked for {', '.join(aliases)})")
-        v = np.asarray(meta[found], dtype=float).reshape(-1)
+        value = meta[found]
+        if value is None and key == "tr":  # "RepetitionTime": null → unknown
+            out[key] = np.full(n, np.nan)
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(value, list):
+            ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value) and len(value) > 0
+        if not ok:
+            raise ProtocolError(f"{path}: {found} must be a number or a list of numbers (one per volume), "
+                                f"got {json.dumps(value)[:60]}")
+        v = np.asarray(value, dtype=float).reshape(-1)
+        if not np.isfinite(v).all():
+            raise ProtocolError(f"{path}: {found} has a non-finite value")
         if v.size == 1:
             v = np.full(n, v[0])
         if v.size != n:
@@ -176,9 +190,13 @@ def read_fsl(bval_path, bvec_path=None, timings=None, tr=None) -> Protocol:
     bvec_path = Path(bvec_path) if bvec_path is not None else _sidecar(stem, ".bvec")
     if bvec_path.exists():
         v = _read_numbers(bvec_path)
-        v = v.reshape(3, -1).T if v.ndim == 1 or v.shape[0] == 3 else v
+        v = v.reshape(3, -1).T if (v.ndim == 1 and v.size % 3 == 0) or (v.ndim == 2 and v.shape[0] == 3) else v
+        if v.ndim == 2 and v.shape[1] == 3 and v.shape[0] != n:  # both files are well formed: their counts differ
+            raise ProtocolError(f"{bval_path.name} has {n} b-values but {bvec_path.name} has {v.shape[0]} directions: "
+                                "the two files do not describe the same acquisition")
         if v.shape != (n, 3):
-            raise ProtocolError(f"{bvec_path}: expected 3 × {n} values, got shape {v.shape}")
+            raise ProtocolError(f"{bvec_path}: expected 3 rows of {n} values (one direction per b-value in "
+                                f"{bval_path.name}), got shape {v.shape}")
         dirs = v
     json_path = Path(timings) if timings is not None else _sidecar(stem, ".json")
     if json_path.exists():
