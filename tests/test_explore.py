@@ -236,3 +236,27 @@ def test_adding_a_b_value_never_raises_the_crlb(name, tmp_path):
 def test_protocol_object_passes_through():
     p = Protocol([0, 1000], [10, 10], [30, 30], [80, 80], [3000, 3000])
     assert len(signal_curves("rverdict", RV, p).series) == 1
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_compare_prints_both_protocols_and_refuses_bad_input(tmp_path, capsys):
+    from napari_rverdict.cli import main
+
+    rows = protocol_rows(load_protocol("innovate")) + [(2500.0, 18.9, 38.8, 80.0, 3349.0)]
+    b = tmp_path / "plus2500.scheme"
+    save_protocol(protocol_from_rows(rows), b)
+    out_csv = tmp_path / "cmp.csv"
+    args = ["protocol-report", "--compare", "innovate", str(b), "--n-test", "10", "--n-dictionary", "1000"]
+    assert main(args + ["--csv", str(out_csv)]) == 0
+    out = capsys.readouterr().out
+    assert "A = INNOVATE" in out and "B = plus2500.scheme (11 measurements)" in out and "√CRLB B" in out
+    assert out_csv.exists()
+    before = out_csv.read_bytes()
+    assert main(args + ["--csv", str(out_csv)]) == 2  # exists, checked before any work
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and out_csv.read_bytes() == before
+    assert main(["protocol-report", "--compare", "innovate", str(tmp_path / "nope.scheme")]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # needs two: an argparse usage error
+        main(["protocol-report", "--compare", "innovate"])
+    assert exc.value.code == 2
