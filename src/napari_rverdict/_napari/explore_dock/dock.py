@@ -244,7 +244,7 @@ class ExploreWidget(QWidget):
             self.message.info(f"σ = {band.sigma:.4g} on the {'S0 = 1' if band.reference == 's0' else 'peak'} scale")
         else:
             self.message.info("")
-        self.plot_canvas.draw_idle()
+        self.artists.render()
 
     # ------------------------------------------------------------------ voxel QA
     def dwi_layer(self):
@@ -302,12 +302,12 @@ class ExploreWidget(QWidget):
             self.voxel = None
             self.artists.set_voxel(None)
             self.voxel_info.setText(f"voxel (z {z}, y {y}, x {x}): {exc}")
-            self.plot_canvas.draw_idle()
+            self.artists.render()
             return
         self.voxel = qa
         self.artists.set_voxel(qa)
         self.voxel_info.setText(self._voxel_text(zyx, qa))
-        self.plot_canvas.draw_idle()
+        self.artists.render()
 
     @staticmethod
     def _voxel_text(zyx, qa) -> str:
@@ -317,7 +317,8 @@ class ExploreWidget(QWidget):
             parts = []
             for k, v in qa.map_values.items():
                 spec = map_spec_for(k, qa.model.name)
-                parts.append(f"{k} {v:.3g}{' ' + spec.unit if spec and spec.unit else ''}")
+                parts.append(f"{k} {v:.3g}" if abs(v) < 1 else f"{k} {v:.4g}")
+                parts[-1] += f" {spec.unit}" if spec and spec.unit else ""
             lines.append("maps: " + ", ".join(parts))
         if qa.predicted is not None:
             lines.append(f"RMS(predicted − measured) = {qa.rmse:.3f}")
@@ -328,4 +329,4 @@ class ExploreWidget(QWidget):
         self.voxel, self._voxel_index = None, None
         self.artists.set_voxel(None)
         self.voxel_info.setText("no voxel chosen")
-        self.plot_canvas.draw_idle()
+        self.artists.render()

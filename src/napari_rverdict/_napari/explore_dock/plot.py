@@ -3,7 +3,9 @@
 :class:`CurveArtists` draws signal against b: per series the total (solid, markers at the measured b), each
 compartment's contribution (intracellular dashed, EES dotted, vascular dash-dot) for one series or all, an optional
 Rician noise band, and a voxel's measured (×) and predicted (○) signal. Artists are made once per model/protocol
-(:meth:`CurveArtists.setup`) and a slider move only replaces their data (:meth:`CurveArtists.update`).
+(:meth:`CurveArtists.setup`) and a slider move only replaces their data (:meth:`CurveArtists.update`); the data
+artists are animated and :meth:`CurveArtists.render` blits them over a cached background (axes, ticks, legend),
+since drawing text is most of matplotlib's cost. The y range moves in steps of 0.1, so it rarely forces a full draw.
 :func:`draw_comparison` draws the what-if bars.
 """
 
@@ -48,10 +50,14 @@ class CurveArtists:
         self.compartment_lines: list[dict] = []
         self.bands: list = []
         self.compartments_of: int | None = ALL_SERIES
-        (self.measured,) = ax.plot([], [], "x", color="white", ms=7, mew=1.6, label="voxel: measured", zorder=5)
+        (self.measured,) = ax.plot([], [], "x", color="white", ms=7, mew=1.6, label="voxel: measured", zorder=5,
+                                   animated=True)
         (self.predicted,) = ax.plot([], [], "o", mfc="none", mec="#ff4fa3", ms=8, mew=1.5,
-                                    label="voxel: predicted from its maps", zorder=5)
+                                    label="voxel: predicted from its maps", zorder=5, animated=True)
         self._signature = None
+        self._background = None
+        self._top = 1.0
+        self.fig.canvas.mpl_connect("draw_event", self._on_draw)
         style_axes(self.fig, ax)
         ax.set_xlabel("b (s/mm²)")
         ax.set_ylabel("normalised signal")
@@ -66,19 +72,26 @@ class CurveArtists:
         self._clear_bands()
         for i, s in enumerate(curves.series):
             c = SERIES_COLORS[i % len(SERIES_COLORS)]
-            (line,) = ax.plot([], [], "-", color=c, lw=1.6, label=s.label, zorder=3)
-            (pts,) = ax.plot([], [], "o", color=c, ms=4, zorder=4)
+            (line,) = ax.plot([], [], "-", color=c, lw=1.6, label=s.label, zorder=3, animated=True)
+            (pts,) = ax.plot([], [], "o", color=c, ms=4, zorder=4, animated=True)
             self.series_lines.append(line)
             self.point_lines.append(pts)
-            self.compartment_lines.append({k: ax.plot([], [], ls, color=c, lw=1.0, alpha=0.85, zorder=2)[0]
+            self.compartment_lines.append({k: ax.plot([], [], ls, color=c, lw=1.0, alpha=0.85, zorder=2,
+                                                      animated=True)[0]
                                            for k, (ls, _) in COMPARTMENT_STYLES.items()})
         from matplotlib.lines import Line2D
 
+        # legend proxies: the data artists are animated, and the legend would copy that (and not draw them)
+        series = [Line2D([], [], color=ln.get_color(), lw=1.6, label=ln.get_label()) for ln in self.series_lines]
         styles = [Line2D([], [], ls=ls, color=FG, lw=1.0, label=name) for ls, name in COMPARTMENT_STYLES.values()]
-        _legend(ax, self.series_lines + styles + [self.measured, self.predicted], loc="upper right", ncol=1)
+        voxel = [Line2D([], [], ls="", marker=a.get_marker(), mfc=a.get_markerfacecolor(), mec=a.get_markeredgecolor(),
+                        ms=a.get_markersize(), mew=a.get_markeredgewidth(), label=a.get_label())
+                 for a in (self.measured, self.predicted)]
+        _legend(ax, series + styles + voxel, loc="upper right", ncol=1)
         b_max = max(float(s.b.max()) for s in curves.series) if curves.series else 1.0
         ax.set_xlim(-0.02 * b_max, 1.04 * b_max if b_max > 0 else 1.0)
         self._signature = self.signature(curves)
+        self._background = None
 
     @staticmethod
     def signature(curves) -> tuple:
@@ -102,7 +115,7 @@ class CurveArtists:
         if band is not None:
             for i, (s, (_, low, high)) in enumerate(zip(curves.series, band.series)):
                 self.bands.append(self.ax.fill_between(s.b, low, high, color=SERIES_COLORS[i % len(SERIES_COLORS)],
-                                                       alpha=0.18, lw=0, zorder=1))
+                                                       alpha=0.18, lw=0, zorder=1, animated=True))
                 top = max(top, float(high.max()))
         self._top = top
         self._apply_ylim()
@@ -121,11 +134,39 @@ class CurveArtists:
         self._apply_ylim()
 
     def _apply_ylim(self) -> None:
-        top = getattr(self, "_top", 1.0)
-        y = self.measured.get_ydata()
-        if len(y):
-            top = max(top, float(np.nanmax(y)))
-        self.ax.set_ylim(0.0, 1.05 * top)
+        top = self._top
+        for line in (self.measured, self.predicted):
+            y = np.asarray(line.get_ydata(), dtype=float)
+            if y.size and np.isfinite(y).any():
+                top = max(top, float(np.nanmax(y)))
+        new = float(np.ceil(top * 1.04 * 10.0) / 10.0)
+        if self.ax.get_ylim() != (0.0, new):
+            self.ax.set_ylim(0.0, new)
+            self._background = None  # the ticks changed: the background must be drawn again
+
+    # ------------------------------------------------------------------ drawing
+    def animated(self) -> list:
+        lines = self.series_lines + self.point_lines + [ln for d in self.compartment_lines for ln in d.values()]
+        return self.bands + lines + [self.measured, self.predicted]
+
+    def _on_draw(self, event=None) -> None:
+        """After a full draw (first show, resize, new axes): keep the background, put the data on top."""
+        canvas = self.fig.canvas
+        self._background = canvas.copy_from_bbox(self.fig.bbox)
+        for artist in self.animated():
+            self.ax.draw_artist(artist)
+
+    def render(self) -> None:
+        """Show the current data: blit the data artists over the cached background (a full draw when the
+        background is stale)."""
+        canvas = self.fig.canvas
+        if self._background is None:
+            canvas.draw()  # fires draw_event → _on_draw
+        else:
+            canvas.restore_region(self._background)
+            for artist in self.animated():
+                self.ax.draw_artist(artist)
+        canvas.blit(self.fig.bbox)
 
     def _clear_bands(self) -> None:
         for b in self.bands:
