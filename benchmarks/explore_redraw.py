@@ -3,10 +3,12 @@
 Run: ``.venv/bin/python benchmarks/explore_redraw.py [--moves 60] [--quick]``
 
 Ours: ``signal_curves`` (one batched call of the model for the measurements, every series' b sweep and each
-compartment), the Rician ``noise_band``, then ``CurveArtists.update`` (the dock's artists get new data) and ``CurveArtists.render`` (the
-data blitted over the cached axes, ticks and legend, as in the dock; a full draw only when the y range steps). Baseline, the straightforward version measured in the same process: one ``model.signal`` call
-per series and per compartment, then ``ax.cla()`` and every line, band and legend plotted again and a full ``canvas.draw()``. Each "move" sets R (and f_ic) to a new value, as dragging the R slider does. Reported: median
-and 90th percentile per move, the ratio, and the largest difference between the two sets of curves. Target: median
+compartment), the Rician ``noise_band``, then ``CurveArtists.update`` (the dock's artists get new data) and
+``CurveArtists.render`` (the data blitted over the cached axes, ticks and legend, as in the dock; a full draw only
+when the y range steps). Baseline, the straightforward version, measured in the same process: one ``model.signal``
+call per series and per compartment, then ``ax.cla()``, every line, band and legend plotted again and a full
+``canvas.draw()``. Each "move" sets R and f_ic to new values, as dragging a slider does. Reported: median and 90th
+percentile per move, the ratio, and the largest difference between the two sets of curves. Target: median
 ≤ 50 ms on a CPU.
 """
 
@@ -132,7 +134,8 @@ def main(argv=None):
           f"(peak reference), {moves} slider moves, Agg canvas 360×297 px, torch threads 1")
     print("| redraw per slider move | median ms | p90 ms | ratio |")
     print("|---|---|---|---|")
-    print(f"| baseline: model call per series and compartment, ax.cla() + replot | {med_n:.1f} | {p90(naive):.1f} | 1× |")
+    print(f"| baseline: model call per series and compartment, ax.cla() + replot | {med_n:.1f} | "
+          f"{p90(naive):.1f} | 1× |")
     print(f"| ours: one batched model call, artists' data replaced and blitted | {med_o:.1f} | {p90(ours):.1f} | "
           f"{med_n / med_o:.2f}× |")
     print(f"max |difference| between the two sets of curves: {diff:.1e}; target: median ≤ 50 ms "

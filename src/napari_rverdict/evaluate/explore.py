@@ -36,7 +36,8 @@ class SeriesCurve:
 
     index : the protocol's measurements in this series.  b : (k,) s/mm² from 0 to the series' largest b.
     total, compartments : normalised noise-free signal on ``b`` (compartments {"f_ic": …, "f_ees": …, "f_vasc": …}).
-    raw : the unnormalised total on ``b`` (S0 scale, relaxation included).  scale : its divisor (normalised = raw / scale).
+    raw : the unnormalised total on ``b`` (S0 scale, relaxation included).
+    scale : its divisor (normalised = raw / scale).
     """
 
     label: str

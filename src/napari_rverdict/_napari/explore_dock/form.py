@@ -165,7 +165,8 @@ def _whatif_form(dock) -> QWidget:
     dock.table.setFixedHeight(190)
     v.addWidget(dock.table)
     row = QHBoxLayout()
-    dock.add_row_btn, dock.remove_row_btn, dock.reset_table_btn = (QPushButton(t) for t in ("+ row", "− row", "Reset"))
+    dock.add_row_btn, dock.remove_row_btn, dock.reset_table_btn = (QPushButton(t)
+                                                                   for t in ("+ row", "− row", "Reset"))
     for b in (dock.add_row_btn, dock.remove_row_btn, dock.reset_table_btn):
         row.addWidget(b)
     v.addLayout(row)
