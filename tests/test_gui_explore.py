@@ -3,6 +3,8 @@ ground truth, the protocol what-if (table checks, Evaluate, bars, save) and a 13
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -66,6 +68,17 @@ def test_voxel_qa_overlays_measured_and_predicted_signal(viewer, qtbot):
     assert "f_ic" in w.voxel_info.text() and "RMS" in w.voxel_info.text()
     w.clear_voxel()
     assert len(w.artists.measured.get_xdata()) == 0
+    # a click on the canvas picks the voxel under the mouse (world coordinates → the DWI's voxel)
+    w.voxel_box.expand(animate=False)
+    event = SimpleNamespace(type="mouse_press", position=tuple(dwi.data_to_world((0, z, y + 1, x))))
+    for callback in list(viewer.mouse_drag_callbacks):
+        if getattr(callback, "__self__", None) is w:
+            callback(viewer, event)
+    assert w._voxel_index == (z, y + 1, x) and w.voxel.predicted is not None
+    # closing the dock removes its viewer callbacks
+    viewer.window.remove_dock_widget(w.parentWidget())
+    assert not any(getattr(cb, "__self__", None) is w for cb in viewer.mouse_drag_callbacks)
+    assert not any(getattr(cb, "__self__", None) is w for cb in viewer.mouse_move_callbacks)
 
 
 def test_protocol_what_if_table_evaluate_and_save(viewer, qtbot, tmp_path):
@@ -97,6 +110,13 @@ def test_protocol_what_if_table_evaluate_and_save(viewer, qtbot, tmp_path):
     assert wi.save_to(tmp_path / "edited.bval") == [] and "exists" in w.table_message.text()
     w.plot_edited_check.setChecked(True)
     assert w.curves.protocol.b.max() == 3000 and len(w.curves.b) == 11
+    w.plot_edited_check.setChecked(False)
+    # the saved file as the protocol to explore: its rows become the starting table
+    w.set_protocol_file(str(tmp_path / "edited.bval"))
+    assert w.protocol_combo.currentData()[0] == "file" and w.table.rowCount() == 11
+    assert len(w.curves.b) == 11 and w.message.kind != "error"
+    w.set_protocol_file(str(tmp_path / "missing.scheme"))
+    assert w.message.kind == "error" and "not found" in w.message.text()
 
 
 def test_explore_dock_fits_a_1366x768_screen(viewer, qtbot):
