@@ -90,10 +90,11 @@ class ExploreWidget(QWidget):
         typical = typical_parameters(model)
         for p in model.parameters:
             value = typical.get(p.name, 1.0)
+            unit = f" {p.unit}" if p.unit else ""
             slider = FloatSlider(value=value, min=p.low, max=p.high, step=(p.high - p.low) / SLIDER_STEPS,
                                  name=p.name, label=f"{p.name} ({p.unit})" if p.unit else p.name,
-                                 tooltip=p.description + (" (nuisance: cancels in the normalisation)"
-                                                          if p.nuisance else ""))
+                                 tooltip=f"{p.description}; training range {p.low:g}–{p.high:g}{unit}"
+                                 + (" (nuisance: cancels in the normalisation)" if p.nuisance else ""))
             slider.changed.connect(self.redraw)
             self.sliders.append(slider)
         self._protocol_changed()

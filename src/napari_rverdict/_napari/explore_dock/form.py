@@ -76,6 +76,7 @@ def build(dock) -> None:
     dock.params_box.addWidget(dock.sliders.native)
     dock.reset_btn = QPushButton("Typical tissue")
     dock.reset_btn.setToolTip("every slider back to the protocol report's typical tissue")
+    dock.params_box.addWidget(hint("Each slider spans the parameter's training range (hover for the numbers)."))
     dock.fraction_info = hint("")
     dock.params_box.addWidget(dock.fraction_info)
     dock.params_box.addWidget(dock.reset_btn)
