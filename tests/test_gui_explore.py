@@ -101,7 +101,7 @@ def test_protocol_what_if_table_evaluate_and_save(viewer, qtbot, tmp_path):
     qtbot.waitUntil(lambda: wi.worker is None, timeout=120_000)
     cmp = wi.comparison
     assert cmp is not None and cmp.b.n_measurements == 11, w.evaluate_message.text()
-    assert len(w.bars_ax.patches) == 2 * len(cmp.maps)
+    assert len(w.bars_ax.patches) == 2 * len(cmp.maps) and "Monte-Carlo error ±16%" in w.evaluate_message.text()
     assert all(r["crlb_b"] <= r["crlb_a"] * (1 + 1e-9) for r in cmp.rows.values())
     written = wi.save_to(tmp_path / "edited.bval")
     assert [p.name for p in written][:1] == ["edited.bval"]

@@ -174,6 +174,9 @@ class CurveArtists:
         self.bands = []
 
 
+RATIO_CAP = 1.5  # bars above this (cellularity's heavy tail) are cut there and labelled with their value
+
+
 def draw_comparison(ax, comparison, labels=("starting", "edited")) -> None:
     """Grouped bars per map: Bayes-limit RMSE ÷ prior RMSE (lower: the protocol pins the map down better) for the
     starting (A) and the edited (B) protocol; each B bar is annotated with √CRLB B ÷ A."""
@@ -183,10 +186,15 @@ def draw_comparison(ax, comparison, labels=("starting", "edited")) -> None:
     names = list(rows)
     x = np.arange(len(names))
     w = 0.38
-    a = [rows[n]["ratio_a"] for n in names]
-    b = [rows[n]["ratio_b"] for n in names]
-    ax.bar(x - w / 2, a, w, color="#8a8f98", label=labels[0])
-    bars = ax.bar(x + w / 2, b, w, color="#5fa8d3", label=labels[1])
+    a = np.array([rows[n]["ratio_a"] for n in names], dtype=float)
+    b = np.array([rows[n]["ratio_b"] for n in names], dtype=float)
+    ax.bar(x - w / 2, np.minimum(a, RATIO_CAP), w, color="#8a8f98", label=labels[0])
+    bars = ax.bar(x + w / 2, np.minimum(b, RATIO_CAP), w, color="#5fa8d3", label=labels[1])
+    for xi, va, vb in zip(x, a, b):
+        for off, v in ((-w / 2, va), (w / 2, vb)):
+            if v > RATIO_CAP:
+                ax.annotate(f"{v:.3g}↑", (xi + off, RATIO_CAP * 0.9), ha="center", fontsize=6, color=BG,
+                            rotation=90)
     for rect, n in zip(bars, names):
         r = rows[n]
         ratio = r["crlb_b"] / r["crlb_a"] if r["crlb_a"] > 0 and np.isfinite(r["crlb_a"]) else float("nan")
@@ -195,7 +203,9 @@ def draw_comparison(ax, comparison, labels=("starting", "edited")) -> None:
                         ha="center", va="bottom", fontsize=6, color=FG)
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("Bayes RMSE / prior RMSE", fontsize=8)
-    ax.set_ylim(0, max(1.05, max(a + b, default=1.0) * 1.15))
+    ax.set_ylim(0, RATIO_CAP * 1.08)
     ax.axhline(1.0, color=FG, lw=0.6, ls=":")
-    ax.set_title("lower is better; numbers: √CRLB edited ÷ starting", fontsize=7)
-    _legend(ax, None, loc="upper left", ncol=2)
+    leg = ax.legend(fontsize=7, facecolor=BG, edgecolor=FG, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2,
+                    title="numbers on the bars: √CRLB edited ÷ starting", title_fontsize=6, frameon=False)
+    for t in leg.get_texts() + [leg.get_title()]:
+        t.set_color(FG)

@@ -33,6 +33,21 @@ class _Progress(QObject):
     value = Signal(int)  # carries progress (0–100) from the worker thread to the GUI thread
 
 
+def comparison_summary(comparison) -> str:
+    """One line: for how many maps the edited protocol is better by more than the Monte-Carlo error of the Bayes
+    limit (its RMSE has a relative sd of about 1/√(2 n_test)), and for how many its √CRLB is lower."""
+    n_test = int(comparison.a.settings.get("n_test", 1))
+    err = 1.0 / np.sqrt(2.0 * max(n_test, 1))
+    rows = comparison.rows
+    better = [m for m, r in rows.items() if r["bayes_b"] < r["bayes_a"] * (1 - 2 * err)]
+    worse = [m for m, r in rows.items() if r["bayes_b"] > r["bayes_a"] * (1 + 2 * err)]
+    crlb = [m for m, r in rows.items() if r["crlb_b"] < r["crlb_a"] * (1 - 1e-3)]
+    text = (f"done. Bayes-limit RMSE (Monte-Carlo error ±{err:.0%} with {n_test} test signals): edited better for "
+            f"{len(better)} of {len(rows)} maps{' (' + ', '.join(better) + ')' if better else ''}, worse for "
+            f"{len(worse)}{' (' + ', '.join(worse) + ')' if worse else ''}; √CRLB lower for {len(crlb)}.")
+    return text
+
+
 class WhatIf:
     """Behaviour of the what-if section of ``dock`` (whose widgets ``form`` made)."""
 
@@ -190,9 +205,7 @@ class WhatIf:
         draw_comparison(d.bars_ax, comparison, labels=(f"starting ({comparison.a.protocol_name})", "edited"))
         d.bars_canvas.draw_idle()
         d.evaluate_progress.setValue(100)
-        better = [m for m, r in comparison.rows.items() if r["ratio_b"] < r["ratio_a"]]
-        d.evaluate_message.ok(f"done; the edited protocol lowers Bayes/prior for {len(better)} of "
-                              f"{len(comparison.rows)} maps" + (f" ({', '.join(better)})" if better else ""))
+        d.evaluate_message.ok(comparison_summary(comparison))
         self.validate()
 
     def _failed(self, exc) -> None:
