@@ -3,7 +3,7 @@
     xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshot_explore.py
 
 Opens napari with the phantom and the Explore dock, turns the noise band on (SNR 35, σ on each voxel's brightest
-measurement), shows the compartments of the b = 1500 series, and picks a voxel of the labelled lesions, whose
+measurement), shows the compartments of the b = 1500 series, and picks a voxel inside the labels, whose
 predicted signal comes from the phantom's ground-truth maps (given the metadata the Maps dock gives its map layers).
 A few seconds on CPU.
 """
@@ -56,15 +56,20 @@ def main() -> int:
     w.model_box.collapse(animate=False)
     w.voxel_box.expand(animate=False)
     w.dwi_combo.setCurrentText(dwi.name)
-    z = 4  # a mid-gland slice; the voxel: the middle one of the lesion voxels listed in it
+    z = 4  # a mid-gland slice; the voxel: the middle one of its labelled voxels
     lesion = np.argwhere(np.asarray(viewer.layers["lesion labels"].data)[z] > 0)
     y, x = (int(v) for v in lesion[len(lesion) // 2])
     w.show_voxel((z, y, x))
     viewer.reset_view()
     viewer.camera.zoom *= 1.6
     settle(app, 1.0)
-    w.scroll.verticalScrollBar().setValue(w.plot_box.y() - 4)
-    settle(app, 0.5)
+    bar = w.scroll.verticalScrollBar()
+    for _ in range(20):  # the scroll range follows the layout a little later: scroll until the plot is on top
+        bar.setValue(w.plot_box.y() - 4)
+        settle(app, 0.1)
+        if abs(bar.value() - (w.plot_box.y() - 4)) <= 1:
+            break
+    settle(app, 0.3)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     img = win.grab().toImage()
     img.save(str(OUT))
