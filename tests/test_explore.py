@@ -184,6 +184,8 @@ def test_rows_round_trip_and_validation_messages():
     assert p.column == 4 and "seconds" in p.message
     (p,) = problems(["1.5", "10", "30", "80", "3000"])
     assert p.column == 0 and "ms/µm²" in p.message
+    low_b = [["0", "10", "30", "80", "3000"], ["30", "10", "30", "80", "3000"], ["1000", "10", "30", "80", "3000"]]
+    assert check_rows(low_b, "rverdict") == []  # b = 30 is a low b, not a unit error, next to b = 1000
     (p,) = problems(["1000", "10", "30", "80", ""], "rverdict")  # empty TR = unknown: rVERDICT needs it
     assert p.row is None and "TR" in p.message
     (p,) = problems(["1000", "10", "30", "80", ""], "verdict")  # a classic series needs its own b = 0
@@ -260,3 +262,11 @@ def test_cli_compare_prints_both_protocols_and_refuses_bad_input(tmp_path, capsy
     with pytest.raises(SystemExit) as exc:  # needs two: an argparse usage error
         main(["protocol-report", "--compare", "innovate"])
     assert exc.value.code == 2
+
+
+def test_a_repeated_row_counts_as_a_second_measurement():
+    a = load_protocol("innovate")
+    b = protocol_from_rows(protocol_rows(a) + [protocol_rows(a)[5]])  # b = 1500 once more
+    cmp = compare_protocols("verdict", a, b, 35.0, n_test=5, n_dictionary=500)
+    assert cmp.b.n_measurements == 11  # not direction-averaged away
+    assert cmp.rows["R"]["crlb_b"] < cmp.rows["R"]["crlb_a"]

@@ -74,8 +74,9 @@ def _row_problems(values, row: int) -> list[RowProblem]:
             out.append(RowProblem(row, col, msg))
     if out:
         return out
-    try:  # units: the Protocol's own plausibility checks, on this row alone
-        Protocol([b], [sd], [bd], [te], [tr])
+    try:  # units: the Protocol's own plausibility checks, on this row alone (b's unit is judged on the whole
+        # table: a low b such as 30 s/mm² is fine next to larger ones)
+        Protocol([b if b >= B0_THRESHOLD else 0.0], [sd], [bd], [te], [tr])
     except ProtocolError as exc:
         msg = str(exc)
         col = next((i for i, k in enumerate(("b", "δ", "Δ", "TE", "TR")) if msg.startswith(k) or f"{k} =" in msg
@@ -114,7 +115,8 @@ def check_rows(rows: Sequence[Sequence], model=None) -> list[RowProblem]:
             model.check_protocol(protocol)
             model.normalise(np.ones((1, len(protocol))), protocol)  # classic VERDICT: every series needs a b = 0
     except InputError as exc:
-        problems.append(RowProblem(None, None, str(exc)))
+        msg = str(exc)
+        problems.append(RowProblem(None, 0 if msg.startswith("largest b") else None, msg))
     return problems
 
 
@@ -219,14 +221,16 @@ class ProtocolComparison:
 
 def compare_protocols(model, a, b, snr: float = 35.0, *, n_test: int = 200, n_dictionary: int = 200_000,
                       seed: int = 0, progress=None, **kwargs) -> ProtocolComparison:
-    """The protocol report of ``a`` and of ``b`` (Protocols, presets or files) at ``snr`` with the same settings
-    and ``seed``. ``progress(fraction)`` is called after each; other keyword arguments go to ``protocol_report``
+    """The protocol report of ``a`` and of ``b`` (Protocols, used as given; presets or files, direction-averaged) at
+    ``snr`` with the same settings and ``seed``. ``progress(fraction)`` is called after each; other keyword arguments go to ``protocol_report``
     (ranges, fraction_sampler, fractions, device)."""
     from napari_rverdict.evaluate.report import protocol_report
     from napari_rverdict.physics.protocol_files import load_protocol
 
     model = get_model(model)
-    protocols = [load_protocol(p, direction_averaged=True) for p in (a, b)]
+    # files and presets as the models see them (direction-averaged); a Protocol as given, so that a row a user
+    # repeats counts as a second measurement rather than being averaged away
+    protocols = [p if isinstance(p, Protocol) else load_protocol(p, direction_averaged=True) for p in (a, b)]
     for p in protocols:
         model.check_protocol(p)
     reports = []
