@@ -212,6 +212,10 @@ def test_save_and_read_back(tmp_path, suffix):
     save_protocol(protocol, path, overwrite=True)
     with pytest.raises(InputError, match=r"\.scheme or a \.bval"):
         save_protocol(protocol, tmp_path / "edited.txt")
+    no_tr = protocol_from_rows([r[:4] + ("",) for r in rows])  # TR unknown: no .tr written…
+    assert not any(p.suffix == ".tr" for p in save_protocol(no_tr, tmp_path / f"no_tr{suffix}"))
+    with pytest.raises(InputError, match="TR"):  # …and a stale one beside the target is refused, not kept
+        save_protocol(no_tr, path, overwrite=True)
 
 
 # ---------------------------------------------------------------------- comparison

@@ -155,6 +155,12 @@ def save_protocol(protocol: Protocol, path, *, overwrite: bool = False) -> list[
     targets = protocol_file_targets(path)
     if protocol.directions is not None and path.name.endswith(".bval"):
         targets.append(path.with_name(path.name[:-5] + ".bvec"))
+    stale_tr = targets[1] if path.name.endswith(".scheme") else targets[4]
+    if not protocol.has_tr:
+        targets.remove(stale_tr)
+        if stale_tr.exists():  # the readers would take its TR for this protocol's
+            raise InputError(f"{stale_tr} exists and would give this protocol (TR unknown) its TR when read back; "
+                             "fill in TR or remove that file")
     for target in targets:
         check_output_file(target, overwrite=overwrite, what="protocol file")
     if path.name.endswith(".scheme"):
