@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 PLUGIN = "napari-rverdict"
-DOCKS = ("Simulate", "Train", "Maps")
+DOCKS = ("Simulate", "Train", "Maps", "Explore")
 
 
 def open_viewer(viewer=None, *, sample: bool = True, show: bool = True):

@@ -1,4 +1,5 @@
-"""``rverdict protocol-report`` (registered by :mod:`napari_rverdict.cli`): which maps an acquisition supports.
+"""``rverdict protocol-report`` (registered by :mod:`napari_rverdict.cli`): which maps an acquisition supports;
+``--compare A B`` prints two acquisitions side by side (the Explore dock's what-if).
 
 Heavy imports (torch, the posterior) happen inside the command function so ``rverdict --help`` stays fast.
 """
@@ -26,6 +27,8 @@ def cmd_protocol_report(args) -> int:
         check_output_file(args.csv, overwrite=args.overwrite, what="--csv")
     model = cli_model(args.model)
     cli_device(args.device)
+    if args.compare:
+        return _compare(args, model, snr)
     protocol = load_cli_protocol(args)
     n_q = len(model.parameter_names) + len(model.map_names)
     check_memory(2.0 * args.n_dictionary * (4.0 * len(protocol) + 8.0 * n_q),
@@ -37,6 +40,28 @@ def cmd_protocol_report(args) -> int:
     print(report.format_table())
     if args.csv:
         print(f"wrote {report.to_csv(args.csv)}")
+    return 0
+
+
+def _compare(args, model, snr) -> int:
+    """``--compare A B``: the report of both protocols (same seed and prior draws), side by side."""
+    from napari_rverdict.data.synth import check_memory
+    from napari_rverdict.evaluate.protocol_design import compare_protocols
+    from napari_rverdict.physics.protocol_files import load_protocol
+
+    protocols = [load_protocol(p, tr=args.tr, direction_averaged=True) for p in args.compare]
+    n_q = len(model.parameter_names) + len(model.map_names)
+    for p in protocols:
+        model.check_protocol(p)
+        check_memory(2.0 * args.n_dictionary * (4.0 * len(p) + 8.0 * n_q),
+                     f"a {args.n_dictionary:,}-entry prior dictionary")
+    print(f"computing the Bayes limit of both protocols ({args.n_test} signals, {args.n_dictionary:,}-entry "
+          "dictionary each) …", file=sys.stderr)
+    cmp = compare_protocols(model, *protocols, snr, n_test=args.n_test, n_dictionary=args.n_dictionary,
+                            fraction_sampler=args.sampler, seed=args.seed, device=args.device)
+    print(cmp.format_table())
+    if args.csv:
+        print(f"wrote {cmp.to_csv(args.csv)}")
     return 0
 
 
@@ -52,6 +77,8 @@ def register(sub) -> None:
     p.add_argument("--sampler", default="dirichlet", choices=("dirichlet", "tissue"), help="fraction sampler")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                   help="compare two protocols (presets or .scheme / .bval files) side by side instead of --protocol")
     p.add_argument("--csv", default=None, help="also write the table as CSV")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --csv")
     p.set_defaults(func=cmd_protocol_report)
