@@ -136,6 +136,22 @@ class MatchedSnr:
         return cls(np.asarray(d["values"], dtype=float), float(d["sigma"]), d.get("source", ""), d.get("method", ""))
 
 
+def describe_noise(snr, reference: str, matched: MatchedSnr | None = None) -> str:
+    """``SNR 35 ("s0" reference)`` or ``SNR matched to dwi.nii.gz (median 12.3 (5–95 %: …), "peak" reference)``."""
+    if matched is not None:
+        return (f"SNR matched to {matched.source or 'a DWI'} ({format_snr_percentiles(matched.percentiles())}, "
+                f"\"{reference}\" reference)")
+    text = f"{snr[0]:g}–{snr[1]:g}" if isinstance(snr, tuple) else f"{snr:g}"
+    return f"SNR {text} (\"{reference}\" reference)"
+
+
+def noise_settings(snr, reference: str, matched: MatchedSnr | None = None) -> dict:
+    """The keyword arguments of :func:`.synth.simulate` that draw noise this way."""
+    if matched is not None:
+        return {"snr": None, "snr_from": matched, "snr_reference": reference}
+    return {"snr": snr, "snr_reference": reference}
+
+
 def _snr_per_sample(snr, n: int, rng: np.random.Generator) -> np.ndarray:
     if isinstance(snr, MatchedSnr):
         return snr.draw(n, rng)

@@ -24,6 +24,7 @@ from napari_rverdict.data.noise import (
     MatchedSnr,
     _snr_per_sample,
     check_snr_reference,
+    noise_settings,
     reference_sigma,
     scanner_noise,
     snr_percentiles,
@@ -68,9 +69,7 @@ class SyntheticData:
 
     def noise_settings(self) -> dict:
         """The keyword arguments of :func:`simulate` that draw noise like this set (snr or snr_from, reference)."""
-        if self.matched is not None:
-            return {"snr": None, "snr_from": self.matched, "snr_reference": self.snr_reference}
-        return {"snr": self.snr_setting, "snr_reference": self.snr_reference}
+        return noise_settings(self.snr_setting, self.snr_reference, self.matched)
 
     def __len__(self) -> int:
         return int(self.signals.shape[0])
