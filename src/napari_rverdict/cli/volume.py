@@ -128,8 +128,18 @@ def cmd_predict(args) -> int:
     if args.uncertainty:
         names += [f"{n}_sd" for n in bundle.map_names]
     _check_out(args, names, [args.model])
-    return _maps_of_volume(args, bundle.net_name, bundle.model, lambda dwi, mask, device, progress: predict_volume(
-        bundle, dwi, None, mask, uncertainty=args.uncertainty, device=device, chunk=args.chunk, progress=progress))
+
+    def make(dwi, mask, device, progress):
+        import warnings
+
+        from napari_rverdict.data.noise_estimate import noise_mismatch
+
+        if (line := noise_mismatch(bundle, dwi, mask)) is not None:
+            warnings.warn(line, stacklevel=1)  # printed by main as one line
+        return predict_volume(bundle, dwi, None, mask, uncertainty=args.uncertainty, device=device,
+                              chunk=args.chunk, progress=progress)
+
+    return _maps_of_volume(args, bundle.net_name, bundle.model, make)
 
 
 def cmd_fit(args) -> int:

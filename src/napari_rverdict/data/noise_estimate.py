@@ -16,7 +16,7 @@ intensity units) by one of:
 
 ``"auto"`` tries them in that order. A DWI none applies to gets one InputError saying what is missing.
 
-The per-voxel SNR inside the mask (default: voxels whose brightest b = 0 exceeds 3 σ) is given on both noise
+The per-voxel SNR inside the mask (default: voxels whose mean b = 0 exceeds 4 σ) is given on both noise
 references (:mod:`napari_rverdict.data.noise`): "peak": the voxel's b = 0 of the brightest b = 0 volume
 (Rician-corrected, √max(M² − 2σ², 0)) / σ — what :func:`.synth.simulate` calls the effective SNR; "s0": the b = 0
 extrapolated to TE = 0 (log-linear over the b = 0 volumes that share the commonest TR; the T1 factor at that TR
@@ -155,7 +155,7 @@ def _voxel_snr(data, protocol, mask, sigma) -> dict:
 
 def estimate_noise(dwi, mask=None, method: str = "auto") -> NoiseEstimate:
     """σ of the scanner's noise in ``dwi`` (a :class:`.nifti.Dwi` or a DWI path, direction-resolved as acquired)
-    and the per-voxel SNR inside ``mask`` (a boolean array or mask path; default: brightest b = 0 > 3σ)."""
+    and the per-voxel SNR inside ``mask`` (a boolean array or mask path; default: mean b = 0 above 4σ)."""
     from napari_rverdict.data.nifti import Dwi, load_dwi, load_mask
 
     if method not in METHODS:
@@ -193,9 +193,38 @@ def estimate_noise(dwi, mask=None, method: str = "auto") -> NoiseEstimate:
         raise InputError("cannot estimate the noise of this DWI: " + "; ".join(tried))
     if mask is None:
         b0 = dwi.protocol.is_b0 if dwi.protocol.is_b0.any() else np.ones(len(dwi.protocol), dtype=bool)
-        mask = finite & (data[..., b0].max(-1) > 3 * sigma)
+        mask = finite & (data[..., b0].mean(-1) > 4 * sigma)
         if mask.sum() < MIN_MASK:
-            raise InputError(f"only {int(mask.sum())} voxels are brighter than 3σ at b = 0; give a mask")
+            raise InputError(f"only {int(mask.sum())} voxels have a mean b = 0 above 4σ; give a mask")
     vox = _voxel_snr(data, dwi.protocol, mask, sigma)
     return NoiseEstimate(sigma, used, {k: snr_percentiles(v) for k, v in vox.items()}, vox, smap, source,
                          int(mask.sum()), tried)
+
+
+def training_snr(bundle) -> dict:
+    """The effective-SNR percentiles (brightest b = 0) a bundle was trained at: its matched DWI's, or those its
+    SNR setting implies under its prior (:func:`.synth.effective_snr`). ``bundle``: anything with ``model``,
+    ``protocol``, ``ranges``, ``fraction_sampler`` and ``noise_settings()`` (a :class:`.learn.bundle.Bundle`)."""
+    from napari_rverdict.data.synth import effective_snr
+
+    noise = bundle.noise_settings()
+    if noise.get("snr_from") is not None:
+        return noise["snr_from"].percentiles()
+    ranges = {k: v for k, v in bundle.ranges.items() if k in bundle.model.parameter_names}
+    return effective_snr(bundle.model, bundle.protocol, noise["snr"], noise["snr_reference"], ranges,
+                         bundle.fraction_sampler, n=5000)
+
+
+def noise_mismatch(bundle, dwi, mask=None, estimate: NoiseEstimate | None = None) -> str | None:
+    """One line when the DWI's median SNR at the brightest b = 0 lies outside what ``bundle`` was trained on
+    (its effective-SNR 5–95 % range, widened by 25 % each way), else None. A DWI whose noise cannot be estimated
+    gives None (nothing to compare)."""
+    try:
+        est = estimate if estimate is not None else estimate_noise(dwi, mask)
+    except InputError:
+        return None
+    have, want = est.snr["peak"]["median"], training_snr(bundle)
+    if not np.isfinite(have) or 0.8 * want["p5"] <= have <= 1.25 * want["p95"]:
+        return None
+    return (f"the DWI's SNR (median {have:.3g} at the brightest b = 0, {est.method}) lies outside what the model "
+            f"was trained on ({want['p5']:.3g}–{want['p95']:.3g}); retrain with --snr-from to match it")
