@@ -96,7 +96,10 @@ def _mppca(data, mask):
         return None, None, f"{data.shape[-1]} volumes (MP-PCA needs ≥ 10)"
     if mask.sum() < MIN_MASK:
         return None, None, f"{int(mask.sum())} mask voxels (MP-PCA needs ≥ {MIN_MASK})"
-    _, smap = mppca(np.asarray(data, dtype=np.float64), mask=mask, patch_radius=2, return_sigma=True,
+    radius = np.minimum(2, (np.asarray(data.shape[:3]) - 1) // 2)  # 5 × 5 × 5 patches where the grid allows
+    if np.prod(2 * radius + 1) <= data.shape[-1]:
+        return None, None, f"a grid of {data.shape[:3]} voxels is too small for MP-PCA patches"
+    _, smap = mppca(np.asarray(data, dtype=np.float64), mask=mask, patch_radius=radius, return_sigma=True,
                     suppress_warning=True)
     vals = smap[mask]
     vals = vals[np.isfinite(vals) & (vals > 0)]
