@@ -142,14 +142,13 @@ def _gib(n_bytes: float) -> str:
 
 
 def _matched(snr_from) -> MatchedSnr:
-    """A MatchedSnr from a MatchedSnr, a :class:`.noise_estimate.NoiseEstimate`, a Dwi or a DWI path."""
+    """A MatchedSnr from a MatchedSnr or a :class:`.noise_estimate.NoiseEstimate` (anything with ``matched()``)."""
     if isinstance(snr_from, MatchedSnr):
         return snr_from
-    from napari_rverdict.data.noise_estimate import NoiseEstimate, estimate_noise
-
-    if not isinstance(snr_from, NoiseEstimate):
-        snr_from = estimate_noise(snr_from)
-    return snr_from.matched()
+    if callable(getattr(snr_from, "matched", None)):
+        return snr_from.matched()
+    raise InputError(f"snr_from must be a noise estimate of a DWI (estimate_noise(dwi, mask)) or a MatchedSnr, got "
+                     f"{type(snr_from).__name__}")
 
 
 def resolve_snr(snr, snr_from):
@@ -175,8 +174,8 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
         ``snr_reference`` names.
     snr_reference : "s0" (default: σ = 1/SNR where S0 = 1, before T1 / T2; the seed paper's convention) or
         "peak" (σ = the sample's brightest noise-free measurement / SNR). See :mod:`napari_rverdict.data.noise`.
-    snr_from : match a DWI's noise instead of ``snr`` (not both): a :class:`.noise.MatchedSnr`, a
-        :class:`.noise_estimate.NoiseEstimate`, a Dwi or a DWI path. Each sample's SNR is drawn from the DWI's
+    snr_from : match a DWI's noise instead of ``snr`` (not both): ``estimate_noise(dwi, mask)``
+        (:mod:`.noise_estimate`) or a :class:`.noise.MatchedSnr`. Each sample's SNR is drawn from the DWI's
         per-voxel SNR at the brightest b = 0, on the "peak" reference (the only one a DWI shows directly).
     ranges : {name: (low, high)} overriding the model's default training ranges.
     fraction_sampler : "dirichlet" (uniform on the simplex) or "tissue" (p1 = 1 − f_vasc, p2 = f_ic / p1 uniform).
