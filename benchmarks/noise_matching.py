@@ -18,7 +18,8 @@ setting; truth known.
    coverage of the 68.27 % (map ± sd) and 95 % intervals against the truth in the gland.
 
 CPU budget: ``--n`` training signals (default 30,000, split 80/20) and ``--epochs`` (default 25, patience 5),
-a reduced setting; the trend, not the last digit, is the result. Writes ``benchmarks/results/noise_matching.md``.
+a reduced setting; the trend, not the last digit, is the result. Writes
+``benchmarks/results/noise_matching_snr<setting>.md``.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def main() -> None:
     print(text)
     if not args.quick:
         OUT.mkdir(exist_ok=True)
-        (OUT / "noise_matching.md").write_text(text, encoding="utf-8")
+        (OUT / f"noise_matching_snr{args.snr:g}.md").write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":
