@@ -176,3 +176,17 @@ def test_cli_noise_json_and_exclusive_options(tmp_path, capsys, scanner_phantom)
     assert "effective SNR" in capsys.readouterr().out
     assert main(["simulate", "--n", "200", "--snr-reference", "peak", "--out", str(tmp_path / "p.npz")]) == 0
     assert "median 35" in capsys.readouterr().out
+
+
+def test_typical_crlb_on_each_reference():
+    from napari_rverdict.data.synth import noise_free_signals
+    from napari_rverdict.evaluate.report import typical_crlb, typical_parameters
+    from napari_rverdict.physics.models import get_model
+
+    model = get_model("rverdict")
+    typical = typical_parameters(model)  # S0 = 0.55, the middle of [0.1, 1]
+    clean = noise_free_signals(model, {k: np.array([v]) for k, v in typical.items()}, Protocol.innovate())
+    s0 = typical_crlb(model, "innovate", 35.0, snr_reference="s0")
+    peak = typical_crlb(model, "innovate", 35.0, snr_reference="peak")
+    for k in model.estimated_names:  # √CRLB ∝ σ: 1/35 on "s0", brightest/35 on "peak"
+        assert s0[k] == pytest.approx(peak[k] / clean.max(), rel=1e-6), k
