@@ -190,3 +190,11 @@ def test_typical_crlb_on_each_reference():
     peak = typical_crlb(model, "innovate", 35.0, snr_reference="peak")
     for k in model.estimated_names:  # √CRLB ∝ σ: 1/35 on "s0", brightest/35 on "peak"
         assert s0[k] == pytest.approx(peak[k] / clean.max(), rel=1e-6), k
+
+
+def test_a_direction_averaged_dwi_is_estimated_on_its_single_volumes(scanner_phantom):
+    ph = scanner_phantom
+    averaged = ph.to_dwi().direction_averaged()
+    assert averaged.protocol.n_volumes.tolist() == [1, 3] * 5
+    est = estimate_noise(averaged, ph.mask)
+    assert abs(est.sigma / ph.sigma - 1) < 0.10

@@ -178,6 +178,12 @@ def estimate_noise(dwi, mask=None, method: str = "auto") -> NoiseEstimate:
     finite = np.isfinite(data).all(-1)
     work_mask = finite if mask is None else mask & finite
     tried = []
+    if np.any(dwi.protocol.n_volumes > 1):  # already averaged volumes carry σ/√n: estimate on the single ones
+        single = dwi.protocol.n_volumes == 1
+        if single.sum() < 2:
+            raise InputError("the DWI's volumes are averages (direction-averaged): give the acquired volumes")
+        dwi = Dwi.from_array(data[..., single], dwi.affine, dwi.protocol.subset(single))
+        data = dwi.data
     sigma, smap, used = None, None, None
     order = ("piesno", "mppca", "repeats") if method == "auto" else (method,)
     for m in order:
