@@ -172,6 +172,9 @@ def test_cli_noise_json_and_exclusive_options(tmp_path, capsys, scanner_phantom)
         rc = main([cmd, "--snr", "30", "--snr-from", dwi, "--out", str(tmp_path / f"{cmd}.npz")])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and "exclusive" in err[0]
+    for bad in (["--snr-from", dwi, "--snr-reference", "s0"], ["--mask", mask]):
+        assert main(["simulate", *bad, "--out", str(tmp_path / "bad.npz")]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert main(["simulate", "--n", "500", "--snr-from", dwi, "--mask", mask, "--out", str(tmp_path / "m.npz")]) == 0
     assert "effective SNR" in capsys.readouterr().out
     assert main(["simulate", "--n", "200", "--snr-reference", "peak", "--out", str(tmp_path / "p.npz")]) == 0

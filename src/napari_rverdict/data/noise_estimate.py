@@ -226,11 +226,16 @@ def training_snr(bundle) -> dict:
 
 def noise_mismatch(bundle, dwi, mask=None, estimate: NoiseEstimate | None = None) -> str | None:
     """One line when the DWI's median SNR at the brightest b = 0 lies outside what ``bundle`` was trained on
-    (its effective-SNR 5–95 % range, widened by 25 % each way), else None. A DWI whose noise cannot be estimated
-    gives None (nothing to compare)."""
-    try:
-        est = estimate if estimate is not None else estimate_noise(dwi, mask)
-    except InputError:
+    (its effective-SNR 5–95 % range, widened by 25 % each way), else None. Only the quick estimators run (PIESNO,
+    then repeats; MP-PCA over a whole volume would take minutes); a DWI they cannot read gives None."""
+    est = estimate
+    for method in () if est is not None else ("piesno", "repeats"):
+        try:
+            est = estimate_noise(dwi, mask, method=method)
+            break
+        except InputError:
+            continue
+    if est is None:
         return None
     have, want = est.snr["peak"]["median"], training_snr(bundle)
     if not np.isfinite(have) or 0.8 * want["p5"] <= have <= 1.25 * want["p95"]:
