@@ -201,3 +201,20 @@ def test_a_direction_averaged_dwi_is_estimated_on_its_single_volumes(scanner_pha
     assert averaged.protocol.n_volumes.tolist() == [1, 3] * 5
     est = estimate_noise(averaged, ph.mask)
     assert abs(est.sigma / ph.sigma - 1) < 0.10
+
+
+def test_posterior_weights_each_measurement_by_its_volumes():
+    from napari_rverdict.evaluate.posterior import build_dictionary, posterior_from_dictionary
+
+    dictionary = build_dictionary("rverdict", "innovate", n=3000, seed=1)
+    y = simulate("rverdict", n=6, snr=35, seed=2).signals
+    # the same n on every measurement is the same as σ/√n: the weighting is exactly σ_i = σ/√n_i
+    a = posterior_from_dictionary(y, dictionary, 0.05, n_volumes=np.full(10, 4))
+    b = posterior_from_dictionary(y, dictionary, 0.025)
+    for k in ("f_ic", "T1"):
+        np.testing.assert_allclose(a.mean[k], b.mean[k], rtol=1e-4)
+        np.testing.assert_allclose(a.sd[k], b.sd[k], rtol=1e-3)
+    # more volumes on the diffusion-weighted measurements: a sharper posterior than σ everywhere
+    c = posterior_from_dictionary(y, dictionary, 0.05, n_volumes=Protocol.innovate().n_volumes)
+    d = posterior_from_dictionary(y, dictionary, 0.05)
+    assert np.median(c.ess) < np.median(d.ess)
