@@ -205,5 +205,6 @@ def test_train_diverged_no_bundle(tmp_path, capsys):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and "Traceback" not in err, err
     assert lines[-1].startswith("rverdict train") and "diverged at epoch 1" in lines[-1], err
-    assert "lower learning rate" in lines[-1] and lines[:-1] == [ln for ln in lines[:-1] if "simulating" in ln]
+    assert "lower learning rate" in lines[-1] and lines[:-1] == [ln for ln in lines[:-1]
+                                                                    if "simulating" in ln or "effective SNR" in ln]
     assert not out.exists()

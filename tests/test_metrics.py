@@ -75,7 +75,8 @@ def test_crlb_from_function_bad_inputs():
 
 
 def _fd_crlb(model, protocol, point: dict, snr: float, nuisance_scale: bool) -> dict:
-    """√CRLB with a central finite-difference Jacobian of noise_free_signals (independent of autograd)."""
+    """√CRLB with a central finite-difference Jacobian of noise_free_signals (independent of autograd); σ on each
+    acquired volume, so a measurement averaging n volumes (``protocol.n_volumes``) has variance σ²/n."""
     names = list(model.estimated_names)
     extra = "S0"
     base = dict(point)
@@ -95,7 +96,7 @@ def _fd_crlb(model, protocol, point: dict, snr: float, nuisance_scale: bool) -> 
         cols.append((sig(up) - sig(dn)) / (2 * h))
     jac = np.stack(cols, 1)
     sigma = sig(base).max() / snr
-    cov = np.linalg.inv(jac.T @ jac / sigma**2)
+    cov = np.linalg.inv(jac.T @ (jac * protocol.n_volumes[:, None]) / sigma**2)
     return {k: float(np.sqrt(cov[i, i])) for i, k in enumerate(names)}
 
 

@@ -14,7 +14,9 @@ from napari_rverdict.physics.protocol_files import load_protocol, write_scheme
 
 @pytest.fixture(scope="module")
 def report():
-    return protocol_report("rverdict", "innovate", snr=35, n_test=60, n_dictionary=20_000, seed=3)
+    # "peak": σ = the typical signal's brightest measurement / 35, so √CRLB is crlb(..., 35) itself
+    return protocol_report("rverdict", "innovate", snr=35, n_test=60, n_dictionary=20_000, seed=3,
+                           snr_reference="peak")
 
 
 def test_crlb_is_the_evaluation_modules(report):
@@ -29,7 +31,7 @@ def test_crlb_is_the_evaluation_modules(report):
     var = cov[0][np.ix_([i, j], [i, j])].sum()
     assert report.rows["f_vasc"]["crlb"] == pytest.approx(np.sqrt(var), rel=1e-9)
     # SNR scales √CRLB as 1/SNR (Gaussian Fisher information)
-    c70 = typical_crlb(model, "innovate", 70.0)
+    c70 = typical_crlb(model, "innovate", 70.0, snr_reference="peak")
     for k in model.map_names:
         assert c70[k] == pytest.approx(report.rows[k]["crlb"] / 2, rel=1e-6)
 

@@ -40,12 +40,14 @@ def test_simulate_shapes_split_and_normalisation(model):
 
 
 def test_noise_level_matches_snr():
-    # classic VERDICT, all fractions fixed: the spread of the b = 90 ratio at high signal follows σ = 1/SNR
+    # classic VERDICT, all fractions fixed: the spread of the b = 90 ratio at high signal follows σ = 1/SNR on the
+    # b = 0 and σ/√3 on b = 90, the average of its 3 acquired directions (Protocol.n_volumes)
     rng_ranges = {"f_ic": (0.48, 0.5), "f_vasc": (0.1, 0.11), "R": (5.0, 5.01)}
     d = simulate("verdict", "innovate", n=20_000, snr=50, ranges=rng_ranges, seed=0)
+    assert d.protocol.n_volumes[:2].tolist() == [1, 3]
     ratio_sd = d.signals[:, 1].std()
     s = d.signals[:, 1].mean()
-    expected = np.sqrt(1 + s**2) / 50  # ratio of two noisy measurements, first order
+    expected = np.sqrt(1 / 3 + s**2) / 50  # ratio of two noisy measurements, first order
     assert abs(ratio_sd / expected - 1) < 0.05
 
 

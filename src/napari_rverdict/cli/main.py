@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMAND_MODULES: tuple[str, ...] = ("simulate", "train", "volume", "report")
+_COMMAND_MODULES: tuple[str, ...] = ("simulate", "train", "volume", "report", "noise")
 
 
 def _warning_lines(caught) -> list[str]:

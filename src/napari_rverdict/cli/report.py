@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from napari_rverdict.cli.common import CliError, add_protocol_option, cli_device, cli_model, load_cli_protocol
+from napari_rverdict.cli.noise import add_snr_reference_option
 from napari_rverdict.data.noise import parse_snr
 
 
@@ -36,7 +37,8 @@ def cmd_protocol_report(args) -> int:
     print(f"computing the Bayes limit ({args.n_test} signals, {args.n_dictionary:,}-entry dictionary) …",
           file=sys.stderr)
     report = protocol_report(args.model, protocol, snr, n_test=args.n_test, n_dictionary=args.n_dictionary,
-                             fraction_sampler=args.sampler, seed=args.seed, device=args.device)
+                             fraction_sampler=args.sampler, seed=args.seed, device=args.device,
+                             snr_reference=args.snr_reference or "s0")
     print(report.format_table())
     if args.csv:
         print(f"wrote {report.to_csv(args.csv)}")
@@ -70,7 +72,8 @@ def register(sub) -> None:
                        help="per map: √CRLB at typical tissue and the Bayes-limit RMSE for an acquisition")
     p.add_argument("--model", default="rverdict", help="verdict or rverdict (default: %(default)s)")
     add_protocol_option(p)
-    p.add_argument("--snr", default="35", help="SNR of the brightest measurement (default: %(default)s)")
+    p.add_argument("--snr", default="35", help="SNR on --snr-reference's scale (default: %(default)s)")
+    add_snr_reference_option(p)
     p.add_argument("--n-test", type=int, default=200, help="prior draws for the Bayes limit (default: %(default)s)")
     p.add_argument("--n-dictionary", type=int, default=200_000,
                    help="prior dictionary entries for the posterior (default: %(default)s)")

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from napari_rverdict.cli.common import add_protocol_option, load_cli_protocol
-from napari_rverdict.data.noise import parse_snr
+from napari_rverdict.cli.noise import (
+    add_snr_from_options,
+    add_snr_reference_option,
+    cli_noise_settings,
+    print_effective_snr,
+)
 from napari_rverdict.data.prior import parse_ranges
 
 
@@ -13,8 +18,11 @@ def cmd_simulate(args) -> int:
 
     check_output_file(args.out, overwrite=args.overwrite, suffixes=(".npz",))
     protocol = load_cli_protocol(args)
-    data = simulate(args.model, protocol, n=args.n, snr=parse_snr(args.snr, "--snr"), ranges=parse_ranges(args.range),
-                    fraction_sampler=args.sampler, seed=args.seed)
+    noise = cli_noise_settings(args)
+    ranges = parse_ranges(args.range)
+    print_effective_snr(args.model, protocol, noise, ranges, args.sampler)
+    data = simulate(args.model, protocol, n=args.n, ranges=ranges, fraction_sampler=args.sampler, seed=args.seed,
+                    **noise)
     path = data.save(args.out)
     print(f"wrote {len(data)} {data.model.name} signals × {len(protocol)} measurements to {path}")
     return 0
@@ -25,7 +33,9 @@ def register(sub) -> None:
     p.add_argument("--model", default="rverdict", help="verdict or rverdict (default: %(default)s)")
     add_protocol_option(p)
     p.add_argument("--n", type=int, default=100_000, help="number of signals")
-    p.add_argument("--snr", default="35", help="SNR, or LOW-HIGH drawn per sample (default: %(default)s)")
+    p.add_argument("--snr", default=None, help="SNR, or LOW-HIGH drawn per sample (default: 35)")
+    add_snr_reference_option(p)
+    add_snr_from_options(p)
     p.add_argument("--range", action="append", metavar="NAME=LOW,HIGH", help="override a training range")
     p.add_argument("--sampler", default="dirichlet", choices=("dirichlet", "tissue"), help="fraction sampler")
     p.add_argument("--seed", type=int, default=0)

@@ -10,6 +10,12 @@ import sys
 import threading
 
 from napari_rverdict.cli.common import CliError, add_protocol_option, load_cli_protocol, positive_int
+from napari_rverdict.cli.noise import (
+    add_snr_from_options,
+    add_snr_reference_option,
+    cli_noise_settings,
+    print_effective_snr,
+)
 from napari_rverdict.data.noise import parse_snr
 from napari_rverdict.data.prior import parse_ranges
 
@@ -33,22 +39,22 @@ def cmd_train(args) -> int:
     config = TrainConfig(net=args.net, depth=args.depth, width=args.width, epochs=args.epochs,
                          batch_size=args.batch, lr=args.lr, patience=args.patience, device=str(device),
                          seed=args.seed, scheduler=args.scheduler, weight_decay=args.weight_decay,
-                         uncertainty=args.uncertainty)
+                         uncertainty=args.uncertainty, snr_reference=args.snr_reference)
     config.validate()
     # Check every input before the (slow) simulation, so a bad one is a single error line.
     model = get_model(args.model)
     protocol = load_cli_protocol(args)
     model.check_protocol(protocol)
-    snr = parse_snr(args.snr, "--snr")
     ranges = resolve_ranges(model, parse_ranges(args.range))
     if args.sampler not in FRACTION_SAMPLERS:
         raise CliError(f"unknown fraction sampler '{args.sampler}'; choose one of: {', '.join(FRACTION_SAMPLERS)}")
     if args.n < 10:
         raise CliError(f"--n must be at least 10 (80/20 train/validation split), got {args.n}")
-    print(f"simulating {args.n:,} {model.name} signals ({len(protocol)} measurements, SNR {args.snr}) …",
-          file=sys.stderr)
-    data = simulate(model, protocol, n=args.n, snr=snr, ranges=ranges, fraction_sampler=args.sampler,
-                    seed=args.seed)
+    noise = cli_noise_settings(args)
+    print_effective_snr(model, protocol, noise, ranges, args.sampler, file=sys.stderr)
+    print(f"simulating {args.n:,} {model.name} signals ({len(protocol)} measurements) …", file=sys.stderr)
+    data = simulate(model, protocol, n=args.n, ranges=ranges, fraction_sampler=args.sampler, seed=args.seed,
+                    **noise)
 
     stop = threading.Event()
     previous = None
@@ -103,7 +109,7 @@ def cmd_evaluate(args) -> int:
     bundle = load_bundle(args.bundle)
     snr = None if args.snr is None else parse_snr(args.snr, "--snr")
     report = evaluate(bundle, n=args.n, snr=snr, seed=args.seed, n_crlb=args.n_crlb, device=args.device,
-                      bayes=args.bayes, n_bayes_test=args.bayes_signals)
+                      bayes=args.bayes, n_bayes_test=args.bayes_signals, snr_reference=args.snr_reference)
     print(report.format_table())
     if args.csv:
         print(f"wrote {report.to_csv(args.csv)}")
@@ -122,7 +128,9 @@ def register(sub) -> None:
     p.add_argument("--width", type=positive_int, default=None, help="units per layer (default: per model)")
     add_protocol_option(p)
     p.add_argument("--n", type=positive_int, default=100_000, help="synthetic signals, split 80/20 (default: %(default)s)")
-    p.add_argument("--snr", default="35", help="SNR, or LOW-HIGH drawn per sample (default: %(default)s)")
+    p.add_argument("--snr", default=None, help="SNR, or LOW-HIGH drawn per sample (default: 35)")
+    add_snr_reference_option(p)
+    add_snr_from_options(p)
     p.add_argument("--range", "--ranges", dest="range", action="append", metavar="NAME=LOW,HIGH",
                    help="override a training range (repeatable)")
     p.add_argument("--sampler", "--fraction-sampler", dest="sampler", default="dirichlet",
@@ -146,6 +154,7 @@ def register(sub) -> None:
     p.add_argument("bundle", help="a model bundle (.pt) written by 'rverdict train'")
     p.add_argument("--n", type=positive_int, default=10_000, help="fresh synthetic signals (default: %(default)s)")
     p.add_argument("--snr", default=None, help="SNR or LOW-HIGH (default: the bundle's training SNR)")
+    add_snr_reference_option(p, "the bundle's")
     p.add_argument("--n-crlb", type=int, default=1000, help="signals for the median √CRLB (default: %(default)s)")
     p.add_argument("--seed", type=int, default=12345,
                    help="the evaluation signals are drawn from a seed derived from this one, never the training or "

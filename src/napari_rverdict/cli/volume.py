@@ -84,7 +84,8 @@ def cmd_phantom(args) -> int:
     protocol = load_protocol(args.protocol, tr=args.tr)  # as acquired: the DWI gets one volume per entry
     if args.snr <= 0:
         raise CliError(f"--snr must be positive, got {args.snr:g}")
-    ph = make_phantom(tuple(args.shape), snr=args.snr, seed=args.seed, protocol=protocol)
+    ph = make_phantom(tuple(args.shape), snr=args.snr, seed=args.seed, protocol=protocol,
+                      snr_reference=args.snr_reference)
     written = save_phantom(ph, args.out)
     n_les = int(ph.lesion_mask.sum())
     print(f"wrote the {'×'.join(map(str, ph.shape))} prostate phantom (SNR {args.snr:g}, seed {args.seed}; "
@@ -128,8 +129,18 @@ def cmd_predict(args) -> int:
     if args.uncertainty:
         names += [f"{n}_sd" for n in bundle.map_names]
     _check_out(args, names, [args.model])
-    return _maps_of_volume(args, bundle.net_name, bundle.model, lambda dwi, mask, device, progress: predict_volume(
-        bundle, dwi, None, mask, uncertainty=args.uncertainty, device=device, chunk=args.chunk, progress=progress))
+
+    def make(dwi, mask, device, progress):
+        import warnings
+
+        from napari_rverdict.data.noise_estimate import noise_mismatch
+
+        if (line := noise_mismatch(bundle, dwi, mask)) is not None:
+            warnings.warn(line, stacklevel=1)  # printed by main as one line
+        return predict_volume(bundle, dwi, None, mask, uncertainty=args.uncertainty, device=device,
+                              chunk=args.chunk, progress=progress)
+
+    return _maps_of_volume(args, bundle.net_name, bundle.model, make)
 
 
 def cmd_fit(args) -> int:
@@ -218,7 +229,10 @@ def _overwrite_option(p) -> None:
 def register(sub) -> None:
     p = sub.add_parser("phantom", help="write the digital prostate phantom (NIfTI DWI, protocol, labels, truth)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--snr", type=float, default=35.0, help="SNR of the brightest measurement (default: %(default)s)")
+    p.add_argument("--snr", type=float, default=35.0, help="SNR on --snr-reference's scale (default: %(default)s)")
+    p.add_argument("--snr-reference", default="peak", choices=("peak", "s0"),
+                   help="peak: σ = each voxel's brightest / SNR (the shipped sample); s0: one σ = 1000 / SNR on "
+                        "every volume and in the air, as a scanner (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 8), metavar=("X", "Y", "Z"),
                    help="voxels (default: 64 64 8; 1.25 × 1.25 × 5 mm each)")

@@ -1,11 +1,25 @@
-"""Noise: Rician noise on magnitude signals, and SNR settings (a number or a range drawn per sample).
+"""Noise: Rician noise as the scanner makes it, the noise reference, and SNR settings.
 
-σ = 1 / SNR on the scale set by the noise reference (see :mod:`napari_rverdict.data.synth`).
+The SNR setting means σ = 1 / SNR on the scale set by the *noise reference* (``snr_reference``):
+
+``"s0"`` (default; the seed paper / Palombo's rVERDICT toolbox)
+    σ = 1 / SNR on the scale where S0 = 1 is the top of the S0 range, *before* the T1 / T2 factors: σ is fixed
+    while voxel brightness (S0 ∈ [0.1, 1], relaxation) varies, as on a scanner. The effective SNR at a voxel's
+    brightest b = 0 then varies from voxel to voxel (:func:`snr_percentiles` of ``SyntheticData.b0_snr``).
+    Classic VERDICT's model is S/S0 with every series' b = 0 equal to 1, so there each series' b = 0 is the
+    reference (and "s0" and "peak" coincide).
+``"peak"`` (this project before the setting existed; bundles saved without it load as "peak")
+    σ = (the voxel's brightest noise-free measurement) / SNR: S0 cancels and every voxel has the same SNR.
+
+Noise enters per *acquired volume*: a measurement that averages ``n`` volumes (``Protocol.n_volumes``) gets ``n``
+independent Rician draws whose magnitudes are averaged, exactly as :func:`.physics.protocol.direction_average`
+averages a scanner's direction-resolved volumes (:func:`scanner_noise`, shared by simulation and the phantom).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,7 +36,125 @@ def add_rician_noise(signals, sigma, rng: np.random.Generator | int | None = Non
     return np.sqrt((s + sigma * n1) ** 2 + (sigma * n2) ** 2)
 
 
+SNR_REFERENCES = ("s0", "peak")
+DEFAULT_SNR_REFERENCE = "s0"
+LEGACY_SNR_REFERENCE = "peak"  # bundles and data saved before the setting existed
+
+
+def check_snr_reference(reference) -> str:
+    """``"s0"`` or ``"peak"`` (case-insensitive); anything else is an InputError naming both."""
+    ref = str(reference).strip().lower()
+    if ref not in SNR_REFERENCES:
+        raise InputError(f"unknown SNR reference '{reference}'; choose one of: {', '.join(SNR_REFERENCES)}")
+    return ref
+
+
+def reference_sigma(clean, snr, reference: str, s0_scale: float = 1.0) -> np.ndarray:
+    """σ per sample, (n, 1), for noise-free ``clean`` signals (n, m) at per-sample ``snr`` (n,).
+
+    "peak": the sample's brightest noise-free measurement / SNR. "s0": ``s0_scale`` / SNR, ``s0_scale`` being the
+    signal S0 = 1 stands for (1 in simulation, the raw S0 unit in the phantom)."""
+    snr = np.asarray(snr, dtype=float).reshape(-1, 1)
+    if check_snr_reference(reference) == "peak":
+        return np.asarray(clean, dtype=float).max(axis=-1, keepdims=True) / snr
+    return float(s0_scale) / snr
+
+
+def scanner_noise(clean, sigma, n_volumes=None, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """Rician noise drawn on every acquired volume, magnitudes averaged per measurement.
+
+    ``clean`` (..., m) noise-free signals; ``sigma`` broadcasts against them (one σ per acquired volume);
+    ``n_volumes`` (m,) how many acquired volumes measurement i averages (None or all 1: plain Rician noise).
+    At high SNR an average of n has mean ≈ S and sd σ/√n; at low SNR it keeps the Rician floor of each volume.
+    """
+    s = np.asarray(clean, dtype=float)
+    counts = None if n_volumes is None else np.asarray(n_volumes, dtype=int).reshape(-1)
+    if counts is None or np.all(counts == 1):
+        return add_rician_noise(s, sigma, rng)
+    if counts.size != s.shape[-1] or np.any(counts < 1):
+        raise InputError(f"n_volumes needs one positive count per measurement ({s.shape[-1]}), got {counts.tolist()}")
+    volumes = add_rician_noise(np.repeat(s, counts, axis=-1), sigma, rng)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.add.reduceat(volumes, starts, axis=-1) / counts
+
+
+def snr_percentiles(values) -> dict:
+    """{"p5", "median", "p95"} of the finite, positive ``values`` (NaN each when there are none)."""
+    v = np.asarray(values, dtype=float).reshape(-1)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return {"p5": float("nan"), "median": float("nan"), "p95": float("nan")}
+    p5, med, p95 = np.percentile(v, [5, 50, 95])
+    return {"p5": float(p5), "median": float(med), "p95": float(p95)}
+
+
+def format_snr_percentiles(pct: dict) -> str:
+    """``median 10.2 (5–95 %: 2.6–23.1)``."""
+    return f"median {pct['median']:.3g} (5–95 %: {pct['p5']:.3g}–{pct['p95']:.3g})"
+
+
+@dataclass
+class MatchedSnr:
+    """An SNR distribution measured on a DWI, to train at the patient's own noise.
+
+    values : a sorted sample (≤ 1000 quantiles) of the per-voxel SNR at each voxel's brightest b = 0, inside the
+        mask; each training sample's SNR is drawn from it (noise reference "peak": that is what the DWI shows).
+    sigma : the DWI's σ (its intensity units).  source : the DWI's file name.  method : how σ was estimated.
+    """
+
+    values: np.ndarray
+    sigma: float
+    source: str = ""
+    method: str = ""
+
+    def __post_init__(self):
+        v = np.sort(np.asarray(self.values, dtype=float).reshape(-1))
+        v = v[np.isfinite(v) & (v > 0)]
+        if v.size == 0:
+            raise InputError("the matched SNR distribution holds no positive SNR (is the mask on the body?)")
+        if v.size > 1000:
+            v = np.percentile(v, np.linspace(0, 100, 1000))
+        self.values = v
+
+    def percentiles(self) -> dict:
+        return snr_percentiles(self.values)
+
+    def range(self) -> tuple[float, float]:
+        return float(self.values[0]), float(self.values[-1])
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` SNRs drawn from the distribution (its quantile function at uniform draws)."""
+        q = np.linspace(0.0, 1.0, self.values.size)
+        return np.interp(rng.uniform(0.0, 1.0, n), q, self.values)
+
+    def to_dict(self) -> dict:
+        return {"values": [float(x) for x in self.values], "sigma": float(self.sigma), "source": str(self.source),
+                "method": str(self.method), "percentiles": self.percentiles()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MatchedSnr:
+        return cls(np.asarray(d["values"], dtype=float), float(d["sigma"]), d.get("source", ""), d.get("method", ""))
+
+
+def describe_noise(snr, reference: str, matched: MatchedSnr | None = None) -> str:
+    """``SNR 35 ("s0" reference)`` or ``SNR matched to dwi.nii.gz (median 12.3 (5–95 %: …), "peak" reference)``."""
+    if matched is not None:
+        return (f"SNR matched to {matched.source or 'a DWI'} ({format_snr_percentiles(matched.percentiles())}, "
+                f"\"{reference}\" reference)")
+    text = f"{snr[0]:g}–{snr[1]:g}" if isinstance(snr, tuple) else f"{snr:g}"
+    return f"SNR {text} (\"{reference}\" reference)"
+
+
+def noise_settings(snr, reference: str, matched: MatchedSnr | None = None) -> dict:
+    """The keyword arguments of :func:`.synth.simulate` that draw noise this way."""
+    if matched is not None:
+        return {"snr": None, "snr_from": matched, "snr_reference": reference}
+    return {"snr": snr, "snr_reference": reference}
+
+
 def _snr_per_sample(snr, n: int, rng: np.random.Generator) -> np.ndarray:
+    if isinstance(snr, MatchedSnr):
+        return snr.draw(n, rng)
     if np.ndim(snr) == 0:
         value = float(snr)
         if not np.isfinite(value) or value <= 0:

@@ -15,9 +15,12 @@ parameter varies smoothly (a low-frequency random field a few per cent of its va
 carries a smooth ±10 % coil-sensitivity field around 1000 (raw scanner units). The background is air: Rician
 noise of zero signal, outside :attr:`Phantom.mask`.
 
-Noise: as :func:`.synth.simulate` does it, σ = (the voxel's brightest noise-free measurement) / SNR, Rician, on
-each of the 20 volumes independently (so direction averaging lowers the noise of the diffusion-weighted shells).
-The background uses the median tissue σ.
+Noise: Rician on each acquired volume independently, through the same :func:`.noise.scanner_noise` as
+:func:`.synth.simulate` (so direction averaging lowers the noise of the diffusion-weighted shells). The noise
+reference (:mod:`napari_rverdict.data.noise`): "peak" (default, as the shipped sample was made): σ = (the voxel's
+brightest noise-free measurement) / SNR, the background at the median tissue σ; "s0" (as a scanner does it): one
+σ = S0_RAW / SNR on every voxel and volume, air included, so SNR varies with S0 and relaxation (gland SNR at the
+brightest b = 0 ≈ 0.4–0.6 × the setting).
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class Phantom:
     s0: np.ndarray
     snr: float
     seed: int | None
+    snr_reference: str = "peak"
+    sigma: float | None = None
     label_names: dict = field(default_factory=lambda: dict(LABEL_NAMES))
 
     @property
@@ -138,18 +143,20 @@ def make_labels(shape) -> np.ndarray:
 
 
 def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
-                 protocol: Protocol | None = None) -> Phantom:
+                 protocol: Protocol | None = None, snr_reference: str = "peak") -> Phantom:
     """Simulate the prostate phantom.
 
     Parameters
     ----------
     shape : (x, y, z) voxels (each ≥ 8 in-plane and ≥ 1 slice); voxels are 1.25 × 1.25 × 5 mm.
-    snr : SNR of each voxel's brightest noise-free measurement (σ = max / SNR), Rician.
+    snr : the SNR setting on ``snr_reference``'s scale, Rician.
+    snr_reference : "peak" (σ = the voxel's brightest noise-free measurement / SNR) or "s0" (one σ = S0_RAW / SNR
+        everywhere, as a scanner makes it; :attr:`Phantom.sigma` holds it).
     seed : reproducible fields and noise.
     protocol : the acquisition (default: the 20-volume INNOVATE, ``Protocol.innovate(direction_averaged=False)``);
         it needs TR (rVERDICT).
     """
-    from napari_rverdict.data.noise import add_rician_noise
+    from napari_rverdict.data.noise import check_snr_reference, reference_sigma, scanner_noise
     from napari_rverdict.data.synth import noise_free_signals
 
     shape = tuple(int(s) for s in shape)
@@ -157,6 +164,7 @@ def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
         raise InputError(f"phantom shape must be (x, y, z) with x, y ≥ 8 and z ≥ 1, got {shape}")
     if not np.isfinite(snr) or snr <= 0:
         raise InputError(f"snr must be a positive number, got {snr}")
+    snr_reference = check_snr_reference(snr_reference)
     protocol = Protocol.innovate(direction_averaged=False) if protocol is None else protocol
     model = get_model("rverdict")
     model.check_protocol(protocol)
@@ -189,11 +197,11 @@ def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
     inside = {k: v[mask] for k, v in params.items()}
     inside["S0"] = s0[mask]
     clean = noise_free_signals(model, inside, protocol)
-    sigma = clean.max(axis=1, keepdims=True) / float(snr)
+    sigma = reference_sigma(clean, np.full(len(clean), float(snr)), snr_reference, S0_RAW)
     dwi = np.zeros(shape + (len(protocol),), dtype=np.float32)
-    dwi[mask] = add_rician_noise(clean, sigma, rng)
+    dwi[mask] = scanner_noise(clean, sigma, protocol.n_volumes, rng)
     n_bg = int((~mask).sum())
-    dwi[~mask] = add_rician_noise(np.zeros((n_bg, len(protocol))), float(np.median(sigma)), rng)
+    dwi[~mask] = scanner_noise(np.zeros((n_bg, len(protocol))), float(np.median(sigma)), protocol.n_volumes, rng)
 
     maps = model.derived_maps({k: v for k, v in params.items()})
     truth = {}
@@ -201,7 +209,8 @@ def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
         m = np.asarray(maps[name], dtype=np.float32)
         truth[name] = np.where(mask, m, 0.0).astype(np.float32)
     return Phantom(dwi, phantom_affine(shape), protocol, labels, mask, truth,
-                   np.where(mask, s0, 0.0).astype(np.float32), float(snr), seed)
+                   np.where(mask, s0, 0.0).astype(np.float32), float(snr), seed, snr_reference,
+                   float(sigma[0, 0]) if snr_reference == "s0" else None)
 
 
 def save_phantom(phantom: Phantom, out_dir) -> list[Path]:
@@ -242,12 +251,16 @@ def _save_phantom(phantom, out, files, save_dwi, save_labels, save_map, save_map
         "voxel_size_mm": [float(v) for v in np.sqrt((phantom.affine[:3, :3] ** 2).sum(0))],
         "snr": phantom.snr,
         "seed": phantom.seed,
-        "noise": "Rician, sigma = brightest noise-free measurement of the voxel / snr; background: zero signal",
+        "snr_reference": phantom.snr_reference,
+        "noise": ("Rician on each volume, sigma = brightest noise-free measurement of the voxel / snr; background: "
+                  "zero signal" if phantom.snr_reference == "peak" else
+                  f"Rician on each volume, one sigma = {S0_RAW:g} / snr = {phantom.sigma:g} everywhere (air too)"),
         "region_parameters": {LABEL_NAMES[k]: v for k, v in REGION_PARAMETERS.items()},
         "units": {"R": "um", "T1": "ms", "T2_vasc_ees": "ms", "T2_ic": "ms", "D_ees": "um^2/ms",
                   "cellularity": "um^-3", "S0": "raw scanner units"},
         "regenerate": f"rverdict phantom --out DIR --snr {phantom.snr:g} --seed {phantom.seed} "
-                      f"--shape {' '.join(str(s) for s in phantom.shape)}",
+                      f"--shape {' '.join(str(s) for s in phantom.shape)}"
+                      + ("" if phantom.snr_reference == "peak" else f" --snr-reference {phantom.snr_reference}"),
     }
     written.append(write_text(out / "phantom.json", json.dumps(meta, indent=2) + "\n", files))
     return written

@@ -1,9 +1,12 @@
 """Synthetic training data: noise-free signals, Rician noise, the model's normalisation, the 80/20 split.
 
-The signals are made exactly as a scanner gives them to a trained model: noise-free signal scaled so the
-voxel's brightest noise-free measurement is 1, Rician noise at σ = 1/SNR on every measurement (b = 0 included),
-then the model's own normalisation (classic VERDICT: per-series b = 0 ratios; rVERDICT: divide by the maximum).
-So SNR is that of the brightest measurement of the voxel (for classic VERDICT: of b = 0).
+The signals are made exactly as a scanner gives them to a trained model: the noise-free signal, Rician noise at
+σ = 1/SNR on the scale the noise reference names (``snr_reference``, see :mod:`napari_rverdict.data.noise`:
+"s0", the default, fixes σ where S0 = 1 before the T1 / T2 factors; "peak" on each voxel's brightest noise-free
+measurement), drawn on every acquired volume and averaged where a measurement averages several
+(``Protocol.n_volumes``), then the model's own normalisation (classic VERDICT: per-series b = 0 ratios; rVERDICT:
+divide by the maximum). ``SyntheticData.b0_snr`` is the effective SNR each sample got at its brightest b = 0
+(:func:`effective_snr` summarises it without simulating noise).
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_rverdict.data.noise import _snr_per_sample, add_rician_noise
+from napari_rverdict.data.noise import (
+    DEFAULT_SNR_REFERENCE,
+    MatchedSnr,
+    _snr_per_sample,
+    check_snr_reference,
+    noise_settings,
+    reference_sigma,
+    scanner_noise,
+    snr_percentiles,
+)
 from napari_rverdict.data.prior import resolve_ranges, sample_parameters
 from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import SignalModel, get_model
@@ -30,7 +42,11 @@ class SyntheticData:
 
     signals : (n, n_measurements) float32, normalised as the network sees them.
     params : every sampled parameter (n,) float64, including nuisance ones (S0) and the dependent fraction.
-    snr : (n,) the SNR each sample was made at.
+    snr : (n,) the SNR each sample was made at (on the scale ``snr_reference`` names).
+    snr_reference : "s0" or "peak" (:mod:`napari_rverdict.data.noise`).
+    peak_snr, b0_snr : (n,) the effective SNR of each sample's brightest noise-free measurement / brightest b = 0
+        (per acquired volume): σ on the normalised scale is 1 / peak_snr.
+    matched : the :class:`.noise.MatchedSnr` the SNR was drawn from (``simulate(snr_from=...)``), else None.
     train_index, val_index : a reproducible 80/20 split.
     """
 
@@ -44,8 +60,16 @@ class SyntheticData:
     ranges: dict[str, tuple[float, float]]
     fraction_sampler: str
     seed: int | None
-    snr_setting: float | tuple[float, float] = 35.0
+    snr_setting: float | tuple[float, float] | None = 35.0
     extra: dict = field(default_factory=dict)
+    snr_reference: str = DEFAULT_SNR_REFERENCE
+    peak_snr: np.ndarray | None = None
+    b0_snr: np.ndarray | None = None
+    matched: MatchedSnr | None = None
+
+    def noise_settings(self) -> dict:
+        """The keyword arguments of :func:`simulate` that draw noise like this set (snr or snr_from, reference)."""
+        return noise_settings(self.snr_setting, self.snr_reference, self.matched)
 
     def __len__(self) -> int:
         return int(self.signals.shape[0])
@@ -70,7 +94,7 @@ class SyntheticData:
             np.savez_compressed(
                 tmp, signals=self.signals, snr=self.snr, train_index=self.train_index, val_index=self.val_index,
                 model=self.model.name, protocol=np.array(repr(self.protocol.to_dict())),
-                fraction_sampler=self.fraction_sampler, **arrays,
+                fraction_sampler=self.fraction_sampler, snr_reference=self.snr_reference, **arrays,
             )
         return path
 
@@ -117,9 +141,28 @@ def _gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**28 else f"{n_bytes / 2**20:,.0f} MiB"
 
 
-def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Mapping | None = None,
+def _matched(snr_from) -> MatchedSnr:
+    """A MatchedSnr from a MatchedSnr or a :class:`.noise_estimate.NoiseEstimate` (anything with ``matched()``)."""
+    if isinstance(snr_from, MatchedSnr):
+        return snr_from
+    if callable(getattr(snr_from, "matched", None)):
+        return snr_from.matched()
+    raise InputError(f"snr_from must be a noise estimate of a DWI (estimate_noise(dwi, mask)) or a MatchedSnr, got "
+                     f"{type(snr_from).__name__}")
+
+
+def resolve_snr(snr, snr_from):
+    """(snr, matched): ``snr`` (default 35) or the MatchedSnr of ``snr_from``; both given is an InputError."""
+    if snr is not None and snr_from is not None:
+        raise InputError("give either an SNR or a DWI to match its noise (snr_from), not both")
+    if snr_from is not None:
+        return None, _matched(snr_from)
+    return (35.0 if snr is None else snr), None
+
+
+def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Mapping | None = None,
              fraction_sampler: str = "dirichlet", seed: int | None = None, val_fraction: float = 0.2,
-             progress=None) -> SyntheticData:
+             progress=None, snr_reference: str | None = None, snr_from=None) -> SyntheticData:
     """Make ``n`` noisy, normalised synthetic signals with their true parameters and an 80/20 split.
 
     Parameters
@@ -127,8 +170,13 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Map
     model : "verdict", "rverdict" or a SignalModel.
     protocol : a Protocol, a preset name or a protocol file (see :func:`load_protocol`).
     n : number of samples (≥ 2).
-    snr : a number, or (low, high) drawn uniformly per sample. σ = 1/SNR relative to the voxel's brightest
-        noise-free measurement.
+    snr : a number (default 35), or (low, high) drawn uniformly per sample: σ = 1/SNR on the scale
+        ``snr_reference`` names.
+    snr_reference : "s0" (default: σ = 1/SNR where S0 = 1, before T1 / T2; the seed paper's convention) or
+        "peak" (σ = the sample's brightest noise-free measurement / SNR). See :mod:`napari_rverdict.data.noise`.
+    snr_from : match a DWI's noise instead of ``snr`` (not both): ``estimate_noise(dwi, mask)``
+        (:mod:`.noise_estimate`) or a :class:`.noise.MatchedSnr`. Each sample's SNR is drawn from the DWI's
+        per-voxel SNR at the brightest b = 0, on the "peak" reference (the only one a DWI shows directly).
     ranges : {name: (low, high)} overriding the model's default training ranges.
     fraction_sampler : "dirichlet" (uniform on the simplex) or "tissue" (p1 = 1 − f_vasc, p2 = f_ic / p1 uniform).
     seed : makes parameters, noise and split reproducible.
@@ -137,6 +185,13 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Map
     model = get_model(model)
     protocol = load_protocol(protocol)
     model.check_protocol(protocol)
+    snr, matched = resolve_snr(snr, snr_from)
+    if matched is not None:
+        if snr_reference is not None and check_snr_reference(snr_reference) != "peak":
+            raise InputError("noise matched to a DWI draws each sample's SNR at its brightest measurement: it needs "
+                             "the 'peak' SNR reference, not 's0'")
+        snr_reference = "peak"
+    reference = check_snr_reference(DEFAULT_SNR_REFERENCE if snr_reference is None else snr_reference)
     if int(n) != n or n < 2:
         raise InputError(f"n must be an integer ≥ 2, got {n!r}")
     n = int(n)
@@ -146,18 +201,43 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Map
     ranges = resolve_ranges(model, ranges)
     rng = np.random.default_rng(seed)
     params = sample_parameters(model, n, ranges, fraction_sampler, rng)
-    snr_values = _snr_per_sample(snr, n, rng)
+    snr_values = _snr_per_sample(matched if matched is not None else snr, n, rng)
     signals = np.empty((n, len(protocol)), dtype=np.float32)
+    peak_snr, b0_snr = np.empty(n), np.empty(n)
+    b0 = protocol.is_b0 if protocol.is_b0.any() else np.ones(len(protocol), dtype=bool)
     chunk = 32768
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
         clean = noise_free_signals(model, {k: v[sl] for k, v in params.items()}, protocol)
-        clean = clean / clean.max(axis=1, keepdims=True)
-        noisy = add_rician_noise(clean, 1.0 / snr_values[sl, None], rng)
+        sigma = reference_sigma(clean, snr_values[sl], reference)
+        peak_snr[sl] = clean.max(axis=1) / sigma[:, 0]
+        b0_snr[sl] = clean[:, b0].max(axis=1) / sigma[:, 0]
+        noisy = scanner_noise(clean, sigma, protocol.n_volumes, rng)
         signals[sl] = model.normalise(noisy, protocol)
         if progress is not None:
             progress(sl.stop / n)
     train_index, val_index = split_indices(n, val_fraction, seed)
-    snr_setting = float(snr) if np.ndim(snr) == 0 else tuple(float(x) for x in snr)
+    snr_setting = None if matched is not None else float(snr) if np.ndim(snr) == 0 else tuple(float(x) for x in snr)
     return SyntheticData(model, protocol, signals, params, snr_values, train_index, val_index, ranges,
-                         fraction_sampler, seed, snr_setting)
+                         fraction_sampler, seed, snr_setting, snr_reference=reference, peak_snr=peak_snr,
+                         b0_snr=b0_snr, matched=matched)
+
+
+def effective_snr(model, protocol="innovate", snr=None, snr_reference: str | None = None,
+                  ranges: Mapping | None = None, fraction_sampler: str = "dirichlet", n: int = 20_000,
+                  seed: int | None = 0, snr_from=None) -> dict:
+    """The effective-SNR distribution a noise setting implies: {"p5", "median", "p95"} of the SNR at each
+    sample's brightest noise-free b = 0 (per acquired volume) under the training prior. With "peak" it is the
+    setting itself; with "s0" it spreads with S0 and the T1 / T2 factors (rVERDICT at SNR 35: median ≈ 10)."""
+    model = get_model(model)
+    protocol = load_protocol(protocol)
+    model.check_protocol(protocol)
+    snr, matched = resolve_snr(snr, snr_from)
+    reference = "peak" if matched is not None else check_snr_reference(
+        DEFAULT_SNR_REFERENCE if snr_reference is None else snr_reference)
+    rng = np.random.default_rng(seed)
+    params = sample_parameters(model, int(n), resolve_ranges(model, ranges), fraction_sampler, rng)
+    snr_values = _snr_per_sample(matched if matched is not None else snr, int(n), rng)
+    clean = noise_free_signals(model, params, protocol)
+    b0 = protocol.is_b0 if protocol.is_b0.any() else np.ones(len(protocol), dtype=bool)
+    return snr_percentiles(clean[:, b0].max(axis=1) / reference_sigma(clean, snr_values, reference)[:, 0])

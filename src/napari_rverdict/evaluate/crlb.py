@@ -101,12 +101,16 @@ def _crlb_setup(model, protocol: Protocol, params: Mapping):
 def crlb(model, protocol: Protocol, params: Mapping, snr, chunk: int = 2048, return_covariance: bool = False):
     """√CRLB of every estimated parameter of ``model`` at ``params`` ({name: (n,)}) for ``protocol`` and SNR.
 
-    SNR is a number or (n,) per sample: σ = (brightest noise-free measurement of the sample) / SNR. A scale
+    SNR is a number or (n,) per sample: σ = (brightest noise-free measurement of the sample) / SNR, the "peak"
+    scale (pass ``SyntheticData.peak_snr`` for data made on another reference), on every acquired volume: a
+    measurement averaging ``protocol.n_volumes`` volumes has σ/√n (its Fisher information × n). A scale
     nuisance (S0) is included in the Fisher matrix (see the module docstring). Returns {name: (n,)} in physical
     units (and, with ``return_covariance``, the (n, k, k) covariance of the estimated parameters).
     """
     model = get_model(model)
-    names, theta, fn = _crlb_setup(model, protocol, params)
+    names, theta, fn0 = _crlb_setup(model, protocol, params)
+    root_n = torch.sqrt(torch.tensor(np.array(protocol.n_volumes, dtype=np.float64)))
+    fn = lambda t: fn0(t) * root_n  # noqa: E731 - whitened: unit σ-scale on every measurement
     n = theta.shape[0]
     snr = np.broadcast_to(np.asarray(snr, dtype=float), (n,))
     if not (snr > 0).all():
@@ -117,7 +121,7 @@ def crlb(model, protocol: Protocol, params: Mapping, snr, chunk: int = 2048, ret
     for s in range(0, n, chunk):
         th = theta[s:s + chunk]
         with torch.no_grad():
-            bright = fn(torch.from_numpy(th)).amax(1).numpy()
+            bright = fn0(torch.from_numpy(th)).amax(1).numpy()
         res = crlb_from_function(fn, th, bright / snr[s:s + chunk], report=range(k),
                                  return_covariance=return_covariance)
         if return_covariance:

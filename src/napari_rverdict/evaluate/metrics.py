@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_rverdict.data.noise import describe_noise
 from napari_rverdict.errors import InputError
 from napari_rverdict.evaluate.crlb import crlb
 
@@ -65,21 +66,22 @@ class EvaluationReport:
     pred: dict[str, np.ndarray]
     n: int
     n_crlb: int
-    snr: float | tuple
+    snr: float | tuple | None
     seed: int
     description: str = ""
     extra: dict = field(default_factory=dict)
+    noise: str = ""
 
     @property
     def has_bayes(self) -> bool:
         return "bayes" in self.extra
 
     def format_table(self) -> str:
-        snr = f"{self.snr[0]:g}–{self.snr[1]:g}" if isinstance(self.snr, tuple) else f"{self.snr:g}"
+        noise = self.noise or describe_noise(self.snr, "peak")
         bayes = self.has_bayes
         head = f"{'parameter':<14}{'unit':<8}{'RMSE':>11}" + (f"{'Bayes RMSE':>12}" if bayes else "") + \
             f"{'bias':>11}{'MAPE':>8}{'r':>7}{'√CRLB':>11}"
-        lines = [f"{self.description}", (f"{self.n} fresh synthetic signals at SNR {snr} (seed {self.seed}); "
+        lines = [f"{self.description}", (f"{self.n} fresh synthetic signals at {noise} (seed {self.seed}); "
                  f"√CRLB: median over {self.n_crlb}")]
         if bayes:
             b = self.extra["bayes"]
@@ -130,9 +132,11 @@ def evaluation_seed(seed: int, bundle=None) -> int:
 
 
 def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 1000,
-             device="cpu", bayes: int = 0, n_bayes_test: int = 200) -> EvaluationReport:
+             device="cpu", bayes: int = 0, n_bayes_test: int = 200, snr_reference: str | None = None
+             ) -> EvaluationReport:
     """Accuracy of ``bundle`` on ``n`` fresh synthetic signals from its own model, protocol, ranges and fraction
-    sampler at ``snr`` (default: the bundle's training SNR), plus the median √CRLB over ``n_crlb`` of them.
+    sampler at ``snr`` on ``snr_reference`` (defaults: the bundle's training noise — SNR or the DWI it was matched
+    to — on the bundle's reference), plus the median √CRLB over ``n_crlb`` of them.
     The signals are drawn with :func:`evaluation_seed` of ``seed``: never the training or calibration data.
 
     ``bayes`` > 0: also the Bayes-limit RMSE (:func:`napari_rverdict.evaluate.posterior.bayes_limit`: posterior mean from a
@@ -150,10 +154,15 @@ def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 
         raise InputError(f"bayes (prior dictionary entries, 0 = off) must be an integer ≥ 0, got {bayes!r}")
     if bayes and (int(n_bayes_test) != n_bayes_test or n_bayes_test < 2):
         raise InputError(f"n_bayes_test must be an integer ≥ 2, got {n_bayes_test!r}")
-    snr = bundle.snr if snr is None else snr
+    noise = bundle.noise_settings()
+    if snr is not None:
+        noise = {"snr": snr, "snr_reference": bundle.snr_reference}
+    if snr_reference is not None:
+        noise["snr_reference"] = snr_reference
     model = bundle.model
-    data = simulate(model, bundle.protocol, n=int(n), snr=snr, ranges=bundle.ranges,
-                    fraction_sampler=bundle.fraction_sampler, seed=evaluation_seed(seed, bundle))
+    data = simulate(model, bundle.protocol, n=int(n), ranges=bundle.ranges,
+                    fraction_sampler=bundle.fraction_sampler, seed=evaluation_seed(seed, bundle), **noise)
+    snr = data.snr_setting
     pred_all = bundle.predict_normalised(data.signals, device=device)
     dep = model.dependent_fraction
     names = list(bundle.target_names) + [dep]
@@ -167,7 +176,7 @@ def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 
     crlb_med = {}
     if n_c > 0:
         sub = {k: v[:n_c] for k, v in data.params.items()}
-        bounds, cov = crlb(model, bundle.protocol, sub, data.snr[:n_c], return_covariance=True)
+        bounds, cov = crlb(model, bundle.protocol, sub, data.peak_snr[:n_c], return_covariance=True)
         crlb_med = {k: float(np.median(v)) for k, v in bounds.items()}
         fi = [list(model.estimated_names).index(f) for f in model.estimated_fractions]
         var_dep = cov[:, fi][:, :, fi].sum(axis=(1, 2))
@@ -179,11 +188,12 @@ def evaluate(bundle, n: int = 10000, snr=None, seed: int = 12345, n_crlb: int = 
     if bayes:
         from napari_rverdict.evaluate.posterior import bayes_limit
 
-        limit = bayes_limit(model, bundle.protocol, snr, n_test=int(n_bayes_test), n_dictionary=int(bayes),
-                            ranges=bundle.ranges, fraction_sampler=bundle.fraction_sampler, seed=seed, device=device)
+        limit = bayes_limit(model, bundle.protocol, n_test=int(n_bayes_test), n_dictionary=int(bayes),
+                            ranges=bundle.ranges, fraction_sampler=bundle.fraction_sampler, seed=seed, device=device,
+                            **noise)
         for k in names:
             rows[k]["bayes"] = float(limit.get(k, float("nan")))
         extra["bayes"] = {"n_dictionary": int(bayes), "n_test": int(n_bayes_test)}
     desc = f"{model.label} · {bundle.net_name} (depth {bundle.depth}, width {bundle.width})"
-    return EvaluationReport(rows, true, pred, int(n), n_c, snr if np.ndim(snr) == 0 else tuple(snr), int(seed), desc,
-                            extra)
+    return EvaluationReport(rows, true, pred, int(n), n_c, snr, int(seed), desc, extra,
+                            describe_noise(snr, data.snr_reference, data.matched))

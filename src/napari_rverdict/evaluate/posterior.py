@@ -225,13 +225,16 @@ def _loglik(y, ysq_g, d, sigma, groups_onehot, group_sizes, likelihood, scale):
 
 def posterior_from_dictionary(observed, dictionary: PriorDictionary, sigma, likelihood: str = "rician",
                               scale: str = "profile", chunk: int = 16384, device="cpu",
-                              dtype=torch.float32) -> PosteriorResult:
+                              dtype=torch.float32, n_volumes=None) -> PosteriorResult:
     """Posterior mean, sd and ESS of ``dictionary.names`` for every row of ``observed``.
 
     observed : (n, n_measurements) signals normalised like the dictionary.
     sigma : noise σ on the normalised scale (1/SNR): a number or one per signal.
     likelihood : "rician" or "gaussian".  scale : "profile" or "fixed" (module docstring).
     chunk : dictionary entries per step.  device : torch device for the log-weights.
+    n_volumes : (n_measurements,) acquired volumes each measurement averages (``Protocol.n_volumes``): its noise is
+        taken as σ/√n (both signals and dictionary are scaled by √n, which weights the Gaussian part and the Bessel
+        argument by n); None: σ on every measurement.
     """
     if likelihood not in LIKELIHOODS:
         raise InputError(f"unknown likelihood '{likelihood}'; choose one of: {', '.join(LIKELIHOODS)}")
@@ -251,7 +254,11 @@ def posterior_from_dictionary(observed, dictionary: PriorDictionary, sigma, like
     chunk = int(chunk)
     dev = _device(device)
     acc = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
-    y = torch.as_tensor(y_np, dtype=dtype, device=dev)
+    root_n = np.ones(m) if n_volumes is None else np.sqrt(np.asarray(n_volumes, dtype=float).reshape(-1))
+    if root_n.size != m:
+        raise InputError(f"n_volumes has {root_n.size} entries but the signals have {m} measurements")
+    root_w = torch.as_tensor(root_n, dtype=dtype, device=dev)
+    y = torch.as_tensor(y_np, dtype=dtype, device=dev) * root_w
     s = torch.as_tensor(sig[:, None], dtype=dtype, device=dev)
     g_idx = torch.as_tensor(dictionary.groups, device=dev)
     n_groups = int(dictionary.groups.max()) + 1
@@ -273,7 +280,7 @@ def posterior_from_dictionary(observed, dictionary: PriorDictionary, sigma, like
     N = len(dictionary)
     with torch.no_grad():
         for start in range(0, N, chunk):
-            d = torch.as_tensor(dictionary.signals[start:start + chunk], dtype=dtype, device=dev)
+            d = torch.as_tensor(dictionary.signals[start:start + chunk], dtype=dtype, device=dev) * root_w
             v = torch.as_tensor((dictionary.values[start:start + chunk] - centre) / spread, dtype=acc,
                                 device=dev)
             for b0 in range(0, n, block):
@@ -326,15 +333,18 @@ def reference_posterior(model, protocol, signals, snr, n_dictionary: int = 500_0
     if dictionary is None:
         dictionary = build_dictionary(model, protocol, n_dictionary, ranges, fraction_sampler, seed)
     return posterior_from_dictionary(y, dictionary, _sigma_from_snr(snr, y.shape[0]), likelihood, scale, chunk,
-                                     device)
+                                     device, n_volumes=protocol.n_volumes)
 
 
-def bayes_limit(model, protocol="innovate", snr=35.0, n_test: int = 200, n_dictionary: int = 500_000,
+def bayes_limit(model, protocol="innovate", snr=None, n_test: int = 200, n_dictionary: int = 500_000,
                 ranges: Mapping | None = None, fraction_sampler: str = "dirichlet", seed=0, device="cpu",
                 likelihood: str = "rician", scale: str = "profile", dictionary: PriorDictionary | None = None,
-                return_details: bool = False):
+                return_details: bool = False, snr_reference: str | None = None, snr_from=None):
     """The best achievable accuracy: RMSE of the posterior mean against the truth, per parameter and map, for
-    ``n_test`` signals simulated exactly as the training data (``synth.simulate``, Rician noise at ``snr``).
+    ``n_test`` signals simulated exactly as the training data (``synth.simulate``, Rician noise at ``snr`` on
+    ``snr_reference``, or matched to ``snr_from``). Each signal's own σ (1 / its ``peak_snr``) is given to the
+    likelihood: under "s0" the noise level varies with S0 and relaxation and the limit is that of an estimator
+    told it (slightly optimistic).
 
     Returns {name: RMSE}; with ``return_details`` also the test data and the :class:`PosteriorResult`.
     The estimate itself has Monte-Carlo error of roughly RMSE / sqrt(2 n_test).
@@ -346,10 +356,12 @@ def bayes_limit(model, protocol="innovate", snr=35.0, n_test: int = 200, n_dicti
     if int(n_test) < 2:
         raise InputError(f"n_test must be at least 2, got {n_test}")
     data = simulate(model, protocol, n=int(n_test), snr=snr, ranges=ranges, fraction_sampler=fraction_sampler,
-                    seed=None if seed is None else int(seed) + 100_003)
+                    seed=None if seed is None else int(seed) + 100_003, snr_reference=snr_reference,
+                    snr_from=snr_from)
     if dictionary is None:
         dictionary = build_dictionary(model, protocol, n_dictionary, ranges, fraction_sampler, seed)
-    post = posterior_from_dictionary(data.signals, dictionary, 1.0 / data.snr, likelihood, scale, device=device)
+    post = posterior_from_dictionary(data.signals, dictionary, 1.0 / data.peak_snr, likelihood, scale, device=device,
+                                     n_volumes=protocol.n_volumes)
     truth = posterior_quantities(model, data.params)
     rmse = {k: float(np.sqrt(np.mean((post.mean[k] - truth[k]) ** 2))) for k in post.names}
     if return_details:

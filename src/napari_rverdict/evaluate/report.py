@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_rverdict.data.noise import DEFAULT_SNR_REFERENCE, check_snr_reference, describe_noise, reference_sigma
 from napari_rverdict.errors import InputError
 from napari_rverdict.evaluate.posterior import bayes_limit, build_dictionary
 from napari_rverdict.physics.models import get_model
@@ -52,12 +53,14 @@ class ProtocolReport:
     snr: float
     rows: dict[str, dict]
     settings: dict = field(default_factory=dict)
+    snr_reference: str = "s0"
 
     def format_table(self) -> str:
         head = (f"{'map':<14}{'unit':<7}{'typical':>10}{'√CRLB':>11}{'Bayes RMSE':>12}{'prior RMSE':>12}"
                 f"{'Bayes/prior':>13}")
         st = self.settings
-        lines = [f"{self.model} on {self.protocol_name} ({self.n_measurements} measurements) at SNR {self.snr:g}",
+        lines = [f"{self.model} on {self.protocol_name} ({self.n_measurements} measurements) at "
+                 f"{describe_noise(self.snr, self.snr_reference)}",
                  f"√CRLB at typical tissue ({', '.join(f'{k} {v:g}' for k, v in st.get('typical', {}).items())});",
                  (f"Bayes limit: posterior-mean RMSE over {st.get('n_test')} prior draws, "
                  f"{st.get('n_dictionary'):,}-entry dictionary (median ESS {st.get('median_ess', float('nan')):.0f})"),
@@ -83,16 +86,21 @@ class ProtocolReport:
 
 
 def typical_crlb(model, protocol, snr, ranges: Mapping | None = None,
-                 fractions: Sequence[float] = (0.4, 0.4, 0.2)) -> dict[str, float]:
+                 fractions: Sequence[float] = (0.4, 0.4, 0.2), snr_reference: str = DEFAULT_SNR_REFERENCE
+                 ) -> dict[str, float]:
     """√CRLB of every map at :func:`typical_parameters` (``metrics.crlb`` for the estimated parameters; the
-    dependent fraction and cellularity = f_ic / R³ by the delta method from the CRLB covariance)."""
+    dependent fraction and cellularity = f_ic / R³ by the delta method from the CRLB covariance). With "s0" σ is
+    1/SNR where S0 = 1 (typical S0 is the middle of its range), with "peak" the typical signal's brightest / SNR."""
+    from napari_rverdict.data.synth import noise_free_signals
     from napari_rverdict.evaluate.crlb import crlb
 
     model = get_model(model)
     protocol = load_protocol(protocol)
     typical = typical_parameters(model, ranges, fractions)
     params = {k: np.array([v]) for k, v in typical.items()}
-    bounds, cov = crlb(model, protocol, params, float(snr), return_covariance=True)
+    clean = noise_free_signals(model, params, protocol)
+    peak_snr = float(np.ravel(1.0 / reference_sigma(clean, [float(snr)], snr_reference))[0] * clean.max())
+    bounds, cov = crlb(model, protocol, params, peak_snr, return_covariance=True)
     out = {k: float(v[0]) for k, v in bounds.items()}
     names = list(model.estimated_names)
     cov = cov[0]
@@ -114,19 +122,24 @@ def typical_crlb(model, protocol, snr, ranges: Mapping | None = None,
 
 def protocol_report(model, protocol="innovate", snr: float = 35.0, n_test: int = 200,
                     n_dictionary: int = 200_000, ranges: Mapping | None = None, fraction_sampler: str = "dirichlet",
-                    fractions: Sequence[float] = (0.4, 0.4, 0.2), seed: int = 0, device="cpu") -> ProtocolReport:
+                    fractions: Sequence[float] = (0.4, 0.4, 0.2), seed: int = 0, device="cpu",
+                    snr_reference: str = DEFAULT_SNR_REFERENCE) -> ProtocolReport:
     """Per map of ``model``: √CRLB at typical tissue (:func:`typical_crlb`) and the Bayes-limit RMSE over the
-    training prior (:func:`bayes_limit`) for ``protocol`` at ``snr``. See :class:`ProtocolReport`."""
+    training prior (:func:`bayes_limit`) for ``protocol`` at ``snr`` on the noise reference ``snr_reference``
+    ("s0" or "peak", :mod:`napari_rverdict.data.noise`; pass a bundle's ``snr_reference`` to report on its
+    convention). See :class:`ProtocolReport`."""
+    snr_reference = check_snr_reference(snr_reference)
     model = get_model(model)
     protocol = load_protocol(protocol)
     model.check_protocol(protocol)
     snr = float(snr)
     if not (np.isfinite(snr) and snr > 0):
         raise InputError(f"SNR must be a positive number, got {snr}")
-    crlbs = typical_crlb(model, protocol, snr, ranges, fractions)
+    crlbs = typical_crlb(model, protocol, snr, ranges, fractions, snr_reference)
     dictionary = build_dictionary(model, protocol, n_dictionary, ranges, fraction_sampler, seed)
     rmse, det = bayes_limit(model, protocol, snr, n_test, dictionary=dictionary, seed=seed, device=device,
-                            ranges=ranges, fraction_sampler=fraction_sampler, return_details=True)
+                            ranges=ranges, fraction_sampler=fraction_sampler, return_details=True,
+                            snr_reference=snr_reference)
     truth = det["truth"]
     typical = typical_parameters(model, ranges, fractions)
     typical_maps = model.derived_maps({k: np.array([v]) for k, v in typical.items()})
@@ -141,4 +154,4 @@ def protocol_report(model, protocol="innovate", snr: float = 35.0, n_test: int =
     settings = {"n_test": int(n_test), "n_dictionary": int(n_dictionary), "seed": seed,
                 "fraction_sampler": fraction_sampler, "typical": typical,
                 "median_ess": float(np.median(det["posterior"].ess))}
-    return ProtocolReport(model.name, protocol.name or "custom", len(protocol), snr, rows, settings)
+    return ProtocolReport(model.name, protocol.name or "custom", len(protocol), snr, rows, settings, snr_reference)

@@ -5,7 +5,9 @@ A bundle file is ``torch.save`` of a dict of plain Python types plus the network
     {"format": "napari-rverdict-bundle", "version": 1, "meta": {...}, "state_dict": {...}}
 
 so it loads with ``torch.load(weights_only=True)`` (no pickled code is executed). ``meta`` holds the signal model
-name, the protocol (``Protocol.to_dict()``), the training ranges, SNR setting, fraction sampler, network name and
+name, the protocol (``Protocol.to_dict()``), the training ranges, SNR setting and its ``"snr_reference"``
+("s0" or "peak", :mod:`napari_rverdict.data.noise`; a bundle saved without it is "peak"), ``"noise_match"`` (the
+:class:`.noise.MatchedSnr` of a DWI the noise was matched to, or null), fraction sampler, network name and
 hyperparameters, the normalisation, seed, training history and configuration, package and torch versions, target
 names and creation time; for a network trained with uncertainty also ``"uncertainty": true``, ``"sd_scale"``
 ({map: factor on the network's σ in the reported sd}) and ``"interval_quantiles"`` ({"levels": [...],
@@ -26,8 +28,17 @@ import torch
 from torch import nn
 
 from napari_rverdict import __version__
+from napari_rverdict.data.noise import (
+    DEFAULT_SNR_REFERENCE,
+    LEGACY_SNR_REFERENCE,
+    MatchedSnr,
+    check_snr_reference,
+    describe_noise,
+    noise_settings,
+)
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import atomic_path
+from napari_rverdict.learn.bundle_meta import _check_finite, _plain, normalisation_description
 from napari_rverdict.learn.device import resolve_device
 from napari_rverdict.learn.nets import build_network
 from napari_rverdict.learn.scaling import unscale_targets
@@ -44,31 +55,6 @@ BUNDLE_VERSION = 1
 DEFAULT_CHUNK = 16384
 
 
-def _plain(x):
-    """Recursively convert NumPy scalars/arrays and tuples to plain Python types (weights_only-safe)."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    if x is None or type(x) in (str, int, float, bool):
-        return x
-    for t in (bool, int, float, str):  # subclasses (e.g. torch.__version__) → the plain type
-        if isinstance(x, t):
-            return t(x)
-    return str(x)
-
-
-def normalisation_description(model) -> str:
-    model = get_model(model)
-    if model.name == "verdict":
-        return "per-series b = 0: each measurement divided by the mean b = 0 of its own series (same TE and TR)"
-    return "per-voxel maximum: each signal divided by its largest measurement"
-
-
 class Bundle:
     """A trained network (CPU, eval mode) and everything to use it.
 
@@ -78,6 +64,8 @@ class Bundle:
     model : the SignalModel (``get_model(model_name)``).  protocol : the Protocol the network was trained on.
     ranges : {name: (low, high)} training ranges (targets are scaled with them).  target_names : estimated params.
     snr, fraction_sampler, net_name, depth, width, seed, history, train_config, created, versions : provenance.
+    snr_reference : the noise reference the SNR is on ("s0" or "peak").  noise_match : the MatchedSnr the
+        training noise was drawn from (``snr`` is then None), or None. :meth:`noise_settings` replays both.
     uncertainty : the network has 2k outputs (means, then log-variances in scaled units; see
         :mod:`napari_rverdict.learn.uncertainty`).  sd_scale : {map: factor} on the network's σ in the reported sd
         (the 68.27 % conformal quantile).  interval_levels, interval_quantiles : the conformal quantile curve
@@ -87,7 +75,7 @@ class Bundle:
     def __init__(self, network: nn.Module, model_name, protocol, ranges, snr=35.0, fraction_sampler="dirichlet",
                  net_name="mlp", depth=None, width=None, seed=None, history=None, train_config=None,
                  target_names=None, created=None, versions=None, extra=None, uncertainty=False, sd_scale=None,
-                 interval_quantiles=None):
+                 interval_quantiles=None, snr_reference=DEFAULT_SNR_REFERENCE, noise_match=None):
         self.model = get_model(model_name)
         self.protocol = protocol if isinstance(protocol, Protocol) else Protocol.from_dict(protocol)
         self.ranges = {str(k): (float(v[0]), float(v[1])) for k, v in ranges.items()}
@@ -95,7 +83,9 @@ class Bundle:
         missing = [k for k in self.target_names if k not in self.ranges]
         if missing:
             raise InputError(f"the bundle's ranges lack target(s) {', '.join(missing)}")
-        self.snr = tuple(float(x) for x in snr) if isinstance(snr, (list, tuple)) else float(snr)
+        self.snr = None if snr is None else tuple(map(float, snr)) if isinstance(snr, (list, tuple)) else float(snr)
+        self.snr_reference = check_snr_reference(snr_reference)
+        self.noise_match = MatchedSnr.from_dict(noise_match) if isinstance(noise_match, dict) else noise_match
         self.fraction_sampler = str(fraction_sampler)
         self.net_name = str(net_name)
         self.depth = None if depth is None else int(depth)
@@ -133,13 +123,12 @@ class Bundle:
 
     def describe(self) -> str:
         """A few lines: model, network, protocol, training ranges, SNR and history."""
-        snr = f"{self.snr[0]:g}–{self.snr[1]:g}" if isinstance(self.snr, tuple) else f"{self.snr:g}"
         lines = [
             f"{self.model.label} · {self.net_name} (depth {self.depth}, width {self.width}) · "
             f"{sum(p.numel() for p in self.network.parameters()):,} weights",
             f"protocol: {self.protocol.name or 'custom'}, {len(self.protocol)} measurements · normalisation: "
             f"{self.normalisation}",
-            f"trained at SNR {snr}, {self.fraction_sampler} fractions, seed {self.seed}",
+            f"trained at {self.noise_description()}, {self.fraction_sampler} fractions, seed {self.seed}",
             "ranges: " + ", ".join(f"{k} {lo:g}–{hi:g}" for k, (lo, hi) in self.ranges.items()
                                    if k in self.target_names),
         ]
@@ -156,6 +145,13 @@ class Bundle:
                      f"torch {self.versions.get('torch')}")
         return "\n".join(lines)
 
+    def noise_description(self) -> str:
+        return describe_noise(self.snr, self.snr_reference, self.noise_match)
+
+    def noise_settings(self) -> dict:
+        """The keyword arguments of :func:`.synth.simulate` that draw noise as the training data did."""
+        return noise_settings(self.snr, self.snr_reference, self.noise_match)
+
     def __repr__(self) -> str:
         return f"<Bundle {self.model.name}/{self.net_name} depth={self.depth} width={self.width} n_meas={self.n_inputs}>"
 
@@ -163,7 +159,9 @@ class Bundle:
     def metadata(self) -> dict:
         return _plain({
             "model": self.model.name, "protocol": self.protocol.to_dict(), "ranges": self.ranges,
-            "snr": self.snr, "fraction_sampler": self.fraction_sampler, "net": self.net_name,
+            "snr": self.snr, "snr_reference": self.snr_reference,
+            "noise_match": None if self.noise_match is None else self.noise_match.to_dict(),
+            "fraction_sampler": self.fraction_sampler, "net": self.net_name,
             "depth": self.depth, "width": self.width, "n_inputs": self.n_inputs,
             "target_names": list(self.target_names), "normalisation": self.normalisation,
             "target_scaling": "min-max with ranges: (value - low) / (high - low)", "seed": self.seed,
@@ -201,7 +199,8 @@ class Bundle:
                    tuple(snr) if isinstance(snr, list) else snr, meta["fraction_sampler"], meta["net"],
                    meta["depth"], meta["width"], meta.get("seed"), meta.get("history"), meta.get("train_config"),
                    meta["target_names"], meta.get("created"), meta.get("versions"), meta.get("extra"),
-                   bool(meta.get("uncertainty", False)), meta.get("sd_scale"), meta.get("interval_quantiles"))
+                   bool(meta.get("uncertainty", False)), meta.get("sd_scale"), meta.get("interval_quantiles"),
+                   meta.get("snr_reference", LEGACY_SNR_REFERENCE), meta.get("noise_match"))
 
     def interval(self, maps, level: float = 0.95, names=None) -> dict[str, np.ndarray]:
         """Calibrated half-widths at ``level`` (0.05–0.99 for conformal bundles) for maps predicted with
@@ -380,23 +379,3 @@ def load_bundle(path) -> Bundle:
         return Bundle.from_payload(payload, source=str(p))
     except (KeyError, TypeError) as exc:
         raise InputError(f"'{p}' is a damaged napari-rverdict bundle (missing or bad entry {exc})") from None
-
-
-def _check_finite(payload: dict, p: Path) -> None:
-    """Refuse a bundle with NaN/inf weights (a diverged training) or non-finite or inverted training ranges."""
-    for name, v in payload["state_dict"].items():
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise InputError(f"'{p}' holds NaN or inf weights ({name}): its training diverged; retrain it "
-                             "with a lower learning rate")
-    ranges = payload["meta"].get("ranges")
-    if not isinstance(ranges, dict):
-        return  # reported as a damaged bundle by from_payload
-    for name, r in ranges.items():
-        try:
-            lo, hi = float(r[0]), float(r[1])
-        except (TypeError, ValueError, IndexError):
-            raise InputError(f"'{p}' is a damaged napari-rverdict bundle (bad range for {name}: {r!r})") from None
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise InputError(f"'{p}' has a non-finite training range for {name}: {lo:g}–{hi:g}")
-        if lo >= hi:
-            raise InputError(f"'{p}' has an inverted training range for {name}: low {lo:g} >= high {hi:g}")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_rverdict.data.noise import LEGACY_SNR_REFERENCE, check_snr_reference
 from napari_rverdict.errors import InputError
 from napari_rverdict.learn.bundle import Bundle
 from napari_rverdict.learn.device import _synchronize, resolve_device
@@ -75,6 +76,8 @@ class TrainConfig:
         :mod:`napari_rverdict.learn.uncertainty`).
         Losses reported and early stopping stay the MSE of the means; the validation Gaussian NLL is added to
         the history as ``val_nll``.
+    snr_reference : the noise reference the training data must be on ("s0" or "peak",
+        :mod:`napari_rverdict.data.noise`); None: whatever the data says. The bundle stores the data's.
     """
 
     net: str = "mlp"
@@ -91,6 +94,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     uncertainty: bool = False
     uncertainty_beta: float = 0.5
+    snr_reference: str | None = None
 
     def validate(self) -> None:
         if str(self.net).lower() not in available_networks():
@@ -111,6 +115,8 @@ class TrainConfig:
             raise InputError(f"uncertainty must be True or False, got {self.uncertainty!r}")
         if not (np.isfinite(self.uncertainty_beta) and 0.0 <= self.uncertainty_beta <= 1.0):
             raise InputError(f"uncertainty_beta must be in [0, 1], got {self.uncertainty_beta!r}")
+        if self.snr_reference is not None:
+            check_snr_reference(self.snr_reference)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,6 +189,13 @@ def _check_data(data) -> None:
         raise InputError(f"signals must have shape (n, {len(data.protocol)}), got {data.signals.shape}")
     if not np.isfinite(data.signals).all():
         raise InputError(f"{int((~np.isfinite(data.signals)).any(1).sum())} training signal(s) contain NaN or inf")
+
+
+def _check_noise_reference(data, config: TrainConfig) -> None:
+    have = getattr(data, "snr_reference", LEGACY_SNR_REFERENCE)
+    if config.snr_reference is not None and check_snr_reference(config.snr_reference) != have:
+        raise InputError(f"the training data's noise is on the '{have}' SNR reference but the configuration asks "
+                         f"for '{config.snr_reference}'; simulate the data with snr_reference='{config.snr_reference}'")
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -328,6 +341,7 @@ def _set_up(data, config: TrainConfig | None) -> _Run:
     config = TrainConfig() if config is None else config
     config.validate()
     _check_data(data)
+    _check_noise_reference(data, config)
     device = resolve_device(config.device)
     t0 = time.perf_counter()
     names = tuple(data.model.estimated_names)
@@ -446,7 +460,9 @@ def _hand_back(run: _Run, data) -> tuple[Bundle, dict, float]:
     cfg.update(depth=run.depth, width=run.width)
     bundle = Bundle(
         network=net, model_name=data.model.name, protocol=data.protocol, ranges=data.ranges,
-        snr=data.snr_setting, fraction_sampler=data.fraction_sampler, net_name=config.net, depth=run.depth,
+        snr=data.snr_setting, snr_reference=getattr(data, "snr_reference", LEGACY_SNR_REFERENCE),
+        noise_match=getattr(data, "matched", None),
+        fraction_sampler=data.fraction_sampler, net_name=config.net, depth=run.depth,
         width=run.width, seed=config.seed, history=copy.deepcopy(run.history), train_config=cfg,
         extra={"n_train": int(run.n_train), "n_val": int(len(data.val_index)), "data_seed": data.seed,
                "device": str(run.device), "elapsed_s": elapsed, "stopped": run.stopped},
@@ -478,7 +494,7 @@ def calibration_data(data):
     from napari_rverdict.data.synth import simulate
 
     n = max(len(data.val_index), 2)
-    return simulate(data.model, data.protocol, n=n, snr=data.snr_setting, ranges=data.ranges,
+    return simulate(data.model, data.protocol, n=n, **data.noise_settings(), ranges=data.ranges,
                     fraction_sampler=data.fraction_sampler, seed=calibration_seed(data.seed))
 
 

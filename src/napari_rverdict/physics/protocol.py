@@ -56,6 +56,9 @@ class Protocol:
     te, tr : echo and repetition time, ms (``tr`` may be NaN = unknown).
     directions : optional (n, 3) unit vectors (zero rows allowed where b = 0).
     name : free text describing where it came from.
+    n_volumes : how many acquired volumes each measurement averages (default 1 each; a direction-averaged
+        protocol counts its shell's volumes: INNOVATE 1 per b = 0, 3 per b > 0). Simulation draws noise per
+        acquired volume and averages magnitudes, as :func:`direction_average` does on data.
     """
 
     b: np.ndarray
@@ -65,6 +68,7 @@ class Protocol:
     tr: np.ndarray
     directions: np.ndarray | None = None
     name: str = ""
+    n_volumes: np.ndarray | None = None
 
     def __post_init__(self):
         b = _vec("b", self.b)
@@ -137,6 +141,12 @@ class Protocol:
             arr.setflags(write=False)
             object.__setattr__(self, key, arr)
         object.__setattr__(self, "directions", dirs)
+        counts = np.ones(n, dtype=int) if self.n_volumes is None else np.asarray(self.n_volumes).reshape(-1)
+        if counts.size != n or not np.all(np.isfinite(counts)) or np.any(counts < 1) or np.any(counts % 1):
+            raise ProtocolError(f"n_volumes must be one positive integer per measurement ({n}), got {self.n_volumes!r}")
+        counts = counts.astype(int)
+        counts.setflags(write=False)
+        object.__setattr__(self, "n_volumes", counts)
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -171,24 +181,26 @@ class Protocol:
         idx = np.arange(len(self))[index]
         return Protocol(
             self.b[idx], self.small_delta[idx], self.big_delta[idx], self.te[idx], self.tr[idx],
-            None if self.directions is None else self.directions[idx], name=self.name,
+            None if self.directions is None else self.directions[idx], name=self.name, n_volumes=self.n_volumes[idx],
         )
 
     def with_tr(self, tr) -> Protocol:
         """A copy with TR (ms, one value or one per measurement) filled in."""
         return Protocol(self.b, self.small_delta, self.big_delta, self.te, _vec("tr", tr, len(self)),
-                        self.directions, name=self.name)
+                        self.directions, name=self.name, n_volumes=self.n_volumes)
 
     def to_dict(self) -> dict:
         """Plain lists (JSON- and ``torch.load(weights_only=True)``-safe)."""
         d = {k: getattr(self, k).tolist() for k in ("b", "small_delta", "big_delta", "te", "tr")}
         d["directions"] = None if self.directions is None else self.directions.tolist()
         d["name"] = self.name
+        d["n_volumes"] = self.n_volumes.tolist()
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Protocol:
-        return cls(d["b"], d["small_delta"], d["big_delta"], d["te"], d["tr"], d.get("directions"), name=d.get("name", ""))
+        return cls(d["b"], d["small_delta"], d["big_delta"], d["te"], d["tr"], d.get("directions"), name=d.get("name", ""),
+                   n_volumes=d.get("n_volumes"))
 
     def describe(self) -> str:
         """A one-line-per-measurement table in physical units."""
@@ -242,11 +254,13 @@ class Protocol:
         return groups
 
     def direction_averaged(self) -> Protocol:
-        """The protocol of the direction-averaged measurements (one per shell; b, timings averaged)."""
+        """The protocol of the direction-averaged measurements (one per shell; b, timings averaged; ``n_volumes``
+        summed: how many acquired volumes each average holds)."""
         groups = self.shells()
         avg = lambda a: np.array([a[g].mean() for g in groups])  # noqa: E731
         return Protocol(avg(self.b), avg(self.small_delta), avg(self.big_delta), avg(self.te), avg(self.tr),
-                        None, name=(self.name + " (direction-averaged)").strip())
+                        None, name=(self.name + " (direction-averaged)").strip(),
+                        n_volumes=[int(self.n_volumes[g].sum()) for g in groups])
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -256,20 +270,23 @@ class Protocol:
         ``direction_averaged=True``: 10 measurements b0, 90, b0, 500, b0, 1500, b0, 2000, b0, 3000 s/mm², each b0
         carrying its series' δ, Δ, TE, TR. ``False``: the 20 acquired volumes (b0 + 3 directions per series).
         """
-        rows, dirs = [], []
+        rows, dirs, counts = [], [], []
         for b, sd, bd, te, tr in _INNOVATE_SERIES:
             rows.append((0.0, sd, bd, te, tr))
             dirs.append(np.zeros(3))
+            counts.append(1)
             if direction_averaged:
                 rows.append((b, sd, bd, te, tr))
+                counts.append(len(_INNOVATE_DIRECTIONS))
             else:
                 for d in _INNOVATE_DIRECTIONS:
                     rows.append((b, sd, bd, te, tr))
                     dirs.append(d)
+                    counts.append(1)
         a = np.array(rows)
         name = "INNOVATE" + (" (direction-averaged)" if direction_averaged else "")
         return cls(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4],
-                   None if direction_averaged else np.array(dirs), name=name)
+                   None if direction_averaged else np.array(dirs), name=name, n_volumes=counts)
 
     # ------------------------------------------------------------------ matching
     def match_to(self, reference: Protocol, rtol: float = 0.05, atol_ms: float = 1.0) -> tuple[np.ndarray, list[str]]:

@@ -1,0 +1,220 @@
+"""Noise as the scanner makes it: the noise reference, noise per acquired volume, σ from the DWI, matched SNR."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_rverdict.cli import main
+from napari_rverdict.data.noise import MatchedSnr, scanner_noise
+from napari_rverdict.data.noise_estimate import estimate_noise, noise_mismatch
+from napari_rverdict.data.phantom import make_phantom, save_phantom
+from napari_rverdict.data.synth import effective_snr, simulate
+from napari_rverdict.errors import InputError
+from napari_rverdict.evaluate.metrics import evaluate
+from napari_rverdict.learn.bundle import load_bundle
+from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.physics.protocol import Protocol, direction_average
+
+FAST = TrainConfig(epochs=1, batch_size=64, device="cpu", patience=None)
+
+
+@pytest.fixture(scope="module")
+def scanner_phantom():
+    """One σ = 1000 / 25 = 40 on every acquired volume and in the air: gland SNR ≈ 10–15 at the brightest b = 0."""
+    return make_phantom((40, 40, 4), snr=25, seed=4, snr_reference="s0")
+
+
+# ---------------------------------------------------------------------- the protocol knows its averages
+def test_protocol_counts_the_volumes_each_measurement_averages():
+    avg = Protocol.innovate()
+    assert avg.n_volumes.tolist() == [1, 3] * 5
+    assert Protocol.innovate(direction_averaged=False).direction_averaged().n_volumes.tolist() == [1, 3] * 5
+    back = Protocol.from_dict(avg.to_dict())
+    assert back.n_volumes.tolist() == [1, 3] * 5
+    old = {k: v for k, v in avg.to_dict().items() if k != "n_volumes"}  # saved before the field existed
+    assert Protocol.from_dict(old).n_volumes.tolist() == [1] * 10
+    assert avg.subset([1, 2]).n_volumes.tolist() == [3, 1]
+    with pytest.raises(InputError, match="n_volumes"):
+        Protocol(avg.b, avg.small_delta, avg.big_delta, avg.te, avg.tr, n_volumes=[0] * 10)
+
+
+# ---------------------------------------------------------------------- noise per acquired volume
+def test_averaged_volumes_match_theory_and_the_data_path():
+    rng = np.random.default_rng(0)
+    n, sigma = 200_000, 0.02
+    twenty = Protocol.innovate(direction_averaged=False)
+    ten = twenty.direction_averaged()
+    clean20 = np.tile(np.linspace(0.3, 1.0, 20), (n, 1))
+    clean10, _ = direction_average(clean20, twenty)
+    sim = scanner_noise(clean10, sigma, ten.n_volumes, rng)  # simulation: per volume, then averaged
+    data, _ = direction_average(scanner_noise(clean20, sigma, None, rng), twenty)  # the scanner, then the data path
+    for got in (sim, data):
+        # high SNR (S/σ ≥ 15): mean ≈ S + σ²/(2S) (Rician bias), sd = σ/√n
+        np.testing.assert_allclose(got.mean(0), clean10[0] + sigma**2 / (2 * clean10[0]), rtol=2e-3)
+        np.testing.assert_allclose(got.std(0), sigma / np.sqrt(ten.n_volumes), rtol=0.02)
+    np.testing.assert_allclose(sim.std(0), data.std(0), rtol=0.02)
+    # zero signal: the Rician floor of each volume survives averaging (mean σ√(π/2), variance (2 − π/2)σ²/n)
+    floor = scanner_noise(np.zeros((n, 2)), sigma, [1, 3], rng)
+    np.testing.assert_allclose(floor.mean(0), sigma * np.sqrt(np.pi / 2), rtol=0.01)
+    np.testing.assert_allclose(floor.var(0), (2 - np.pi / 2) * sigma**2 / np.array([1, 3]), rtol=0.03)
+
+
+# ---------------------------------------------------------------------- the noise reference
+def test_s0_reference_spreads_the_effective_snr_peak_does_not():
+    s0 = effective_snr("rverdict", snr=35, snr_reference="s0", n=20_000)
+    # the seed paper's convention under the rVERDICT prior: median ≈ 10 (5–95 %: ≈ 2.6–23)
+    assert 9 < s0["median"] < 11.5 and 2 < s0["p5"] < 3.3 and 20 < s0["p95"] < 26
+    peak = effective_snr("rverdict", snr=35, snr_reference="peak", n=2000)
+    assert peak["p5"] == pytest.approx(35) and peak["p95"] == pytest.approx(35)
+    d = simulate("rverdict", n=4000, snr=35, seed=1)
+    assert d.snr_reference == "s0" and np.median(d.b0_snr) == pytest.approx(s0["median"], rel=0.08)
+    # classic VERDICT is S/S0 with every series' b = 0 equal to 1: both references are the same
+    v = [simulate("verdict", n=500, snr=35, seed=2, snr_reference=r).signals for r in ("s0", "peak")]
+    np.testing.assert_array_equal(v[0], v[1])
+    with pytest.raises(InputError, match="SNR reference"):
+        simulate("rverdict", n=10, snr_reference="max")
+
+
+@pytest.mark.parametrize("reference", ["s0", "peak"])
+def test_each_reference_round_trips_through_the_bundle(tmp_path, reference):
+    data = simulate("rverdict", n=600, snr=30, seed=3, snr_reference=reference)
+    bundle = train(data, FAST).bundle
+    assert bundle.snr_reference == reference and bundle.noise_match is None
+    back = load_bundle(bundle.save(tmp_path / "b.pt"))
+    assert back.snr_reference == reference and back.snr == 30
+    assert f'"{reference}" reference' in back.describe()
+    assert back.noise_settings() == {"snr": 30.0, "snr_reference": reference}
+    rep = evaluate(back, n=200, n_crlb=20)  # evaluated on the bundle's own convention
+    assert f'"{reference}" reference' in rep.format_table()
+    with pytest.raises(InputError, match="SNR reference"):
+        train(data, TrainConfig(epochs=1, device="cpu", snr_reference="s0" if reference == "peak" else "peak"))
+
+
+def test_bundles_saved_before_the_setting_load_as_peak(tmp_path):
+    bundle = train(simulate("rverdict", n=300, seed=0), FAST).bundle
+    path = bundle.save(tmp_path / "old.pt")
+    payload = torch.load(path, weights_only=True)
+    for key in ("snr_reference", "noise_match"):
+        payload["meta"].pop(key)
+    payload["meta"]["protocol"].pop("n_volumes")
+    torch.save(payload, path)
+    old = load_bundle(path)
+    assert old.snr_reference == "peak" and old.noise_match is None and old.snr == 35.0
+
+
+# ---------------------------------------------------------------------- σ from the DWI
+@pytest.mark.parametrize("method", ["auto", "piesno", "repeats"])
+def test_sigma_is_recovered_on_a_scanner_like_dwi(scanner_phantom, method):
+    ph = scanner_phantom
+    est = estimate_noise(ph.to_dwi(), ph.mask, method=method)
+    assert ph.sigma == pytest.approx(40.0)
+    assert abs(est.sigma / ph.sigma - 1) < 0.10, (method, est.sigma)
+    assert est.method == ("piesno" if method == "auto" else method)
+    # gland SNR at the brightest b = 0 from the truth: σ is one number, so SNR = brightest clean b = 0 / σ
+    clean = make_phantom((40, 40, 4), snr=1e9, seed=4, snr_reference="s0").dwi[ph.mask]
+    true_snr = clean[:, ph.protocol.is_b0].max(1) / ph.sigma
+    assert est.snr["peak"]["median"] == pytest.approx(np.median(true_snr), rel=0.1)
+    assert 5 < est.snr["peak"]["p5"] and est.snr["peak"]["p95"] < 25
+
+
+def test_a_dwi_without_background_or_repeats_is_one_clear_error():
+    rng = np.random.default_rng(0)
+    proto = Protocol.innovate().subset(range(6))  # 6 distinct measurements: no repeats, too few for MP-PCA
+    data = 500 + 20 * rng.standard_normal((6, 6, 2, 6))  # tissue everywhere: no air
+    from napari_rverdict.data.nifti import Dwi
+
+    with pytest.raises(InputError, match="cannot estimate the noise") as err:
+        estimate_noise(Dwi.from_array(data, np.eye(4), proto))
+    text = str(err.value)
+    assert "background" in text and "repeated volumes" in text and "MP-PCA needs" in text and "\n" not in text
+
+
+# ---------------------------------------------------------------------- training matched to the DWI
+def test_matched_snr_reaches_the_sampler(scanner_phantom):
+    est = estimate_noise(scanner_phantom.to_dwi(), scanner_phantom.mask)
+    data = simulate("rverdict", n=3000, snr_from=est, seed=5)
+    assert data.snr_reference == "peak" and data.matched is not None and data.snr_setting is None
+    for q, key in ((5, "p5"), (50, "median"), (95, "p95")):
+        assert np.percentile(data.snr, q) == pytest.approx(est.snr["peak"][key], rel=0.06)
+    # on "peak" each sample's effective SNR at its brightest b = 0 is the drawn SNR
+    np.testing.assert_allclose(data.b0_snr, data.snr, rtol=1e-9)
+    with pytest.raises(InputError, match="either an SNR or a DWI"):
+        simulate("rverdict", n=10, snr=35, snr_from=est)
+    with pytest.raises(InputError, match="'peak'"):
+        simulate("rverdict", n=10, snr_from=est, snr_reference="s0")
+
+
+def test_matched_bundle_stores_the_distribution_and_predict_check(tmp_path, scanner_phantom):
+    ph = scanner_phantom
+    est = estimate_noise(ph.to_dwi(), ph.mask)
+    matched = train(simulate("rverdict", n=400, snr_from=est, seed=6), FAST).bundle
+    back = load_bundle(matched.save(tmp_path / "m.pt"))
+    assert isinstance(back.noise_match, MatchedSnr) and back.snr is None
+    assert back.noise_match.sigma == pytest.approx(est.sigma)
+    assert back.noise_match.percentiles()["median"] == pytest.approx(est.snr["peak"]["median"], rel=0.02)
+    assert noise_mismatch(back, ph.to_dwi(), ph.mask) is None
+    peak35 = train(simulate("rverdict", n=400, snr=35, snr_reference="peak", seed=6), FAST).bundle
+    line = noise_mismatch(peak35, ph.to_dwi(), ph.mask)
+    assert line is not None and "outside what the model was trained on" in line and "\n" not in line
+
+
+# ---------------------------------------------------------------------- command line
+def test_cli_noise_json_and_exclusive_options(tmp_path, capsys, scanner_phantom):
+    save_phantom(scanner_phantom, tmp_path / "ph")
+    dwi, mask = str(tmp_path / "ph" / "dwi.nii.gz"), str(tmp_path / "ph" / "mask.nii.gz")
+    assert main(["noise", dwi, "--mask", mask, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"sigma", "snr", "reference", "method"} and set(out["snr"]) == {"p5", "median", "p95"}
+    assert abs(out["sigma"] / 40.0 - 1) < 0.1 and out["reference"] == "peak"
+    for cmd in ("simulate", "train"):
+        rc = main([cmd, "--snr", "30", "--snr-from", dwi, "--out", str(tmp_path / f"{cmd}.npz")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "exclusive" in err[0]
+    for bad in (["--snr-from", dwi, "--snr-reference", "s0"], ["--mask", mask]):
+        assert main(["simulate", *bad, "--out", str(tmp_path / "bad.npz")]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["simulate", "--n", "500", "--snr-from", dwi, "--mask", mask, "--out", str(tmp_path / "m.npz")]) == 0
+    assert "effective SNR" in capsys.readouterr().out
+    assert main(["simulate", "--n", "200", "--snr-reference", "peak", "--out", str(tmp_path / "p.npz")]) == 0
+    assert "median 35" in capsys.readouterr().out
+
+
+def test_typical_crlb_on_each_reference():
+    from napari_rverdict.data.synth import noise_free_signals
+    from napari_rverdict.evaluate.report import typical_crlb, typical_parameters
+    from napari_rverdict.physics.models import get_model
+
+    model = get_model("rverdict")
+    typical = typical_parameters(model)  # S0 = 0.55, the middle of [0.1, 1]
+    clean = noise_free_signals(model, {k: np.array([v]) for k, v in typical.items()}, Protocol.innovate())
+    s0 = typical_crlb(model, "innovate", 35.0, snr_reference="s0")
+    peak = typical_crlb(model, "innovate", 35.0, snr_reference="peak")
+    for k in model.estimated_names:  # √CRLB ∝ σ: 1/35 on "s0", brightest/35 on "peak"
+        assert s0[k] == pytest.approx(peak[k] / clean.max(), rel=1e-6), k
+
+
+def test_a_direction_averaged_dwi_is_estimated_on_its_single_volumes(scanner_phantom):
+    ph = scanner_phantom
+    averaged = ph.to_dwi().direction_averaged()
+    assert averaged.protocol.n_volumes.tolist() == [1, 3] * 5
+    est = estimate_noise(averaged, ph.mask)
+    assert abs(est.sigma / ph.sigma - 1) < 0.10
+
+
+def test_posterior_weights_each_measurement_by_its_volumes():
+    from napari_rverdict.evaluate.posterior import build_dictionary, posterior_from_dictionary
+
+    dictionary = build_dictionary("rverdict", "innovate", n=3000, seed=1)
+    y = simulate("rverdict", n=6, snr=35, seed=2).signals
+    # the same n on every measurement is the same as σ/√n: the weighting is exactly σ_i = σ/√n_i
+    a = posterior_from_dictionary(y, dictionary, 0.05, n_volumes=np.full(10, 4))
+    b = posterior_from_dictionary(y, dictionary, 0.025)
+    for k in ("f_ic", "T1"):
+        np.testing.assert_allclose(a.mean[k], b.mean[k], rtol=1e-4)
+        np.testing.assert_allclose(a.sd[k], b.sd[k], rtol=1e-3)
+    # more volumes on the diffusion-weighted measurements: a sharper posterior than σ everywhere
+    c = posterior_from_dictionary(y, dictionary, 0.05, n_volumes=Protocol.innovate().n_volumes)
+    d = posterior_from_dictionary(y, dictionary, 0.05)
+    assert np.median(c.ess) < np.median(d.ess)
