@@ -127,7 +127,7 @@ def test_noise_sigma_rules():
     raw = np.array([[0.5, 0.25, 0.1]])
     assert noise_sigma(raw, 10, "s0")[0, 0] == pytest.approx(0.1)  # σ fixed where S0 = 1: darker voxel, lower SNR
     assert noise_sigma(raw, 10, "peak")[0, 0] == pytest.approx(0.05)  # every voxel at SNR 10 at its peak
-    with pytest.raises(InputError, match="noise reference"):
+    with pytest.raises(InputError, match="SNR reference"):
         noise_sigma(raw, 10, "mean")
     with pytest.raises(InputError, match="SNR"):
         noise_sigma(raw, -1, "s0")

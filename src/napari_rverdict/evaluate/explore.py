@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_rverdict.data.noise import SNR_REFERENCES, reference_sigma
 from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import SignalModel, get_model
 from napari_rverdict.physics.protocol import Protocol, direction_average
 
 FRACTIONS = ("f_ic", "f_ees", "f_vasc")
 COMPARTMENTS = {"f_ic": "intracellular", "f_ees": "EES", "f_vasc": "vascular"}
-NOISE_REFERENCES = ("s0", "peak")
+NOISE_REFERENCES = SNR_REFERENCES  # the one list, in data.noise
 DENSE_POINTS = 41  # b values per series on the smooth curves
 
 
@@ -179,24 +180,22 @@ def signal_curves(model, params: Mapping, protocol, *, dense: int = DENSE_POINTS
 
 # ---------------------------------------------------------------------- noise
 def noise_sigma(raw, snr: float, reference: str = "peak") -> np.ndarray:
-    """σ of the Rician noise on noise-free signals ``raw`` (..., m) at ``snr``, by the noise reference:
+    """σ of the Rician noise on one acquired volume of noise-free signals ``raw`` (..., m) at ``snr``, by the noise
+    reference of :func:`napari_rverdict.data.noise.reference_sigma` (the rule simulation uses):
 
     ``"s0"``: σ = 1 / SNR on the scale where S0 = 1 before relaxation (``raw`` as ``model.signal`` gives it: a
     voxel with S0 < 1, long TE or short TR is darker and so noisier relative to its signal — as on a scanner).
     ``"peak"``: σ = (the voxel's brightest noise-free measurement) / SNR: every voxel at the same SNR.
 
-    Returns σ with shape (..., 1). This rule must match ``data.synth``'s ``snr_reference`` (being added there on
-    another branch); the two are to be unified into one function.
+    Returns σ with shape (..., 1).
     """
     raw = np.asarray(raw, dtype=float)
     snr = float(snr)
     if not (np.isfinite(snr) and snr > 0):
         raise InputError(f"SNR must be a positive number, got {snr:g}")
-    if reference == "s0":
-        return np.full(raw.shape[:-1] + (1,), 1.0 / snr)
-    if reference == "peak":
-        return raw.max(axis=-1, keepdims=True) / snr
-    raise InputError(f"unknown noise reference '{reference}'; choose one of: {', '.join(NOISE_REFERENCES)}")
+    flat = raw.reshape(-1, raw.shape[-1])
+    sigma = reference_sigma(flat, np.full(len(flat), snr), reference)
+    return np.broadcast_to(sigma, (len(flat), 1)).reshape(raw.shape[:-1] + (1,)).copy()
 
 
 def rician_moments(nu, sigma) -> tuple[np.ndarray, np.ndarray]:

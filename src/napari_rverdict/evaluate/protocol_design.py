@@ -1,8 +1,9 @@
-"""Protocol design, headless: a protocol as an editable table of rows (b, δ, Δ, TE, TR), checked as it is typed;
+"""Protocol design, headless: a protocol as an editable table of rows (b, δ, Δ, TE, TR, volumes), checked as it is typed;
 saving it as a Camino ``.scheme`` or FSL ``.bval`` + timing sidecars; and the protocol report of two protocols
 side by side (:func:`compare_protocols`, also ``rverdict protocol-report --compare A B``).
 
-Units: b s/mm², δ Δ TE TR ms.
+Units: b s/mm², δ Δ TE TR ms. "volumes" is how many acquired volumes the measurement averages (INNOVATE: 1 per
+b = 0, 3 directions per b > 0); it sets the measurement's noise (σ/√n), so it is part of the protocol's design.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import B0_THRESHOLD, Protocol, ProtocolError
 
-COLUMNS = ("b", "small_delta", "big_delta", "te", "tr")
-COLUMN_LABELS = ("b (s/mm²)", "δ (ms)", "Δ (ms)", "TE (ms)", "TR (ms)")
+COLUMNS = ("b", "small_delta", "big_delta", "te", "tr", "n_volumes")
+COLUMN_LABELS = ("b (s/mm²)", "δ (ms)", "Δ (ms)", "TE (ms)", "TR (ms)", "volumes")
+TIMING_COLUMNS = 5  # b, δ, Δ, TE, TR; "volumes" may be left out of a row (then 1)
 SAVE_SUFFIXES = (".scheme", ".bval")
 
 
 # ---------------------------------------------------------------------- rows ↔ Protocol
-def protocol_rows(protocol: Protocol) -> list[tuple[float, float, float, float, float]]:
-    """One (b, δ, Δ, TE, TR) row per measurement (TR NaN where unknown)."""
-    return [tuple(float(getattr(protocol, k)[i]) for k in COLUMNS) for i in range(len(protocol))]
+def protocol_rows(protocol: Protocol) -> list[tuple]:
+    """One (b, δ, Δ, TE, TR, volumes) row per measurement (TR NaN where unknown; volumes an int)."""
+    return [tuple(float(getattr(protocol, k)[i]) for k in COLUMNS[:TIMING_COLUMNS]) + (int(protocol.n_volumes[i]),)
+            for i in range(len(protocol))]
+
+
+def _full_row(row: Sequence) -> list:
+    """A row with its "volumes" cell (1 when the row gives only b, δ, Δ, TE, TR)."""
+    return list(row) + [1] if len(row) == TIMING_COLUMNS else list(row)
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ def _cell(text, row: int, col: int, problems: list) -> float | None:
     s = str(text).strip()
     if s == "" and COLUMNS[col] == "tr":
         return float("nan")
+    if s == "" and COLUMNS[col] == "n_volumes":
+        return 1.0
     try:
         return float(s)
     except ValueError:
@@ -57,7 +67,7 @@ def _cell(text, row: int, col: int, problems: list) -> float | None:
 
 
 def _row_problems(values, row: int) -> list[RowProblem]:
-    b, sd, bd, te, tr = values
+    b, sd, bd, te, tr, n_volumes = values
     out = []
     checks = (
         (b < 0 or not np.isfinite(b), 0, f"b = {b:g} s/mm² must be ≥ 0"),
@@ -68,6 +78,8 @@ def _row_problems(values, row: int) -> list[RowProblem]:
                                            "Δ the pulse separation: δ ≤ Δ)"),
         (not np.isfinite(te) or te <= 0, 3, f"TE = {te:g} ms must be > 0"),
         (np.isinf(tr) or tr <= 0, 4, f"TR = {tr:g} ms must be > 0 (leave it empty if unknown)"),
+        (not np.isfinite(n_volumes) or n_volumes < 1 or n_volumes != int(n_volumes), 5,
+         f"volumes = {n_volumes:g} must be a whole number ≥ 1 (acquired volumes this measurement averages)"),
     )
     for bad, col, msg in checks:
         if bad:
@@ -94,9 +106,11 @@ def check_rows(rows: Sequence[Sequence], model=None) -> list[RowProblem]:
     problems: list[RowProblem] = []
     values = []
     for r, row in enumerate(rows):
-        if len(row) != len(COLUMNS):
-            problems.append(RowProblem(r, None, f"needs {len(COLUMNS)} values (b, δ, Δ, TE, TR), got {len(row)}"))
+        if len(row) not in (TIMING_COLUMNS, len(COLUMNS)):
+            problems.append(RowProblem(r, None, f"needs {TIMING_COLUMNS} or {len(COLUMNS)} values (b, δ, Δ, TE, TR"
+                                                f"[, volumes]), got {len(row)}"))
             continue
+        row = _full_row(row)
         cells = [_cell(v, r, c, problems) for c, v in enumerate(row)]
         if any(v is None for v in cells):
             continue
@@ -109,7 +123,8 @@ def check_rows(rows: Sequence[Sequence], model=None) -> list[RowProblem]:
     if problems:
         return problems
     try:
-        protocol = Protocol(*np.array(values, dtype=float).T)
+        a = np.array(values, dtype=float)
+        protocol = Protocol(*a[:, :TIMING_COLUMNS].T, n_volumes=a[:, TIMING_COLUMNS].astype(int))
         if model is not None:
             model = get_model(model)
             model.check_protocol(protocol)
@@ -126,8 +141,10 @@ def protocol_from_rows(rows: Sequence[Sequence], model=None, name: str = "edited
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InputError(f"{problems[0]}{more}")
-    a = np.array([[float(str(v).strip()) if str(v).strip() else np.nan for v in row] for row in rows], dtype=float)
-    return Protocol(*a.T, name=name)
+    a = np.array([[float(str(v).strip()) if str(v).strip() else np.nan for v in _full_row(row)] for row in rows],
+                 dtype=float)
+    a[np.isnan(a[:, TIMING_COLUMNS]), TIMING_COLUMNS] = 1
+    return Protocol(*a[:, :TIMING_COLUMNS].T, name=name, n_volumes=a[:, TIMING_COLUMNS].astype(int))
 
 
 # ---------------------------------------------------------------------- saving

@@ -126,7 +126,7 @@ def _plot_section(dock, layout: QVBoxLayout) -> None:
     dock.reference_combo = QComboBox()
     for key in NOISE_REFERENCES:
         dock.reference_combo.addItem(REFERENCE_TEXT[key], key)
-    dock.reference_combo.setCurrentIndex(NOISE_REFERENCES.index("peak"))
+    dock.reference_combo.setCurrentIndex(NOISE_REFERENCES.index("s0"))  # the seed paper's, as simulation
     form.addRow("compartments", dock.compartments_combo)
     form.addRow(dock.noise_check)
     form.addRow("SNR", dock.snr_spin)
