@@ -55,6 +55,14 @@ def report_rows(report) -> list[tuple[str, str, float, float, float]]:
             for name, r in report.rows.items()]
 
 
+def validation_record(report, n: int = EVAL_N) -> dict:
+    """The validation table as plain data, kept in ``bundle.extra["validation"]`` so it is saved and restored
+    with the bundle: {"n", "snr", "rows": [[parameter, unit, RMSE, MAPE %, √CRLB], ...]}."""
+    snr = getattr(report, "snr", None)
+    return {"n": int(n), "snr": None if snr is None else str(snr),
+            "rows": [[name, unit, rmse, mape, crlb] for name, unit, rmse, mape, crlb in report_rows(report)]}
+
+
 def _num(v) -> float:
     try:
         return float(v)
@@ -63,12 +71,14 @@ def _num(v) -> float:
 
 
 @thread_worker
-def training_job(data, config: TrainConfig, stop_event: threading.Event, evaluate_after: bool = True):
+def training_job(data, config: TrainConfig, stop_event: threading.Event, evaluate_after: bool = True,
+                 init_state=None):
     """Generator worker: yields ("progress", TrainProgress) … ("done", TrainProgress with .result),
-    then ("metrics", report) or ("metrics_error", message); a training failure yields ("error", exception)."""
+    then ("metrics", report) or ("metrics_error", message); a training failure yields ("error", exception).
+    ``init_state``: start from these weights (fine-tune / resume)."""
     result = None
     try:
-        for rec in iter_training(data, config, stop_event):
+        for rec in iter_training(data, config, stop_event, init_state=init_state):
             if rec.kind == "done":
                 result = rec.result
                 yield ("done", rec)
