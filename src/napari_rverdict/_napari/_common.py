@@ -261,7 +261,7 @@ def scroll_layout(dock: QWidget) -> QVBoxLayout:
 
 def collapsible(layout, title: str, widgets=(), expanded: bool = False, tooltip: str = "") -> QCollapsible:
     """A superqt QCollapsible section titled ``title`` holding ``widgets`` (or layouts), added to ``layout``."""
-    section = QCollapsible(title)
+    section = QCollapsible(title, expandedIcon="▾", collapsedIcon="▸")
     section.setDuration(0)  # no animation: tests and slow remote desktops see the final size at once
     section.setToolTip(tooltip)
     for w in widgets:
@@ -280,6 +280,15 @@ def collapsible(layout, title: str, widgets=(), expanded: bool = False, tooltip:
     return section
 
 
+def compact(dock: QWidget, min_chars: int = 8) -> None:
+    """Let every combo box of ``dock`` shrink to ``min_chars`` characters (long entries elide; the full text is in
+    the drop-down), so a dock is never wider than its scroll area."""
+    for combo in dock.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(min_chars)
+        combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+
 # ---------------------------------------------------------------------- defaults sized to the device
 QUICK_CPU = {"n": 20_000, "epochs": 8, "patience": 4}  # first maps in about a minute on a laptop CPU
 PAPER_GPU = {"n": 100_000, "epochs": 100, "patience": 20}  # the seed paper's setting (minutes on a GPU)
@@ -291,6 +300,6 @@ def device_preset() -> tuple[str, dict]:
     import torch
 
     if torch.cuda.is_available():
-        return ("GPU found: the paper's setting (100,000 signals, up to 100 epochs, patience 20).", dict(PAPER_GPU))
-    return ("CPU only: a quick setting (20,000 signals, 8 epochs; about a minute). The paper used 100,000 "
-            "signals and up to 100 epochs (patience 20), minutes on a GPU.", dict(QUICK_CPU))
+        return ("GPU: the paper's setting (100,000 signals, ≤ 100 epochs).", dict(PAPER_GPU))
+    return ("CPU: a quick setting (20,000 signals, 8 epochs, ~1 min); the paper's 100,000 signals and ≤ 100 "
+            "epochs suit a GPU.", dict(QUICK_CPU))

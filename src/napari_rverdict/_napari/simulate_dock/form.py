@@ -21,7 +21,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_rverdict._napari._common import add_run_row, collapsible, device_preset, hint, scroll_layout
+from napari_rverdict._napari._common import (
+    add_run_row,
+    collapsible,
+    compact,
+    device_preset,
+    hint,
+    scroll_layout,
+)
 from napari_rverdict.data.prior import FRACTION_SAMPLERS
 
 MODELS = (("rverdict", "rVERDICT (relaxation-VERDICT, 9 maps)"), ("verdict", "classic VERDICT (5 maps)"))
@@ -59,6 +66,7 @@ def build(dock) -> None:
     dock.advanced_section = collapsible(layout, "Advanced: fractions, seed", [advanced_form(dock)])
     run_section(dock, layout)
     layout.addStretch(1)
+    compact(dock)
 
 
 def model_section(dock) -> QFormLayout:

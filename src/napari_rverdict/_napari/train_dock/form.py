@@ -22,7 +22,14 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_rverdict._napari._common import Message, collapsible, device_preset, hint, scroll_layout
+from napari_rverdict._napari._common import (
+    Message,
+    collapsible,
+    compact,
+    device_preset,
+    hint,
+    scroll_layout,
+)
 from napari_rverdict._napari.loss_plot import LossPlot
 from napari_rverdict._napari.train_dock.job import available_devices
 
@@ -63,6 +70,7 @@ def build(dock) -> None:
     dock.plot_section = collapsible(layout, "Loss curves", [dock.plot], expanded=True)
     results_section(dock, layout)
     layout.addStretch(1)
+    compact(dock)
 
 
 def _spin(low: int, high: int, value: int = 0, special: str | None = None, tip: str = "") -> QSpinBox:
@@ -178,7 +186,6 @@ def results_section(dock, layout: QVBoxLayout) -> None:
     header = dock.table.horizontalHeader()
     header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
     header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-    header.setWordWrap(True)
     dock.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
     dock.table_caption = hint("")
     dock.table_section = collapsible(layout, "Validation table", [dock.table_caption, dock.table],
