@@ -44,6 +44,7 @@ class LossPlot(QWidget):
         self.ax = self.canvas.figure.add_subplot(111)
         _style(self.canvas.figure, self.ax)
         self.log_scale = QCheckBox("log scale")
+        self.log_scale.setToolTip("a logarithmic loss axis: late improvements stay visible")
         self.log_scale.setChecked(True)
         self.log_scale.toggled.connect(self._apply_scale)
         layout = QVBoxLayout(self)

@@ -21,13 +21,14 @@ from qtpy.QtCore import QTimer
 
 from napari_rverdict._napari.maps_dock.layers import follow_colorbar, show_labels_as_contours
 from napari_rverdict._napari.reader import layer_protocol
-from napari_rverdict._napari.state import get_state
+from napari_rverdict._napari.state import _unwrap, get_state
 
 AXES = ("volume", "z", "y", "x")
 
 
 def install(viewer) -> None:
     """Connect the hooks to ``viewer`` (once; later calls do nothing) and apply them to its current layers."""
+    viewer = _unwrap(viewer)  # the real viewer: its layers compare by identity (a dock gets a proxy)
     state = get_state(viewer)
     if getattr(state, "hooks_installed", False):
         return
@@ -66,9 +67,19 @@ def update_overlay(viewer) -> None:
     dwi = next((lay for lay in reversed(list(viewer.layers)) if is_dwi(lay) and lay.visible
                 and layer_protocol(lay) is not None), None)
     text = volume_text(dwi, int(viewer.dims.current_step[0])) if dwi is not None and viewer.dims.ndim == 4 else ""
-    viewer.text_overlay.text = text
-    viewer.text_overlay.font_size = 9
-    viewer.text_overlay.visible = bool(text)
+    overlay = text_overlay(viewer)
+    overlay.text = text
+    overlay.font_size = 9
+    overlay.visible = bool(text)
+
+
+def text_overlay(viewer):
+    """napari's canvas text overlay (``viewer.canvas.overlays.text`` since 0.9, ``viewer.text_overlay`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    if overlays is not None and "text" in overlays:
+        return overlays["text"]
+    return viewer.text_overlay
 
 
 def _on_inserted(viewer, layer, defer: bool = True) -> None:

@@ -14,6 +14,7 @@ import napari
 import numpy as np
 
 from napari_rverdict._napari.reader import display_factor, layer_to_xyz, map_layer_name, map_spec_for
+from napari_rverdict._napari.state import _unwrap
 
 SD_SUFFIX = "_sd"
 METHOD_PREFIX = {"network": "", "NLLS": "NLLS "}  # layer name prefix of each method's maps
@@ -65,10 +66,10 @@ def put_layer(viewer, name: str, data_zyx, kwargs: dict):
 
 def remove_stale(viewer, source_name: str, keep) -> None:
     """Remove the map layers an earlier Compute made from DWI ``source_name`` that this run did not remake."""
-    keep = {id(layer) for layer in keep}
+    keep = {id(_unwrap(layer)) for layer in keep}  # the docks see layers through napari's proxies
     for layer in list(viewer.layers):
         meta = layer.metadata or {}
-        if meta.get("rverdict_map") and meta.get("source_layer") == source_name and id(layer) not in keep:
+        if meta.get("rverdict_map") and meta.get("source_layer") == source_name and id(_unwrap(layer)) not in keep:
             viewer.layers.remove(layer)
 
 
@@ -121,12 +122,12 @@ def _add_map(viewer, maps: dict, name: str, model, method: str, dwi_layer, affin
 
 def follow_colorbar(viewer) -> None:
     """Keep napari's colorbar on the selected map layer only (connected once per viewer by the Maps dock)."""
-    active = viewer.layers.selection.active
+    active = _unwrap(viewer.layers.selection.active)
     if not (active is not None and (active.metadata or {}).get("rverdict_map")):
         return
     for layer in viewer.layers:
         if (layer.metadata or {}).get("rverdict_map"):
-            layer.colorbar.visible = layer is active and layer.visible
+            layer.colorbar.visible = _unwrap(layer) is active and layer.visible
 
 
 def show_labels_as_contours(layer) -> None:
