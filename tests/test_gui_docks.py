@@ -194,3 +194,48 @@ def test_train_dock_explains_its_table_and_names_the_networks(viewer, qtbot, tmp
             if w.parent() is not None and type(w).__name__ in ("QComboBox", "QSpinBox", "QDoubleSpinBox",
                                                                "QCheckBox", "LayerCombo"):
                 assert w.toolTip(), f"{type(dock).__name__}: {type(w).__name__} {getattr(w, 'text', lambda: '')()}"
+
+
+def test_init_state_starts_training_from_given_weights():
+    import torch
+
+    from napari_rverdict.data.synth import simulate
+    from napari_rverdict.errors import InputError
+    from napari_rverdict.learn.train import TrainConfig, train
+
+    data = simulate("verdict", "innovate", n=600, snr=35, seed=1)
+    first = train(data, TrainConfig(epochs=1, device="cpu", seed=0)).bundle
+    # with a vanishing learning rate the run keeps the weights it started from (not a fresh seeded init)
+    tuned = train(data, TrainConfig(epochs=1, device="cpu", seed=5, lr=1e-12), init_state=first).bundle
+    fresh = train(data, TrainConfig(epochs=1, device="cpu", seed=5, lr=1e-12)).bundle
+    for (name, a), b, c in zip(first.network.named_parameters(), tuned.network.parameters(),
+                               fresh.network.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=0, msg=name)
+        assert not torch.allclose(a, c), name
+    with pytest.raises(InputError, match="does not fit"):
+        train(data, TrainConfig(epochs=1, device="cpu", width=7), init_state=first)
+
+
+def test_train_dock_fine_tunes_the_current_model(viewer, qtbot):
+    sim, tr = add_dock(viewer, "Simulate"), add_dock(viewer, "Train")
+    assert not tr.finetune_check.isEnabled()  # no model yet
+    sim.model_combo.setCurrentIndex(sim.model_combo.findData("verdict"))
+    sim.n_spin.setValue(800)
+    qtbot.mouseClick(sim.generate_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: sim.worker is None and sim.state.data is not None, timeout=60_000)
+    tr.epochs_spin.setValue(1)
+    tr.device_combo.setCurrentText("cpu")
+    qtbot.mouseClick(tr.start_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: tr.worker is None and tr.table.rowCount() > 0, timeout=60_000)
+    first = tr.session.bundle
+    assert first.extra["validation"]["rows"]  # the table travels with the bundle
+    assert tr.finetune_check.isEnabled()
+    tr.finetune_check.setChecked(True)
+    tr.width_spin.setValue(17)  # another size: refused with a message naming the model's
+    qtbot.mouseClick(tr.start_btn, Qt.MouseButton.LeftButton)
+    assert tr.worker is None and "Cannot fine-tune" in tr.message.text() and "width" in tr.message.text()
+    tr.width_spin.setValue(0)
+    qtbot.mouseClick(tr.start_btn, Qt.MouseButton.LeftButton)
+    assert "fine-tuning" in tr.message.text()
+    qtbot.waitUntil(lambda: tr.worker is None, timeout=60_000)
+    assert tr.session.bundle is not first and tr.state.value == "done", tr.message.text()

@@ -82,7 +82,7 @@ def test_training_error_is_shown_and_the_dock_stays_usable(viewer, qtbot, monkey
     qtbot.mouseClick(sim.generate_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: sim.worker is None and sim.state.data is not None, timeout=60_000)
 
-    def broken(data, config, stop_event):
+    def broken(data, config, stop_event, init_state=None):
         raise RuntimeError("CUDA out of memory (simulated)")
         yield  # pragma: no cover
 

@@ -98,14 +98,20 @@ def test_nlls_reference_table(viewer, qtbot, unc_bundle):
     assert maps.cmp_table_widget.isVisibleTo(maps) and maps.cmp_table_widget.rowCount() > 0
     headers = [maps.cmp_table_widget.horizontalHeaderItem(j).text() for j in range(3)]
     assert headers == ["map [unit]", "RMSE", "MAPE (% of range)"]  # the Train dock's columns
-    roi_headers = [maps.roi_table_widget.horizontalHeaderItem(j).text() for j in range(2)]
-    assert roi_headers == ["region", "method"] or maps.roi_table_widget.rowCount() == 0
+    maps.labels_combo.select("lesion labels")
     # a network-only rerun replaces the NLLS layers of the first run instead of leaving them
     maps.method_combo.setCurrentText("network")
     _run(qtbot, maps)
     assert maps.nlls_maps is None and not any(ly.name.startswith("NLLS") for ly in viewer.layers)
     maps.method_combo.setCurrentText("NLLS")
     _run(qtbot, maps)
+    assert maps.nlls_maps is not None, maps.message.text()
+    # ROI table: the same map columns for both methods, one row per region and method
+    roi = maps.roi_table_widget
+    headers = [roi.horizontalHeaderItem(j).text() for j in range(roi.columnCount())]
+    assert headers[:3] == ["region", "method", "n"] and "R [µm]" in headers
+    methods = [roi.item(i, 1).text() for i in range(roi.rowCount())]
+    assert set(methods) == {"network", "NLLS"} and methods.count("network") == methods.count("NLLS")
     row = maps.comparison.get("R", "all")
     assert row["n"] == 30
     net, ref = maps.maps["R"], maps.nlls_maps["R"]

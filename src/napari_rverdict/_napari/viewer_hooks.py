@@ -137,6 +137,5 @@ def _load_pretrained(viewer, layer) -> None:
     except ValueError as exc:
         show_warning(f"The pretrained bundle could not be loaded: {exc}")
         return
-    state.bundle = bundle
-    state.bundle_path = str(path)
+    state.set_bundle(bundle, origin="sample", path=path)
     show_info(f"Loaded the pretrained model {Path(path).name}: Compute maps in the Maps dock works now.")

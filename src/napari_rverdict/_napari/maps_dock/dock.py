@@ -322,8 +322,7 @@ class MapsWidget(QWidget):
         except (ValueError, OSError) as exc:
             self._fail(str(exc))
             return None
-        self.session.bundle = bundle
-        self.session.bundle_path = str(path)
+        self.session.set_bundle(bundle, origin="file", path=path)
         self.message.ok(f"Loaded {Path(path).name}.")
         return bundle
 

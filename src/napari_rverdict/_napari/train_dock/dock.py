@@ -119,9 +119,38 @@ class TrainWidget(QWidget):
     def _bundle_changed(self, bundle) -> None:
         self.bundle_label.setText("" if bundle is None else "Current model: " + bundle.describe().splitlines()[0])
         if bundle is not None and (self.result is None or self.result.bundle is not bundle):
-            self.show_validation((bundle.extra or {}).get("validation"))
+            self.result = None  # a loaded model (here, in the Maps dock, or the sample's): show what it was
+            self.last_state_dict = None
+            self._restore(bundle, settings=self.session.bundle_origin != "sample")
         if self.state not in (TrainState.TRAINING, TrainState.STOPPING):
             self._set_state(self.state)
+
+    def _restore(self, bundle, settings: bool = True) -> None:
+        """Show a loaded bundle's settings (unless ``settings`` is False: the sample's model keeps the dock's
+        device-sized defaults), loss curves and validation table."""
+        self.plot.set_history(bundle.history)
+        self.plot.flush()
+        self.show_validation((bundle.extra or {}).get("validation"))
+        if not settings:
+            return
+        cfg = bundle.train_config or {}
+        idx = self.net_combo.findData(bundle.net_name)
+        if idx >= 0:
+            self.net_combo.setCurrentIndex(idx)
+        d0, w0 = default_hyperparameters(bundle.net_name, bundle.model.name)
+        self.depth_spin.setValue(0 if bundle.depth in (None, d0) else int(bundle.depth))
+        self.width_spin.setValue(0 if bundle.width in (None, w0) else int(bundle.width))
+        for spin, key in ((self.epochs_spin, "epochs"), (self.batch_spin, "batch_size"), (self.seed_spin, "seed")):
+            if cfg.get(key) is not None:
+                spin.setValue(int(cfg[key]))
+        if cfg.get("lr") is not None:
+            self.lr_spin.setValue(float(cfg["lr"]))
+        if "patience" in cfg:
+            self.patience_spin.setValue(int(cfg["patience"] or 0))
+        self.scheduler_check.setChecked(bool(cfg.get("scheduler", False)))
+        self.uncertainty_check.setChecked(bool(cfg.get("uncertainty", bundle.has_uncertainty)))
+        dev = self.device_combo.findText(str(cfg.get("device", "auto")))
+        self.device_combo.setCurrentIndex(max(dev, 0))
 
     def config(self) -> TrainConfig:
         cfg = TrainConfig(
@@ -360,30 +389,7 @@ class TrainWidget(QWidget):
             self.message.error(str(exc))
             show_error(str(exc))
             return None
-        cfg = bundle.train_config or {}
-        idx = self.net_combo.findData(bundle.net_name)
-        if idx >= 0:
-            self.net_combo.setCurrentIndex(idx)
-        d0, w0 = default_hyperparameters(bundle.net_name, bundle.model.name)
-        self.depth_spin.setValue(0 if bundle.depth in (None, d0) else int(bundle.depth))
-        self.width_spin.setValue(0 if bundle.width in (None, w0) else int(bundle.width))
-        for spin, key in ((self.epochs_spin, "epochs"), (self.batch_spin, "batch_size"), (self.seed_spin, "seed")):
-            if cfg.get(key) is not None:
-                spin.setValue(int(cfg[key]))
-        if cfg.get("lr") is not None:
-            self.lr_spin.setValue(float(cfg["lr"]))
-        if "patience" in cfg:
-            self.patience_spin.setValue(int(cfg["patience"] or 0))
-        self.scheduler_check.setChecked(bool(cfg.get("scheduler", False)))
-        self.uncertainty_check.setChecked(bool(cfg.get("uncertainty", bundle.has_uncertainty)))
-        dev = self.device_combo.findText(str(cfg.get("device", "auto")))
-        self.device_combo.setCurrentIndex(max(dev, 0))
-        self.result = None
-        self.last_state_dict = None
-        self.plot.set_history(bundle.history)
-        self.plot.flush()
-        self.session.bundle = bundle
-        self.session.bundle_path = str(path)
+        self.session.set_bundle(bundle, origin="file", path=path)
         self.message.ok(f"Loaded {Path(path).name}.")
         self.message.setToolTip(bundle.describe())
         show_info(f"Loaded model bundle {Path(path).name}")
