@@ -239,3 +239,21 @@ def test_train_dock_fine_tunes_the_current_model(viewer, qtbot):
     assert "fine-tuning" in tr.message.text()
     qtbot.waitUntil(lambda: tr.worker is None, timeout=60_000)
     assert tr.session.bundle is not first and tr.state.value == "done", tr.message.text()
+
+
+def test_cellularity_is_shown_scaled_and_written_in_its_true_unit(tmp_path):
+    import nibabel as nib
+
+    from napari_rverdict._napari.reader import read_nifti
+    from napari_rverdict._napari.writer import write_single_image
+    from napari_rverdict.data.phantom import sample_data_dir
+
+    path = sample_data_dir() / "truth" / "cellularity.nii.gz"
+    true = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    data, kwargs, kind = read_nifti(str(path))[0]
+    assert kind == "image" and kwargs["name"] == "cellularity [10⁻³ µm⁻³]"
+    np.testing.assert_allclose(data, true.transpose(2, 1, 0) * 1e3, rtol=1e-6)  # 0.3, not 3e-4
+    assert kwargs["contrast_limits"] == pytest.approx((0.0, 10.0))
+    written = write_single_image(str(tmp_path / "cell.nii.gz"), data, kwargs)[0]
+    np.testing.assert_allclose(np.asarray(nib.load(written).dataobj), true, rtol=1e-6)
+    assert list(tmp_path.iterdir()) == [tmp_path / "cell.nii.gz"]  # no temporary file left beside it

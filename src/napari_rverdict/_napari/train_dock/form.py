@@ -7,6 +7,7 @@ with the epoch and batch bars, then sections: advanced settings (collapsed), los
 
 from __future__ import annotations
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -41,12 +42,12 @@ NETWORK_TIPS = {
     "resnetreg-st": f"ResNetReg with learnt soft-thresholding of the features, a denoising step "
                     f"(model 3 in {PAPER})",
 }
-CRLB_HEADER = "best unbiased SD (√CRLB)"
+CRLB_HEADER = "best unbiased\nSD (√CRLB)"
 CRLB_TIP = ("√CRLB, the Cramér–Rao lower bound: the smallest SD an unbiased fit (e.g. NLLS) could reach at this "
             "SNR, median over the test signals. A network uses the training prior and is biased, so its RMSE can "
             "lie far below √CRLB where the data say little about a parameter; a large √CRLB means the protocol "
             "barely informs that parameter.")
-TABLE_COLUMNS = ("parameter [unit]", "RMSE", "MAPE (% of range)", CRLB_HEADER)
+TABLE_COLUMNS = ("parameter [unit]", "RMSE", "MAPE\n(% range)", CRLB_HEADER)
 TABLE_TIPS = ("the network's estimate of this parameter", "root mean squared error against the truth, in the "
               "parameter's unit", "mean absolute error as a percentage of the parameter's training range",
               CRLB_TIP)
@@ -187,6 +188,8 @@ def results_section(dock, layout: QVBoxLayout) -> None:
     header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
     header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
     dock.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+    dock.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # every row and column shown:
+    dock.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the dock scrolls, not the table
     dock.table_caption = hint("")
     dock.table_section = collapsible(layout, "Validation table", [dock.table_caption, dock.table],
                                      tooltip="the network on fresh synthetic signals with known truth")
