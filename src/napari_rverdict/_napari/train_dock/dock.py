@@ -27,6 +27,7 @@ from napari_rverdict._napari.train_dock.job import (
     EVAL_N,
     StopEvent,
     TrainState,
+    format_number,
     format_seconds,
     training_job,
     validation_record,
@@ -305,7 +306,8 @@ class TrainWidget(QWidget):
         rows = (record or {}).get("rows") or []
         self.table.setRowCount(len(rows))
         for r, (name, unit, rmse, mape, crlb) in enumerate(rows):
-            cells = [f"{name} [{unit}]" if unit else name, _fmt(rmse), _fmt(mape, ".1f"), _fmt(crlb)]
+            cells = [f"{name} [{unit}]" if unit else name, format_number(rmse), format_number(mape, ".1f"),
+                     format_number(crlb)]
             for c, text in enumerate(cells):
                 self.table.setItem(r, c, QTableWidgetItem(text))
         self.table.resizeRowsToContents()
@@ -394,11 +396,3 @@ class TrainWidget(QWidget):
         self.message.setToolTip(bundle.describe())
         show_info(f"Loaded model bundle {Path(path).name}")
         return bundle
-
-
-def _fmt(v, spec: str = ".3g") -> str:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return "–"
-    return format(v, spec) if np.isfinite(v) else "–"
