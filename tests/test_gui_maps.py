@@ -32,6 +32,7 @@ def _run(qtbot, maps):
 def test_uncertainty_layers_threshold_and_roi_mean_sd(viewer, qtbot, unc_bundle, tmp_path):
     viewer.open_sample("napari-rverdict", "prostate_phantom")
     maps = add_dock(viewer, "Maps")
+    get_state(viewer).bundle = None  # the sample's pretrained model: not this test's
     assert not maps.uncertainty_check.isEnabled()  # no model yet
     get_state(viewer).bundle = unc_bundle
     assert unc_bundle.has_uncertainty and maps.uncertainty_check.isEnabled()
@@ -67,7 +68,9 @@ def test_uncertainty_layers_threshold_and_roi_mean_sd(viewer, qtbot, unc_bundle,
 
     written = maps.export_maps(tmp_path / "maps")
     assert len(written) == len(maps.maps)  # every map and every sd map
-    back, units = load_maps(tmp_path / "maps", with_units=True)
+    assert maps.export_maps(tmp_path / "maps") == [] and "exist" in maps.message.text()  # never overwritten unasked
+    assert len(maps.export_maps(tmp_path / "maps", overwrite=True)) == len(maps.maps)
+    back, units = load_maps(tmp_path / "maps", prefix="phantom_DWI_", with_units=True)
     np.testing.assert_array_equal(back["R_sd"], sd)
     assert units["R_sd"] == units["R"] != ""
 
@@ -87,12 +90,28 @@ def test_nlls_reference_table(viewer, qtbot, unc_bundle):
     viewer.add_labels(small, name="small mask", scale=viewer.layers["gland mask"].scale,
                       translate=viewer.layers["gland mask"].translate)
     maps.mask_combo.select("small mask")
-    maps.nlls_check.setChecked(True)
+    maps.method_combo.setCurrentText("NLLS")
     maps.device_combo.setCurrentText("cpu")
     _run(qtbot, maps)
     assert maps.nlls_maps is not None, maps.message.text()
     assert "NLLS R [µm]" in viewer.layers and not viewer.layers["NLLS R [µm]"].visible
     assert maps.cmp_table_widget.isVisibleTo(maps) and maps.cmp_table_widget.rowCount() > 0
+    headers = [maps.cmp_table_widget.horizontalHeaderItem(j).text() for j in range(3)]
+    assert headers == ["map [unit]", "RMSE", "MAPE (% of range)"]  # the Train dock's columns
+    maps.labels_combo.select("lesion labels")
+    # a network-only rerun replaces the NLLS layers of the first run instead of leaving them
+    maps.method_combo.setCurrentText("network")
+    _run(qtbot, maps)
+    assert maps.nlls_maps is None and not any(ly.name.startswith("NLLS") for ly in viewer.layers)
+    maps.method_combo.setCurrentText("NLLS")
+    _run(qtbot, maps)
+    assert maps.nlls_maps is not None, maps.message.text()
+    # ROI table: the same map columns for both methods, one row per region and method
+    roi = maps.roi_table_widget
+    headers = [roi.horizontalHeaderItem(j).text() for j in range(roi.columnCount())]
+    assert headers[:3] == ["region", "method", "n"] and "R [µm]" in headers
+    methods = [roi.item(i, 1).text() for i in range(roi.rowCount())]
+    assert set(methods) == {"network", "NLLS"} and methods.count("network") == methods.count("NLLS")
     row = maps.comparison.get("R", "all")
     assert row["n"] == 30
     net, ref = maps.maps["R"], maps.nlls_maps["R"]
@@ -117,6 +136,7 @@ def test_bad_inputs_show_a_message_and_change_nothing(viewer, qtbot, unc_bundle)
 
     viewer.open_sample("napari-rverdict", "prostate_phantom_dwi")
     dwi = viewer.layers["phantom DWI"]
+    get_state(viewer).bundle = None  # the sample's pretrained model: not this test's
     # no model
     before = _snapshot(viewer)
     _run(qtbot, maps)
@@ -130,7 +150,7 @@ def test_bad_inputs_show_a_message_and_change_nothing(viewer, qtbot, unc_bundle)
     maps.dwi_combo.select("cut DWI")
     before = _snapshot(viewer)
     _run(qtbot, maps)
-    assert maps.message.kind == "error" and "mismatch" in maps.message.text()
+    assert maps.message.kind == "error" and "but the protocol has" in maps.message.text()
     assert "19 volumes" in maps.message.text() and "20" in maps.message.text()
     assert _snapshot(viewer) == before and maps.maps is None
 
@@ -144,7 +164,7 @@ def test_bad_inputs_show_a_message_and_change_nothing(viewer, qtbot, unc_bundle)
     assert _snapshot(viewer) == before and maps.maps is None
     assert maps.compute_btn.isEnabled()
 
-    # a protocol the model was not trained on (b-values off by far more than 5 %): the worker's error is shown
+    # a protocol the model was not trained on (b-values off by far more than 5 %): the missing b-values named
     from napari_rverdict.physics.protocol import Protocol
     from napari_rverdict.physics.protocol_files import load_protocol
 
@@ -156,8 +176,7 @@ def test_bad_inputs_show_a_message_and_change_nothing(viewer, qtbot, unc_bundle)
     maps.dwi_combo.select("other protocol")
     before = _snapshot(viewer)
     _run(qtbot, maps)
-    assert maps.message.kind == "error" and "failed" in maps.message.text()
-    assert "match" in maps.message.text()
+    assert maps.message.kind == "error" and "no b = 90, 500, 1500, 2000, 3000 s/mm²" in maps.message.text()
     assert _snapshot(viewer) == before and maps.maps is None
     # nothing to export yet
     assert maps.export_maps("unused") == [] and maps.message.kind == "error"
@@ -237,7 +256,8 @@ def test_nan_maps_limits_threshold_and_roi_use_inside_values_only(viewer, qtbot,
 
     def nan_outside_mask(bundle, dwi, mask, *args, **kwargs):
         out = real_job(bundle, dwi, mask, *args, **kwargs)
-        out["maps"] = {k: np.where(mask, v, np.nan) for k, v in out["maps"].items()}
+        net = out["results"]["network"]
+        out["results"]["network"] = {k: np.where(mask, v, np.nan) for k, v in net.items()}
         return out
 
     monkeypatch.setattr(maps_dock, "compute_job", nan_outside_mask)
@@ -256,7 +276,7 @@ def test_nan_maps_limits_threshold_and_roi_use_inside_values_only(viewer, qtbot,
     sd_layer = maps.map_layers["R_sd"]
     lo, hi = sd_layer.contrast_limits
     assert np.isfinite(lo) and np.isfinite(hi) and hi > lo
-    assert (lo, hi) == pytest.approx((0.0, float(np.percentile(sd[mask], 99))))
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(sd[mask], [2, 98])), rel=1e-5)
     # napari draws NaN with vispy's colormap "bad colour", fully transparent
     node = viewer.window._qt_viewer.layer_to_visual[maps.map_layers["R"]].node
     assert node.cmap.bad_color.rgba[3] == 0
@@ -276,7 +296,7 @@ def test_nan_maps_limits_threshold_and_roi_use_inside_values_only(viewer, qtbot,
     # the helper itself: only finite values count
     data = np.full((4, 4, 4), np.nan)
     data[1:3, 1:3, 1:3] = np.linspace(2.0, 9.0, 8).reshape(2, 2, 2)
-    assert auto_limits(data) == pytest.approx((0.0, float(np.percentile(data[np.isfinite(data)], 99))))
+    assert auto_limits(data) == pytest.approx(tuple(np.percentile(data[np.isfinite(data)], [2, 98])))
     assert auto_limits(np.full((2, 2, 2), np.nan)) == (0.0, 1.0)
 
 
@@ -309,7 +329,7 @@ def test_closing_the_maps_dock_stops_the_nlls_fit(viewer, qtbot, unc_bundle, mon
     maps, close = _close_dock(viewer, "Maps")
     get_state(viewer).bundle = unc_bundle
     maps.mask_combo.select("gland mask")
-    maps.nlls_check.setChecked(True)
+    maps.method_combo.setCurrentText("NLLS")
     maps.device_combo.setCurrentText("cpu")
     qtbot.mouseClick(maps.compute_btn, Qt.MouseButton.LeftButton)
     worker = maps.worker
@@ -322,7 +342,7 @@ def test_closing_the_maps_dock_stops_the_nlls_fit(viewer, qtbot, unc_bundle, mon
     worker.returned.connect(results.append)
     qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)
     qtbot.wait(50)
-    assert all(r["stopped"] and r["maps"] is None for r in results)  # not an error, no maps
+    assert all(r["stopped"] and r["results"] == {} for r in results)  # not an error, no maps
     assert not any(ly.name.startswith("NLLS") for ly in viewer.layers)
 
 
@@ -332,7 +352,7 @@ def test_closing_the_maps_dock_stops_the_real_nlls_fit(viewer, qtbot, unc_bundle
     maps, close = _close_dock(viewer, "Maps")
     get_state(viewer).bundle = unc_bundle
     maps.mask_combo.select("gland mask")
-    maps.nlls_check.setChecked(True)
+    maps.method_combo.setCurrentText("NLLS")
     maps.device_combo.setCurrentText("cpu")
     qtbot.mouseClick(maps.compute_btn, Qt.MouseButton.LeftButton)
     worker = maps.worker

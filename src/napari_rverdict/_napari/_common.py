@@ -5,7 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
 
 ERROR_STYLE = "color: #ff6b6b;"
 OK_STYLE = "color: #8cd17d;"
@@ -215,11 +226,80 @@ class LifetimeGuard(QObject):
         self._closing = False
 
 
-def add_run_row(layout, text: str):
+def add_run_row(layout, text: str, tooltip: str = ""):
     """A dock's primary button, a 0–100 % progress bar and its message line, added to ``layout`` in that order."""
     button, progress, message = QPushButton(text), QProgressBar(), Message()
+    button.setToolTip(tooltip)
     progress.setRange(0, 100)
     progress.setValue(0)
     for widget in (button, progress, message):
         layout.addWidget(widget)
     return button, progress, message
+
+
+# ---------------------------------------------------------------------- layout: docks that fit a laptop screen
+def scroll_layout(dock: QWidget) -> QVBoxLayout:
+    """Give ``dock`` one vertical QScrollArea (as cellpose-napari and micro-sam do) and return the layout of the
+    scrolled content: a dock never forces the main window taller than the screen, tabbed or stacked.
+    ``dock.scroll_area`` is the area (tests scroll the primary button into view with ``ensureWidgetVisible``)."""
+    outer = QVBoxLayout(dock)
+    outer.setContentsMargins(0, 0, 0, 0)
+    area = QScrollArea(dock)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    content = QWidget()
+    area.setWidget(content)
+    outer.addWidget(area)
+    dock.scroll_area = area
+    dock.setMinimumHeight(160)
+    layout = QVBoxLayout(content)
+    layout.setContentsMargins(6, 4, 6, 4)
+    layout.setSpacing(4)
+    return layout
+
+
+def collapsible(layout, title: str, widgets=(), expanded: bool = False, tooltip: str = "") -> QCollapsible:
+    """A superqt QCollapsible section titled ``title`` holding ``widgets`` (or layouts), added to ``layout``."""
+    section = QCollapsible(title, expandedIcon="▾", collapsedIcon="▸")
+    section.setDuration(0)  # no animation: tests and slow remote desktops see the final size at once
+    section.setToolTip(tooltip)
+    for w in widgets:
+        if isinstance(w, QWidget):
+            section.addWidget(w)
+        else:  # a layout: wrap it
+            holder = QWidget()
+            holder.setLayout(w)
+            section.addWidget(holder)
+    section.layout().setContentsMargins(0, 0, 0, 0)
+    if expanded:
+        section.expand(animate=False)
+    else:
+        section.collapse(animate=False)
+    layout.addWidget(section)
+    return section
+
+
+def compact(dock: QWidget, min_chars: int = 8) -> None:
+    """Let every combo box of ``dock`` shrink to ``min_chars`` characters (long entries elide; the full text is in
+    the drop-down), so a dock is never wider than its scroll area."""
+    for combo in dock.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(min_chars)
+        combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+
+# ---------------------------------------------------------------------- defaults sized to the device
+QUICK_CPU = {"n": 20_000, "epochs": 8, "patience": 4}  # first maps in about a minute on a laptop CPU
+PAPER_GPU = {"n": 100_000, "epochs": 100, "patience": 20}  # the seed paper's setting (minutes on a GPU)
+
+
+def device_preset() -> tuple[str, dict]:
+    """(one line for the docks, {n, epochs, patience}): the paper's setting when CUDA is available, else a quick
+    CPU setting. The one place the docks' training-size defaults come from."""
+    import torch
+
+    if torch.cuda.is_available():
+        return ("GPU: the paper's setting (100,000 signals, ≤ 100 epochs).", dict(PAPER_GPU))
+    return ("CPU: a quick setting (20,000 signals, 8 epochs, ~1 min); the paper's 100,000 signals and ≤ 100 "
+            "epochs suit a GPU.", dict(QUICK_CPU))

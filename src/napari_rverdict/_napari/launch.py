@@ -1,4 +1,4 @@
-"""``napari-rverdict``: napari with the three VERDICT docks (Simulate, Train, Maps) and the phantom loaded."""
+"""``napari-rverdict``: napari with the four docks (Simulate, Train, Maps, Explore) and the phantom loaded."""
 
 from __future__ import annotations
 
@@ -6,23 +6,21 @@ import argparse
 
 PLUGIN = "napari-rverdict"
 DOCKS = ("Simulate", "Train", "Maps", "Explore")
+DOCK_WIDTH = 400  # px: room for the forms, and the canvas keeps most of a 1366 px wide screen
 
 
 def open_viewer(viewer=None, *, sample: bool = True, show: bool = True):
-    """Add the three docks (tabified on the right, Simulate first) and, with ``sample``, the phantom.
+    """Add the docks (tabified on the right, Simulate first) and, with ``sample``, the phantom.
 
-    Returns ``(viewer, {dock name: widget})``. The phantom's lesion labels are pre-selected in the Maps dock.
+    Returns ``(viewer, {dock name: widget})``. The phantom's lesion labels are pre-selected in the Maps dock; when
+    the phantom's pretrained model was loaded the Maps dock is the tab in front.
     """
     import napari
 
     if viewer is None:
         viewer = napari.Viewer(title="napari-rverdict: VERDICT / rVERDICT maps", show=show)
     if sample:
-        viewer.open_sample(PLUGIN, "prostate_phantom")
-        if "lesion labels" in viewer.layers:
-            viewer.layers["lesion labels"].contour = 1
-        if "phantom DWI" in viewer.layers:
-            viewer.layers.selection.active = viewer.layers["phantom DWI"]
+        viewer.open_sample(PLUGIN, "prostate_phantom")  # contours, DWI selected: _napari.viewer_hooks
     widgets = {}
     docks = []
     for name in DOCKS:
@@ -32,8 +30,12 @@ def open_viewer(viewer=None, *, sample: bool = True, show: bool = True):
     qt_window = viewer.window._qt_window  # one tab group: each dock keeps the full height
     for dock in docks[1:]:
         qt_window.tabifyDockWidget(docks[0], dock)
-    docks[0].raise_()
+    from qtpy.QtCore import Qt
+
+    qt_window.resizeDocks(docks, [DOCK_WIDTH] * len(docks), Qt.Orientation.Horizontal)
     maps = widgets["Maps"]
+    # with a model at hand (the phantom's pretrained bundle) the first thing to do is Compute maps
+    (docks[DOCKS.index("Maps")] if maps.session.bundle is not None else docks[0]).raise_()
     if sample:
         maps.labels_combo.select("lesion labels")
         maps.dwi_combo.select("phantom DWI")

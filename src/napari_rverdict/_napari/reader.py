@@ -93,8 +93,22 @@ def map_spec_for(name: str, model=None):
     return None
 
 
+# Maps whose values are unreadable in their SI-like unit are shown scaled in layers and dock tables (files keep the
+# true unit): cellularity f_ic / R³ ≈ 3×10⁻⁴ µm⁻³ is shown as 0.3 [10⁻³ µm⁻³] (= 0.3 × 10⁶ cells / mm³).
+DISPLAY_SCALE = {"cellularity": (1e3, "10⁻³ µm⁻³")}
+
+
+def display_factor(name: str) -> float:
+    """The factor map ``name`` (or ``name_sd``) is multiplied by for display (1 for most maps)."""
+    base = name[:-3] if name.endswith("_sd") else name
+    return DISPLAY_SCALE.get(base, (1.0, ""))[0]
+
+
 def map_unit_text(spec) -> str:
-    """'µm' for R, 'fraction' for the unit-less volume fractions, '' when a map has no unit."""
+    """The unit a map is shown in: 'µm' for R, 'fraction' for the unit-less volume fractions, '10⁻³ µm⁻³' for
+    cellularity (:data:`DISPLAY_SCALE`), '' when a map has no unit."""
+    if spec.name in DISPLAY_SCALE:
+        return DISPLAY_SCALE[spec.name][1]
     if spec.unit:
         return spec.unit
     return "fraction" if spec.name.startswith("f_") else ""
@@ -151,8 +165,12 @@ def volume_layer_data(data_xyz, affine, header=None, name="volume", extra_meta=N
     layer = layer.astype(np.float32, copy=False)
     spec = _map_display(name)
     if spec is not None:
-        kwargs.update(name=map_layer_name(spec), colormap=spec.colormap, contrast_limits=tuple(spec.display))
-        metadata.update(map_name=spec.name, unit=spec.unit)
+        factor = display_factor(spec.name)
+        if factor != 1.0:
+            layer = layer * np.float32(factor)
+        kwargs.update(name=map_layer_name(spec), colormap=spec.colormap,
+                      contrast_limits=tuple(float(v) * factor for v in spec.display))
+        metadata.update(map_name=spec.name, unit=spec.unit, display_factor=factor)
     return (layer, kwargs, "image")
 
 

@@ -1,12 +1,17 @@
 """Sample data: the digital prostate phantom (20-volume INNOVATE DWI, lesion labels, gland mask, ground truth).
 
 The shipped files in ``sample_data/phantom`` are read with the plugin's own reader (so the layers are exactly
-what File ▸ Open gives); without them (an installed wheel) the same phantom is simulated in memory.
+what File ▸ Open gives); without them (an installed wheel) the same phantom is simulated in memory. The DWI layer
+names the shipped pretrained bundle (``sample_data/pretrained/``, made by ``scripts/make_pretrained_bundle.py``) in
+``metadata['pretrained_bundle']``: the docks load it as the current model when there is none, so *Compute maps*
+works at once. Ground-truth maps are NaN (transparent) outside the gland, like computed maps.
 """
 
 from __future__ import annotations
 
 import json
+
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +27,20 @@ def _label_names(directory) -> dict:
         if names:
             return {int(k): v for k, v in names.items()}
     return dict(LABEL_NAMES)
+
+
+PRETRAINED_NAME = "innovate_rverdict_mlp.pt"
+
+
+def pretrained_bundle_path(directory=None) -> Path | None:
+    """The shipped pretrained bundle (``<repo>/sample_data/pretrained/innovate_rverdict_mlp.pt``), or None."""
+    from napari_rverdict.data.phantom import sample_data_dir
+
+    directory = sample_data_dir() if directory is None else directory
+    if directory is None:
+        return None
+    path = Path(directory).parent / "pretrained" / PRETRAINED_NAME
+    return path if path.is_file() else None
 
 
 def _labels_kwargs(kwargs: dict, names: dict) -> dict:
@@ -50,13 +69,17 @@ def _phantom_layers(with_extras: bool = True) -> list[tuple]:
         labels = volume_layer_data(ph.labels.astype(np.int32), ph.affine, None, "labels")
         mask = volume_layer_data(ph.mask.astype(np.int32), ph.affine, None, "mask")
         truth = [volume_layer_data(v, ph.affine, None, k) for k, v in ph.truth.items()]
-    dwi = (dwi[0], dict(dwi[1], name="phantom DWI"), dwi[2])
+    bundle = pretrained_bundle_path(directory)
+    meta = dict(dwi[1]["metadata"], pretrained_bundle=str(bundle) if bundle is not None else None)
+    dwi = (dwi[0], dict(dwi[1], name="phantom DWI", metadata=meta), dwi[2])
     if not with_extras:
         return [dwi]
     layers = [dwi]
+    outside = np.asarray(mask[0]) == 0
     for data, kwargs, kind in truth:
         if kind != "image":
             continue
+        data = np.where(outside, np.float32(np.nan), data).astype(np.float32)  # transparent outside the gland
         kwargs = dict(kwargs, name=f"truth {kwargs['name']}", visible=False)
         layers.append((data, kwargs, kind))
     mask = (mask[0], dict(mask[1], name="gland mask", visible=False, opacity=0.3), mask[2])

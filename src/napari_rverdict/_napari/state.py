@@ -22,6 +22,7 @@ class SessionState:
         self._data = None
         self._bundle = None
         self.bundle_path = None  # where the current bundle was loaded from / saved to, if anywhere
+        self.bundle_origin = None  # "sample" for the sample's pretrained model (docks keep their own settings)
 
     @property
     def data(self):
@@ -40,7 +41,13 @@ class SessionState:
 
     @bundle.setter
     def bundle(self, value) -> None:
+        self.set_bundle(value)
+
+    def set_bundle(self, value, origin: str | None = None, path=None) -> None:
+        """Set the current model, saying where it came from (``origin``, ``path``) before the docks hear of it."""
         self._bundle = value
+        self.bundle_origin = origin
+        self.bundle_path = None if path is None else str(path)
         self.bundle_changed.emit(value)
 
 

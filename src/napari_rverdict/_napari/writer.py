@@ -1,4 +1,5 @@
-"""NIfTI writers: image (and labels) layers → ``.nii.gz`` with the affine of the file they came from.
+"""NIfTI writers: image (and labels) layers → ``.nii.gz`` (written atomically) with the affine of the file they
+came from.
 
 Layer data is in napari order ((n,) z, y, x) and goes back to nibabel's (x, y, z(, n)). The affine is the one the
 reader (or the Maps dock) stored in ``metadata['affine']``; a layer without one gets an affine built from its
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_rverdict._napari.reader import layer_to_xyz
+from napari_rverdict.files import atomic_path
 
 
 def _nifti_path(path) -> Path:
@@ -53,6 +55,9 @@ def write_nifti(path, data, meta: dict) -> str:
     if md.get("map_name") and arr.ndim == 3 and np.issubdtype(arr.dtype, np.floating):
         from napari_rverdict.data.nifti import save_map
 
+        factor = float(md.get("display_factor") or 1.0)  # layers show some maps scaled; files keep the true unit
+        if factor != 1.0:
+            arr = arr / np.float32(factor)
         spec_display = md.get("display")
         return str(save_map(arr, path, affine, md["map_name"], md.get("unit") or "",
                             tuple(spec_display) if spec_display is not None else None))
@@ -62,7 +67,8 @@ def write_nifti(path, data, meta: dict) -> str:
     img.set_data_dtype(arr.dtype)
     img.header.set_slope_inter(1.0, 0.0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
+    with atomic_path(path) as tmp:  # a temporary file beside it, then os.replace: never a half-written file
+        nib.save(img, str(tmp))
     return str(path)
 
 

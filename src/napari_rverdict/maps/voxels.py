@@ -139,6 +139,27 @@ class _Plan:
         return np.ascontiguousarray(s, dtype=np.float32), _valid_rows(s, self.protocol)
 
 
+def _b_list(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def missing_b_values(protocol: Protocol, reference: Protocol, rtol: float = 0.05) -> list[float]:
+    """The b-values (> 0, s/mm²) of ``reference`` that no measurement of ``protocol`` has (within ``rtol``)."""
+    have = np.asarray(protocol.b, dtype=float)[~protocol.is_b0]
+    need = np.unique(np.round(np.asarray(reference.b, dtype=float)[~reference.is_b0], 1))
+    return [float(b) for b in need if not np.any(np.abs(have - b) <= rtol * b)]
+
+
+def check_b_values(protocol: Protocol, reference: Protocol) -> None:
+    """Raise ProtocolError naming the b-values the estimator's protocol (``reference``) needs and the data lack."""
+    missing = missing_b_values(protocol, reference)
+    if missing:
+        have = np.unique(np.round(np.asarray(protocol.b, dtype=float), 1))
+        need = np.unique(np.round(np.asarray(reference.b, dtype=float), 1))
+        raise ProtocolError(f"the DWI has no b = {_b_list(missing)} s/mm², which the model was trained with "
+                            f"(the DWI has b = {_b_list(have)}; the model needs b = {_b_list(need)} s/mm²)")
+
+
 def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int, model=None) -> _Plan:
     """Resolve DWI, protocol and mask, and decide averaging and matching (warns once about protocol differences).
 
@@ -161,6 +182,7 @@ def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int, mode
         notes.append(f"direction-averaged {d.n_volumes} → {len(prot)} volumes")
     order = None
     if reference is not None:
+        check_b_values(prot, reference)
         order, diffs = prot.match_to(reference)
         if diffs:
             warnings.warn("data protocol differs from the model's: " + "; ".join(diffs), stacklevel=stacklevel + 1)
@@ -249,4 +271,5 @@ def scatter_maps(values: dict, index: np.ndarray, shape: tuple) -> dict[str, np.
     return out
 
 
-__all__ = ["VoxelSet", "default_mask", "implausible_fraction", "prepare_voxels", "resolve_dwi", "resolve_mask", "scatter_maps"]
+__all__ = ["VoxelSet", "check_b_values", "default_mask", "implausible_fraction", "missing_b_values", "prepare_voxels",
+           "resolve_dwi", "resolve_mask", "scatter_maps"]

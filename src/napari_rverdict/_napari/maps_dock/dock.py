@@ -3,10 +3,12 @@
 "Compute maps" calls the same :func:`napari_rverdict.maps.predict.predict_volume` (and
 :func:`napari_rverdict.maps.nlls.fit_volume`) the CLI calls, in a napari worker
 (:mod:`napari_rverdict._napari.maps_dock.job`); the layers are added on the GUI thread when the worker returns
-(:mod:`napari_rverdict._napari.maps_dock.layers`), so a failure changes nothing. Tables: ROI statistics per label
-per map (:func:`napari_rverdict.maps.compare.roi_statistics`) and, when NLLS ran, network vs NLLS
+(:mod:`napari_rverdict._napari.maps_dock.layers`), so a failure changes nothing. Tables
+(:mod:`napari_rverdict._napari.maps_dock.tables`): ROI statistics per label and map
+(:func:`napari_rverdict.maps.compare.roi_statistics`) and, with NLLS, network vs NLLS
 (:func:`napari_rverdict.maps.compare.compare_maps`). The widgets and their layout are in
-:mod:`napari_rverdict._napari.maps_dock.form`.
+:mod:`napari_rverdict._napari.maps_dock.form`; viewer conventions (axis names, b overlay, contours, the sample's
+pretrained model) in :mod:`napari_rverdict._napari.viewer_hooks`.
 """
 
 from __future__ import annotations
@@ -19,43 +21,62 @@ import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import QFileDialog, QWidget
+from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
+from napari_rverdict._napari import viewer_hooks
 from napari_rverdict._napari._common import LifetimeGuard, Relay, release_worker
-from napari_rverdict._napari.maps_dock import form
-from napari_rverdict._napari.maps_dock.job import compute_job, layer_affine, on_dwi_grid
-from napari_rverdict._napari.maps_dock.layers import SD_SUFFIX, add_map_layers, raise_to_top
-from napari_rverdict._napari.maps_dock.tables import fill_table
-from napari_rverdict._napari.reader import layer_protocol, layer_to_xyz, map_spec_for, map_unit_text
+from napari_rverdict._napari.maps_dock import exports, form, inputs, tables
+from napari_rverdict._napari.maps_dock.job import compute_job
+from napari_rverdict._napari.maps_dock.layers import (
+    SD_SUFFIX,
+    add_map_layers,
+    raise_to_top,
+    show_labels_as_contours,
+    shown,
+)
+from napari_rverdict._napari.reader import display_factor, map_spec_for, map_unit_text
 from napari_rverdict._napari.state import get_state, model_label
 
 
 class MapsWidget(QWidget):
-    """DWI layer, mask, lesion labels, model, NLLS, uncertainty, device → map layers, ROI and comparison tables."""
+    """DWI layer and protocol, mask, lesion labels, model, method, uncertainty, device → map layers and tables."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = napari_viewer
         self.session = get_state(napari_viewer)
         self.worker = None
-        self.maps: dict | None = None  # {name: (x, y, z)} of the last run (network)
-        self.nlls_maps: dict | None = None
+        self.results: dict = {}  # {method: {map name: (x, y, z)}} of the last run
         self.affine = None  # the DWI's affine of the last run
         self.map_layers: dict = {}  # map name → layer (network maps and their sd)
-        self.roi_table = None
+        self.roi_table = None  # the network's RoiTable (CSV export)
+        self.roi_tables: dict = {}  # {method: RoiTable}
         self.comparison = None
+        self._file_protocol = None  # (path, Protocol) chosen with File…
         self._run = None  # what the running worker was given
         self._relay = None
         self._pbar = None
         self.stop_event = threading.Event()  # set when the dock or the viewer closes: the running job stops
         form.build(self)
         self._connect()
+        viewer_hooks.install(napari_viewer)
         self._bundle_changed(self.session.bundle)
         self._dwi_changed()
         self._update_outputs()
 
+    @property
+    def maps(self):
+        """The network maps of the last run ({name: (x, y, z)}), or None."""
+        return self.results.get("network")
+
+    @property
+    def nlls_maps(self):
+        return self.results.get("NLLS")
+
     def _connect(self) -> None:
         self.dwi_combo.currentIndexChanged.connect(self._dwi_changed)
+        self.protocol_combo.currentIndexChanged.connect(self._dwi_changed)
+        self.protocol_file_btn.clicked.connect(self._protocol_dialog)
         self.load_btn.clicked.connect(self._load_dialog)
         self.compute_btn.clicked.connect(self.compute)
         self.csv_btn.clicked.connect(self._csv_dialog)
@@ -66,30 +87,62 @@ class MapsWidget(QWidget):
         self._guard = LifetimeGuard(self, self.shutdown)
 
     # ------------------------------------------------------------------ inputs
+    def set_protocol_file(self, path) -> None:
+        """Use the protocol in ``path`` (.scheme / .bval) for the DWI layer; a message when it cannot be read."""
+        from napari_rverdict.physics.protocol_files import load_protocol
+
+        try:
+            protocol = load_protocol(str(path))
+        except (ValueError, OSError) as exc:
+            self._fail(f"Cannot read the protocol file: {exc}")
+            return
+        self._file_protocol = (str(path), protocol)
+        i = next((i for i in range(self.protocol_combo.count()) if self.protocol_combo.itemData(i)[0] == "file"), -1)
+        if i < 0:
+            self.protocol_combo.addItem("", ("file", None))
+            i = self.protocol_combo.count() - 1
+        self.protocol_combo.setItemText(i, f"file {Path(path).name}")
+        self.protocol_combo.setItemData(i, str(path), 3)
+        self.protocol_combo.setCurrentIndex(i)
+        self._dwi_changed()
+
+    def _protocol_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Protocol file", "", "Protocols (*.scheme *.bval);;All files (*)")
+        if path:
+            self.set_protocol_file(path)
+
+    def protocol(self, layer):
+        """The chosen protocol of the DWI ``layer``; ValueError saying why there is none."""
+        return inputs.chosen_protocol(self, layer)
+
     def _dwi_changed(self, *_) -> None:
         layer = self.dwi_combo.layer()
         if layer is None:
-            self.dwi_info.setText("no 4D image layer: open a diffusion NIfTI or File ▸ Open Sample ▸ phantom")
+            self.dwi_info.setText("No 4D image layer: File ▸ Open a DWI, or File ▸ Open Sample ▸ phantom.")
             return
-        prot = layer_protocol(layer)
-        n = layer.data.shape[0]
-        if prot is None:
-            self.dwi_info.setText(f"{n} volumes, no acquisition protocol (no .scheme / .bval beside the file)")
-        else:
-            self.dwi_info.setText(f"{n} volumes; protocol {prot.name or 'from file'} with {len(prot)} measurements")
+        try:
+            prot = self.protocol(layer)
+        except ValueError as exc:
+            self.dwi_info.setText(str(exc))
+            self.dwi_info.setStyleSheet("color: #ff6b6b; font-size: 11px;")
+            return
+        self.dwi_info.setStyleSheet("color: #9aa0a6; font-size: 11px;")
+        b = np.unique(np.round(prot.b))
+        self.dwi_info.setText(f"{len(prot)} volumes, b = {', '.join(f'{x:g}' for x in b)} s/mm²")
 
     def _bundle_changed(self, bundle) -> None:
         if bundle is None:
-            self.model_label.setText("none yet: train one in the Train dock, or Load… a bundle")
+            self.model_label.setText("none yet")
+            self.model_label.setToolTip("train one in the Train dock, or Load… a saved bundle")
         else:
-            self.model_label.setText(f"{model_label(bundle.model.name)} {bundle.net_name} "
-                                     f"({len(bundle.protocol)} measurements)")
+            self.model_label.setText(f"{model_label(bundle.model.name)} {bundle.net_name}")
+            self.model_label.setToolTip(bundle.describe())
         has_unc = bundle is not None and bool(bundle.has_uncertainty)
         self.uncertainty_check.setEnabled(has_unc)
-        if not has_unc:
-            self.uncertainty_check.setChecked(False)
-        self.uncertainty_check.setToolTip("" if has_unc else "this model was not trained with uncertainty "
-                                          "(tick 'uncertainty' in the Train dock)")
+        self.uncertainty_check.setChecked(has_unc)
+        self.uncertainty_check.setToolTip("also show a per-voxel sd map for each map" if has_unc else
+                                          "this model was not trained with uncertainty (tick 'uncertainty' in the "
+                                          "Train dock)")
         self._update_buttons()
 
     def _update_buttons(self) -> None:
@@ -101,13 +154,13 @@ class MapsWidget(QWidget):
         self.csv_btn.setEnabled(self.roi_table is not None)
         self.export_btn.setEnabled(self.maps is not None)
         sd_names = [k[: -len(SD_SUFFIX)] for k in (self.maps or {}) if k.endswith(SD_SUFFIX)]
-        self.sd_box.setVisible(bool(sd_names))
+        self.sd_section.setVisible(bool(sd_names))
         self.sd_map_combo.blockSignals(True)
         self.sd_map_combo.clear()
         self.sd_map_combo.addItems(sd_names)
         self.sd_map_combo.blockSignals(False)
-        self.cmp_caption.setVisible(self.comparison is not None)
-        self.cmp_table_widget.setVisible(self.comparison is not None)
+        self.roi_section.setVisible(bool(self.roi_tables) or self.maps is not None)
+        self.cmp_section.setVisible(self.comparison is not None)
 
     def _fail(self, text: str) -> None:
         """A bad input: a message in the dock and a napari notification; nothing else changes."""
@@ -116,43 +169,7 @@ class MapsWidget(QWidget):
 
     def check_inputs(self) -> dict:
         """Everything the worker needs, checked on the GUI thread; raises ValueError with a message for the user."""
-        from napari_rverdict.data.nifti import Dwi
-
-        layer = self.dwi_combo.layer()
-        if layer is None:
-            raise ValueError("No DWI layer: open a 4D diffusion NIfTI (File ▸ Open) or the sample phantom "
-                             "(File ▸ Open Sample ▸ napari-rverdict).")
-        bundle = self.session.bundle
-        if bundle is None:
-            raise ValueError("No model: train one in the Train dock, or Load… a saved bundle.")
-        protocol = layer_protocol(layer)
-        n_vol = int(layer.data.shape[0])
-        if protocol is None:
-            raise ValueError(f"Layer '{layer.name}' has no acquisition protocol: open the DWI with its .scheme or "
-                             ".bval sidecar beside it.")
-        if len(protocol) != n_vol:
-            raise ValueError(f"Protocol length mismatch: layer '{layer.name}' has {n_vol} volumes but its protocol "
-                             f"has {len(protocol)} measurements.")
-        try:
-            bundle.model.check_protocol(protocol)
-        except ValueError as exc:
-            raise ValueError(f"The model cannot use this DWI: {exc}") from None
-        data = layer_to_xyz(np.asarray(layer.data, dtype=np.float32))
-        spatial = data.shape[:3]
-        affine = layer_affine(layer)
-        dwi = Dwi.from_array(data, affine, protocol)
-        mask_layer = self.mask_combo.layer()
-        mask = on_dwi_grid(mask_layer, spatial, "mask")
-        if mask is not None:
-            mask = np.nan_to_num(mask.astype(np.float64)) != 0
-            if not mask.any():
-                raise ValueError(f"The mask layer '{mask_layer.name}' is empty.")
-        labels_layer = self.labels_combo.layer()
-        labels = on_dwi_grid(labels_layer, spatial, "labels")
-        uncertainty = self.uncertainty_check.isChecked() and self.uncertainty_check.isEnabled()
-        return dict(layer=layer, bundle=bundle, dwi=dwi, mask=mask, labels=labels, labels_layer=labels_layer,
-                    affine=affine, device=self.device_combo.currentText(), uncertainty=uncertainty,
-                    with_nlls=self.nlls_check.isChecked())
+        return inputs.check_inputs(self)
 
     # ------------------------------------------------------------------ run
     def compute(self) -> None:
@@ -169,7 +186,7 @@ class MapsWidget(QWidget):
         self._relay.value.connect(self._on_progress)
         self.stop_event = threading.Event()
         worker = create_worker(compute_job, run["bundle"], run["dwi"], run["mask"], run["device"],
-                               run["uncertainty"], run["with_nlls"], self._relay.value.emit, self.stop_event,
+                               run["uncertainty"], run["method"], self._relay.value.emit, self.stop_event,
                                _start_thread=False, _ignore_errors=True)  # errors go to _failed (dock + notification)
         worker.returned.connect(self._done)
         worker.errored.connect(self._failed)
@@ -178,7 +195,8 @@ class MapsWidget(QWidget):
         self.worker = worker
         self._update_buttons()
         self.progress.setValue(0)
-        self.message.info("computing maps" + (" and the NLLS reference" if run["with_nlls"] else "") + "…")
+        self.progress.setFormat("%p%")
+        self.message.info(f"computing maps ({run['method']})…")
         worker.start()
 
     def shutdown(self) -> None:
@@ -192,6 +210,11 @@ class MapsWidget(QWidget):
         text = f"Computing maps failed: {exc}"
         self.message.error(text)
         show_error(text)
+        self._reset_progress()
+
+    def _reset_progress(self) -> None:
+        self.progress.setValue(0)
+        self.progress.setFormat("%p%")
 
     def _on_progress(self, item) -> None:
         stage, done, total = item
@@ -214,80 +237,39 @@ class MapsWidget(QWidget):
             return
         if out.get("stopped"):
             self.message.info("stopped: no maps were added")
+            self._reset_progress()
             return
         bundle, layer = run["bundle"], run["layer"]
-        maps, nlls = out["maps"], out["nlls"]
-        self.maps, self.nlls_maps, self.affine = maps, nlls, run["affine"]
+        self.results, self.affine = dict(out["results"]), run["affine"]
         self.sd_spin.blockSignals(True)
         self.sd_spin.setValue(0.0)
         self.sd_spin.blockSignals(False)
-        self.map_layers = add_map_layers(self.viewer, maps, nlls, bundle.model, layer, self.affine)
+        layers = add_map_layers(self.viewer, self.results, bundle.model, layer, self.affine)
+        self.map_layers = layers.get("network", {})
         labels_layer = run["labels_layer"]
         if labels_layer is not None:
-            labels_layer.contour = 1
-            labels_layer.visible = True
+            show_labels_as_contours(labels_layer)
             raise_to_top(self.viewer, labels_layer)
-        self.roi_table = None
-        self.comparison = None
-        notes = [n for n in (self._show_roi_statistics(run, maps), self._show_comparison(run, maps, nlls)) if n]
+        first = next(iter(self.map_layers.values()), None)
+        if first is not None:  # the shown map is the selected one: its controls, colorbar and hover value
+            self.viewer.layers.selection.active = first
+        self.roi_table, self.roi_tables, self.comparison = None, {}, None
+        notes = [n for n in (tables.show_roi_statistics(self, run), tables.show_comparison(self, run)) if n]
         self._update_outputs()
-        n_maps = sum(1 for k in maps if not k.endswith(SD_SUFFIX))
-        text = f"Added {n_maps} {model_label(bundle.model.name)} maps of '{layer.name}'"
-        if nlls is not None:
-            text += " and the NLLS reference maps (hidden)"
-        self.message.ok(text + "." + ("".join(" " + n for n in notes)))
-        show_info(text)
+        n_maps = sum(1 for k in self.maps if not k.endswith(SD_SUFFIX))
+        text = f"{n_maps} {model_label(bundle.model.name)} maps of '{layer.name}'"
+        if self.nlls_maps is not None:
+            text += " and their NLLS reference (hidden)"
+        self.message.ok(text + "." + "".join(" " + n for n in notes))
+        show_info("Added " + text)
 
-    def _show_roi_statistics(self, run: dict, maps: dict) -> str | None:
-        """Fill the ROI table when a labels layer was chosen; returns a note when the statistics failed."""
-        from napari_rverdict.maps import compare
-
-        labels_layer = run["labels_layer"]
-        if run["labels"] is None:
-            self.roi_table_widget.setRowCount(0)
-            self.roi_table_widget.setColumnCount(0)
-            self.roi_caption.setText("choose a lesion labels layer for ROI statistics")
-            return None
-        try:
-            names = (labels_layer.metadata or {}).get("label_names") if labels_layer is not None else None
-            self.roi_table = compare.roi_statistics(maps, run["labels"].astype(np.int64), label_names=names,
-                                                    mask=run["mask"])  # NaN voxels never count
-            fill_table(self.roi_table_widget, self.roi_table)
-            self.roi_caption.setText(f"ROI statistics of the network maps per label of '{labels_layer.name}'"
-                                     + (" (mean_sd: mean of the voxel sds)" if run["uncertainty"] else ""))
-        except (ValueError, KeyError) as exc:
-            return f"ROI statistics unavailable: {exc}"
-        return None
-
-    def _show_comparison(self, run: dict, maps: dict, nlls: dict | None) -> str | None:
-        """Fill the network-vs-NLLS table when NLLS ran; returns a note when the comparison failed."""
-        from napari_rverdict.maps import compare
-
-        if nlls is None:
-            return None
-        bundle, labels_layer = run["bundle"], run["labels_layer"]
-        try:
-            mask = run["mask"]
-            if mask is None:  # the voxels the network estimated: finite (and, in zero-filled maps, non-zero)
-                first = np.asarray(maps[bundle.map_names[0]])
-                mask = np.isfinite(first) if np.isnan(first).any() else first != 0
-            self.comparison = compare.compare_maps(
-                {k: v for k, v in maps.items() if not k.endswith(SD_SUFFIX)}, nlls, mask=mask,
-                labels=run["labels"], model=bundle.model.name,
-                label_names=(labels_layer.metadata or {}).get("label_names") if labels_layer is not None else None)
-            fill_table(self.cmp_table_widget, self.comparison)
-            self.cmp_caption.setText("Network vs NLLS (reference): MSE and MAPE per map")
-        except (ValueError, KeyError) as exc:
-            return f"NLLS comparison unavailable: {exc}"
-        return None
-
-    # ------------------------------------------------------------------ uncertainty threshold
+    # ------------------------------------------------------------------ uncertainty threshold (display units)
     def _sd_map_changed(self, *_) -> None:
         name = self.sd_map_combo.currentText()
         if not name or self.maps is None or name + SD_SUFFIX not in self.maps:
             return
-        sd = self.maps[name + SD_SUFFIX]
-        finite = np.asarray(sd)[np.isfinite(sd)]
+        sd = np.asarray(self.maps[name + SD_SUFFIX]) * display_factor(name)
+        finite = sd[np.isfinite(sd)]
         hi = float(finite.max()) if finite.size else 1.0
         self.sd_spin.blockSignals(True)
         self.sd_spin.setSingleStep(max(hi / 50.0, 1e-4))
@@ -298,7 +280,8 @@ class MapsWidget(QWidget):
         self._apply_sd_threshold()
 
     def set_sd_threshold(self, map_name: str, value: float) -> None:
-        """Hide the voxels of ``map_name`` whose sd is above ``value`` (0 = show all), as the dock's controls do."""
+        """Hide the voxels of ``map_name`` whose sd (in the layer's display unit) is above ``value`` (0 = show
+        all), as the dock's controls do."""
         idx = self.sd_map_combo.findText(map_name)
         if idx < 0:
             raise KeyError(f"no sd map for '{map_name}'")
@@ -312,13 +295,13 @@ class MapsWidget(QWidget):
             return
         for other in self.sd_map_combo_items():  # only one map is thresholded at a time: restore the others
             if other != name and other in self.map_layers:
-                self.map_layers[other].data = np.ascontiguousarray(layer_to_xyz(self.maps[other]))
-        value = float(self.sd_spin.value())
+                self.map_layers[other].data = shown(other, self.maps[other])
+        value = float(self.sd_spin.value()) / display_factor(name)
         full = self.maps[name]
         with np.errstate(invalid="ignore"):  # NaN sd (outside the mask) stays NaN: hidden either way
-            shown = full if value <= 0 else np.where(self.maps[name + SD_SUFFIX] > value, np.nan, full)
+            kept = full if value <= 0 else np.where(self.maps[name + SD_SUFFIX] > value, np.nan, full)
         layer = self.map_layers[name]
-        layer.data = np.ascontiguousarray(layer_to_xyz(shown.astype(np.float32)))
+        layer.data = shown(name, kept)
         layer.metadata["sd_threshold"] = value if value > 0 else None
 
     def sd_map_combo_items(self) -> list[str]:
@@ -339,9 +322,8 @@ class MapsWidget(QWidget):
         except (ValueError, OSError) as exc:
             self._fail(str(exc))
             return None
-        self.session.bundle = bundle
-        self.session.bundle_path = str(path)
-        self.message.ok(f"Loaded {Path(path).name}: {bundle.describe().splitlines()[0]}")
+        self.session.set_bundle(bundle, origin="file", path=path)
+        self.message.ok(f"Loaded {Path(path).name}.")
         return bundle
 
     def _csv_dialog(self) -> None:
@@ -354,11 +336,8 @@ class MapsWidget(QWidget):
         if self.roi_table is None:
             self._fail("No ROI statistics yet: compute maps with a lesion labels layer chosen.")
             return None
-        path = Path(path)
         try:
-            self.roi_table.to_csv(path)
-            if self.comparison is not None:
-                self.comparison.to_csv(path.with_name(path.stem + "_vs_nlls.csv"))
+            path = exports.write_csv(self.roi_table, self.comparison, path)
         except OSError as exc:
             self._fail(f"Could not write {path}: {exc}")
             return None
@@ -367,29 +346,29 @@ class MapsWidget(QWidget):
 
     def _export_dialog(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Export maps to a folder")
-        if path:
-            self.export_maps(path)
+        if not path:
+            return
+        clash = exports.existing(self, path)
+        if clash and QMessageBox.question(
+                self, "Overwrite?", f"{len(clash)} file(s) exist in {path} (e.g. {clash[0].name}). Overwrite them?"
+        ) != QMessageBox.StandardButton.Yes:
+            return
+        self.export_maps(path, overwrite=True)
 
-    def export_maps(self, directory) -> list[Path]:
-        """Write every map (sd maps and NLLS maps too) as NIfTI with the DWI's affine; returns the paths."""
-        from napari_rverdict.data.nifti import save_map, save_maps
-
+    def export_maps(self, directory, overwrite: bool = False) -> list[Path]:
+        """Write every map (sd and NLLS maps too; true units) as ``<DWI name>_<map>.nii.gz`` with the DWI's affine,
+        all or none; existing files only with ``overwrite``. Returns the paths."""
         if self.maps is None:
             self._fail("No maps yet: press Compute maps first.")
             return []
-        model = self._run["bundle"].model.name if self._run else None
+        clash = exports.existing(self, directory)
+        if clash and not overwrite:
+            self._fail(f"{len(clash)} file(s) exist in {directory} (e.g. {clash[0].name}): nothing written.")
+            return []
         try:
-            plain = {k: v for k, v in self.maps.items() if not k.endswith(SD_SUFFIX)}
-            written = save_maps(plain, directory, self.affine, model=model)
-            for key in (k for k in self.maps if k.endswith(SD_SUFFIX)):  # sd maps carry their map's unit
-                spec = map_spec_for(key[: -len(SD_SUFFIX)], model)
-                written.append(save_map(self.maps[key], Path(directory) / f"{key}.nii.gz", self.affine, key,
-                                        spec.unit if spec else ""))
-            if self.nlls_maps is not None:
-                written += save_maps(self.nlls_maps, directory, self.affine, model=model, prefix="nlls_")
+            written = exports.write_maps(self, directory)
         except (OSError, ValueError) as exc:
             self._fail(f"Could not export the maps: {exc}")
             return []
         self.message.ok(f"Wrote {len(written)} NIfTI maps to {directory}")
         return written
-

@@ -1,4 +1,10 @@
-"""The Maps dock's widgets and their layout, one small function per section; no behaviour here."""
+"""The Maps dock's widgets and their layout, one small function per section; no behaviour here.
+
+Top to bottom: DWI layer and its protocol (the layer's own, the INNOVATE preset, or a file), mask, lesion labels,
+model, method (``dock.method_combo``: "network", "NLLS"; a method added to
+:data:`~napari_rverdict._napari.maps_dock.job.METHODS` is listed here), uncertainty, device, *Compute maps*, then
+sections: uncertainty threshold, ROI statistics, network vs NLLS, exports. The content scrolls.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +22,20 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_rverdict._napari._common import LayerCombo, add_run_row, hint, separator
+from napari_rverdict._napari._common import (
+    LayerCombo,
+    add_run_row,
+    collapsible,
+    compact,
+    hint,
+    scroll_layout,
+)
+from napari_rverdict._napari.maps_dock.job import METHODS
 
 AUTO_MASK = "(automatic: Otsu threshold of the mean b = 0)"
 NO_LABELS = "(none)"
+LAYER_PROTOCOL = "the layer's own (its sidecar)"
+PRESET_PROTOCOL = "INNOVATE preset"
 
 
 def is_dwi(layer) -> bool:
@@ -36,62 +52,79 @@ def is_labels(layer) -> bool:
 
 def build(dock) -> None:
     """Create the dock's widgets (as attributes of ``dock``) and lay them out top to bottom."""
-    layout = QVBoxLayout(dock)
-    layout.addWidget(hint("Step 3 of 3. Apply the trained (or loaded) network to a DWI layer; the maps are "
-                          "added as layers aligned with the DWI, lesion labels drawn as contours."))
+    layout = scroll_layout(dock)
+    layout.addWidget(hint("Step 3 of 3. Maps of a DWI layer from the current model, as layers over the DWI."))
     layout.addLayout(inputs_section(dock))
-    run_section(dock, layout)
-    layout.addWidget(separator())
+    dock.compute_btn, dock.progress, dock.message = add_run_row(
+        layout, "Compute maps", "estimate the maps in a background thread; they are added as layers over the DWI")
     dock.sd_box = sd_section(dock)
-    layout.addWidget(dock.sd_box)
+    dock.sd_section = collapsible(layout, "Uncertainty threshold", [dock.sd_box])
     tables_section(dock, layout)
+    layout.addStretch(1)
+    compact(dock)
 
 
 def inputs_section(dock) -> QFormLayout:
-    """DWI, mask and labels layers, the model (with Load…), NLLS, uncertainty and device."""
+    """DWI layer and protocol, mask and labels layers, the model (with Load…), method, uncertainty and device."""
     from napari_rverdict._napari.train_dock.job import available_devices
 
     viewer = dock.viewer
     dock.dwi_combo = LayerCombo(viewer, is_dwi)
+    dock.dwi_combo.setToolTip("the 4D diffusion-weighted image (volume, z, y, x) to map")
+    dock.protocol_combo = QComboBox()
+    dock.protocol_combo.addItem(LAYER_PROTOCOL, ("layer", None))
+    dock.protocol_combo.addItem(PRESET_PROTOCOL, ("preset", "innovate"))
+    dock.protocol_combo.setToolTip("the acquisition of the DWI's volumes: from the .bval / .scheme beside the file, "
+                                   "the INNOVATE preset, or a protocol file (File…)")
+    dock.protocol_file_btn = QPushButton("File…")
+    dock.protocol_file_btn.setToolTip("a Camino .scheme or an FSL .bval (with .bvec and timings beside it)")
     dock.dwi_info = hint("")
     dock.mask_combo = LayerCombo(viewer, is_3d_volume, none_text=AUTO_MASK)
+    dock.mask_combo.setToolTip("the voxels to map (non-zero voxels of a 3D layer); outside them the maps are "
+                               "empty (transparent)")
     dock.labels_combo = LayerCombo(viewer, is_labels, none_text=NO_LABELS)
+    dock.labels_combo.setToolTip("regions (e.g. lesions) for the ROI statistics; drawn as contours")
     dock.model_label = QLabel()
     dock.model_label.setWordWrap(True)
     dock.load_btn = QPushButton("Load…")
     dock.load_btn.setToolTip("load a model bundle (.pt) saved by the Train dock or `rverdict train`")
-    dock.nlls_check = QCheckBox("also fit NLLS (reference; slow on large masks)")
+    dock.method_combo = QComboBox()
+    for i, (name, tip) in enumerate(METHODS.items()):
+        dock.method_combo.addItem(name)
+        dock.method_combo.setItemData(i, tip, 3)  # Qt.ToolTipRole
+    dock.method_combo.setToolTip("; ".join(f"{k}: {v}" for k, v in METHODS.items()))
     dock.uncertainty_check = QCheckBox("with uncertainty (sd maps)")
     dock.device_combo = QComboBox()
     dock.device_combo.addItems(available_devices())
+    dock.device_combo.setToolTip("auto: the first CUDA GPU, then Apple MPS, then the CPU")
     form = QFormLayout()
     form.addRow("DWI layer", dock.dwi_combo)
-    form.addRow("", dock.dwi_info)
+    prow = QHBoxLayout()
+    prow.addWidget(dock.protocol_combo, 1)
+    prow.addWidget(dock.protocol_file_btn)
+    form.addRow("protocol", prow)
+    form.addRow(dock.dwi_info)
     form.addRow("mask", dock.mask_combo)
     form.addRow("lesion labels", dock.labels_combo)
     mrow = QHBoxLayout()
     mrow.addWidget(dock.model_label, 1)
     mrow.addWidget(dock.load_btn)
     form.addRow("model", mrow)
-    form.addRow("", dock.nlls_check)
+    form.addRow("method", dock.method_combo)
     form.addRow("", dock.uncertainty_check)
     form.addRow("device", dock.device_combo)
     return form
 
 
-def run_section(dock, layout: QVBoxLayout) -> None:
-    """Compute button, progress bar and message line."""
-    dock.compute_btn, dock.progress, dock.message = add_run_row(layout, "Compute maps")
-
-
 def sd_section(dock) -> QWidget:
     """The uncertainty threshold (shown only when the maps have sd maps): a map and 'hide sd >' a value."""
     dock.sd_map_combo = QComboBox()
+    dock.sd_map_combo.setToolTip("the map whose uncertain voxels are hidden")
     dock.sd_spin = QDoubleSpinBox()
     dock.sd_spin.setDecimals(4)
     dock.sd_spin.setRange(0.0, 1e9)
     dock.sd_spin.setSpecialValueText("off")
-    dock.sd_spin.setToolTip("voxels whose sd is above this value are hidden (NaN) in the map layer; 0 = off")
+    dock.sd_spin.setToolTip("voxels whose sd is above this value are hidden in the map layer; 0 = off")
     sd_row = QHBoxLayout()
     sd_row.addWidget(dock.sd_map_combo, 1)
     sd_row.addWidget(QLabel("hide sd >"))
@@ -99,7 +132,6 @@ def sd_section(dock) -> QWidget:
     box = QWidget()
     sd_layout = QVBoxLayout(box)
     sd_layout.setContentsMargins(0, 0, 0, 0)
-    sd_layout.addWidget(hint("Uncertainty threshold: dim the voxels of a map whose sd is above a value."))
     sd_layout.addLayout(sd_row)
     return box
 
@@ -112,18 +144,17 @@ def _read_only_table() -> QTableWidget:
 
 
 def tables_section(dock, layout: QVBoxLayout) -> None:
-    """ROI statistics and network-vs-NLLS tables with their captions; Export ROI CSV and Export maps."""
+    """ROI statistics and network-vs-NLLS tables (sections) with their captions; Export ROI CSV and maps."""
     dock.roi_table_widget = _read_only_table()
-    dock.roi_table_widget.setMinimumHeight(140)
     dock.roi_caption = hint("")
     dock.csv_btn = QPushButton("Export ROI CSV…")
+    dock.csv_btn.setToolTip("the ROI statistics (one row per region and map: n, mean, sd, median) as CSV")
+    dock.roi_section = collapsible(layout, "ROI statistics", [dock.roi_caption, dock.roi_table_widget])
     dock.cmp_table_widget = _read_only_table()
     dock.cmp_caption = hint("")
+    dock.cmp_section = collapsible(layout, "Network vs NLLS", [dock.cmp_caption, dock.cmp_table_widget])
     dock.export_btn = QPushButton("Export maps (NIfTI)…")
-    layout.addWidget(dock.roi_caption)
-    layout.addWidget(dock.roi_table_widget)
-    layout.addWidget(dock.cmp_caption)
-    layout.addWidget(dock.cmp_table_widget)
+    dock.export_btn.setToolTip("write every map (true units, the DWI's affine) to a folder, named after the DWI")
     buttons = QHBoxLayout()
     buttons.addWidget(dock.csv_btn)
     buttons.addWidget(dock.export_btn)

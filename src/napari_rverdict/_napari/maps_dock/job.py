@@ -27,25 +27,38 @@ def on_dwi_grid(layer, spatial: tuple, what: str):
     return data
 
 
-def compute_job(bundle, dwi, mask, device, uncertainty, with_nlls, progress, stop_event=None):
-    """The worker: network maps (and NLLS maps); reports ``progress((stage, done, total))``. No layers here.
+# The methods the Maps dock lists (name → tooltip). A new method adds an entry here and a branch in compute_job;
+# its maps become layers named "<method> <map> [unit]" (METHOD_PREFIX in layers.py) and rows of the ROI table.
+METHODS = {
+    "network": "the current model's network: maps in seconds",
+    "NLLS": "the network's maps, then a non-linear least-squares fit started from them (the reference; slow on "
+            "large masks) and a network-vs-NLLS table",
+}
+
+
+def compute_job(bundle, dwi, mask, device, uncertainty, method, progress, stop_event=None):
+    """The worker: the maps of ``method`` ({method: {map: (x, y, z)}}); reports ``progress((stage, done, total))``.
+    No layers here.
 
     Setting ``stop_event`` (a :class:`threading.Event`) stops the run at the network's next chunk or inside the
     NLLS fit (``fit_volume(stop_event=...)`` raises ``FitCancelled``); the result is then
-    ``{"stopped": True, ...}`` with no maps, never an error.
+    ``{"stopped": True, "results": {}}``, never an error.
     """
     from napari_rverdict.maps.nlls import FitCancelled, fit_volume
     from napari_rverdict.maps.predict import predict_volume
 
-    out = {"maps": None, "nlls": None, "nlls_error": None, "stopped": False}
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; choose one of: {', '.join(METHODS)}")
+    out = {"results": {}, "stopped": False}
     if stop_event is not None:
         progress = stoppable(progress, stop_event)
     try:
-        out["maps"] = predict_volume(bundle, dwi, mask=mask, uncertainty=uncertainty, device=device,
-                                     progress=lambda d, t: progress(("network", d, t)))
-        if with_nlls:
-            out["nlls"] = fit_volume(bundle.model, dwi, protocol=None, mask=mask, device=device, init=bundle,
-                                     progress=lambda d, t: progress(("NLLS", d, t)), stop_event=stop_event)
+        out["results"]["network"] = predict_volume(bundle, dwi, mask=mask, uncertainty=uncertainty, device=device,
+                                                   progress=lambda d, t: progress(("network", d, t)))
+        if method == "NLLS":
+            out["results"]["NLLS"] = fit_volume(bundle.model, dwi, protocol=None, mask=mask, device=device,
+                                                init=bundle, progress=lambda d, t: progress(("NLLS", d, t)),
+                                                stop_event=stop_event)
     except (JobStopped, FitCancelled):
-        out.update(maps=None, nlls=None, stopped=True)
+        out.update(results={}, stopped=True)
     return out

@@ -80,7 +80,9 @@ class SimulateWidget(QWidget):
             self.table.setItem(r, 2, QTableWidgetItem(f"{p.low:g}"))
             self.table.setItem(r, 3, QTableWidgetItem(f"{p.high:g}"))
         self.table.blockSignals(False)
-        self.table.setMinimumHeight(self.table.verticalHeader().length() + self.table.horizontalHeader().height() + 6)
+        self.table.setFixedHeight(self.table.verticalHeader().length() + self.table.horizontalHeader().height() + 6)
+        if self.ranges_section.isExpanded():  # the section's height follows the table's
+            self.ranges_section.expand(animate=False)
         self._validate()
 
     def set_range(self, name: str, low, high) -> None:
@@ -264,9 +266,10 @@ class SimulateWidget(QWidget):
         snr = data.snr_setting
         snr_text = f"{snr:g}" if np.ndim(snr) == 0 else f"{snr[0]:g}–{snr[1]:g}"
         self.progress.setValue(100)
-        self.message.ok(f"{len(data):,} {model_label(data.model.name)} signals × {len(data.protocol)} "
-                        f"measurements (SNR {snr_text}; {len(data.train_index):,} train / "
-                        f"{len(data.val_index):,} validation). Next: the Train dock.")
+        self.message.ok(f"{len(data):,} {model_label(data.model.name)} signals, SNR {snr_text}. "
+                        "Next: the Train dock.")
+        self.message.setToolTip(f"{len(data.protocol)} measurements; {len(data.train_index):,} train / "
+                                f"{len(data.val_index):,} validation signals")
         k = min(5, len(data))
         self.plot.show_signals(data.protocol.b, data.signals[:k], data.protocol.series_ids(),
                                title=f"{k} example signals (one colour each)")

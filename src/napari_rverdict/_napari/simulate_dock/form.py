@@ -1,4 +1,9 @@
-"""The Simulate dock's widgets and their layout, one small function per section; no behaviour here."""
+"""The Simulate dock's widgets and their layout, one small function per section; no behaviour here.
+
+Top to bottom: model and protocol, the noise settings (``dock.noise_form``: a QFormLayout other noise options are
+added to), N, *Generate* with its progress and message, then collapsed sections: training ranges, advanced
+(fraction sampler, seed), example signals. The content scrolls (:func:`~napari_rverdict._napari._common.scroll_layout`).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,23 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QVBoxLayout,
+    QWidget,
 )
 
-from napari_rverdict._napari._common import add_run_row, hint, separator
+from napari_rverdict._napari._common import (
+    add_run_row,
+    collapsible,
+    compact,
+    device_preset,
+    hint,
+    scroll_layout,
+)
 from napari_rverdict.data.prior import FRACTION_SAMPLERS
 
 MODELS = (("rverdict", "rVERDICT (relaxation-VERDICT, 9 maps)"), ("verdict", "classic VERDICT (5 maps)"))
+MODEL_TIPS = {"rverdict": "relaxation-VERDICT: the three compartments plus T1, T2 and D_ees (needs TE and TR "
+                          "to vary; the INNOVATE protocol does)",
+              "verdict": "classic VERDICT: intracellular (spheres), EES (ball), vascular (astrosticks)"}
 SAMPLERS = {"dirichlet": "Dirichlet(1,1,1): uniform on the simplex",
             "tissue": "tissue: p1 = 1 − f_vasc, p2 = f_ic / p1"}
 INVALID_BG = QColor("#8b1e1e")
@@ -26,22 +42,43 @@ INVALID_BG = QColor("#8b1e1e")
 
 def build(dock) -> None:
     """Create the dock's widgets (as attributes of ``dock``) and lay them out top to bottom."""
-    layout = QVBoxLayout(dock)
-    layout.addWidget(hint("Step 1 of 3. Make noisy synthetic signals with known microstructure to train a "
-                          "network on (synthetic q-space learning). Ranges are the training prior."))
+    layout = scroll_layout(dock)
+    layout.addWidget(hint("Step 1 of 3: synthetic signals with known microstructure to train on."))
     layout.addLayout(model_section(dock))
+    layout.addWidget(noise_section(dock))
+    preset_text, preset = device_preset()
+    dock.n_spin = QSpinBox()
+    dock.n_spin.setRange(100, 10_000_000)
+    dock.n_spin.setSingleStep(10_000)
+    dock.n_spin.setValue(preset["n"])
+    dock.n_spin.setGroupSeparatorShown(True)
+    dock.n_spin.setToolTip("number of synthetic signals (80 % train, 20 % validation). " + preset_text)
+    n_form = QFormLayout()
+    n_form.addRow("N signals", dock.n_spin)
+    layout.addLayout(n_form)
+    dock.preset_hint = hint(preset_text)
+    layout.addWidget(dock.preset_hint)
+    dock.generate_btn, dock.progress, dock.message = add_run_row(
+        layout, "Generate", "simulate the signals in a background thread (the Train dock uses them)")
     dock.table = ranges_table()
-    layout.addWidget(dock.table)
-    layout.addLayout(sampling_section(dock))
+    dock.ranges_section = collapsible(layout, "Training ranges (the prior)", [dock.table],
+                                      tooltip="the range each parameter is drawn from; edit low / high")
+    dock.advanced_section = collapsible(layout, "Advanced: fractions, seed", [advanced_form(dock)])
     run_section(dock, layout)
+    layout.addStretch(1)
+    compact(dock)
 
 
 def model_section(dock) -> QFormLayout:
     """Model and protocol (a preset, a layer's, or a file's) with a line about the chosen protocol."""
     dock.model_combo = QComboBox()
-    for key, text in MODELS:
+    for i, (key, text) in enumerate(MODELS):
         dock.model_combo.addItem(text, key)
+        dock.model_combo.setItemData(i, MODEL_TIPS[key], 3)  # Qt.ToolTipRole
+    dock.model_combo.setToolTip("the biophysical model whose signals are simulated and whose maps are learnt")
     dock.protocol_combo = QComboBox()
+    dock.protocol_combo.setToolTip("the acquisition the signals are simulated for: the INNOVATE preset, the "
+                                   "protocol of a DWI layer, or a protocol file")
     dock.protocol_file_btn = QPushButton("File…")
     dock.protocol_file_btn.setToolTip("a Camino .scheme or an FSL .bval (with .bvec / .json timings beside it)")
     dock.protocol_info = hint("")
@@ -55,43 +92,47 @@ def model_section(dock) -> QFormLayout:
     return form
 
 
+def noise_section(dock) -> QWidget:
+    """The noise settings: SNR now; ``dock.noise_form`` is the form further noise options are added to."""
+    dock.snr_edit = QLineEdit("35")
+    dock.snr_edit.setToolTip("one SNR (e.g. 35) or a range LOW-HIGH drawn per sample (e.g. 15-60); "
+                             "σ = 1/SNR of the voxel's brightest measurement")
+    box = QWidget()
+    dock.noise_form = QFormLayout(box)
+    dock.noise_form.setContentsMargins(0, 0, 0, 0)
+    dock.noise_form.addRow("SNR", dock.snr_edit)
+    dock.noise_box = box
+    return box
+
+
+def advanced_form(dock) -> QFormLayout:
+    """Fraction sampler and seed."""
+    dock.sampler_combo = QComboBox()
+    for key in FRACTION_SAMPLERS:
+        dock.sampler_combo.addItem(SAMPLERS.get(key, key), key)
+    dock.sampler_combo.setToolTip("how the three volume fractions (summing to 1) are drawn")
+    dock.seed_spin = QSpinBox()
+    dock.seed_spin.setRange(0, 2**31 - 1)
+    dock.seed_spin.setToolTip("random seed: the same seed and settings give the same signals")
+    form = QFormLayout()
+    form.addRow("fractions", dock.sampler_combo)
+    form.addRow("seed", dock.seed_spin)
+    return form
+
+
 def ranges_table() -> QTableWidget:
     """The training-range table: parameter, unit, low, high (rows are filled per model by the dock)."""
     table = QTableWidget(0, 4)
     table.setHorizontalHeaderLabels(["parameter", "unit", "low", "high"])
     table.verticalHeader().setVisible(False)
     table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    table.setToolTip("training range of each parameter (double-click low / high to edit; checked as you type)")
     return table
 
 
-def sampling_section(dock) -> QFormLayout:
-    """Fraction sampler, SNR, number of samples and seed."""
-    dock.sampler_combo = QComboBox()
-    for key in FRACTION_SAMPLERS:
-        dock.sampler_combo.addItem(SAMPLERS.get(key, key), key)
-    dock.snr_edit = QLineEdit("35")
-    dock.snr_edit.setToolTip("one SNR (e.g. 35) or a range LOW-HIGH drawn per sample (e.g. 15-60); "
-                             "σ = 1/SNR of the voxel's brightest measurement")
-    dock.n_spin = QSpinBox()
-    dock.n_spin.setRange(100, 10_000_000)
-    dock.n_spin.setSingleStep(10_000)
-    dock.n_spin.setValue(100_000)
-    dock.n_spin.setGroupSeparatorShown(True)
-    dock.seed_spin = QSpinBox()
-    dock.seed_spin.setRange(0, 2**31 - 1)
-    form = QFormLayout()
-    form.addRow("fractions", dock.sampler_combo)
-    form.addRow("SNR", dock.snr_edit)
-    form.addRow("N samples", dock.n_spin)
-    form.addRow("seed", dock.seed_spin)
-    return form
-
-
 def run_section(dock, layout: QVBoxLayout) -> None:
-    """Generate button, progress bar, message line and the example-signal plot."""
+    """The example-signal plot, in a collapsed section."""
     from napari_rverdict._napari.loss_plot import SignalPlot
 
-    dock.generate_btn, dock.progress, dock.message = add_run_row(layout, "Generate")
     dock.plot = SignalPlot()
-    layout.addWidget(separator())
-    layout.addWidget(dock.plot)
+    dock.plot_section = collapsible(layout, "Example signals", [dock.plot])

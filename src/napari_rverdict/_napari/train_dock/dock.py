@@ -27,9 +27,10 @@ from napari_rverdict._napari.train_dock.job import (
     EVAL_N,
     StopEvent,
     TrainState,
+    format_number,
     format_seconds,
-    report_rows,
     training_job,
+    validation_record,
 )
 from napari_rverdict.learn.nets import default_hyperparameters
 from napari_rverdict.learn.train import TrainConfig
@@ -79,6 +80,9 @@ class TrainWidget(QWidget):
                   self.patience_spin, self.scheduler_check, self.device_combo, self.seed_spin, self.load_btn,
                   self.uncertainty_check):
             w.setEnabled(not running)
+        self.finetune_check.setEnabled(not running and self.session.bundle is not None)
+        if self.session.bundle is None:
+            self.finetune_check.setChecked(False)
         self.save_btn.setEnabled(not running and self.session.bundle is not None)
 
     def _model_name(self) -> str | None:
@@ -102,20 +106,52 @@ class TrainWidget(QWidget):
 
     def _data_changed(self, data) -> None:
         if data is None:
-            self.data_label.setText("No training signals yet: press Generate in the Simulate dock.")
+            self.data_label.setText("Step 2 of 3. No training signals yet: Generate them in the Simulate dock "
+                                    "(or Load a bundle).")
         else:
             snr = data.snr_setting
             snr_text = f"{snr:g}" if np.ndim(snr) == 0 else f"{snr[0]:g}–{snr[1]:g}"
-            self.data_label.setText(f"Training signals: {len(data):,} {model_label(data.model.name)}, "
-                                    f"{len(data.protocol)} measurements, SNR {snr_text}.")
+            self.data_label.setText(f"Step 2 of 3. Training signals: {len(data):,} {model_label(data.model.name)},"
+                                    f" {len(data.protocol)} measurements, SNR {snr_text}.")
         self._update_defaults()
         if self.state not in (TrainState.TRAINING, TrainState.STOPPING):
             self._set_state(self.state)
 
     def _bundle_changed(self, bundle) -> None:
         self.bundle_label.setText("" if bundle is None else "Current model: " + bundle.describe().splitlines()[0])
+        if bundle is not None and (self.result is None or self.result.bundle is not bundle):
+            self.result = None  # a loaded model (here, in the Maps dock, or the sample's): show what it was
+            self.last_state_dict = None
+            self._restore(bundle, settings=self.session.bundle_origin != "sample")
         if self.state not in (TrainState.TRAINING, TrainState.STOPPING):
             self._set_state(self.state)
+
+    def _restore(self, bundle, settings: bool = True) -> None:
+        """Show a loaded bundle's settings (unless ``settings`` is False: the sample's model keeps the dock's
+        device-sized defaults), loss curves and validation table."""
+        self.plot.set_history(bundle.history)
+        self.plot.flush()
+        self.show_validation((bundle.extra or {}).get("validation"))
+        if not settings:
+            return
+        cfg = bundle.train_config or {}
+        idx = self.net_combo.findData(bundle.net_name)
+        if idx >= 0:
+            self.net_combo.setCurrentIndex(idx)
+        d0, w0 = default_hyperparameters(bundle.net_name, bundle.model.name)
+        self.depth_spin.setValue(0 if bundle.depth in (None, d0) else int(bundle.depth))
+        self.width_spin.setValue(0 if bundle.width in (None, w0) else int(bundle.width))
+        for spin, key in ((self.epochs_spin, "epochs"), (self.batch_spin, "batch_size"), (self.seed_spin, "seed")):
+            if cfg.get(key) is not None:
+                spin.setValue(int(cfg[key]))
+        if cfg.get("lr") is not None:
+            self.lr_spin.setValue(float(cfg["lr"]))
+        if "patience" in cfg:
+            self.patience_spin.setValue(int(cfg["patience"] or 0))
+        self.scheduler_check.setChecked(bool(cfg.get("scheduler", False)))
+        self.uncertainty_check.setChecked(bool(cfg.get("uncertainty", bundle.has_uncertainty)))
+        dev = self.device_combo.findText(str(cfg.get("device", "auto")))
+        self.device_combo.setCurrentIndex(max(dev, 0))
 
     def config(self) -> TrainConfig:
         cfg = TrainConfig(
@@ -149,29 +185,53 @@ class TrainWidget(QWidget):
         except ValueError as exc:
             self.message.error(str(exc))
             return
+        init_state = None
+        if self.finetune_check.isChecked() and self.finetune_check.isEnabled():
+            try:
+                init_state = self._init_state(data, cfg)
+            except ValueError as exc:
+                self.message.error(str(exc))
+                return
         self.stop_event = StopEvent()
         self._stop_box[0] = self.stop_event
         self.result = None
         self.last_state_dict = None
         self.report = None
-        self.table.setRowCount(0)
-        self.table_caption.setText("")
-        self.plot.clear()
+        self.show_validation(None)
+        if init_state is None:
+            self.plot.clear()
         self.epoch_bar.setRange(0, cfg.epochs)
         self.epoch_bar.setValue(0)
         self.batch_bar.setRange(0, 1)
         self.batch_bar.setValue(0)
         self.eta_label.setText("starting…")
-        self.message.info(f"training {dict(NETWORKS)[cfg.net]} on {len(data):,} signals…")
+        self.message.info(f"{'fine-tuning' if init_state is not None else 'training'} {dict(NETWORKS)[cfg.net]} "
+                          f"on {len(data):,} signals…")
         self._pbar = napari_progress(total=cfg.epochs, desc=f"Training {cfg.net}")
         self._t_start = time.perf_counter()
-        worker = training_job(data, cfg, self.stop_event, _start_thread=False, _ignore_errors=True)
+        worker = training_job(data, cfg, self.stop_event, init_state=init_state, _start_thread=False,
+                              _ignore_errors=True)
         worker.yielded.connect(self._on_record)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_state(TrainState.TRAINING)
         worker.start()
+
+    def _init_state(self, data, cfg: TrainConfig):
+        """The current model's weights to start from; ValueError naming what does not match."""
+        bundle = self.session.bundle
+        if bundle.model.name != data.model.name or bundle.n_inputs != len(data.protocol):
+            raise ValueError(f"Cannot fine-tune: the model is {model_label(bundle.model.name)} with "
+                             f"{bundle.n_inputs} measurements, the signals {model_label(data.model.name)} with "
+                             f"{len(data.protocol)}.")
+        d0, w0 = default_hyperparameters(cfg.net, data.model.name)
+        size = (cfg.depth or d0, cfg.width or w0)
+        if (bundle.net_name, bundle.depth, bundle.width, bool(bundle.has_uncertainty)) != \
+                (cfg.net, *size, bool(cfg.uncertainty)):
+            raise ValueError(f"Cannot fine-tune: set the model's network ({bundle.net_name}, depth {bundle.depth}, "
+                             f"width {bundle.width}, uncertainty {'on' if bundle.has_uncertainty else 'off'}).")
+        return {k: v.detach().clone() for k, v in bundle.network.state_dict().items()}
 
     def stop(self) -> None:
         """Ask the trainer to stop after the current batch; best and last weights are kept."""
@@ -220,9 +280,10 @@ class TrainWidget(QWidget):
             best = hist.get("best_epoch")
             best_val = hist["val_loss"][best - 1] if best else float("nan")
             what = "stopped" if result.stopped else "finished"
-            self.message.ok(f"Training {what} after {result.epochs_run} epoch(s) in "
-                            f"{format_seconds(result.elapsed_s)}; best validation loss {best_val:.4g} at epoch "
-                            f"{best}. The best weights are the current model; next: the Maps dock.")
+            self.message.ok(f"Training {what}: {result.epochs_run} epoch(s), {format_seconds(result.elapsed_s)}; "
+                            f"best at epoch {best}. Next: the Maps dock.")
+            self.message.setToolTip(f"best validation loss {best_val:.4g} at epoch {best}; the best weights are "
+                                    "the current model")
             self.table_caption.setText(f"evaluating on {EVAL_N:,} new synthetic signals…")
         elif kind == "metrics":
             self.report = payload
@@ -233,18 +294,33 @@ class TrainWidget(QWidget):
             self.table_caption.setText(f"validation table unavailable: {payload}")
 
     def _fill_table(self, report) -> None:
-        rows = report_rows(report)
+        """Show the validation report and keep it in the bundle (saved and restored with it)."""
+        record = validation_record(report, EVAL_N)
+        bundle = self.result.bundle if self.result is not None else self.session.bundle
+        if bundle is not None:
+            bundle.extra = dict(bundle.extra or {}, validation=record)
+        self.show_validation(record)
+
+    def show_validation(self, record: dict | None) -> None:
+        """Fill the validation table from a :func:`validation_record` (None: empty it)."""
+        rows = (record or {}).get("rows") or []
         self.table.setRowCount(len(rows))
         for r, (name, unit, rmse, mape, crlb) in enumerate(rows):
-            cells = [f"{name} ({unit})" if unit else name, f"{rmse:.3g}", f"{mape:.1f}" if np.isfinite(mape) else "–",
-                     f"{crlb:.3g}" if np.isfinite(crlb) else "–"]
+            cells = [f"{name} [{unit}]" if unit else name, format_number(rmse), format_number(mape, ".1f"),
+                     format_number(crlb)]
             for c, text in enumerate(cells):
                 self.table.setItem(r, c, QTableWidgetItem(text))
-        snr = getattr(report, "snr", None)
-        self.table_caption.setText(f"Validation on {EVAL_N:,} new synthetic signals"
-                                   + (f" at SNR {snr}" if snr is not None else "")
-                                   + ": the network's RMSE and MAPE; √CRLB (median) is the smallest SD an "
-                                   "unbiased estimator can reach.")
+        self.table.resizeRowsToContents()
+        height = self.table.horizontalHeader().sizeHint().height() + self.table.verticalHeader().length() + 6
+        self.table.setFixedHeight(max(height, 60))  # every row shown: the dock scrolls, not the table
+        if not rows:
+            self.table_caption.setText("")
+            return
+        snr = record.get("snr")
+        self.table_caption.setText(f"The network on {int(record.get('n') or EVAL_N):,} fresh synthetic signals"
+                                   + (f" at SNR {snr}" if snr else "") + ". Hover a column header for what it "
+                                   "means.")
+        self.table_section.expand(animate=False)
 
     def _on_error(self, exc) -> None:
         self._set_state(TrainState.CRASHED)
@@ -259,6 +335,15 @@ class TrainWidget(QWidget):
         if self.state != TrainState.CRASHED:
             stopped = self.result is not None and self.result.stopped
             self._set_state(TrainState.STOPPED if stopped else TrainState.DONE)
+            if stopped:  # no stale "epoch 2/100 · ETA 28:58"
+                self.epoch_bar.setRange(0, max(self.result.epochs_run, 1))
+                self.epoch_bar.setValue(self.result.epochs_run)
+                self.batch_bar.setRange(0, 1)
+                self.batch_bar.setValue(0)
+                self.eta_label.setText(f"stopped after {self.result.epochs_run} epoch(s), "
+                                       f"{format_seconds(self.result.elapsed_s)}")
+        elif self.state == TrainState.CRASHED:
+            self.eta_label.setText("")
 
     # ------------------------------------------------------------------ bundles
     def _save_dialog(self) -> None:
@@ -306,32 +391,8 @@ class TrainWidget(QWidget):
             self.message.error(str(exc))
             show_error(str(exc))
             return None
-        cfg = bundle.train_config or {}
-        idx = self.net_combo.findData(bundle.net_name)
-        if idx >= 0:
-            self.net_combo.setCurrentIndex(idx)
-        d0, w0 = default_hyperparameters(bundle.net_name, bundle.model.name)
-        self.depth_spin.setValue(0 if bundle.depth in (None, d0) else int(bundle.depth))
-        self.width_spin.setValue(0 if bundle.width in (None, w0) else int(bundle.width))
-        for spin, key in ((self.epochs_spin, "epochs"), (self.batch_spin, "batch_size"), (self.seed_spin, "seed")):
-            if cfg.get(key) is not None:
-                spin.setValue(int(cfg[key]))
-        if cfg.get("lr") is not None:
-            self.lr_spin.setValue(float(cfg["lr"]))
-        if "patience" in cfg:
-            self.patience_spin.setValue(int(cfg["patience"] or 0))
-        self.scheduler_check.setChecked(bool(cfg.get("scheduler", False)))
-        self.uncertainty_check.setChecked(bool(cfg.get("uncertainty", bundle.has_uncertainty)))
-        dev = self.device_combo.findText(str(cfg.get("device", "auto")))
-        self.device_combo.setCurrentIndex(max(dev, 0))
-        self.result = None
-        self.last_state_dict = None
-        self.table.setRowCount(0)
-        self.table_caption.setText("")
-        self.plot.set_history(bundle.history)
-        self.plot.flush()
-        self.session.bundle = bundle
-        self.session.bundle_path = str(path)
-        self.message.ok(f"Loaded {path}:\n{bundle.describe()}")
+        self.session.set_bundle(bundle, origin="file", path=path)
+        self.message.ok(f"Loaded {Path(path).name}.")
+        self.message.setToolTip(bundle.describe())
         show_info(f"Loaded model bundle {Path(path).name}")
         return bundle

@@ -49,10 +49,27 @@ def format_seconds(s) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def format_number(v, spec: str = ".3g") -> str:
+    """A table cell: ``v`` formatted with ``spec``, '–' when it is missing or not finite."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "–"
+    return format(v, spec) if math.isfinite(v) else "–"
+
+
 def report_rows(report) -> list[tuple[str, str, float, float, float]]:
     """(parameter, unit, RMSE, MAPE in % of the training range, median √CRLB) rows of an ``EvaluationReport``."""
     return [(name, str(r.get("unit") or ""), _num(r.get("rmse")), 100.0 * _num(r.get("mape")), _num(r.get("crlb")))
             for name, r in report.rows.items()]
+
+
+def validation_record(report, n: int = EVAL_N) -> dict:
+    """The validation table as plain data, kept in ``bundle.extra["validation"]`` so it is saved and restored
+    with the bundle: {"n", "snr", "rows": [[parameter, unit, RMSE, MAPE %, √CRLB], ...]}."""
+    snr = getattr(report, "snr", None)
+    return {"n": int(n), "snr": None if snr is None else str(snr),
+            "rows": [[name, unit, rmse, mape, crlb] for name, unit, rmse, mape, crlb in report_rows(report)]}
 
 
 def _num(v) -> float:
@@ -63,12 +80,14 @@ def _num(v) -> float:
 
 
 @thread_worker
-def training_job(data, config: TrainConfig, stop_event: threading.Event, evaluate_after: bool = True):
+def training_job(data, config: TrainConfig, stop_event: threading.Event, evaluate_after: bool = True,
+                 init_state=None):
     """Generator worker: yields ("progress", TrainProgress) … ("done", TrainProgress with .result),
-    then ("metrics", report) or ("metrics_error", message); a training failure yields ("error", exception)."""
+    then ("metrics", report) or ("metrics_error", message); a training failure yields ("error", exception).
+    ``init_state``: start from these weights (fine-tune / resume)."""
     result = None
     try:
-        for rec in iter_training(data, config, stop_event):
+        for rec in iter_training(data, config, stop_event, init_state=init_state):
             if rec.kind == "done":
                 result = rec.result
                 yield ("done", rec)

@@ -1,0 +1,76 @@
+"""The Maps dock's inputs, read and checked on the GUI thread: the DWI layer's protocol (its own, the INNOVATE
+preset, or a file), the model's b-values, mask and labels on the DWI's grid. Every problem is a ValueError whose
+message the dock shows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_rverdict._napari.maps_dock.job import layer_affine, on_dwi_grid
+from napari_rverdict._napari.reader import layer_protocol, layer_to_xyz
+
+
+def chosen_protocol(dock, layer):
+    """The chosen protocol of the DWI ``layer`` (its own, the preset that has its volume count, or the file's);
+    ValueError saying why there is none (the reader's stored reason when the sidecar did not fit)."""
+    from napari_rverdict.physics.protocol import Protocol
+
+    kind = (dock.protocol_combo.currentData() or ("layer", None))[0]
+    n_vol = int(layer.data.shape[0])
+    if kind == "preset":
+        for averaged in (False, True):
+            prot = Protocol.innovate(direction_averaged=averaged)
+            if len(prot) == n_vol:
+                return prot
+        raise ValueError(f"The INNOVATE preset has 20 volumes (or 10 direction-averaged); '{layer.name}' has "
+                         f"{n_vol}.")
+    if kind == "file":
+        prot = dock._file_protocol[1]
+    else:
+        prot = layer_protocol(layer)
+        if prot is None:
+            problem = (layer.metadata or {}).get("protocol_problem")
+            raise ValueError(f"'{layer.name}' has no protocol: " + (problem or "no .bval / .scheme beside the "
+                             "file") + ". Choose the preset or a protocol file.")
+    if len(prot) != n_vol:
+        raise ValueError(f"'{layer.name}' has {n_vol} volumes but the protocol has {len(prot)} measurements.")
+    return prot
+
+
+
+def check_inputs(dock) -> dict:
+    """Everything the worker needs, checked on the GUI thread; raises ValueError with a message for the user."""
+    from napari_rverdict.data.nifti import Dwi
+    from napari_rverdict.maps.voxels import check_b_values
+
+    layer = dock.dwi_combo.layer()
+    if layer is None:
+        raise ValueError("No DWI layer: open a 4D diffusion NIfTI (File ▸ Open) or the sample phantom "
+                         "(File ▸ Open Sample ▸ napari-rverdict).")
+    bundle = dock.session.bundle
+    if bundle is None:
+        raise ValueError("No model: train one in the Train dock, or Load… a saved bundle.")
+    protocol = chosen_protocol(dock, layer)
+    try:
+        bundle.model.check_protocol(protocol)
+        check_b_values(protocol.direction_averaged() if len(protocol.shells()) < len(protocol) else protocol,
+                       bundle.protocol)
+    except ValueError as exc:
+        raise ValueError(f"The model cannot use this DWI: {exc}") from None
+    data = layer_to_xyz(np.asarray(layer.data, dtype=np.float32))
+    spatial = data.shape[:3]
+    affine = layer_affine(layer)
+    dwi = Dwi.from_array(data, affine, protocol)
+    mask_layer = dock.mask_combo.layer()
+    mask = on_dwi_grid(mask_layer, spatial, "mask")
+    if mask is not None:
+        mask = np.nan_to_num(mask.astype(np.float64)) != 0
+        if not mask.any():
+            raise ValueError(f"The mask layer '{mask_layer.name}' is empty.")
+    labels_layer = dock.labels_combo.layer()
+    labels = on_dwi_grid(labels_layer, spatial, "labels")
+    uncertainty = dock.uncertainty_check.isChecked() and dock.uncertainty_check.isEnabled()
+    return dict(layer=layer, bundle=bundle, dwi=dwi, mask=mask, labels=labels, labels_layer=labels_layer,
+                affine=affine, device=dock.device_combo.currentText(), uncertainty=uncertainty,
+                method=dock.method_combo.currentText())
+
