@@ -21,9 +21,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "sample_data" / "pretrained" / "innovate_rverdict_mlp.pt"
 
-# Extra keyword arguments for ``simulate`` (the noise convention): e.g. {"snr_reference": "s0"} once the
-# simulator offers the seed paper's convention. Empty: the library's default.
-SIMULATE_EXTRA: dict = {}
+# Extra keyword arguments for ``simulate``: the noise convention, stated even where it is the default.
+SIMULATE_EXTRA: dict = {"snr_reference": "s0"}  # the seed paper's noise convention (README, Noise)
 
 SETTINGS = {"model": "rverdict", "protocol": "innovate", "n": 100_000, "snr": 35.0, "seed": 0}
 TRAIN = {"net": "mlp", "epochs": 40, "patience": 8, "batch_size": 100, "lr": 1e-3, "scheduler": True,
