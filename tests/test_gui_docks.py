@@ -15,7 +15,7 @@ from napari_rverdict._napari.state import get_state
 
 pytestmark = pytest.mark.gui
 SCREEN = (1366, 768)
-PRIMARY = {"Simulate": "generate_btn", "Train": "start_btn", "Maps": "compute_btn"}
+PRIMARY = {"Simulate": "generate_btn", "Train": "start_btn", "Maps": "compute_btn", "Explore": "evaluate_btn"}
 
 
 def _fit_window(qtbot, viewer):

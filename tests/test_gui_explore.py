@@ -133,5 +133,5 @@ def test_explore_dock_fits_a_1366x768_screen(viewer, qtbot):
     qtbot.wait(100)
     assert win.height() <= 768 and win.width() <= 1366
     assert w.minimumSizeHint().height() < 600  # everything scrolls: the dock never forces a taller window
-    assert w.width() <= 560 and w.scroll.widget().minimumSizeHint().width() <= w.scroll.viewport().width() + 2
-    assert w.scroll.verticalScrollBar().maximum() > 0  # expanded sections scroll instead of overflowing
+    assert w.width() <= 560 and w.scroll_area.widget().minimumSizeHint().width() <= w.scroll_area.viewport().width() + 2
+    assert w.scroll_area.verticalScrollBar().maximum() > 0  # expanded sections scroll instead of overflowing

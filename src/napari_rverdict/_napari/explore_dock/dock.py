@@ -104,10 +104,10 @@ class ExploreWidget(QWidget):
         """As wide as the sections need (they scroll vertically, never sideways)."""
         from qtpy.QtWidgets import QStyle
 
-        bar = max(self.scroll.verticalScrollBar().sizeHint().width(),
+        bar = max(self.scroll_area.verticalScrollBar().sizeHint().width(),
                   self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent))
-        need = self.scroll.widget().minimumSizeHint().width() + bar + 2 * self.scroll.frameWidth()
-        self.scroll.setMinimumWidth(need + 24)
+        need = self.scroll_area.widget().minimumSizeHint().width() + bar + 2 * self.scroll_area.frameWidth()
+        self.scroll_area.setMinimumWidth(need + 24)
 
     def reset_parameters(self) -> None:
         typical = typical_parameters(self.model)

@@ -58,12 +58,12 @@ def build(dock) -> None:
     """Create the dock's widgets (as attributes of ``dock``) inside a scroll area."""
     outer = QVBoxLayout(dock)
     outer.setContentsMargins(0, 0, 0, 0)
-    dock.scroll = QScrollArea()
-    dock.scroll.setWidgetResizable(True)
-    dock.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    outer.addWidget(dock.scroll)
+    dock.scroll_area = QScrollArea()
+    dock.scroll_area.setWidgetResizable(True)
+    dock.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    outer.addWidget(dock.scroll_area)
     body = QWidget()
-    dock.scroll.setWidget(body)
+    dock.scroll_area.setWidget(body)
     layout = QVBoxLayout(body)
     layout.setContentsMargins(4, 4, 4, 4)
     layout.addWidget(hint("Move a slider to see how the noise-free signal of each series (TE/TR) changes with "
