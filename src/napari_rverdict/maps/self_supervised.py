@@ -46,7 +46,7 @@ from napari_rverdict.physics.protocol_files import load_protocol
 
 MIN_VOXELS = 100  # a mask with fewer usable voxels has too little to learn from (use NLLS)
 EVAL_CHUNK = 65536
-MIN_STEPS, MIN_BATCH = 8, 16  # the batch shrinks (not below 16) so that an epoch is at least 8 steps
+MIN_STEPS, MIN_BATCH = 50, 16  # the batch shrinks (not below 16) so that an epoch is at least ~50 steps
 
 
 @dataclass
@@ -58,7 +58,7 @@ class SelfSupervisedOptions:
 
     width: int = 64
     depth: int = 3
-    dropout: float = 0.1
+    dropout: float = 0.05
     lr: float = 1e-3
     batch_size: int = 256
     patience: int = 10
