@@ -46,7 +46,7 @@ from napari_rverdict.physics.protocol_files import load_protocol
 
 MIN_VOXELS = 100  # a mask with fewer usable voxels has too little to learn from (use NLLS)
 EVAL_CHUNK = 65536
-MIN_STEPS, MIN_BATCH = 50, 16  # the batch shrinks (not below 16) so that an epoch is at least ~50 steps
+MIN_STEPS, MIN_BATCH = 20, 16  # the batch shrinks (not below 16) so that an epoch is at least ~20 steps
 
 
 @dataclass
@@ -60,7 +60,7 @@ class SelfSupervisedOptions:
     depth: int = 3
     dropout: float = 0.05
     lr: float = 1e-3
-    batch_size: int = 256
+    batch_size: int = 1024
     patience: int = 10
     val_fraction: float = 0.1
     ranges: dict | None = None
@@ -199,7 +199,8 @@ def fit_signals_self_supervised(model, signals, protocol, *, device="auto", epoc
     n_val = max(10, int(round(opts.val_fraction * n)))
     val_idx = torch.as_tensor(np.sort(order[:n_val]), device=dev)
     tr_idx = torch.as_tensor(np.sort(order[n_val:]), device=dev)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # seeded here, the caller's random state untouched
         torch.manual_seed(int(seed))
         fit = _train(problem, y, sig, (tr_idx, val_idx), opts, (int(epochs), int(seed)), dev, progress, stop_event,
                      t0)
