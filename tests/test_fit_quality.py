@@ -22,8 +22,9 @@ def _classic_truth(n, seed=0):
 def _relaxed_classic(truth, prot, rng):
     """Classic VERDICT as acquired: each series T1/T2-weighted, S0 varying (the per-series ratio removes both)."""
     n = len(truth["f_ic"])
-    weight = (rng.uniform(500, 1500, n)[:, None] * (1 - np.exp(-np.asarray(prot.tr) / rng.uniform(1200, 2500, n)[:, None]))
-              * np.exp(-np.asarray(prot.te) / rng.uniform(60, 150, n)[:, None]))
+    t1, t2 = rng.uniform(1200, 2500, n)[:, None], rng.uniform(60, 150, n)[:, None]
+    weight = (rng.uniform(500, 1500, n)[:, None] * (1 - np.exp(-np.asarray(prot.tr) / t1))
+              * np.exp(-np.asarray(prot.te) / t2))
     return noise_free_signals("verdict", truth, prot) * weight
 
 

@@ -145,8 +145,8 @@ def cmd_fit(args) -> int:
     _check_out(args, model.map_names, [args.init])
     init = cli_bundle(args.init) if args.init else None
     return _maps_of_volume(args, f"NLLS {model.name}", model, lambda dwi, mask, device, progress: fit_volume(
-        model, dwi, None, mask, device=device, init=init, progress=progress, n_starts=4 if args.starts is None else args.starts,
-        max_iter=args.max_iter or 1000, seed=args.seed))
+        model, dwi, None, mask, device=device, init=init, progress=progress,
+        n_starts=4 if args.starts is None else args.starts, max_iter=args.max_iter or 1000, seed=args.seed))
 
 
 def _fit_self_supervised(args, model) -> int:
