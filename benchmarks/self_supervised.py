@@ -145,8 +145,9 @@ def sweep(args) -> None:
     RMSE / SD(truth) per map, epochs run and time."""
     configs = [dict(dropout=0.0), dict(dropout=0.05), dict(dropout=0.1), dict(dropout=0.2), dict(dropout=0.5),
                dict(dropout=0.5, width=10), dict(dropout=0.05, width=128), dict(dropout=0.05, depth=2)]
-    print("| σ | width | depth | dropout | f_ic | f_vasc | R | epochs | time |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    lines = [f"# Encoder settings, case (a), {args.n_classic} voxels: RMSE / SD(truth) per map", "",
+             "| σ | width | depth | dropout | f_ic | f_vasc | R | epochs | time |", "|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines))
     for sigma in (SIGMA_A, 5.0):
         dwi, prot, truth, _ = classic_scanner(args.n_classic, args.seed, sigma)
         raw = dwi.reshape(-1, dwi.shape[-1])
@@ -155,9 +156,12 @@ def sweep(args) -> None:
             fit = fit_signals_self_supervised("verdict", raw, prot, device=args.device, seed=args.seed, **kw)
             r = [np.sqrt(np.mean((fit.maps[k] - truth[k]) ** 2)) / np.std(truth[k]) for k in MAPS["verdict"]]
             opts = {**DEFAULT_OPTIONS.__dict__, **kw}
-            print(f"| {sigma:.3g} | {opts['width']} | {opts['depth']} | {opts['dropout']} | "
-                  + " | ".join(f"{x:.2f}" for x in r) + f" | {fit.epochs_run} | {time.perf_counter() - t0:.1f} s |",
-                  flush=True)
+            lines.append(f"| {sigma:.3g} | {opts['width']} | {opts['depth']} | {opts['dropout']} | "
+                         + " | ".join(f"{x:.2f}" for x in r)
+                         + f" | {fit.epochs_run} | {time.perf_counter() - t0:.1f} s |")
+            print(lines[-1], flush=True)
+    out = Path(args.out).with_name(Path(args.out).stem + "_sweep.md")
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv=None) -> None:
