@@ -170,6 +170,17 @@ def test_cli_fit_self_supervised(phantom_dir, tmp_path, capsys):
     assert "wrote 10 maps" in capsys.readouterr().out
     maps = load_maps(out)
     assert set(maps) == {*get_model("rverdict").map_names, FIT_NRMSE}
+    # a noise map (σ per voxel, the DWI's units) for the Rician loss
+    import nibabel as nib
+
+    from napari_rverdict.data.nifti import save_map
+
+    affine = nib.load(str(phantom_dir / "dwi.nii.gz")).affine
+    save_map(np.full((24, 24, 2), 25.0), tmp_path / "sigma.nii.gz", affine, "sigma")
+    assert main(["fit", str(phantom_dir / "dwi.nii.gz"), "--method", "self-supervised", "--epochs", "1",
+                 "--mask", str(phantom_dir / "mask.nii.gz"), "--device", "cpu", "--sigma",
+                 str(tmp_path / "sigma.nii.gz"), "--out", str(tmp_path / "ss_sigma"), "--quiet"]) == 0
+    assert np.isfinite(load_maps(tmp_path / "ss_sigma")["f_ic"]).any()
 
 
 def test_cli_bad_input_exits_2(phantom_dir, tmp_path, capsys):
