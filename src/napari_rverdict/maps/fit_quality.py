@@ -72,14 +72,29 @@ def predicted_signal(model, maps: Mapping, protocol) -> np.ndarray:
     out = np.full((n, len(protocol)), np.nan)
     idx = np.flatnonzero(finite)
     if idx.size:
-        r_spec = model.spec("R")
-        sphere = model.sphere_table(protocol, (r_spec.limit_low, r_spec.limit_high))
+        sphere = _sphere_table(model, protocol)
         with torch.no_grad():
             for a in range(0, idx.size, CHUNK):
                 sel = idx[a:a + CHUNK]
                 p = {k: torch.from_numpy(np.ascontiguousarray(v[sel])) for k, v in flat.items()}
                 out[sel] = model.signal(p, protocol, sphere=sphere).numpy()
     return out.reshape(*shape, len(protocol))
+
+
+_TABLES: dict = {}  # (model, protocol settings) → SphereTable over R's physical limits; a few, reused by slabs
+
+
+def _sphere_table(model, protocol):
+    """The model's sphere for ``protocol`` tabulated over R's physical limits (1e-4–50 µm; ≈ 0.2 s to build, so
+    built once per protocol: a streamed volume asks for it once per slab)."""
+    key = (model.name, *(np.asarray(getattr(protocol, k), dtype=np.float64).tobytes()
+                         for k in ("b", "small_delta", "big_delta")))
+    if key not in _TABLES:
+        if len(_TABLES) >= 8:
+            _TABLES.pop(next(iter(_TABLES)))
+        r_spec = model.spec("R")
+        _TABLES[key] = model.sphere_table(protocol, (r_spec.limit_low, r_spec.limit_high))
+    return _TABLES[key]
 
 
 def least_squares_scale(predicted, measured):
