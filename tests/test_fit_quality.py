@@ -127,6 +127,10 @@ def test_network_maps_carry_it_in_memory_and_streamed(phantom, tmp_path):
         q = maps[FIT_NRMSE]
         assert np.isnan(q[~phantom.mask]).all() and (q[phantom.mask] > 0).all() and (q[phantom.mask] < 0.5).all()
     np.testing.assert_allclose(streamed[FIT_NRMSE][phantom.mask], mem[FIT_NRMSE][phantom.mask], rtol=1e-4)
+    sd_bundle = train(simulate("rverdict", n=2000, seed=7),
+                      TrainConfig(epochs=1, seed=0, device="cpu", uncertainty=True)).bundle
+    with_sd = predict_volume(sd_bundle, phantom.to_dwi(), mask=phantom.mask, uncertainty=True)
+    assert "f_ic_sd" in with_sd and np.isfinite(with_sd[FIT_NRMSE][phantom.mask]).all()
 
 
 def test_written_with_its_spec_and_read_back(tmp_path):
