@@ -43,7 +43,7 @@ def test_predict_fit_compare_end_to_end(workdir, capsys):
     ph, out = workdir / "ph", workdir
     assert main(["predict", str(workdir / "m.pt"), str(ph / "dwi.nii.gz"), "--mask", str(ph / "mask.nii.gz"),
                  "--out", str(out / "net"), "--quiet"]) == 0
-    assert "wrote 9 maps" in capsys.readouterr().out
+    assert "wrote 10 maps" in capsys.readouterr().out  # 9 maps and fit_nrmse
     net = load_maps(out / "net")
     mask = np.asarray(nib.load(str(ph / "mask.nii.gz")).dataobj) != 0
     assert set(net) >= {"f_ic", "f_ees", "f_vasc", "R", "cellularity", "T1"}
@@ -165,7 +165,7 @@ def test_predict_over_existing_maps_needs_overwrite_and_replaces_only_maps(workd
     assert _hashes(truth) == before
     assert main(args + ["--overwrite"]) == 0
     after = _hashes(truth)
-    assert set(after) == set(before)  # no stray temporary file
+    assert set(after) == set(before) | {"fit_nrmse.nii.gz"}  # no stray temporary file; the fit-quality map added
     assert after["S0.nii.gz"] == before["S0.nii.gz"]  # not a map of the network: left alone
     assert after["f_ic.nii.gz"] != before["f_ic.nii.gz"]
 

@@ -64,7 +64,8 @@ def test_end_to_end_generate_train_maps(viewer, qtbot, tmp_path):
                 "D_ees [µm²/ms]", "T1 [ms]", "T2_vasc_ees [ms]", "T2_ic [ms]"}
     names = {ly.name for ly in viewer.layers}
     assert expected <= names
-    assert len(viewer.layers) == n_before + len(model.map_names)
+    assert len(viewer.layers) == n_before + len(model.map_names) + 1  # and the fit-quality map, fit_nrmse
+    assert "fit_nrmse" in names
     for name in expected:
         layer = viewer.layers[name]
         assert layer.data.shape == dwi.data.shape[1:]  # (z, y, x)
@@ -97,7 +98,7 @@ def test_end_to_end_generate_train_maps(viewer, qtbot, tmp_path):
     from napari_rverdict.data.nifti import load_maps
 
     written = maps.export_maps(tmp_path / "maps")
-    assert len(written) == len(model.map_names)
+    assert len(written) == len(model.map_names) + 1  # with fit_nrmse
     back = load_maps(tmp_path / "maps", prefix="phantom_DWI_")
     np.testing.assert_allclose(back["R"].transpose(2, 1, 0), r.data, rtol=1e-6)
     import nibabel as nib

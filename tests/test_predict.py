@@ -36,7 +36,7 @@ def test_maps_shape_mask_and_lesion_contrast(bundle, phantom):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the 20-volume INNOVATE matches the bundle after averaging: no warning
         maps = predict_volume(bundle, phantom.to_dwi(), mask=phantom.mask)
-    assert list(maps) == list(bundle.map_names)
+    assert list(maps) == [*bundle.map_names, "fit_nrmse"]  # the maps and their fit quality
     for name, m in maps.items():
         assert m.shape == phantom.shape and m.dtype == np.float32, name
         assert np.all(np.isnan(m[~phantom.mask])), name  # NaN outside the mask, never 0

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_bundle": "learn.bundle", "TrainConfig": "learn.train", "train": "learn.train",
     "load_dwi": "data.nifti", "predict_volume": "maps.predict", "fit_volume": "maps.nlls",
+    "fit_self_supervised": "maps.self_supervised",
     "evaluate": "evaluate.metrics",
 }
 

@@ -83,14 +83,15 @@ def layer_protocol(layer):
 
 
 def map_spec_for(name: str, model=None):
-    """The MapSpec of map ``name`` (of ``model`` when given, else of rVERDICT or classic VERDICT), or None."""
-    from napari_rverdict.physics.models import get_model
+    """The MapSpec of map ``name`` (of ``model`` when given, else of rVERDICT or classic VERDICT; ``fit_nrmse`` for
+    any model), or None."""
+    from napari_rverdict.physics.models import FIT_NRMSE, find_map_spec, get_model
 
     models = [get_model(model)] if model is not None else [get_model("rverdict"), get_model("verdict")]
     for m in models:
         if name in m.map_names:
             return m.map_spec(name)
-    return None
+    return find_map_spec(name) if name == FIT_NRMSE else None
 
 
 # Maps whose values are unreadable in their SI-like unit are shown scaled in layers and dock tables (files keep the

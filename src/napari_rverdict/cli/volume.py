@@ -98,7 +98,9 @@ def _check_out(args, map_names, inputs) -> None:
     file that is an input. With --overwrite only the map files are replaced."""
     from napari_rverdict.files import check_output_dir
 
-    names = [f"{n}.nii.gz" for n in map_names]
+    from napari_rverdict.physics.models import FIT_NRMSE
+
+    names = [f"{n}.nii.gz" for n in (*map_names, FIT_NRMSE)]  # every method also writes its fit quality
     check_output_dir(args.out, names, overwrite=args.overwrite, inputs=[args.dwi, args.mask, *inputs])
 
 
@@ -144,14 +146,55 @@ def cmd_predict(args) -> int:
 
 
 def cmd_fit(args) -> int:
+    model = cli_model(args.model)
+    if args.method == "self-supervised":
+        return _fit_self_supervised(args, model)
     from napari_rverdict.maps.nlls import fit_volume
 
-    model = cli_model(args.model)
+    if args.epochs is not None or args.sigma is not None:
+        raise CliError("--epochs and --sigma apply to --method self-supervised")
     _check_out(args, model.map_names, [args.init])
     init = cli_bundle(args.init) if args.init else None
     return _maps_of_volume(args, f"NLLS {model.name}", model, lambda dwi, mask, device, progress: fit_volume(
-        model, dwi, None, mask, device=device, init=init, progress=progress, n_starts=args.starts,
-        max_iter=args.max_iter, seed=args.seed))
+        model, dwi, None, mask, device=device, init=init, progress=progress,
+        n_starts=4 if args.starts is None else args.starts, max_iter=args.max_iter or 1000, seed=args.seed))
+
+
+def _fit_self_supervised(args, model) -> int:
+    """``fit --method self-supervised``: the encoder trained on this DWI's voxels; the bar counts epochs."""
+    from napari_rverdict.maps.self_supervised import fit_self_supervised
+
+    nlls_only = [o for o, v in (("--init", args.init), ("--starts", args.starts), ("--max-iter", args.max_iter))
+                 if v is not None]
+    if nlls_only:
+        raise CliError(f"{', '.join(nlls_only)} apply to --method nlls")
+    epochs = 500 if args.epochs is None else args.epochs
+    _check_out(args, model.map_names, [args.sigma])
+    sigma = _sigma_of(args.sigma)
+
+    def make(dwi, mask, device, progress):
+        s = sigma(dwi) if callable(sigma) else sigma
+        return fit_self_supervised(model, dwi, None, mask, device=device, epochs=epochs, seed=args.seed, sigma=s,
+                                   progress=lambda rec: progress(rec.epoch, rec.n_epochs))
+
+    return _maps_of_volume(args, f"self-supervised {model.name} (epochs)", model, make)
+
+
+def _sigma_of(text):
+    """``--sigma``: None, a positive number (the DWI's units), or a 3D NIfTI noise map read on the DWI's grid."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        from napari_rverdict.data.nifti import _load_on_grid
+
+        if not Path(text).exists():
+            raise CliError(f"--sigma expects a number or a noise-map NIfTI file; {text} is neither") from None
+        return lambda dwi: _load_on_grid(text, dwi, "sigma map")
+    if not (value > 0 and value != float("inf")):
+        raise CliError(f"--sigma must be a positive number, got {text}")
+    return value
 
 
 def cmd_compare(args) -> int:
@@ -249,16 +292,25 @@ def register(sub) -> None:
     p.add_argument("--chunk", type=positive_int, default=65536, help="voxels per step (default: %(default)s)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("fit", help="NLLS reference maps of a 4D DWI (batched Levenberg–Marquardt)")
+    p = sub.add_parser("fit", help="maps of a 4D DWI by fitting the model: NLLS (batched Levenberg–Marquardt) or "
+                       "self-supervised (an encoder trained on the DWI's own voxels)")
     p.add_argument("dwi", help="4D DWI NIfTI (.nii / .nii.gz)")
     p.add_argument("--model", default="rverdict", help="verdict or rverdict (default: %(default)s)")
+    p.add_argument("--method", choices=("nlls", "self-supervised"), default="nlls",
+                   help="nlls (default) or self-supervised (ssVERDICT; needs ≥ 100 mask voxels)")
     _volume_options(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: %(default)s)")
-    p.add_argument("--starts", type=int, default=4, help="starts per voxel from screened prior draws (default: 4)")
-    p.add_argument("--init", default=None, help="a model bundle whose prediction is one more start per voxel")
-    p.add_argument("--max-iter", type=positive_int, default=1000,
-                   help="Levenberg–Marquardt iterations at most (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the candidate starts")
+    p.add_argument("--starts", type=int, default=None,
+                   help="NLLS: starts per voxel from screened prior draws (default: 4)")
+    p.add_argument("--init", default=None, help="NLLS: a model bundle whose prediction is one more start per voxel")
+    p.add_argument("--max-iter", type=positive_int, default=None,
+                   help="NLLS: Levenberg–Marquardt iterations at most (default: 1000)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="self-supervised: epochs at most; held-out voxels stop it sooner (default: 500)")
+    p.add_argument("--sigma", default=None, metavar="S|FILE",
+                   help="self-supervised: the noise level in the DWI's units (a number or a 3D noise-map NIfTI): "
+                        "Rician likelihood loss (default: MSE)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the NLLS starts / the self-supervised training")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("compare", help="MSE / MAPE between two directories of maps, and ROI statistics")

@@ -397,10 +397,11 @@ def save_maps(maps: dict, out_dir, affine, model=None, prefix: str = "", suffix:
     :class:`.files.FileSet`: all maps or none (or as part of ``fileset``). A name that would leave ``out_dir`` is
     refused (InputError) before anything is written.
 
-    ``model`` (a SignalModel or its name) supplies each map's unit and display range; maps it does not know are
-    written without a unit. Returns the paths in the order of ``maps``.
+    ``model`` (a SignalModel or its name) supplies each map's unit and display range; ``fit_nrmse`` (every
+    method's fit-quality map) has its own; other maps are written without a unit. Returns the paths in the order of
+    ``maps``.
     """
-    from napari_rverdict.physics.models import get_model
+    from napari_rverdict.physics.models import FIT_NRMSE, find_map_spec, get_model
 
     for name in maps:
         check_name(f"{prefix}{name}{suffix}", "map file name")
@@ -412,8 +413,9 @@ def save_maps(maps: dict, out_dir, affine, model=None, prefix: str = "", suffix:
     written = []
     for name, array in maps.items():
         unit, display = "", None
-        if model is not None and name in model.map_names:
-            spec = model.map_spec(name)
+        spec = model.map_spec(name) if model is not None and name in model.map_names else \
+            find_map_spec(name) if name == FIT_NRMSE else None
+        if spec is not None:
             unit, display = spec.unit, spec.display
         written.append(save_map(array, out_dir / f"{prefix}{name}{suffix}", affine, name, unit, display,
                                 fileset=fileset))

@@ -384,8 +384,9 @@ def fit_volume(model, dwi, protocol=None, mask=None, *, device="auto", init=None
     ``progress(done, total)`` moves within chunks (see :func:`fit_signals`); ``stop_event`` (a ``threading.Event``)
     cancels the fit with :class:`FitCancelled`.
     Other keywords go to :func:`fit_signals` (``n_starts``, ``ranges``, ``n_candidates``, ``max_iter``, …).
-    Returns {map: float32 (x, y, z)}, 0 outside the mask.
+    Returns {map: float32 (x, y, z)} and ``fit_nrmse`` (:func:`.fit_quality.fit_nrmse`), NaN outside the mask.
     """
+    from napari_rverdict.maps.fit_quality import FIT_NRMSE, fit_nrmse
     from napari_rverdict.maps.voxels import prepare_voxels, scatter_maps
 
     model = get_model(model)
@@ -395,6 +396,7 @@ def fit_volume(model, dwi, protocol=None, mask=None, *, device="auto", init=None
         init_values = {k: (np.asarray(v).reshape(-1)[vox.index] if np.ndim(v) == 3 else v) for k, v in init.items()}
     maps = fit_signals(model, vox.signals, vox.protocol, device=device, init=init_values, progress=progress,
                        stop_event=stop_event, **fit_kw)
+    maps[FIT_NRMSE] = fit_nrmse(model, maps, vox.signals, vox.protocol)
     return scatter_maps(maps, vox.index, vox.shape)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from napari_rverdict.data.nifti import Dwi
 from napari_rverdict.errors import InputError
+from napari_rverdict.maps.fit_quality import FIT_NRMSE, fit_nrmse
 from napari_rverdict.maps.voxels import (_NO_USABLE, _plan, _warn_excluded, _warn_implausible, implausible_fraction,
                                          prepare_voxels, scatter_maps)
 
@@ -39,7 +40,8 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
     Dwis are gathered whole (:func:`prepare_voxels`).
 
     Returns {map name: float32 (x, y, z)} for every map of ``bundle.map_names`` (and every other key the bundle
-    returns, e.g. ``f_ic_sd``), 0 outside the mask and in left-out voxels.
+    returns, e.g. ``f_ic_sd``), and ``fit_nrmse`` (:func:`.fit_quality.fit_nrmse`: how well the model, from the
+    voxel's maps, explains its signal); NaN outside the mask and in left-out voxels.
     """
     from napari_rverdict.learn.bundle import Bundle, load_bundle
 
@@ -59,7 +61,7 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
     if progress is not None:
         progress(0, n)
     for start in range(0, n, chunk):
-        out = bundle.predict_signals(vox.signals[start:start + chunk], **kwargs)
+        out = _with_fit_quality(bundle, vox.signals[start:start + chunk], vox.protocol, kwargs)
         for k, v in out.items():
             if k not in flat:
                 flat[k] = np.empty(n, dtype=np.float32)
@@ -67,6 +69,13 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
         if progress is not None:
             progress(min(start + chunk, n), n)
     return scatter_maps(flat, vox.index, vox.shape)
+
+
+def _with_fit_quality(bundle, signals, protocol, kwargs: dict) -> dict:
+    """The bundle's maps of prepared ``signals`` and their ``fit_nrmse``."""
+    out = bundle.predict_signals(signals, **kwargs)
+    out[FIT_NRMSE] = fit_nrmse(bundle.model, out, signals, protocol)
+    return out
 
 
 def _streams(dwi) -> bool:
@@ -111,7 +120,7 @@ def _predict_streaming(bundle, dwi, protocol, mask, chunk: int, kwargs: dict, pr
         n_used += n_ok
         for start in range(0, n_ok, chunk):
             stop = min(start + chunk, n_ok)
-            out = bundle.predict_signals(signals[start:stop], **kwargs)
+            out = _with_fit_quality(bundle, signals[start:stop], plan.protocol, kwargs)
             for name, v in out.items():
                 if name not in maps:
                     maps[name] = np.full(shape, np.nan, dtype=np.float32)

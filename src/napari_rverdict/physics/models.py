@@ -91,7 +91,14 @@ _MAPS = {m.name: m for m in (
     MapSpec("T1", "ms", "T1", (0.0, 4000.0), "turbo"),
     MapSpec("T2_vasc_ees", "ms", "T2 of vascular and EES water", (150.0, 800.0), "turbo"),
     MapSpec("T2_ic", "ms", "T2 of intracellular water", (0.0, 150.0), "turbo"),
+    MapSpec("fit_nrmse", "", "normalised RMSE of the model's fit to the measured signal", (0.0, 0.2), "gray"),
 )}
+FIT_NRMSE = "fit_nrmse"  # the fit-quality map every method returns beside the model's maps (maps.fit_quality)
+
+
+def find_map_spec(name: str) -> MapSpec | None:
+    """The MapSpec of any map a method writes (a model's maps and ``fit_nrmse``), or None for another name."""
+    return _MAPS.get(name)
 
 
 def _maps(*names) -> tuple[MapSpec, ...]:
