@@ -115,7 +115,7 @@ def test_manifest_is_valid_under_npe2():
     from npe2 import PluginManifest
 
     mf = PluginManifest.from_distribution("napari-rverdict")
-    assert {w.display_name for w in mf.contributions.widgets} == {"Simulate", "Train", "Maps"}
+    assert {w.display_name for w in mf.contributions.widgets} == {"Simulate", "Train", "Maps", "Explore"}
     assert {s.key for s in mf.contributions.sample_data} >= {"prostate_phantom"}
     for cmd in mf.contributions.commands:  # every python_name imports
         module, attr = cmd.python_name.split(":")
