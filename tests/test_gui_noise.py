@@ -90,7 +90,7 @@ def test_match_noise_to_the_phantom_dwi(viewer, qtbot, tmp_path):
     sim.match_mask_combo.select("gland mask")
     _click(qtbot, sim.match_btn)
     qtbot.waitUntil(lambda: sim.noise.worker is None, timeout=60_000)
-    assert sim.match_message.kind == "ok", sim.match_message.text()
+    assert sim.match_message.kind == "ok" and not sim.match_message.isHidden(), sim.match_message.text()
     est = sim.noise.estimate
     assert "σ =" in sim.match_message.text() and est.method in sim.match_message.text()
     # the phantom was made at SNR 35 on each voxel's brightest measurement: the gland's "peak" SNR says so
@@ -124,6 +124,7 @@ def test_match_noise_to_the_phantom_dwi(viewer, qtbot, tmp_path):
     _click(qtbot, sim.clear_match_btn)
     assert sim.noise.estimate is None and sim.snr_edit.isEnabled() and sim.snr_edit.text() == "35"
     assert sim.reference_combo.currentData() == "s0" and sim.reference_combo.isEnabled()
+    assert sim.match_message.isHidden()
     data = _generate(qtbot, sim, 300)
     assert data.matched is None and data.snr_setting == 35.0 and data.snr_reference == "s0"
 
@@ -150,6 +151,7 @@ def test_a_dwi_without_estimable_noise_gets_one_clear_message(viewer, qtbot, mon
     qtbot.waitUntil(lambda: sim.noise.worker is None, timeout=60_000)
     text = sim.match_message.text()
     assert sim.match_message.kind == "error" and text.startswith("cannot estimate the noise of this DWI")
+    assert not sim.match_message.isHidden()
     for what in ("piesno", "mppca", "repeats"):
         assert what in text
     assert shown == [text]

@@ -131,6 +131,7 @@ def noise_section(dock) -> QWidget:
     dock.clear_match_btn.setToolTip("forget the match: back to the typed SNR")
     dock.clear_match_btn.setEnabled(False)
     dock.match_message = Message()
+    dock.match_message.setVisible(False)  # shown once Match has something to say
     box = QWidget()
     dock.noise_form = QFormLayout(box)
     dock.noise_form.setContentsMargins(0, 0, 0, 0)

@@ -138,6 +138,7 @@ class NoiseControls(QObject):
         self.worker = worker
         self.dock.match_btn.setEnabled(False)
         self.dock.match_message.info(f"estimating the noise of '{name}'…")
+        self.dock.match_message.setVisible(True)
         worker.start()
 
     def _matched(self, est, name: str) -> None:
@@ -156,6 +157,7 @@ class NoiseControls(QObject):
                                      "(\"peak\")")
         d.clear_match_btn.setEnabled(True)
         d.match_message.ok(f"'{name}': {est.describe()}. Generate draws each signal's SNR from this distribution.")
+        d.match_message.setVisible(True)
         d._validate()
         self.update_effective_snr()
 
@@ -173,11 +175,13 @@ class NoiseControls(QObject):
         d.reference_combo.setCurrentIndex(index)
         d.clear_match_btn.setEnabled(False)
         d.match_message.info("")
+        d.match_message.setVisible(False)
         d._validate()
         self.update_effective_snr()
 
     def _fail(self, text: str) -> None:
         self.dock.match_message.error(text)
+        self.dock.match_message.setVisible(True)
         show_error(text)
 
     def _failed(self, exc) -> None:
