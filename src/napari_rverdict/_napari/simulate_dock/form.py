@@ -1,8 +1,9 @@
 """The Simulate dock's widgets and their layout, one small function per section; no behaviour here.
 
 Top to bottom: model and protocol, the noise settings (``dock.noise_form``: SNR, the noise reference and the
-effective SNR it implies, matching the noise of a DWI layer), N, *Generate* with its progress and message, then collapsed sections: training ranges, advanced
-(fraction sampler, seed), example signals. The content scrolls (:func:`~napari_rverdict._napari._common.scroll_layout`).
+effective SNR it implies, matching the noise of a DWI layer; behaviour in :mod:`.noise`), N, *Generate* with its
+progress and message, then collapsed sections: training ranges, advanced (fraction sampler, seed), example signals.
+The content scrolls (:func:`~napari_rverdict._napari._common.scroll_layout`).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ INVALID_BG = QColor("#8b1e1e")
 REFERENCE_TEXT = {"s0": "σ fixed where S0 = 1 (scanner-like)", "peak": "σ on each voxel's brightest measurement"}
 REFERENCE_TIPS = {"s0": "σ = 1/SNR where S0 = 1 (the top of the S0 range), before the T1 / T2 factors: σ is fixed "
                         "while voxel brightness varies, as on a scanner. The seed paper's convention (the default).",
-                  "peak": "σ = (each voxel's brightest noise-free measurement) / SNR: every voxel gets the SNR itself. "
-                          "How bundles saved before the setting existed were trained."}
+                  "peak": "σ = (each voxel's brightest noise-free measurement) / SNR: every voxel gets the SNR "
+                          "itself. How bundles saved before the setting existed were trained."}
 AUTO_MATCH_MASK = "(automatic: mean b = 0 above 4σ)"
 
 
