@@ -22,8 +22,9 @@ from napari_rverdict._napari._common import JobStopped, LifetimeGuard, Relay, re
 from napari_rverdict._napari.reader import layer_protocol
 from napari_rverdict._napari.simulate_dock import form
 from napari_rverdict._napari.simulate_dock.form import INVALID_BG
+from napari_rverdict._napari.simulate_dock.noise import NoiseControls
 from napari_rverdict._napari.state import get_state, model_label
-from napari_rverdict.data.noise import parse_snr
+from napari_rverdict.data.noise import describe_noise
 from napari_rverdict.data.prior import resolve_ranges
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.physics.models import get_model
@@ -43,6 +44,7 @@ class SimulateWidget(QWidget):
         self._pbar = None
         self.stop_event = threading.Event()  # set when the dock or the viewer closes: the running job stops
         form.build(self)
+        self.noise = NoiseControls(self)  # SNR / matched noise, the noise reference, the effective-SNR line
         self._connect()
         self._refresh_protocols()
         self._model_changed()
@@ -50,6 +52,7 @@ class SimulateWidget(QWidget):
     def _connect(self) -> None:
         self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.protocol_combo.currentIndexChanged.connect(self._validate)
+        self.protocol_combo.currentIndexChanged.connect(self._follow_protocol_layer)
         self.protocol_file_btn.clicked.connect(self._choose_protocol_file)
         self.table.itemChanged.connect(self._validate)
         self.snr_edit.textChanged.connect(self._validate)
@@ -108,6 +111,12 @@ class SimulateWidget(QWidget):
         self.protocol_combo.setCurrentIndex(max(idx, 0))
         self.protocol_combo.blockSignals(False)
         self._validate()
+
+    def _follow_protocol_layer(self, *_) -> None:
+        """A protocol taken from a DWI layer makes that layer the one *Match noise* reads."""
+        kind, value = self.protocol_combo.currentData() or ("preset", "innovate")
+        if kind == "layer":
+            self.match_dwi_combo.select(value)
 
     def find_protocol(self, data) -> int:
         """Index of the protocol entry ``("preset" | "layer" | "file", name)``, or -1 (QComboBox.findData cannot
@@ -195,12 +204,10 @@ class SimulateWidget(QWidget):
             self._check_table(mark=True)
         except ValueError as exc:
             problems.append(f"ranges: {exc}")
-        try:
-            parse_snr(self.snr_edit.text(), "SNR")
-            self.snr_edit.setStyleSheet("")
-        except ValueError as exc:
-            problems.append(str(exc))
-            self.snr_edit.setStyleSheet(f"background: {INVALID_BG.name()};")
+        snr_problem = self.noise.snr_problem()
+        if snr_problem:
+            problems.append(snr_problem)
+        self.snr_edit.setStyleSheet(f"background: {INVALID_BG.name()};" if snr_problem else "")
         try:
             protocol = self.protocol()
             get_model(self.model_name).check_protocol(protocol)
@@ -215,14 +222,15 @@ class SimulateWidget(QWidget):
             self.message.error("Cannot generate: " + "; ".join(problems))
         elif self.message.kind == "error":
             self.message.info("")
+        self.noise.schedule()  # the effective SNR follows model, protocol, ranges and SNR
         return not problems
 
     # ------------------------------------------------------------------ run
     def settings(self) -> dict:
         """The arguments ``simulate`` gets (raises ValueError on bad input)."""
         return dict(model=self.model_name, protocol=self.protocol(), n=int(self.n_spin.value()),
-                    snr=parse_snr(self.snr_edit.text(), "SNR"), ranges=self.ranges(),
-                    fraction_sampler=self.sampler_combo.currentData(), seed=int(self.seed_spin.value()))
+                    ranges=self.ranges(), fraction_sampler=self.sampler_combo.currentData(),
+                    seed=int(self.seed_spin.value()), **self.noise.simulate_kwargs())
 
     def generate(self) -> None:
         """Start ``simulate`` in a worker thread (nothing happens, but a message, when inputs are invalid)."""
@@ -255,6 +263,7 @@ class SimulateWidget(QWidget):
         """The dock or the viewer is going away: stop ``simulate`` at its next chunk and let go of the worker, so
         nothing it returns reaches this dock."""
         self.stop_event.set()
+        self.noise.shutdown()
         if self.worker is not None:
             release_worker(self)
 
@@ -263,11 +272,9 @@ class SimulateWidget(QWidget):
             self.message.info("stopped: no signals were made")
             return
         self.state.data = data
-        snr = data.snr_setting
-        snr_text = f"{snr:g}" if np.ndim(snr) == 0 else f"{snr[0]:g}–{snr[1]:g}"
         self.progress.setValue(100)
-        self.message.ok(f"{len(data):,} {model_label(data.model.name)} signals, SNR {snr_text}. "
-                        "Next: the Train dock.")
+        self.message.ok(f"{len(data):,} {model_label(data.model.name)} signals, "
+                        f"{describe_noise(data.snr_setting, data.snr_reference, data.matched)}. Next: the Train dock.")
         self.message.setToolTip(f"{len(data.protocol)} measurements; {len(data.train_index):,} train / "
                                 f"{len(data.val_index):,} validation signals")
         k = min(5, len(data))

@@ -1,12 +1,14 @@
 """The Simulate dock's widgets and their layout, one small function per section; no behaviour here.
 
-Top to bottom: model and protocol, the noise settings (``dock.noise_form``: a QFormLayout other noise options are
-added to), N, *Generate* with its progress and message, then collapsed sections: training ranges, advanced
-(fraction sampler, seed), example signals. The content scrolls (:func:`~napari_rverdict._napari._common.scroll_layout`).
+Top to bottom: model and protocol, the noise settings (``dock.noise_form``: SNR, the noise reference and the
+effective SNR it implies, matching the noise of a DWI layer; behaviour in :mod:`.noise`), N, *Generate* with its
+progress and message, then collapsed sections: training ranges, advanced (fraction sampler, seed), example signals.
+The content scrolls (:func:`~napari_rverdict._napari._common.scroll_layout`).
 """
 
 from __future__ import annotations
 
+import napari
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QComboBox,
@@ -22,6 +24,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_rverdict._napari._common import (
+    LayerCombo,
+    Message,
     add_run_row,
     collapsible,
     compact,
@@ -29,6 +33,7 @@ from napari_rverdict._napari._common import (
     hint,
     scroll_layout,
 )
+from napari_rverdict.data.noise import DEFAULT_SNR_REFERENCE, SNR_REFERENCES
 from napari_rverdict.data.prior import FRACTION_SAMPLERS
 
 MODELS = (("rverdict", "rVERDICT (relaxation-VERDICT, 9 maps)"), ("verdict", "classic VERDICT (5 maps)"))
@@ -38,6 +43,12 @@ MODEL_TIPS = {"rverdict": "relaxation-VERDICT: the three compartments plus T1, T
 SAMPLERS = {"dirichlet": "Dirichlet(1,1,1): uniform on the simplex",
             "tissue": "tissue: p1 = 1 − f_vasc, p2 = f_ic / p1"}
 INVALID_BG = QColor("#8b1e1e")
+REFERENCE_TEXT = {"s0": "σ fixed where S0 = 1 (scanner-like)", "peak": "σ on each voxel's brightest measurement"}
+REFERENCE_TIPS = {"s0": "σ = 1/SNR where S0 = 1 (the top of the S0 range), before the T1 / T2 factors: σ is fixed "
+                        "while voxel brightness varies, as on a scanner. The seed paper's convention (the default).",
+                  "peak": "σ = (each voxel's brightest noise-free measurement) / SNR: every voxel gets the SNR "
+                          "itself. How bundles saved before the setting existed were trained."}
+AUTO_MATCH_MASK = "(automatic: mean b = 0 above 4σ)"
 
 
 def build(dock) -> None:
@@ -93,16 +104,61 @@ def model_section(dock) -> QFormLayout:
 
 
 def noise_section(dock) -> QWidget:
-    """The noise settings: SNR now; ``dock.noise_form`` is the form further noise options are added to."""
+    """The noise settings in ``dock.noise_form``: SNR, the noise reference with the effective SNR it implies, and
+    *Match noise to this DWI* (a DWI layer, an optional mask, Match / Clear and a line saying what was found)."""
     dock.snr_edit = QLineEdit("35")
-    dock.snr_edit.setToolTip("one SNR (e.g. 35) or a range LOW-HIGH drawn per sample (e.g. 15-60); "
-                             "σ = 1/SNR of the voxel's brightest measurement")
+    dock.snr_edit.setToolTip("one SNR (e.g. 35) or a range LOW-HIGH drawn per sample (e.g. 15-60): σ = 1/SNR on the "
+                             "scale the noise reference below names")
+    dock.reference_combo = QComboBox()
+    for i, key in enumerate(SNR_REFERENCES):
+        dock.reference_combo.addItem(REFERENCE_TEXT[key], key)
+        dock.reference_combo.setItemData(i, REFERENCE_TIPS[key], 3)  # Qt.ToolTipRole
+    dock.reference_combo.setCurrentIndex(SNR_REFERENCES.index(DEFAULT_SNR_REFERENCE))
+    dock.reference_combo.setToolTip("the scale σ = 1/SNR is fixed on (snr_reference).\n" + "\n".join(
+        f"{k}: {REFERENCE_TIPS[k]}" for k in SNR_REFERENCES) + "\nClassic VERDICT (S/S0, each series' b = 0 is 1): "
+        "the two coincide.")
+    dock.effective_label = hint("")
+    dock.effective_label.setToolTip("the SNR each training signal gets at its brightest b = 0 (per acquired volume) "
+                                    "under the training ranges: what the setting means in practice")
+    dock.match_dwi_combo = LayerCombo(dock.viewer, is_dwi)
+    dock.match_dwi_combo.setToolTip("the 4D DWI layer (as acquired, direction-resolved) whose noise to match")
+    dock.match_mask_combo = LayerCombo(dock.viewer, is_3d_volume, none_text=AUTO_MATCH_MASK)
+    dock.match_mask_combo.setToolTip("the voxels whose SNR distribution is matched (e.g. the gland mask); "
+                                     "automatic: voxels whose mean b = 0 exceeds 4σ")
+    dock.match_btn = QPushButton("Match noise")
+    dock.match_btn.setToolTip("estimate the scanner's σ in this DWI (PIESNO, MP-PCA or repeated volumes) and draw "
+                              "each training signal's SNR from the DWI's own per-voxel SNR in the mask")
+    dock.clear_match_btn = QPushButton("Clear")
+    dock.clear_match_btn.setToolTip("forget the match: back to the typed SNR")
+    dock.clear_match_btn.setEnabled(False)
+    dock.match_message = Message()
+    dock.match_message.setVisible(False)  # shown once Match has something to say
     box = QWidget()
     dock.noise_form = QFormLayout(box)
     dock.noise_form.setContentsMargins(0, 0, 0, 0)
     dock.noise_form.addRow("SNR", dock.snr_edit)
+    dock.noise_form.addRow("noise on", dock.reference_combo)
+    dock.noise_form.addRow("", dock.effective_label)
+    dock.noise_form.addRow("match to", _row(dock.match_dwi_combo, dock.match_btn))
+    dock.noise_form.addRow("in mask", _row(dock.match_mask_combo, dock.clear_match_btn))
+    dock.noise_form.addRow(dock.match_message)
     dock.noise_box = box
     return box
+
+
+def _row(widget, button) -> QHBoxLayout:
+    row = QHBoxLayout()
+    row.addWidget(widget, 1)
+    row.addWidget(button)
+    return row
+
+
+def is_dwi(layer) -> bool:
+    return isinstance(layer, napari.layers.Image) and layer.ndim == 4
+
+
+def is_3d_volume(layer) -> bool:
+    return isinstance(layer, (napari.layers.Labels, napari.layers.Image)) and layer.ndim == 3
 
 
 def advanced_form(dock) -> QFormLayout:

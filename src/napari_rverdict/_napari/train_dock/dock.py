@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import napari
-import numpy as np
 import torch
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
@@ -32,6 +31,7 @@ from napari_rverdict._napari.train_dock.job import (
     training_job,
     validation_record,
 )
+from napari_rverdict.data.noise import describe_noise
 from napari_rverdict.learn.nets import default_hyperparameters
 from napari_rverdict.learn.train import TrainConfig
 
@@ -109,10 +109,9 @@ class TrainWidget(QWidget):
             self.data_label.setText("Step 2 of 3. No training signals yet: Generate them in the Simulate dock "
                                     "(or Load a bundle).")
         else:
-            snr = data.snr_setting
-            snr_text = f"{snr:g}" if np.ndim(snr) == 0 else f"{snr[0]:g}–{snr[1]:g}"
+            noise = describe_noise(data.snr_setting, data.snr_reference, data.matched)
             self.data_label.setText(f"Step 2 of 3. Training signals: {len(data):,} {model_label(data.model.name)},"
-                                    f" {len(data.protocol)} measurements, SNR {snr_text}.")
+                                    f" {len(data.protocol)} measurements, {noise}.")
         self._update_defaults()
         if self.state not in (TrainState.TRAINING, TrainState.STOPPING):
             self._set_state(self.state)
@@ -316,9 +315,9 @@ class TrainWidget(QWidget):
         if not rows:
             self.table_caption.setText("")
             return
-        snr = record.get("snr")
+        noise = record.get("noise") or (f"SNR {record['snr']}" if record.get("snr") else "")
         self.table_caption.setText(f"The network on {int(record.get('n') or EVAL_N):,} fresh synthetic signals"
-                                   + (f" at SNR {snr}" if snr else "") + ". Hover a column header for what it "
+                                   + (f" at {noise}" if noise else "") + ". Hover a column header for what it "
                                    "means.")
         self.table_section.expand(animate=False)
 

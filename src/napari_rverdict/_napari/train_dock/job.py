@@ -66,9 +66,10 @@ def report_rows(report) -> list[tuple[str, str, float, float, float]]:
 
 def validation_record(report, n: int = EVAL_N) -> dict:
     """The validation table as plain data, kept in ``bundle.extra["validation"]`` so it is saved and restored
-    with the bundle: {"n", "snr", "rows": [[parameter, unit, RMSE, MAPE %, √CRLB], ...]}."""
+    with the bundle: {"n", "snr", "noise" (the noise it was drawn with, :func:`.data.noise.describe_noise`),
+    "rows": [[parameter, unit, RMSE, MAPE %, √CRLB], ...]}."""
     snr = getattr(report, "snr", None)
-    return {"n": int(n), "snr": None if snr is None else str(snr),
+    return {"n": int(n), "snr": None if snr is None else str(snr), "noise": str(getattr(report, "noise", "") or ""),
             "rows": [[name, unit, rmse, mape, crlb] for name, unit, rmse, mape, crlb in report_rows(report)]}
 
 
