@@ -15,7 +15,6 @@ calibration set (as large as the validation set) was too small to calibrate: Gau
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import os
 import warnings
@@ -29,7 +28,7 @@ from napari_rverdict import __version__
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import atomic_path
 from napari_rverdict.learn.device import resolve_device
-from napari_rverdict.learn.nets import build_network
+from napari_rverdict.learn.nets import build_network, fused_for_inference
 from napari_rverdict.learn.scaling import unscale_targets
 from napari_rverdict.learn.uncertainty import (
     derived_sd,
@@ -231,8 +230,7 @@ class Bundle:
 
     def _device_network(self, device="cpu"):
         dev = resolve_device(device)
-        net = self.network if dev.type == "cpu" else copy.deepcopy(self.network).to(dev)
-        return dev, net.eval()
+        return dev, fused_for_inference(self.network).to(dev)  # BatchNorm folded into its Linear: eval only
 
     def _check_uncertainty(self) -> None:
         if not self.uncertainty:
