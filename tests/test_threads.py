@@ -123,3 +123,14 @@ def test_using_torch_threads_restores():
         with using_torch_threads(1):
             raise RuntimeError("boom")
     assert torch.get_num_threads() == before
+
+
+def test_capped_threads_only_lower(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "available_cpus", lambda **kw: 1)
+    with threads.capped_torch_threads() as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    monkeypatch.setattr(threads, "available_cpus", lambda **kw: 64)
+    with threads.capped_torch_threads() as n:
+        assert n == before  # a caller's (lower) choice stands

@@ -10,7 +10,8 @@ so asking for more threads than there are free CPUs turns seconds into minutes (
 * :func:`torch_threads` — intra-op threads for a context: the main process (CLI, scripts) uses them all; a napari
   worker thread leaves one CPU to the event loop and the canvas; a Dask worker gets its share of the machine.
 * :func:`worker_layout` — (workers, threads per worker) for a cohort's local cluster, never oversubscribing.
-* :func:`using_torch_threads` — a context manager that sets torch's threads for a block and restores them.
+* :func:`using_torch_threads` — a context manager that sets torch's threads for a block and restores them;
+  :func:`capped_torch_threads` only lowers them to :func:`available_cpus` (library entry points).
 
 Lowest layer (beside ``errors`` and ``files``): imports torch only inside the functions that set threads.
 """
@@ -195,5 +196,16 @@ def using_torch_threads(n: int | str = "main", *, n_workers: int = 1) -> Iterato
         set_torch_threads(previous)
 
 
-__all__ = ["CONTEXTS", "affinity_cpus", "available_cpus", "cgroup_cpus", "set_torch_threads", "torch_threads",
-           "using_torch_threads", "worker_layout"]
+@contextmanager
+def capped_torch_threads() -> Iterator[int]:
+    """torch's current threads capped at :func:`available_cpus` for a block (never raised), then restored: library
+    entry points use it so a caller's choice stands but a cgroup quota or affinity mask is never exceeded (torch
+    by itself counts the host's cores)."""
+    import torch
+
+    with using_torch_threads(min(torch.get_num_threads(), available_cpus())) as n:
+        yield n
+
+
+__all__ = ["CONTEXTS", "affinity_cpus", "available_cpus", "capped_torch_threads", "cgroup_cpus", "set_torch_threads",
+           "torch_threads", "using_torch_threads", "worker_layout"]

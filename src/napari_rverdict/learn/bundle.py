@@ -28,6 +28,7 @@ from napari_rverdict import __version__
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import atomic_path
 from napari_rverdict.learn.device import resolve_device
+from napari_rverdict.threads import capped_torch_threads
 from napari_rverdict.learn.nets import build_network, fused_for_inference
 from napari_rverdict.learn.scaling import unscale_targets
 from napari_rverdict.learn.uncertainty import (
@@ -336,11 +337,12 @@ class Bundle:
         n = s.shape[0]
         dev, net = self._device_network(device)
         parts = []
-        for start in range(0, n, int(chunk)):
-            raw = np.asarray(s[start:start + chunk], dtype=np.float64)
-            norm = self.model.normalise(raw, self.protocol)
-            parts.append(self._maps_from_normalised(norm, dev, net, int(chunk), uncertainty, return_all,
-                                                    seed=start))
+        with capped_torch_threads():  # never more threads than CPUs this process may use (cgroup, affinity)
+            for start in range(0, n, int(chunk)):
+                raw = np.asarray(s[start:start + chunk], dtype=np.float64)
+                norm = self.model.normalise(raw, self.protocol)
+                parts.append(self._maps_from_normalised(norm, dev, net, int(chunk), uncertainty, return_all,
+                                                        seed=start))
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
