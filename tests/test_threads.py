@@ -127,10 +127,42 @@ def test_using_torch_threads_restores():
 
 def test_capped_threads_only_lower(monkeypatch):
     before = torch.get_num_threads()
-    monkeypatch.setattr(threads, "available_cpus", lambda **kw: 1)
+    monkeypatch.setattr(threads, "free_cpus", lambda **kw: 1)
     with threads.capped_torch_threads() as n:
         assert n == 1 and torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
-    monkeypatch.setattr(threads, "available_cpus", lambda **kw: 64)
+    monkeypatch.setattr(threads, "free_cpus", lambda **kw: 64)
     with threads.capped_torch_threads() as n:
         assert n == before  # a caller's (lower) choice stands
+
+
+PROC_STAT = """cpu  500 0 300 1000 20 0 0 0 0 0
+cpu0 100 0 50 400 10 0 0 0 0 0
+cpu1 400 0 250 600 10 0 0 0 0 0
+cpu7 1 0 1 1 0 0 0 0 0 0
+intr 12345
+"""
+
+
+def test_proc_stat_per_cpu_busy_and_total_jiffies():
+    got = threads._cpu_jiffies(PROC_STAT, {0, 1})
+    assert got == {0: (150, 560), 1: (650, 1260)}  # idle + iowait are not busy; cpu7 is not ours
+
+
+def test_busy_elsewhere_subtracts_this_process(monkeypatch):
+    import time
+
+    t0 = time.monotonic() - 1.0
+    monkeypatch.setattr(threads, "_last_sample", (t0, 10.0, {0: (0, 0), 1: (0, 0)}))
+    # over 1 s: CPU 0 fully busy, CPU 1 half busy (1.5 CPUs), of which this process used 0.5 CPU-seconds
+    monkeypatch.setattr(threads, "_sample", lambda path: (t0 + 1.0, 10.5, {0: (100, 100), 1: (50, 100)}))
+    assert threads.busy_elsewhere() == pytest.approx(1.0)
+    monkeypatch.setattr(threads, "_sample", lambda path: None)
+    assert threads.busy_elsewhere(fresh=True) is None  # no /proc/stat: no claim
+
+
+def test_free_cpus_leave_out_what_others_keep_busy(monkeypatch):
+    monkeypatch.setattr(threads, "available_cpus", lambda **kw: 4)
+    for others, free in ((None, 4), (0.0, 4), (0.4, 4), (2.0, 2), (2.6, 1), (7.0, 1)):
+        monkeypatch.setattr(threads, "busy_elsewhere", lambda others=others: others)
+        assert threads.free_cpus() == free

@@ -7,8 +7,11 @@ so asking for more threads than there are free CPUs turns seconds into minutes (
   ``taskset`` / Slurm / Docker ``--cpuset-cpus`` set) and its cgroup CPU quota (v2 ``cpu.max``, v1
   ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; Docker ``--cpus``, Kubernetes limits), whichever is smaller, and
   never more than an explicit ``OMP_NUM_THREADS``.
-* :func:`torch_threads` — intra-op threads for a context: the main process (CLI, scripts) uses them all; a napari
-  worker thread leaves one CPU to the event loop and the canvas; a Dask worker gets its share of the machine.
+* :func:`free_cpus` — those CPUs less the ones other processes keep busy right now (``/proc/stat`` busy time
+  less this process's own CPU time): with two busy-loop jobs beside it on 2 CPUs a command runs 1 thread, which
+  never waits, instead of 2 that stall every kernel.
+* :func:`torch_threads` — intra-op threads for a context: the main process (CLI, scripts) uses the free CPUs; a
+  napari worker thread leaves one more to the event loop and the canvas; a Dask worker gets its share.
 * :func:`worker_layout` — (workers, threads per worker) for a cohort's local cluster, never oversubscribing.
 * :func:`using_torch_threads` — a context manager that sets torch's threads for a block and restores them;
   :func:`capped_torch_threads` only lowers them to :func:`available_cpus` (library entry points).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,20 +131,99 @@ def available_cpus(*, root=CGROUP_ROOT, proc_self_cgroup=PROC_SELF_CGROUP, respe
     return max(1, n)
 
 
+# ---------------------------------------------------------------------- what other processes leave free
+PROC_STAT = Path("/proc/stat")
+LOAD_SAMPLE_S = 0.1  # a fresh sample of /proc/stat when the last one is missing or stale
+LOAD_STALE_S = 30.0
+_last_sample: tuple[float, float, dict[int, tuple[int, int]]] | None = None
+_last_value: float | None = None
+
+
+def _cpu_jiffies(text: str, cpus: set[int]) -> dict[int, tuple[int, int]]:
+    """{cpu: (busy, total) jiffies} of the ``cpuN`` lines of /proc/stat for ``cpus``."""
+    out = {}
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or not name[3:].isdigit() or int(name[3:]) not in cpus:
+            continue
+        v = [int(x) for x in fields[:8]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+        out[int(name[3:])] = (sum(v) - idle, sum(v))
+    return out
+
+
+def _sample(proc_stat: Path) -> tuple[float, float, dict[int, tuple[int, int]]] | None:
+    text = _read(proc_stat)
+    if not text:
+        return None
+    try:
+        cpus = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = set(range(os.cpu_count() or 1))
+    t = os.times()
+    return time.monotonic(), t.user + t.system, _cpu_jiffies(text, cpus)
+
+
+def busy_elsewhere(proc_stat=PROC_STAT, *, fresh: bool = False) -> float | None:
+    """CPUs of this process's affinity mask kept busy by *other* processes lately (``/proc/stat`` busy time minus
+    this process's own CPU time), or None where the OS does not say.
+
+    Measured since the previous call (no waiting), or over a fresh ``LOAD_SAMPLE_S`` when there is no recent one
+    (or ``fresh``). A busy-loop process counts as one CPU; this process's own threads count as none.
+    """
+    global _last_sample, _last_value
+    proc_stat = Path(proc_stat)
+    prev = _last_sample
+    now = time.monotonic()
+    if not fresh and prev is not None and now - prev[0] < LOAD_SAMPLE_S and _last_value is not None:
+        return _last_value  # asked again within one sample: the last answer
+    if fresh or prev is None or not LOAD_SAMPLE_S <= now - prev[0] <= LOAD_STALE_S:
+        prev = _sample(proc_stat)
+        if prev is None:
+            return None
+        time.sleep(LOAD_SAMPLE_S)
+    cur = _sample(proc_stat)
+    if cur is None:
+        return None
+    _last_sample = cur
+    d_busy = sum(cur[2][c][0] - prev[2][c][0] for c in cur[2] if c in prev[2])
+    d_total = sum(cur[2][c][1] - prev[2][c][1] for c in cur[2] if c in prev[2])
+    if d_total <= 0 or not cur[2]:
+        return None
+    wall = max(cur[0] - prev[0], 1e-6)
+    busy_cpus = d_busy / d_total * len(cur[2])  # jiffies are per CPU: the busy share × the CPUs counted
+    own_cpus = (cur[1] - prev[1]) / wall
+    _last_value = max(0.0, busy_cpus - own_cpus)
+    return _last_value
+
+
+def free_cpus(**kw) -> int:
+    """:func:`available_cpus` less the CPUs other processes keep busy (≥ 1): the threads that will not wait."""
+    n = available_cpus(**kw)
+    others = busy_elsewhere()
+    if others is None:
+        return n
+    return max(1, min(n, int(math.floor(n - others + 0.5))))
+
+
 # ---------------------------------------------------------------------- choices
 def torch_threads(context: str = "main", *, n_workers: int = 1, cpus: int | None = None) -> int:
     """Intra-op torch threads for ``context`` (≥ 1).
 
-    ``"main"``: the main process of a CLI command or script — every available CPU.
-    ``"napari"``: a napari worker thread — one CPU is left to the GUI's event loop and rendering.
-    ``"dask"``: one task at a time in each of ``n_workers`` Dask workers on this machine — an equal share.
-    ``cpus``: the CPUs to share (default :func:`available_cpus`).
+    ``"main"``: the main process of a CLI command or script — every CPU not kept busy by other processes.
+    ``"napari"``: a napari worker thread — the same, less one CPU left to the GUI's event loop and rendering.
+    ``"dask"``: one task at a time in each of ``n_workers`` Dask workers on this machine — an equal share of
+    the available CPUs (the workers are the load; other processes are not measured).
+    ``cpus``: the CPUs to share (default: :func:`free_cpus`, or :func:`available_cpus` for ``"dask"``).
     """
     if context not in CONTEXTS:
         raise ValueError(f"unknown thread context '{context}'; choose one of: {', '.join(CONTEXTS)}")
     if int(n_workers) != n_workers or n_workers < 1:
         raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
-    n = available_cpus() if cpus is None else max(1, int(cpus))
+    if cpus is not None:
+        n = max(1, int(cpus))
+    else:
+        n = available_cpus() if context == "dask" else free_cpus()
     if context == "napari":
         return max(1, n - 1)
     if context == "dask":
@@ -198,14 +281,15 @@ def using_torch_threads(n: int | str = "main", *, n_workers: int = 1) -> Iterato
 
 @contextmanager
 def capped_torch_threads() -> Iterator[int]:
-    """torch's current threads capped at :func:`available_cpus` for a block (never raised), then restored: library
-    entry points use it so a caller's choice stands but a cgroup quota or affinity mask is never exceeded (torch
-    by itself counts the host's cores)."""
+    """torch's current threads capped at :func:`free_cpus` for a block (never raised), then restored: library entry
+    points use it so a caller's choice stands, but a cgroup quota or affinity mask is never exceeded (torch by
+    itself counts the host's cores) and CPUs other processes keep busy are not waited for. Called often (every
+    training record, every prediction), it measures the load since its previous call without waiting."""
     import torch
 
-    with using_torch_threads(min(torch.get_num_threads(), available_cpus())) as n:
+    with using_torch_threads(min(torch.get_num_threads(), free_cpus())) as n:
         yield n
 
 
-__all__ = ["CONTEXTS", "affinity_cpus", "available_cpus", "capped_torch_threads", "cgroup_cpus", "set_torch_threads",
-           "torch_threads", "using_torch_threads", "worker_layout"]
+__all__ = ["CONTEXTS", "affinity_cpus", "available_cpus", "busy_elsewhere", "capped_torch_threads", "cgroup_cpus",
+           "free_cpus", "set_torch_threads", "torch_threads", "using_torch_threads", "worker_layout"]
