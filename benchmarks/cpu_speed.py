@@ -6,7 +6,7 @@ Run: ``.venv/bin/python benchmarks/cpu_speed.py [--quick] [--n 100000] [--shape 
     NumPy implementation of the same forward model with a 60-term sphere series (same parameter draws, the same
     Rician noise and normalisation code): target ≥ 20×. Accuracy: max |difference| of the noise-free signals.
 [2] the same ``simulate`` with two competing busy-loop processes running against quiet: target ≤ 2× slower
-    (torch threads as the CLI chooses them, ``threads.torch_threads("main")``, and with one thread).
+    (load-aware threads, ``threads.capped_torch_threads`` in ``simulate``, against the fixed count torch uses).
 [3] maps of a ``--shape`` volume (433,664 voxels at 176 × 176 × 14) with a ResNetReg 31 / 128 bundle
     (``predict_volume``, every voxel, float32, BatchNorm folded) against the floor in PERFORMANCE.md (1.8 s for
     the network alone), with the unfolded network and bfloat16 autocast (time and max map change in units of each
@@ -112,25 +112,31 @@ def part_simulate(args, model, protocol) -> None:
           f"(target ≥ 20×); max |noise-free difference| {diff:.1e}")
 
     print(f"\n[2] simulate {n:,} quiet vs with 2 busy-loop processes (load before: {_load()})")
-    rows = []
-    for threads in sorted({chosen, 1}, reverse=True):
-        with using_torch_threads(threads):
-            quiet = _time(lambda: simulate(model, protocol, n=n, seed=0), args.repeat)
-            ctx = mp.get_context("spawn")
-            hogs = [ctx.Process(target=_busy, daemon=True) for _ in range(2)]
-            for h in hogs:
-                h.start()
-            try:
-                time.sleep(1.0)
-                busy = _time(lambda: simulate(model, protocol, n=n, seed=0), args.repeat, pick=statistics.median)
-            finally:
+    from napari_rverdict import threads as threads_module
+
+    real_busy = threads_module.busy_elsewhere
+    n_avail = available_cpus()
+    for label, adaptive in (("load-aware (default)", True), (f"fixed {n_avail} thread(s), as before", False)):
+        if not adaptive:  # what torch does by itself: every available CPU, busy or not
+            threads_module.busy_elsewhere = lambda **kw: None
+        try:
+            with using_torch_threads(n_avail):  # torch's own default; simulate lowers it where CPUs are busy
+                quiet = _time(lambda: simulate(model, protocol, n=n, seed=0), args.repeat)
+                ctx = mp.get_context("spawn")
+                hogs = [ctx.Process(target=_busy, daemon=True) for _ in range(2)]
                 for h in hogs:
-                    h.terminate()
-                for h in hogs:
-                    h.join()
-        rows.append((threads, quiet, busy))
-        print(f"    {threads} thread(s): quiet {quiet:.3f} s, busy {busy:.3f} s → RATIO {busy / quiet:.2f}× "
-              "(target ≤ 2×)")
+                    h.start()
+                try:
+                    time.sleep(1.0)
+                    busy = _time(lambda: simulate(model, protocol, n=n, seed=0), args.repeat, pick=statistics.median)
+                finally:
+                    for h in hogs:
+                        h.terminate()
+                    for h in hogs:
+                        h.join()
+        finally:
+            threads_module.busy_elsewhere = real_busy
+        print(f"    {label}: quiet {quiet:.3f} s, busy {busy:.3f} s → RATIO {busy / quiet:.2f}× (target ≤ 2×)")
 
 
 def part_volume(args, model, protocol) -> None:

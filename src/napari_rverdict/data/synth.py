@@ -22,6 +22,7 @@ from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import SignalModel, get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
+from napari_rverdict.threads import capped_torch_threads
 
 
 @dataclass
@@ -160,7 +161,8 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Map
     chunk = 32768
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
-        clean = noise_free_signals(model, {k: v[sl] for k, v in params.items()}, protocol)
+        with capped_torch_threads():  # per chunk: CPUs that other processes keep busy are not waited for
+            clean = noise_free_signals(model, {k: v[sl] for k, v in params.items()}, protocol)
         clean = clean / clean.max(axis=1, keepdims=True)
         noisy = add_rician_noise(clean, 1.0 / snr_values[sl, None], rng)
         signals[sl] = model.normalise(noisy, protocol)
