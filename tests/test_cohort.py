@@ -183,3 +183,16 @@ def test_self_supervised_method_needs_its_module(ws, tmp_path, capsys):
         pytest.skip("the self-supervised fit is installed")
     assert main(["cohort", "fit", str(ws / "dwis"), "--method", "self-supervised", "--out", str(tmp_path / "o")]) == 2
     assert "self-supervised fit is not available" in capsys.readouterr().err
+
+
+def test_an_existing_scheduler_is_used_as_given(ws):
+    """--scheduler: the tasks go to a cluster someone else started (here a 2-worker LocalCluster of threads)."""
+    from distributed import LocalCluster
+
+    subjects = [s for s in read_subjects([ws / "dwis"]) if s.name != "sub-03"]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        result = run_cohort(subjects, PredictTask(str(ws / "m.pt")), ws / "out_sched",
+                            scheduler=cluster.scheduler_address, progress=False)
+        assert len(cluster.workers) == 2  # it was not closed by the cohort
+    assert result.layout is None and result.status == {"sub-01": "done", "sub-02": "done"}
+    assert all(r["torch_threads"] >= 1 for r in result.records.values())
