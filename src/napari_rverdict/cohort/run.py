@@ -14,6 +14,7 @@ import csv
 import io
 import logging
 import sys
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,8 +84,8 @@ def check_cohort_out(out, subjects: list[Subject], task, *, overwrite: bool = Fa
                 raise InputError(f"--out {out}: subject {s.name}'s folder would hold its input {p}; "
                                  "choose another folder")
     if out.is_dir() and not overwrite:
-        foreign = sorted(p.name for p in out.iterdir()
-                         if not p.name.startswith(".") and p.name != COHORT_CSV and p.name not in names)
+        foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != COHORT_CSV
+                         and p.name not in names and not (p / DONE_FILE).is_file())  # other subjects of a cohort
         if foreign:
             raise InputError(f"--out {out} holds files that are not this cohort's ({', '.join(foreign[:3])}"
                              f"{', …' if len(foreign) > 3 else ''}); choose another folder or pass --overwrite")
@@ -155,8 +156,9 @@ def _run(dd, todo, task, out, result, scheduler, n_workers, threads, processes, 
 
     client, cluster = _client(dd, scheduler, n_workers, threads, processes)
     try:
-        futures = {client.submit(run_subject, task, s, str(out.resolve()), threads, key=f"rverdict-{s.name}",
-                                 pure=False, retries=0): s for s in todo}
+        run_id = uuid.uuid4().hex[:8]  # keys unique on a scheduler that other cohorts share
+        futures = {client.submit(run_subject, task, s, str(out.resolve()), threads,
+                                 key=f"rverdict-{s.name}-{run_id}", pure=False, retries=0): s for s in todo}
         bar = tqdm(total=len(todo), unit="subject", desc="cohort", file=sys.stderr, disable=not progress,
                    dynamic_ncols=True)
         try:

@@ -133,8 +133,14 @@ def read_subjects(items, protocol: str | None = None) -> list[Subject]:
     if repeated:
         raise InputError(f"subject name(s) {', '.join(sorted(repeated))} repeat; name the subjects in a CSV "
                          "'subject' column")
-    return [Subject(check_name(n, "subject name"), dwi, mask, labels, prot if prot is not None else protocol)
-            for n, (_, dwi, mask, labels, prot) in zip(names, entries)]
+    def absolute(p):  # workers may run elsewhere (another folder, another machine sharing the file system)
+        return None if p is None else Path(p).absolute()
+
+    if protocol is not None and Path(str(protocol)).exists():  # a protocol file rather than a preset name
+        protocol = str(absolute(protocol))
+
+    return [Subject(check_name(n, "subject name"), absolute(dwi), absolute(mask), absolute(labels),
+                    prot if prot is not None else protocol) for n, (_, dwi, mask, labels, prot) in zip(names, entries)]
 
 
 def _repeated(names: list[str]) -> set[str]:

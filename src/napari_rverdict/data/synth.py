@@ -76,17 +76,25 @@ class SyntheticData:
         return path
 
 
-def noise_free_signals(model, params: Mapping, protocol: Protocol, chunk: int = 65536) -> np.ndarray:
+def sphere_for(model, params: Mapping, protocol: Protocol):
+    """A :class:`SphereTable` over the radii of ``params`` from ``TABLE_FROM`` samples on (< 2e-12 of the exact
+    series; a few large kernels instead of the series for every sample), else None (the exact series)."""
+    r = params.get("R")
+    if r is None or len(r) < TABLE_FROM or not np.ptp(r) > 0:
+        return None
+    return get_model(model).sphere_table(protocol, (float(np.min(r)), float(np.max(r))))
+
+
+def noise_free_signals(model, params: Mapping, protocol: Protocol, chunk: int = 65536, *,
+                       sphere="auto") -> np.ndarray:
     """The forward model for many samples, computed in float64 torch chunks (n, n_measurements).
 
-    From ``TABLE_FROM`` samples on, the sphere comes from a :class:`SphereTable` over the samples' radii (< 2e-12
-    of the exact series; a few large kernels instead of the series for every sample)."""
+    ``sphere``: "auto" (:func:`sphere_for` these samples), None (the exact series) or a table to reuse."""
     model = get_model(model)
     n = len(next(iter(params.values())))
     out = np.empty((n, len(protocol)))
-    sphere = None
-    if n >= TABLE_FROM and "R" in params and np.ptp(params["R"]) > 0:
-        sphere = model.sphere_table(protocol, (float(np.min(params["R"])), float(np.max(params["R"]))))
+    if isinstance(sphere, str):
+        sphere = sphere_for(model, params, protocol)
     with torch.no_grad():
         for start in range(0, n, chunk):
             sl = slice(start, start + chunk)
@@ -95,7 +103,7 @@ def noise_free_signals(model, params: Mapping, protocol: Protocol, chunk: int = 
     return out
 
 
-TABLE_FROM = 8192  # samples from which noise_free_signals tabulates the sphere (the table costs ~1000 samples)
+TABLE_FROM = 8192  # samples from which the sphere is tabulated (the table costs about as much as 1,000 samples)
 
 
 def split_indices(n: int, val_fraction: float = 0.2, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -159,10 +167,11 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Map
     snr_values = _snr_per_sample(snr, n, rng)
     signals = np.empty((n, len(protocol)), dtype=np.float32)
     chunk = 32768
+    sphere = sphere_for(model, params, protocol)  # one table for every chunk
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
         with capped_torch_threads():  # per chunk: CPUs that other processes keep busy are not waited for
-            clean = noise_free_signals(model, {k: v[sl] for k, v in params.items()}, protocol)
+            clean = noise_free_signals(model, {k: v[sl] for k, v in params.items()}, protocol, sphere=sphere)
         clean = clean / clean.max(axis=1, keepdims=True)
         noisy = add_rician_noise(clean, 1.0 / snr_values[sl, None], rng)
         signals[sl] = model.normalise(noisy, protocol)
