@@ -12,8 +12,8 @@ Run: ``.venv/bin/python benchmarks/cpu_speed.py [--quick] [--n 100000] [--shape 
     the network alone), with the unfolded network and bfloat16 autocast (time and max map change in units of each
     map's training range) for comparison.
 
-Timings of [1] and [2] are the best of ``--repeat`` runs (the median under load); [3] is timed once each. The machine may be shared: the load average is
-printed before and after.
+Timings of [1] and [2] are the best of ``--repeat`` runs (the median under load); [3] is timed once each. The
+machine may be shared: the load average is printed before and after.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def sphere_gpd(b, small_delta, big_delta, radius, d, n_roots: int = SPHERE_N_ROO
     return _out(e.reshape(b.shape), np_in)
 
 
-SPHERE_CHUNK_ELEMENTS = 1 << 18  # entries × roots per block of the series: large kernels whose temporaries fit the cache
+SPHERE_CHUNK_ELEMENTS = 1 << 18  # entries × roots per block of the series: large kernels, temporaries in cache
 
 
 def _sphere_log(b, sd, bd, r, d, mus: torch.Tensor) -> torch.Tensor:
