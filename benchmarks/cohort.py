@@ -30,6 +30,32 @@ def _load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _spin(_=None) -> float:
+    """A fixed amount of single-threaded torch work; its duration."""
+    import torch
+
+    torch.set_num_threads(1)
+    x = torch.rand(4000, dtype=torch.float64)
+    t0 = time.perf_counter()
+    for _ in range(10000):
+        x = torch.exp(-x) * x + 0.5
+    return time.perf_counter() - t0
+
+
+def parallel_capacity(n: int) -> float:
+    """Throughput of ``n`` processes spinning at once over one alone: the most any cluster of ``n`` single-threaded
+    workers can gain on this machine right now (n on an idle machine; less when CPUs are shared or are SMT
+    siblings)."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(n) as pool:
+        pool.map(_spin, range(n))  # start-up and imports
+        alone = pool.map(_spin, [0])[0]
+        t0 = time.perf_counter()
+        pool.map(_spin, range(n), chunksize=1)
+        return n * alone / (time.perf_counter() - t0)
+
+
 def _warm() -> None:
     import napari_rverdict.cohort.tasks  # noqa: F401
     import napari_rverdict.maps.nlls  # noqa: F401
@@ -81,6 +107,10 @@ def main(argv=None) -> int:
         print(f"{len(subjects)} phantoms {'×'.join(map(str, args.shape))}, task {args.task}; {cpus} CPUs, "
               f"load average {_load()}")
 
+        w, t = worker_layout(cpus, n_tasks=len(subjects))
+        if w > 1:
+            print(f"    this machine now: {w} processes at once do {parallel_capacity(w):.2f}× the work of one "
+                  "(the ceiling of any speed-up below)")
         threads = torch_threads("main")  # as a command would choose them: the CPUs not kept busy by others
         t0 = time.perf_counter()
         for s in subjects:
@@ -91,7 +121,6 @@ def main(argv=None) -> int:
 
         from distributed import Client, LocalCluster
 
-        w, t = worker_layout(cpus, n_tasks=len(subjects))
         t0 = time.perf_counter()
         with LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
                           silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
@@ -103,6 +132,8 @@ def main(argv=None) -> int:
             t_work = time.perf_counter() - t0
         assert result.count("done") == len(subjects), result.reasons
         threads_used = sorted({r["torch_threads"] for r in result.records.values()})
+        busy = sum(r["seconds"] for r in result.records.values())
+        print(f"    (sum of the tasks' own times on the workers: {busy:.1f} s; serial loop: {t_serial:.1f} s)")
         print(f"    Dask LocalCluster, {w} worker process(es) × {threads_used} torch thread(s) "
               f"(worker_layout for {cpus} CPUs): start-up {t_start:.1f} s, subjects {t_work:.1f} s")
         print(f"    SPEED-UP cluster vs serial: {t_serial / t_work:.2f}× on the subjects, "
