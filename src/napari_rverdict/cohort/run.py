@@ -102,7 +102,7 @@ def _client(dd, scheduler, n_workers, threads, processes: bool):
     if scheduler:
         try:
             return dd.Client(scheduler, timeout="20s"), None
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:  # unreachable, or not an address
             raise InputError(f"cannot reach the Dask scheduler at {scheduler}: {one_line_reason(exc)}") from None
     cluster = dd.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
                               dashboard_address=None, silence_logs=logging.CRITICAL)  # failures: our own line

@@ -174,14 +174,16 @@ class ResNetReg(nn.Module):
 # ---------------------------------------------------------------------- inference
 def _fold(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
     """One Linear equal to ``bn(linear(x))`` in eval mode: W' = s·W, b' = s·(b − μ) + β, s = γ / √(σ² + ε)."""
-    with torch.no_grad():
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(
-            bn.running_var + bn.eps)
-        shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-        bias = linear.bias if linear.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():  # in float64, rounded once to the layer's dtype
+        mean, var = bn.running_mean.double(), bn.running_var.double()
+        scale = 1.0 / torch.sqrt(var + bn.eps)
+        shift = torch.zeros_like(mean)
+        if bn.affine:
+            scale, shift = scale * bn.weight.double(), bn.bias.double()
+        bias = linear.bias.double() if linear.bias is not None else torch.zeros_like(mean)
         fused = nn.Linear(linear.in_features, linear.out_features, bias=True).to(linear.weight)
-        fused.weight.copy_(linear.weight * scale[:, None])
-        fused.bias.copy_((bias - bn.running_mean) * scale + shift)
+        fused.weight.copy_(linear.weight.double() * scale[:, None])
+        fused.bias.copy_((bias - mean) * scale + shift)
     return fused
 
 
