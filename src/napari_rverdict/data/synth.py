@@ -167,16 +167,16 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=35.0, ranges: Map
     snr_values = _snr_per_sample(snr, n, rng)
     signals = np.empty((n, len(protocol)), dtype=np.float32)
     chunk = 32768
-    sphere = sphere_for(model, params, protocol)  # one table for every chunk
-    for start in range(0, n, chunk):
-        sl = slice(start, min(start + chunk, n))
-        with capped_torch_threads():  # per chunk: CPUs that other processes keep busy are not waited for
+    with capped_torch_threads():  # CPUs that other processes keep busy are not waited for
+        sphere = sphere_for(model, params, protocol)  # one table for every chunk
+        for start in range(0, n, chunk):
+            sl = slice(start, min(start + chunk, n))
             clean = noise_free_signals(model, {k: v[sl] for k, v in params.items()}, protocol, sphere=sphere)
-        clean = clean / clean.max(axis=1, keepdims=True)
-        noisy = add_rician_noise(clean, 1.0 / snr_values[sl, None], rng)
-        signals[sl] = model.normalise(noisy, protocol)
-        if progress is not None:
-            progress(sl.stop / n)
+            clean = clean / clean.max(axis=1, keepdims=True)
+            noisy = add_rician_noise(clean, 1.0 / snr_values[sl, None], rng)
+            signals[sl] = model.normalise(noisy, protocol)
+            if progress is not None:
+                progress(sl.stop / n)
     train_index, val_index = split_indices(n, val_fraction, seed)
     snr_setting = float(snr) if np.ndim(snr) == 0 else tuple(float(x) for x in snr)
     return SyntheticData(model, protocol, signals, params, snr_values, train_index, val_index, ranges,
