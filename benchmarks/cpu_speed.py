@@ -145,7 +145,7 @@ def part_volume(args, model, protocol) -> None:
     from napari_rverdict.learn import nets
     from napari_rverdict.learn.train import TrainConfig, train
     from napari_rverdict.maps.predict import NETWORK_CHUNK, predict_volume
-    from napari_rverdict.threads import torch_threads, using_torch_threads
+    from napari_rverdict.threads import capped_torch_threads, torch_threads, using_torch_threads
 
     shape = tuple(args.shape)
     n_vox = int(np.prod(shape))
@@ -158,9 +158,10 @@ def part_volume(args, model, protocol) -> None:
     print(f"\n[3] maps of a {'×'.join(map(str, shape))} volume ({n_vox:,} voxels), ResNetReg depth {bundle.depth} "
           f"width {bundle.width}, {chosen} torch thread(s)")
 
-    def network_alone(net, x, dtype=None):
+    def network_alone(net, x, dtype=None):  # with the same thread cap as predict_volume
         t0 = time.perf_counter()
-        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None), \
+                capped_torch_threads():
             y = torch.cat([net(x[s:s + NETWORK_CHUNK]).float() for s in range(0, len(x), NETWORK_CHUNK)])
         return time.perf_counter() - t0, y
 
