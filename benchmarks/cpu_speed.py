@@ -117,20 +117,28 @@ def part_simulate(args, model, protocol) -> None:
 
     real_busy = threads_module.busy_elsewhere
     n_avail = available_cpus()
-    for label, adaptive in (("load-aware (default)", True), (f"fixed {n_avail} thread(s), as before", False)):
-        if not adaptive:  # what torch does by itself: every available CPU, busy or not
+    x = np.random.default_rng(0).random(200_000)
+
+    def reference():  # single-threaded NumPy work as long as simulate: the best any 1-thread code can do
+        for _ in range(40):
+            np.exp(-x) * x
+
+    for label, adaptive in (("load-aware (default)", True), (f"fixed {n_avail} thread(s), as before", False),
+                            ("reference: single-threaded NumPy loop", None)):
+        if adaptive is False:  # what torch does by itself: every available CPU, busy or not
             threads_module.busy_elsewhere = lambda **kw: None
+        run = reference if adaptive is None else (lambda: simulate(model, protocol, n=n, seed=0))
         try:
             with using_torch_threads(n_avail):  # torch's own default; simulate lowers it where CPUs are busy
                 quiet, busy = [], []
                 for _ in range(args.repeat):  # interleaved, so both see the same outside load
-                    quiet.append(_time(lambda: simulate(model, protocol, n=n, seed=0), 1))
+                    quiet.append(_time(run, 1))
                     hogs = [mp.get_context("spawn").Process(target=_busy, daemon=True) for _ in range(2)]
                     for h in hogs:
                         h.start()
                     try:
                         time.sleep(1.0)
-                        busy.append(_time(lambda: simulate(model, protocol, n=n, seed=0), 1))
+                        busy.append(_time(run, 1))
                     finally:
                         for h in hogs:
                             h.terminate()
