@@ -1,6 +1,7 @@
 """The package's layering, read from the source with ``ast`` (module-level and function-local imports alike).
 
-Layers, lowest first: errors, files < physics < data < learn < {maps, evaluate} < {cli, _napari} < __main__. A module imports only
+Layers, lowest first: errors, files, threads < physics < data < learn < {maps, evaluate} < cohort < {cli, _napari}
+< __main__. A module imports only
 its own layer or lower; maps and evaluate do not import each other; _napari does not import cli; nothing outside
 _napari imports the GUI stack (napari, Qt, magicgui, psygnal); and the package's import graph has no cycles.
 """
@@ -13,8 +14,8 @@ from pathlib import Path
 PKG = "napari_rverdict"
 SRC = Path(__file__).resolve().parents[1] / "src" / PKG
 
-LAYER = {"errors": 0, "files": 0, "physics": 1, "data": 2, "learn": 3, "maps": 4, "evaluate": 4, "cli": 5,
-         "_napari": 5, "__main__": 6}
+LAYER = {"errors": 0, "files": 0, "threads": 0, "physics": 1, "data": 2, "learn": 3, "maps": 4, "evaluate": 4,
+         "cohort": 5, "cli": 6, "_napari": 6, "__main__": 7}
 SIBLINGS_APART = {("maps", "evaluate"), ("evaluate", "maps"), ("_napari", "cli"), ("cli", "_napari")}
 GUI = ("napari", "qtpy", "superqt", "magicgui", "psygnal", "PyQt5", "PyQt6", "PySide2", "PySide6")
 

@@ -85,3 +85,38 @@ def test_unknown_network_and_bad_sizes():
     with pytest.raises(ValueError, match="width must be a positive integer"):
         build_network("mlp", 10, 7, width=0)
     assert available_networks() == ("mlp", "resnetreg", "resnetreg-st")
+
+
+def _randomise_batchnorm(net, seed=0):
+    """Running statistics and affine parameters far from their defaults, so folding them is really tested."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g))
+            m.running_var.copy_(0.2 + 2 * torch.rand(n, generator=g))
+            with torch.no_grad():
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.3 * torch.randn(n, generator=g))
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnetreg", "resnetreg-st"])
+def test_fused_for_inference_matches_eval_mode(name):
+    from napari_rverdict.learn.nets import fused_for_inference
+
+    torch.manual_seed(1)
+    net = build_network(name, 10, 8, depth=31, width=128)
+    _randomise_batchnorm(net)
+    net.eval()
+    x = torch.rand(2048, 10)
+    fused = fused_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in fused.modules())
+    assert count_linear_layers(fused, include_threshold=True) == count_linear_layers(net, include_threshold=True)
+    with torch.inference_mode():
+        ref64, got64 = net.double()(x.double()), fused_for_inference(net).double()(x.double())
+        net.float()
+        ref32, got32 = net(x), fused(x)
+    scale = ref64.abs().max()
+    assert (got64 - ref64).abs().max() / scale < 1e-12  # the algebra is exact
+    assert (got32 - ref32).abs().max() / scale <= 1e-6  # float32 rounding only
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules()) == (name != "mlp")  # net untouched

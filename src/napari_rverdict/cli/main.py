@@ -14,6 +14,7 @@ import warnings
 from importlib import import_module
 
 from napari_rverdict.errors import InputError
+from napari_rverdict.threads import using_torch_threads
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMAND_MODULES: tuple[str, ...] = ("simulate", "train", "volume", "report", "noise")
+_COMMAND_MODULES: tuple[str, ...] = ("simulate", "train", "volume", "report", "noise", "cohort")
 
 
 def _warning_lines(caught) -> list[str]:
@@ -65,7 +66,8 @@ def main(argv=None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            rc = int(args.func(args) or 0)
+            with using_torch_threads("main"):  # the CPUs this process may use (affinity, cgroup quota), restored after
+                rc = int(args.func(args) or 0)
         except KeyboardInterrupt:
             print("rverdict: interrupted", file=sys.stderr)
             return 130

@@ -34,6 +34,7 @@ from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import SignalModel, get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
+from napari_rverdict.threads import capped_torch_threads
 
 
 @dataclass
@@ -99,17 +100,34 @@ class SyntheticData:
         return path
 
 
-def noise_free_signals(model, params: Mapping, protocol: Protocol, chunk: int = 65536) -> np.ndarray:
-    """The forward model for many samples, computed in float64 torch chunks (n, n_measurements)."""
+def sphere_for(model, params: Mapping, protocol: Protocol):
+    """A :class:`SphereTable` over the radii of ``params`` from ``TABLE_FROM`` samples on (< 2e-12 of the exact
+    series; a few large kernels instead of the series for every sample), else None (the exact series)."""
+    r = params.get("R")
+    if r is None or len(r) < TABLE_FROM or not np.ptp(r) > 0:
+        return None
+    return get_model(model).sphere_table(protocol, (float(np.min(r)), float(np.max(r))))
+
+
+def noise_free_signals(model, params: Mapping, protocol: Protocol, chunk: int = 65536, *,
+                       sphere="auto") -> np.ndarray:
+    """The forward model for many samples, computed in float64 torch chunks (n, n_measurements).
+
+    ``sphere``: "auto" (:func:`sphere_for` these samples), None (the exact series) or a table to reuse."""
     model = get_model(model)
     n = len(next(iter(params.values())))
     out = np.empty((n, len(protocol)))
+    if isinstance(sphere, str):
+        sphere = sphere_for(model, params, protocol)
     with torch.no_grad():
         for start in range(0, n, chunk):
             sl = slice(start, start + chunk)
             p = {k: torch.from_numpy(np.ascontiguousarray(v[sl], dtype=np.float64)) for k, v in params.items()}
-            out[sl] = model.signal(p, protocol).numpy()
+            out[sl] = model.signal(p, protocol, sphere=sphere).numpy()
     return out
+
+
+TABLE_FROM = 8192  # samples from which the sphere is tabulated (the table costs about as much as 1,000 samples)
 
 
 def split_indices(n: int, val_fraction: float = 0.2, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -206,16 +224,18 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
     peak_snr, b0_snr = np.empty(n), np.empty(n)
     b0 = protocol.is_b0 if protocol.is_b0.any() else np.ones(len(protocol), dtype=bool)
     chunk = 32768
-    for start in range(0, n, chunk):
-        sl = slice(start, min(start + chunk, n))
-        clean = noise_free_signals(model, {k: v[sl] for k, v in params.items()}, protocol)
-        sigma = reference_sigma(clean, snr_values[sl], reference)
-        peak_snr[sl] = clean.max(axis=1) / sigma[:, 0]
-        b0_snr[sl] = clean[:, b0].max(axis=1) / sigma[:, 0]
-        noisy = scanner_noise(clean, sigma, protocol.n_volumes, rng)
-        signals[sl] = model.normalise(noisy, protocol)
-        if progress is not None:
-            progress(sl.stop / n)
+    with capped_torch_threads():  # CPUs that other processes keep busy are not waited for
+        sphere = sphere_for(model, params, protocol)  # one table for every chunk
+        for start in range(0, n, chunk):
+            sl = slice(start, min(start + chunk, n))
+            clean = noise_free_signals(model, {k: v[sl] for k, v in params.items()}, protocol, sphere=sphere)
+            sigma = reference_sigma(clean, snr_values[sl], reference)
+            peak_snr[sl] = clean.max(axis=1) / sigma[:, 0]
+            b0_snr[sl] = clean[:, b0].max(axis=1) / sigma[:, 0]
+            noisy = scanner_noise(clean, sigma, protocol.n_volumes, rng)
+            signals[sl] = model.normalise(noisy, protocol)
+            if progress is not None:
+                progress(sl.stop / n)
     train_index, val_index = split_indices(n, val_fraction, seed)
     snr_setting = None if matched is not None else float(snr) if np.ndim(snr) == 0 else tuple(float(x) for x in snr)
     return SyntheticData(model, protocol, signals, params, snr_values, train_index, val_index, ranges,

@@ -17,7 +17,6 @@ calibration set (as large as the validation set) was too small to calibrate: Gau
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import os
 import warnings
@@ -40,7 +39,8 @@ from napari_rverdict.errors import InputError
 from napari_rverdict.files import atomic_path
 from napari_rverdict.learn.bundle_meta import _check_finite, _plain, normalisation_description
 from napari_rverdict.learn.device import resolve_device
-from napari_rverdict.learn.nets import build_network
+from napari_rverdict.threads import capped_torch_threads
+from napari_rverdict.learn.nets import build_network, fused_for_inference
 from napari_rverdict.learn.scaling import unscale_targets
 from napari_rverdict.learn.uncertainty import (
     derived_sd,
@@ -230,8 +230,7 @@ class Bundle:
 
     def _device_network(self, device="cpu"):
         dev = resolve_device(device)
-        net = self.network if dev.type == "cpu" else copy.deepcopy(self.network).to(dev)
-        return dev, net.eval()
+        return dev, fused_for_inference(self.network).to(dev)  # BatchNorm folded into its Linear: eval only
 
     def _check_uncertainty(self) -> None:
         if not self.uncertainty:
@@ -337,11 +336,12 @@ class Bundle:
         n = s.shape[0]
         dev, net = self._device_network(device)
         parts = []
-        for start in range(0, n, int(chunk)):
-            raw = np.asarray(s[start:start + chunk], dtype=np.float64)
-            norm = self.model.normalise(raw, self.protocol)
-            parts.append(self._maps_from_normalised(norm, dev, net, int(chunk), uncertainty, return_all,
-                                                    seed=start))
+        with capped_torch_threads():  # never more threads than CPUs this process may use (cgroup, affinity)
+            for start in range(0, n, int(chunk)):
+                raw = np.asarray(s[start:start + chunk], dtype=np.float64)
+                norm = self.model.normalise(raw, self.protocol)
+                parts.append(self._maps_from_normalised(norm, dev, net, int(chunk), uncertainty, return_all,
+                                                        seed=start))
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

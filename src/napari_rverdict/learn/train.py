@@ -39,6 +39,7 @@ from napari_rverdict.learn.uncertainty import (
     calibrate_bundle,
     gaussian_nll_value,
 )
+from napari_rverdict.threads import capped_torch_threads
 
 VAL_CHUNK = 16384
 
@@ -586,7 +587,8 @@ def iter_training(data, config: TrainConfig | None = None, stop_event: threading
     while True:
         flush = torch.set_flush_denormal(True)  # False where the CPU does not support it
         try:
-            rec = next(gen)
+            with capped_torch_threads():  # never more threads than CPUs this process may use (cgroup, affinity)
+                rec = next(gen)
         except StopIteration:
             return
         finally:

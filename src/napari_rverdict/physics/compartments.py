@@ -99,34 +99,68 @@ def sphere_gpd(b, small_delta, big_delta, radius, d, n_roots: int = SPHERE_N_ROO
     """
     (b, sd, bd, r, d), np_in = _as_tensors(b, small_delta, big_delta, radius, d)
     b, sd, bd, r, d = torch.broadcast_tensors(b, sd, bd, r, d)
-    no_weighting = (b <= 0) | (sd <= 0)
-    sd_safe = torch.where(no_weighting, torch.ones_like(sd), sd)
-    bd_safe = torch.where(no_weighting, 2.0 * torch.ones_like(bd), torch.maximum(bd, sd_safe))
-    b_ms = torch.where(no_weighting, torch.zeros_like(b), b) * B_TO_MS_PER_UM2
-    gamma2g2 = b_ms / (sd_safe**2 * (bd_safe - sd_safe / 3.0))
-    r = torch.clamp(r, min=1e-4)
+    weighted = (b > 0) & (sd > 0)
     mus = torch.as_tensor(sphere_roots(n_roots), dtype=b.dtype, device=b.device)
-    total = torch.zeros_like(b_ms)
-    for mu in mus:  # loop over terms: memory stays O(input size)
-        alpha2 = mu**2 / r**2
-        x = alpha2 * d
-        e_sd = torch.exp(-x * sd_safe)  # e^{−xδ}
-        e_gap = torch.exp(-x * (bd_safe - sd_safe))  # e^{−x(Δ−δ)}; e^{−xΔ} and e^{−x(Δ+δ)} follow by products
-        bracket = 2.0 * sd_safe / x - (2.0 + e_gap - 2.0 * e_sd - 2.0 * e_sd * e_gap + e_sd * e_sd * e_gap) / x**2
-        total = total + bracket / (alpha2 * (mu**2 - 2.0))
-    e = torch.exp(-2.0 * gamma2g2 * total)
-    e = torch.where(no_weighting, torch.ones_like(e), e)
-    return _out(e, np_in)
+    if bool(weighted.all()):
+        return _out(torch.exp(_sphere_log(b, sd, bd, r, d, mus)), np_in)
+    # only the diffusion-weighted entries need the series; the others are exactly 1
+    idx = torch.nonzero(weighted.reshape(-1)).reshape(-1)
+    flat = [t.reshape(-1).index_select(0, idx) for t in (b, sd, bd, r, d)]
+    e = torch.ones(b.numel(), dtype=b.dtype, device=b.device)
+    if idx.numel():
+        e = e.index_put((idx,), torch.exp(_sphere_log(*flat, mus)))
+    return _out(e.reshape(b.shape), np_in)
+
+
+SPHERE_CHUNK_ELEMENTS = 1 << 18  # entries × roots per block of the series: large kernels, temporaries in cache
+
+
+def _sphere_log(b, sd, bd, r, d, mus: torch.Tensor) -> torch.Tensor:
+    """ln E of :func:`sphere_gpd` for diffusion-weighted entries only (b > 0, δ > 0), flattened.
+
+    The series is evaluated for a block of entries × all roots in one tensor op each (roots along a new last
+    axis; blocks of about ``SPHERE_CHUNK_ELEMENTS`` entries × roots, so temporaries stay in the cache) rather
+    than with one op per root."""
+    shape = b.shape
+    b, sd, bd, r, d = (t.reshape(-1) for t in (b, sd, bd, r, d))
+    bd = torch.maximum(bd, sd)
+    gamma2g2 = b * B_TO_MS_PER_UM2 / (sd**2 * (bd - sd / 3.0))
+    inv_r2 = 1.0 / torch.clamp(r, min=1e-4) ** 2
+    mu2 = mus**2
+    weight = 1.0 / (mu2 - 2.0)
+    rows = max(1, SPHERE_CHUNK_ELEMENTS // len(mus))
+    parts = []
+    for i in range(0, b.numel(), rows):
+        sd_, gap_, d_, inv_r2_ = (t[i:i + rows, None] for t in (sd, bd - sd, d, inv_r2))
+        alpha2 = inv_r2_ * mu2  # (entries, roots)
+        x = alpha2 * d_
+        e_sd = torch.exp(-x * sd_)  # e^{−xδ}
+        e_gap = torch.exp(-x * gap_)  # e^{−x(Δ−δ)}; e^{−xΔ} and e^{−x(Δ+δ)} follow by products
+        bracket = 2.0 * sd_ / x - (2.0 + e_gap - 2.0 * e_sd - 2.0 * e_sd * e_gap + e_sd * e_sd * e_gap) / x**2
+        parts.append((bracket / alpha2) @ weight)
+    total = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return (-2.0 * gamma2g2 * total).reshape(shape)
 
 
 SPHERE_TABLE_NODES = 1024  # uniform R nodes of a SphereTable: cubic Hermite error < 2e-12 on clinical timings
+
+
+def _values_and_radius_derivatives(b, small_delta, big_delta, radii, d):
+    """E and dE/dR at each radius (nodes, n_measurements) by one reverse-mode pass: every entry gets its own copy
+    of its radius, so the gradient of the sum is each entry's own derivative (no functorch: its first import
+    costs seconds)."""
+    r = radii[:, None].expand(len(radii), len(b)).clone().requires_grad_(True)
+    with torch.enable_grad():
+        val = sphere_gpd(b, small_delta, big_delta, r, d)
+        (der,) = torch.autograd.grad(val.sum(), r)
+    return val.detach(), der
 
 
 class SphereTable:
     """:func:`sphere_gpd` for one protocol's timings and one D, tabulated over a radius range for speed.
 
     The sphere attenuation depends only on R once b, δ, Δ and D are fixed, so it is computed once on a uniform grid
-    of ``nodes`` radii over ``r_range`` (float64, with exact derivatives by forward-mode autodiff) and evaluated by
+    of ``nodes`` radii over ``r_range`` (float64, with exact derivatives by autodiff) and evaluated by
     cubic Hermite interpolation (error < 2e-12 of the exact series inside the range, tested; outside it the end
     cubics extrapolate). Calling it with radii (..., 1) gives (..., n_measurements), like
     ``sphere_gpd(b, small_delta, big_delta, radius, d)``; NumPy in gives NumPy out, tensors keep dtype and device.
@@ -139,8 +173,7 @@ class SphereTable:
         self.nodes = int(nodes)
         grid = torch.linspace(r_lo, r_hi, self.nodes, dtype=torch.float64)
         tb, tsd, tbd = (torch.as_tensor(np.array(a, dtype=np.float64)) for a in (b, small_delta, big_delta))
-        val, der = torch.func.jvp(lambda r: sphere_gpd(tb, tsd, tbd, r[:, None], float(d)), (grid,),
-                                  (torch.ones_like(grid),))
+        val, der = _values_and_radius_derivatives(tb, tsd, tbd, grid, float(d))
         self.r0, self.rh = r_lo, float(grid[1] - grid[0])
         self._tables = {(torch.float64, torch.device("cpu")): (val, der * self.rh)}
 

@@ -1,0 +1,203 @@
+"""Running a cohort on Dask distributed: one task per subject, resumable, failures reported and the rest going on.
+
+:func:`run_cohort` starts a ``LocalCluster`` sized by :func:`napari_rverdict.threads.worker_layout` (worker
+processes × torch threads never more than the CPUs; one worker per GPU when there are GPUs) or connects to an
+existing scheduler (``scheduler="tcp://host:8786"``: dask-jobqueue, Kubernetes, …). Subjects whose outputs are
+complete are skipped; every other subject is a task; a task that fails is recorded with its one-line reason.
+At the end ``<out>/cohort.csv`` (atomic) holds every subject's status and its ROI statistics (subject × label ×
+map: n, mean, sd, median). Dask is the optional extra ``[cohort]``, imported only here and only when used.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from napari_rverdict.cohort.subjects import Subject
+from napari_rverdict.cohort.tasks import DONE_FILE, completed_record, run_subject
+from napari_rverdict.errors import InputError
+from napari_rverdict.files import write_text
+from napari_rverdict.threads import available_cpus, worker_layout
+
+COHORT_CSV = "cohort.csv"
+CSV_COLUMNS = ("subject", "status", "reason", "seconds", "label", "name", "map", "unit", "n", "mean", "sd", "median",
+               "mean_sd")
+
+
+def distributed():
+    """The ``distributed`` module, or a clear InputError where the [cohort] extra is not installed."""
+    try:
+        import distributed as dd
+    except ImportError:
+        raise InputError("cohorts need Dask distributed: pip install 'napari-rverdict[cohort]' "
+                         "(or pip install 'dask[distributed]')") from None
+    return dd
+
+
+@dataclass
+class CohortResult:
+    """What happened to every subject: ``status`` {subject: "done" | "skipped" | "failed"}, ``reasons`` {subject:
+    one-line reason} for the failed ones, ``records`` {subject: completion record}, ``csv`` the cohort table's path,
+    ``layout`` (workers, torch threads per worker) of a local cluster (None on an existing scheduler)."""
+
+    status: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    records: dict[str, dict] = field(default_factory=dict)
+    csv: Path | None = None
+    layout: tuple[int, int] | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        return [s for s, st in self.status.items() if st == "failed"]
+
+    def count(self, status: str) -> int:
+        return sum(st == status for st in self.status.values())
+
+
+def one_line_reason(exc: BaseException) -> str:
+    """A failure as one line: bad input by its message, anything else with its type."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (InputError, OSError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def check_cohort_out(out, subjects: list[Subject], task, *, overwrite: bool = False) -> Path:
+    """Refuse ``out`` before any work: a file; a folder holding files that are not this cohort's; a subject folder
+    that would replace an input; or subjects completed with another task (without ``overwrite``)."""
+    from napari_rverdict.files import check_output_dir
+
+    if out is None or not str(out).strip():
+        raise InputError("--out is empty: give a folder")
+    out = Path(out)
+    names = {s.name for s in subjects}
+    check_output_dir(out, [COHORT_CSV, *names], overwrite=True,
+                     inputs=[p for s in subjects for p in (s.dwi, s.mask, s.labels)])
+    for s in subjects:
+        for p in (s.dwi, s.mask, s.labels):
+            if p is not None and (out / s.name).resolve() in Path(p).resolve().parents:
+                raise InputError(f"--out {out}: subject {s.name}'s folder would hold its input {p}; "
+                                 "choose another folder")
+    if out.is_dir() and not overwrite:
+        foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != COHORT_CSV
+                         and p.name not in names and not (p / DONE_FILE).is_file())  # other subjects of a cohort
+        if foreign:
+            raise InputError(f"--out {out} holds files that are not this cohort's ({', '.join(foreign[:3])}"
+                             f"{', …' if len(foreign) > 3 else ''}); choose another folder or pass --overwrite")
+        wanted = asdict(task)
+        for s in subjects:
+            record = completed_record(out, s)
+            if record is not None and record.get("task") != wanted:
+                raise InputError(f"--out {out}: subject {s.name} was mapped by another task ({record.get('method')}"
+                                 f" {record.get('task')}); choose another folder or pass --overwrite to redo it")
+    return out
+
+
+def _client(dd, scheduler, n_workers, threads, processes: bool):
+    if scheduler:
+        try:
+            return dd.Client(scheduler, timeout="20s"), None
+        except (OSError, TimeoutError, ValueError) as exc:  # unreachable, or not an address
+            raise InputError(f"cannot reach the Dask scheduler at {scheduler}: {one_line_reason(exc)}") from None
+    cluster = dd.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
+                              dashboard_address=None, silence_logs=logging.CRITICAL)  # failures: our own line
+    return dd.Client(cluster), cluster
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_cohort(subjects: list[Subject], task, out, *, scheduler: str | None = None, n_workers: int | None = None,
+               threads_per_worker: int | None = None, processes: bool = True, overwrite: bool = False,
+               progress: bool = True) -> CohortResult:
+    """Map every subject with ``task`` (:class:`.tasks.PredictTask` / :class:`.tasks.FitTask`) on Dask.
+
+    scheduler : address of an existing scheduler; None starts a LocalCluster of ``n_workers`` worker processes
+        (``processes=False``: threads of this process) with ``threads_per_worker`` torch threads each (default
+        :func:`worker_layout` for this machine's CPUs, GPUs and the number of subjects to run).
+    overwrite : redo subjects that are complete (default: skip them) and accept a folder holding other files.
+    progress : a progress bar (stderr) over the subjects.
+
+    Returns a :class:`CohortResult`; ``<out>/cohort.csv`` is written in every case once the tasks have ended.
+    """
+    out = check_cohort_out(out, subjects, task, overwrite=overwrite)
+    result = CohortResult()
+    todo = []
+    for s in subjects:
+        record = None if overwrite else completed_record(out, s)
+        if record is not None:
+            result.status[s.name], result.records[s.name] = "skipped", record
+        else:
+            todo.append(s)
+    if todo:
+        dd = distributed()
+        threads = threads_per_worker
+        if scheduler is None:
+            cpus = available_cpus(respect_env=False)  # OMP_NUM_THREADS limits a process's threads, not the workers
+            layout = worker_layout(cpus, n_gpus=_gpus(), n_tasks=len(todo))
+            n_workers = n_workers or layout[0]
+            threads = threads or max(1, cpus // n_workers)
+            result.layout = (n_workers, threads)
+        _run(dd, todo, task, out, result, scheduler, n_workers, threads, processes, progress)
+    result.csv = write_cohort_csv(out, subjects, result)
+    return result
+
+
+def _run(dd, todo, task, out, result, scheduler, n_workers, threads, processes, progress) -> None:
+    from tqdm import tqdm
+
+    client, cluster = _client(dd, scheduler, n_workers, threads, processes)
+    try:
+        run_id = uuid.uuid4().hex[:8]  # keys unique on a scheduler that other cohorts share
+        futures = {client.submit(run_subject, task, s, str(out.resolve()), threads,
+                                 key=f"rverdict-{s.name}-{run_id}", pure=False, retries=0): s for s in todo}
+        bar = tqdm(total=len(todo), unit="subject", desc="cohort", file=sys.stderr, disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            for fut in dd.as_completed(futures):
+                s = futures[fut]
+                try:
+                    result.status[s.name], result.records[s.name] = "done", fut.result()
+                except Exception as exc:  # the task's own error (or a lost worker): the others go on
+                    reason = one_line_reason(exc)
+                    result.status[s.name], result.reasons[s.name] = "failed", reason
+                    if progress:  # at once, above the bar (the summary at the end lists them again)
+                        bar.write(f"{s.name}: failed: {reason}", file=sys.stderr)
+                bar.update(1)
+        finally:
+            bar.close()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def write_cohort_csv(out: Path, subjects: list[Subject], result: CohortResult) -> Path:
+    """``<out>/cohort.csv``: one row per subject × label × map (done and skipped subjects), one row per failed
+    subject with its reason; in the subjects' order."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for s in subjects:
+        status = result.status.get(s.name, "failed")
+        record = result.records.get(s.name) or {}
+        base = {"subject": s.name, "status": status, "reason": result.reasons.get(s.name, ""),
+                "seconds": record.get("seconds", "")}
+        rows = record.get("roi") or []
+        if not rows:
+            w.writerow(base)
+        for r in rows:
+            w.writerow({**base, **{k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS[4:]}})
+    return write_text(out / COHORT_CSV, buf.getvalue())
+
+
+__all__ = ["COHORT_CSV", "DONE_FILE", "CohortResult", "check_cohort_out", "distributed", "one_line_reason",
+           "run_cohort", "write_cohort_csv"]

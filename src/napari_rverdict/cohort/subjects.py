@@ -1,0 +1,148 @@
+"""The subjects of a cohort: from DWI paths, a folder of DWIs, or a CSV with one row per subject.
+
+A subject is named after its DWI's file stem (``sub-01.nii.gz`` → ``sub-01``); when stems repeat (BIDS-like
+``sub-01/dwi.nii.gz``, ``sub-02/dwi.nii.gz``) the parent folders name them instead. A CSV has a ``dwi`` column and
+optional ``subject``, ``mask``, ``labels`` and ``protocol`` columns (empty cells = none / the DWI's sidecar);
+relative paths are read from the CSV's folder. Every problem found here is bad input (:class:`InputError`), found
+before any work starts; a DWI that cannot be read is found by its own task later.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from napari_rverdict.errors import InputError
+from napari_rverdict.files import check_name
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+CSV_COLUMNS = ("subject", "dwi", "mask", "labels", "protocol")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One subject's inputs: ``name`` (its output folder), the DWI, and optional mask, labels and protocol (a
+    preset name or protocol file; None = the DWI's sidecar)."""
+
+    name: str
+    dwi: Path
+    mask: Path | None = None
+    labels: Path | None = None
+    protocol: str | None = None
+
+
+def dwi_stem(path) -> str:
+    """``sub-01`` for ``…/sub-01.nii.gz`` or ``…/sub-01.nii``."""
+    name = Path(path).name
+    for end in NIFTI_ENDINGS:
+        if name.endswith(end):
+            return name[: -len(end)]
+    return Path(name).stem
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(NIFTI_ENDINGS) and not path.name.startswith(".")
+
+
+def _optional_path(text: str | None, base: Path, column: str, row: int) -> Path | None:
+    if text is None or not text.strip():
+        return None
+    p = Path(text.strip())
+    p = p if p.is_absolute() else base / p
+    if not p.exists():
+        raise InputError(f"cohort CSV row {row}: {column} file not found: {p}")
+    return p
+
+
+def _from_csv(path: Path) -> list[tuple[str | None, Path, Path | None, Path | None, str | None]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read the cohort CSV {path}: {exc}") from None
+    if "dwi" not in columns:
+        raise InputError(f"the cohort CSV {path.name} needs a 'dwi' column (optional: subject, mask, labels, "
+                         f"protocol); it has {', '.join(columns) or 'none'}")
+    unknown = [c for c in columns if c not in CSV_COLUMNS]
+    if unknown:
+        raise InputError(f"the cohort CSV {path.name} has unknown column(s) {', '.join(unknown)}; "
+                         f"use {', '.join(CSV_COLUMNS)}")
+    base, out = path.parent, []
+    for i, raw in enumerate(rows, start=2):  # row 1 is the header
+        row = {str(k).strip().lower(): (v or "") for k, v in raw.items() if k is not None}
+        if not any(v.strip() for v in row.values()):
+            continue
+        dwi = _optional_path(row.get("dwi"), base, "dwi", i)
+        if dwi is None:
+            raise InputError(f"cohort CSV row {i}: the dwi cell is empty")
+        protocol = row.get("protocol", "").strip() or None
+        if protocol is not None and not Path(protocol).is_absolute() and (base / protocol).exists():
+            protocol = str(base / protocol)
+        out.append((row.get("subject", "").strip() or None, dwi, _optional_path(row.get("mask"), base, "mask", i),
+                    _optional_path(row.get("labels"), base, "labels", i), protocol))
+    return out
+
+
+def _expand(items) -> list[tuple[str | None, Path, Path | None, Path | None, str | None]]:
+    entries = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if _is_nifti(q))
+            if not found:
+                raise InputError(f"no DWI (.nii / .nii.gz) in the folder {p}")
+            entries += [(None, q, None, None, None) for q in found]
+        elif p.suffix.lower() == ".csv":
+            if not p.is_file():
+                raise InputError(f"cohort CSV not found: {p}")
+            entries += _from_csv(p)
+        elif p.name.endswith(NIFTI_ENDINGS):
+            if not p.is_file():
+                raise InputError(f"DWI not found: {p}")
+            entries.append((None, p, None, None, None))
+        else:
+            raise InputError(f"{p} is neither a DWI (.nii / .nii.gz), a folder of DWIs nor a cohort CSV")
+    return entries
+
+
+def read_subjects(items, protocol: str | None = None) -> list[Subject]:
+    """The subjects named by ``items`` (DWI paths, folders of DWIs, cohort CSVs, mixed), in the order given.
+
+    ``protocol`` is the protocol of subjects that name none (None: each DWI's sidecar). Names must be unique and
+    plain (they become folders); the same DWI listed twice is refused.
+    """
+    if isinstance(items, (str, Path)):
+        items = [items]
+    entries = _expand(list(items))
+    if not entries:
+        raise InputError("the cohort is empty: give DWI files, a folder of DWIs or a cohort CSV")
+    seen_dwi: dict[Path, int] = {}
+    for k, e in enumerate(entries):
+        key = e[1].resolve()
+        if key in seen_dwi:
+            raise InputError(f"the DWI {e[1]} is listed twice")
+        seen_dwi[key] = k
+    names = [e[0] or dwi_stem(e[1]) for e in entries]
+    if len(set(names)) < len(names):  # stems repeat: name by the parent folder where no name was given
+        names = [e[0] or (e[1].resolve().parent.name if dwi_stem(e[1]) in _repeated(names) else dwi_stem(e[1]))
+                 for e in entries]
+    repeated = _repeated(names)
+    if repeated:
+        raise InputError(f"subject name(s) {', '.join(sorted(repeated))} repeat; name the subjects in a CSV "
+                         "'subject' column")
+    def absolute(p):  # workers may run elsewhere (another folder, another machine sharing the file system)
+        return None if p is None else Path(p).absolute()
+
+    if protocol is not None and Path(str(protocol)).exists():  # a protocol file rather than a preset name
+        protocol = str(absolute(protocol))
+
+    return [Subject(check_name(n, "subject name"), absolute(dwi), absolute(mask), absolute(labels),
+                    prot if prot is not None else protocol) for n, (_, dwi, mask, labels, prot) in zip(names, entries)]
+
+
+def _repeated(names: list[str]) -> set[str]:
+    return {n for n in names if names.count(n) > 1}
+

@@ -1,0 +1,210 @@
+"""Cohorts on a 2-worker Dask LocalCluster: three tiny phantoms, one truncated on purpose; resume; CSV input; the
+one-line errors before any work."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from napari_rverdict.cli.main import main  # noqa: E402
+from napari_rverdict.cohort import DONE_FILE, FitTask, PredictTask, read_subjects, run_cohort  # noqa: E402
+from napari_rverdict.errors import InputError  # noqa: E402
+from napari_rverdict.threads import available_cpus  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SIDECARS = (".bval", ".bvec", ".delta", ".smalldel", ".te", ".tr")
+
+
+def _copy_dwi(src_dir: Path, dst: Path, stem: str, truncate: bool = False) -> Path:
+    """``src_dir/dwi.nii.gz`` and its sidecars as ``dst/<stem>.nii.gz`` (the DWI cut to a third if ``truncate``)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    data = (src_dir / "dwi.nii.gz").read_bytes()
+    (dst / f"{stem}.nii.gz").write_bytes(data[: len(data) // 3] if truncate else data)
+    for s in SIDECARS:
+        shutil.copy(src_dir / f"dwi{s}", dst / f"{stem}{s}")
+    return dst / f"{stem}.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """Three 12 × 12 × 2 phantoms (SNR 200) as sub-01, sub-02 and a truncated sub-03 in ``dwis/``; a tiny bundle."""
+    from napari_rverdict.data.phantom import make_phantom, save_phantom
+    from napari_rverdict.data.synth import simulate
+    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.physics.protocol import Protocol
+
+    root = tmp_path_factory.mktemp("cohort")
+    for i in (1, 2, 3):
+        save_phantom(make_phantom((12, 12, 2), snr=200.0, seed=i), root / f"ph{i}")
+        _copy_dwi(root / f"ph{i}", root / "dwis", f"sub-0{i}", truncate=(i == 3))
+    data = simulate("rverdict", Protocol.innovate(), n=600, seed=0)
+    train(data, TrainConfig(net="mlp", epochs=2, seed=0, device="cpu")).bundle.save(root / "m.pt")
+    return root
+
+
+def _table(out: Path) -> list[dict]:
+    with open(out / "cohort.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_cli_predict_on_a_process_cluster_reports_the_broken_subject_and_resumes(ws, capsys):
+    out = ws / "out_predict"
+    rc = main(["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis"), "--out", str(out), "--workers", "2",
+               "--quiet"])
+    text = capsys.readouterr()
+    assert rc == 1, text
+    assert "2 done, 0 skipped (complete before), 1 failed" in text.out
+    rows = _table(out)
+    status = {r["subject"]: (r["status"], r["reason"]) for r in rows}
+    assert status["sub-01"][0] == status["sub-02"][0] == "done"
+    assert status["sub-03"][0] == "failed" and "truncated" in status["sub-03"][1].lower()
+    assert "\n" not in status["sub-03"][1]
+    for s in ("sub-01", "sub-02"):
+        record = json.loads((out / s / DONE_FILE).read_text())
+        assert record["torch_threads"] == max(1, available_cpus(respect_env=False) // 2)  # 2 workers share the CPUs
+        assert {"f_ic.nii.gz", "cellularity.nii.gz"} <= set(record["maps"])
+        assert all((out / s / m).is_file() for m in record["maps"])
+        mapped = [r for r in rows if r["subject"] == s]
+        assert {r["map"] for r in mapped} >= {"f_ic", "f_ees", "R", "cellularity"}
+        assert all(int(r["n"]) > 0 for r in mapped)  # no labels given: the mapped voxels
+    assert not (out / "sub-03" / DONE_FILE).exists()
+    stamp = (out / "sub-01" / DONE_FILE).stat().st_mtime_ns
+
+    rc = main(["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis"), "--out", str(out), "--workers", "2",
+               "--quiet"])
+    text = capsys.readouterr()
+    assert rc == 1 and "0 done, 2 skipped (complete before), 1 failed" in text.out
+    assert (out / "sub-01" / DONE_FILE).stat().st_mtime_ns == stamp
+    assert [r["status"] for r in _table(out) if r["subject"] == "sub-01"][0] == "skipped"
+
+
+def test_fit_cohort_from_a_csv_gives_roi_statistics_near_the_truth(ws):
+    """NLLS on two SNR-200 phantoms listed in a CSV with their labels and masks: the ROI means of f_ic per label
+    come out near the phantom's true ROI means; the truncated third fails with its reason."""
+    from napari_rverdict.data.nifti import load_labels, load_maps
+
+    lines = ["subject,dwi,mask,labels"]
+    for i in (1, 2, 3):
+        dwi = "dwis/sub-0{0}.nii.gz".format(i)
+        lines.append(f"p{i},{dwi},ph{i}/mask.nii.gz,ph{i}/labels.nii.gz")
+    (ws / "cohort_in.csv").write_text("\n".join(lines) + "\n")
+    subjects = read_subjects([ws / "cohort_in.csv"])
+    assert [s.name for s in subjects] == ["p1", "p2", "p3"] and subjects[0].labels == ws / "ph1" / "labels.nii.gz"
+    task = FitTask("rverdict", "nlls", device="cpu", n_starts=2, max_iter=200)
+    result = run_cohort(subjects, task, ws / "out_fit", n_workers=2, threads_per_worker=1, processes=False,
+                        progress=False)
+    assert result.status == {"p1": "done", "p2": "done", "p3": "failed"}
+    assert "truncated" in result.reasons["p3"].lower()
+    rows = _table(ws / "out_fit")
+    for i in (1, 2):
+        labels = load_labels(ws / f"ph{i}" / "labels.nii.gz")
+        truth = load_maps(ws / f"ph{i}" / "truth")
+        for label in np.unique(labels[labels > 0]):
+            inside = labels == label
+            got = {r["map"]: r for r in rows if r["subject"] == f"p{i}" and int(r["label"] or 0) == label}
+            assert all(int(r["n"]) == int(inside.sum()) for r in got.values())
+            if inside.sum() >= 10:  # the gland's zones (the lesions are 1-2 voxels at this size)
+                assert float(got["f_ic"]["mean"]) == pytest.approx(float(truth["f_ic"][inside].mean()), abs=0.08)
+                assert float(got["D_ees"]["median"]) == pytest.approx(float(np.median(truth["D_ees"][inside])),
+                                                                      abs=0.15)
+    assert [r for r in rows if r["subject"] == "p3"][0]["reason"] == result.reasons["p3"]
+
+
+def test_subjects_from_paths_folders_and_repeated_stems(ws, tmp_path):
+    subjects = read_subjects([ws / "dwis"])
+    assert [s.name for s in subjects] == ["sub-01", "sub-02", "sub-03"]
+    for i in (1, 2):  # BIDS-like: every DWI called dwi.nii.gz, named by its folder
+        _copy_dwi(ws / f"ph{i}", tmp_path / f"pat{i}", "dwi")
+    named = read_subjects([tmp_path / "pat1" / "dwi.nii.gz", tmp_path / "pat2" / "dwi.nii.gz"], protocol="innovate-20")
+    assert [(s.name, s.protocol) for s in named] == [("pat1", "innovate-20"), ("pat2", "innovate-20")]
+
+
+@pytest.mark.parametrize("items, message", [
+    (["nothing.nii.gz"], "DWI not found"),
+    (["notes.txt"], "neither a DWI"),
+    (["dwis/sub-01.nii.gz", "dwis/sub-01.nii.gz"], "listed twice"),
+    (["bad.csv"], "needs a 'dwi' column"),
+    (["missing.csv"], "cohort CSV not found"),
+])
+def test_bad_subject_lists_are_one_line_errors(ws, items, message):
+    (ws / "bad.csv").write_text("image,mask\nx.nii.gz,\n")
+    with pytest.raises(InputError, match=message):
+        read_subjects([ws / i for i in items])
+
+
+def test_cli_errors_before_any_work_exit_2(ws, tmp_path, capsys, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["cohort", "predict", str(ws / "m.pt"), str(ws / "none.nii.gz"), "--out", str(tmp_path / "o")],
+         "DWI not found"),
+        (["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis"), "--out", str(tmp_path / "a_file")], "is a file"),
+        (["cohort", "predict", str(ws / "dwis" / "sub-01.bval"), str(ws / "dwis"), "--out", str(tmp_path / "o")],
+         "bundle"),
+        (["cohort", "fit", str(ws / "dwis"), "--model", "nope", "--out", str(tmp_path / "o")], "unknown model"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    # a folder holding other files, and one mapped by another task, are refused too
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis"), "--out", str(tmp_path / "busy")]) == 2
+    assert "not this cohort's" in capsys.readouterr().err
+    with pytest.raises(InputError, match="another task"):
+        run_cohort(read_subjects([ws / "dwis"]), PredictTask(str(ws / "m.pt"), chunk=7), ws / "out_predict",
+                   processes=False, progress=False)
+
+
+def test_without_dask_a_clear_error(ws, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_distributed(name, *args, **kwargs):
+        if name == "distributed" or name.startswith("distributed."):
+            raise ImportError("No module named 'distributed'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_distributed)
+    assert main(["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis"), "--out", str(tmp_path / "o")]) == 2
+    assert "napari-rverdict[cohort]" in capsys.readouterr().err
+
+
+def test_self_supervised_cohort_maps_each_subject_with_fit_quality(tmp_path):
+    """--method self-supervised: each subject's own encoder (a few epochs), its maps and fit_nrmse written, NaN
+    outside the mask, and the subject marked done."""
+    from napari_rverdict.data.nifti import load_maps
+    from napari_rverdict.data.phantom import make_phantom, save_phantom
+
+    save_phantom(make_phantom((24, 24, 2), snr=100.0, seed=5), tmp_path / "ph")
+    subjects = read_subjects([tmp_path / "ph" / "dwi.nii.gz"])
+    task = FitTask("rverdict", "self-supervised", device="cpu", epochs=3)
+    result = run_cohort(subjects, task, tmp_path / "out", n_workers=1, threads_per_worker=1, processes=False,
+                        progress=False)
+    assert result.status == {"dwi": "done"}, result.reasons
+    maps = load_maps(tmp_path / "out" / "dwi")
+    mask = np.isfinite(maps["f_ic"])
+    assert "fit_nrmse" in maps and np.array_equal(np.isfinite(maps["fit_nrmse"]), mask)
+    assert 0 < mask.sum() < mask.size and np.all((maps["f_ic"][mask] >= 0) & (maps["f_ic"][mask] <= 1))
+    assert (tmp_path / "out" / "dwi" / DONE_FILE).exists()
+
+
+def test_an_existing_scheduler_is_used_as_given(ws):
+    """--scheduler: the tasks go to a cluster someone else started (here a 2-worker LocalCluster of threads)."""
+    from distributed import LocalCluster
+
+    subjects = [s for s in read_subjects([ws / "dwis"]) if s.name != "sub-03"]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        result = run_cohort(subjects, PredictTask(str(ws / "m.pt")), ws / "out_sched",
+                            scheduler=cluster.scheduler_address, progress=False)
+        assert len(cluster.workers) == 2  # it was not closed by the cohort
+    assert result.layout is None and result.status == {"sub-01": "done", "sub-02": "done"}
+    assert all(r["torch_threads"] >= 1 for r in result.records.values())
