@@ -372,7 +372,8 @@ class MapsWidget(QWidget):
         self.export_maps(path, overwrite=True)
 
     def export_maps(self, directory, overwrite: bool = False) -> list[Path]:
-        """Write every map (sd and NLLS maps too; true units) as ``<DWI name>_<map>.nii.gz`` with the DWI's affine,
+        """Write every map (sd, NLLS and fit_nrmse maps too; true units) as ``<DWI name>_<map>.nii.gz``
+        (:data:`.exports.FILE_PREFIX` after the DWI's name for NLLS and self-supervised) with the DWI's affine,
         all or none; existing files only with ``overwrite``. Returns the paths."""
         if self.maps is None:
             self._fail("No maps yet: press Compute maps first.")
