@@ -54,7 +54,7 @@ def test_self_supervised_without_a_model_adds_maps_fit_quality_and_a_loss_curve(
     assert "own voxels" in tip and "Sen et al" in tip
     _run(qtbot, maps)
     assert maps.maps is not None, maps.message.text()
-    assert "classic VERDICT" in maps.message.text() and "self-supervised, 4 epochs" in maps.message.text()
+    assert "classic VERDICT" in maps.message.text() and "self-supervised: 4 epochs" in maps.message.text()
     # the maps as layers, the first shown and selected; the fit quality hidden, NaN outside the mask
     f_ic = viewer.layers["self-supervised f_ic [fraction]"]
     assert f_ic.visible and viewer.layers.selection.active is f_ic

@@ -94,11 +94,11 @@ def closing_message(run: dict, out: dict, n_maps: int, with_nlls: bool) -> str:
     text = f"{n_maps} {model_label(run['model'].name)} maps of '{run['layer'].name}'"
     if run["method"] == SELF_SUPERVISED:
         t = out.get("training") or {}
-        best = f"; the best epoch's weights ({t['best_epoch']})" if t.get("best_epoch") else ""
+        best = f"; maps from the best epoch, {t['best_epoch']}" if t.get("best_epoch") else ""
         if t.get("stopped"):
-            text += f" (self-supervised, stopped at epoch {t['epoch']}{best})"
+            text += f" (self-supervised: stopped at epoch {t['epoch']}{best})"
         else:
-            text += f" (self-supervised, {t.get('epoch', 0)} epochs{best})"
+            text += f" (self-supervised: {t.get('epoch', 0)} epochs{best})"
     elif with_nlls:
         text += " and their NLLS reference (hidden)"
     return text + ", with the fit quality (fit_nrmse, hidden)"

@@ -149,7 +149,7 @@ def self_supervised_box(dock) -> None:
     dock.ss_box = QWidget()
     box = QFormLayout(dock.ss_box)
     box.setContentsMargins(0, 0, 0, 0)
-    box.addRow("self-supervised model", dock.ss_model_combo)
+    box.addRow("fit model", dock.ss_model_combo)
     box.addRow("max epochs", dock.epochs_spin)
     dock.ss_box.setVisible(False)
 
