@@ -10,7 +10,7 @@ from napari.utils.notifications import show_warning
 from napari_rverdict._napari.maps_dock.job import NEEDS_BUNDLE, SELF_SUPERVISED
 from napari_rverdict._napari.state import model_label
 
-SNR_ADVICE = " (napari: match the noise to this DWI in the Simulate dock, then train again)"
+SNR_ADVICE = " (in napari: Simulate dock ▸ Match noise to this DWI, then train again)"
 
 
 def method_changed(dock) -> None:
