@@ -95,6 +95,10 @@ def test_nlls_reference_table(viewer, qtbot, unc_bundle):
     _run(qtbot, maps)
     assert maps.nlls_maps is not None, maps.message.text()
     assert "NLLS R [µm]" in viewer.layers and not viewer.layers["NLLS R [µm]"].visible
+    for name in ("fit_nrmse [fraction of signal]", "NLLS fit_nrmse [fraction of signal]"):  # each method's fit
+        fit = viewer.layers[name]
+        assert not fit.visible and fit.contrast_limits[0] == 0.0
+        assert np.isfinite(fit.data[small > 0]).all() and np.isnan(fit.data[small == 0]).all()
     assert maps.cmp_table_widget.isVisibleTo(maps) and maps.cmp_table_widget.rowCount() > 0
     headers = [maps.cmp_table_widget.horizontalHeaderItem(j).text() for j in range(3)]
     assert headers == ["map [unit]", "RMSE", "MAPE (% of range)"]  # the Train dock's columns

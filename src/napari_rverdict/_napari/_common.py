@@ -20,11 +20,12 @@ from superqt import QCollapsible
 
 ERROR_STYLE = "color: #ff6b6b;"
 OK_STYLE = "color: #8cd17d;"
+WARN_STYLE = "color: #f4a259;"
 INFO_STYLE = ""
 
 
 class Message(QLabel):
-    """A wrapped one-paragraph message: info, ok (green) or error (red)."""
+    """A wrapped one-paragraph message: info, ok (green), warning (orange) or error (red)."""
 
     def __init__(self, text: str = "", parent=None):
         super().__init__(text, parent)
@@ -41,6 +42,12 @@ class Message(QLabel):
     def ok(self, text: str) -> None:
         self.kind = "ok"
         self.setStyleSheet(OK_STYLE)
+        self.setText(text)
+
+    def warn(self, text: str) -> None:
+        """Something the user should know, that did not stop the work (orange)."""
+        self.kind = "warning"
+        self.setStyleSheet(WARN_STYLE)
         self.setText(text)
 
     def error(self, text: str) -> None:

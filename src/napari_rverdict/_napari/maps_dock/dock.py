@@ -1,14 +1,18 @@
-"""Dock 3 — Maps: a trained model (and optionally the NLLS reference) applied to a DWI layer.
+"""Dock 3 — Maps: a trained model (and optionally the NLLS reference), or self-supervised fitting, applied to a DWI
+layer.
 
 "Compute maps" calls the same :func:`napari_rverdict.maps.predict.predict_volume` (and
-:func:`napari_rverdict.maps.nlls.fit_volume`) the CLI calls, in a napari worker
+:func:`napari_rverdict.maps.nlls.fit_volume`, or :func:`napari_rverdict.maps.self_supervised.fit_self_supervised`
+with a live loss curve) the CLI calls, in a napari worker
 (:mod:`napari_rverdict._napari.maps_dock.job`); the layers are added on the GUI thread when the worker returns
 (:mod:`napari_rverdict._napari.maps_dock.layers`), so a failure changes nothing. Tables
 (:mod:`napari_rverdict._napari.maps_dock.tables`): ROI statistics per label and map
 (:func:`napari_rverdict.maps.compare.roi_statistics`) and, with NLLS, network vs NLLS
 (:func:`napari_rverdict.maps.compare.compare_maps`). The widgets and their layout are in
 :mod:`napari_rverdict._napari.maps_dock.form`; viewer conventions (axis names, b overlay, contours, the sample's
-pretrained model) in :mod:`napari_rverdict._napari.viewer_hooks`.
+pretrained model) in :mod:`napari_rverdict._napari.viewer_hooks`; what the dock shows while it runs (progress,
+loss curve, the SNR warning of :func:`~napari_rverdict.data.noise_estimate.noise_mismatch`) in
+:mod:`napari_rverdict._napari.maps_dock.feedback`. Every method also gives its fit quality (``fit_nrmse``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from napari_rverdict._napari import viewer_hooks
 from napari_rverdict._napari._common import LifetimeGuard, Relay, release_worker
-from napari_rverdict._napari.maps_dock import exports, form, inputs, tables
+from napari_rverdict._napari.maps_dock import exports, feedback, form, inputs, tables
 from napari_rverdict._napari.maps_dock.job import compute_job
 from napari_rverdict._napari.maps_dock.layers import (
     SD_SUFFIX,
@@ -36,6 +40,7 @@ from napari_rverdict._napari.maps_dock.layers import (
 )
 from napari_rverdict._napari.reader import display_factor, map_spec_for, map_unit_text
 from napari_rverdict._napari.state import get_state, model_label
+from napari_rverdict.physics.models import FIT_NRMSE
 
 
 class MapsWidget(QWidget):
@@ -46,10 +51,10 @@ class MapsWidget(QWidget):
         self.viewer = napari_viewer
         self.session = get_state(napari_viewer)
         self.worker = None
-        self.results: dict = {}  # {method: {map name: (x, y, z)}} of the last run
+        self.results: dict = {}  # {method: {map name: (x, y, z)}} of the last run (its own method first)
         self.affine = None  # the DWI's affine of the last run
-        self.map_layers: dict = {}  # map name → layer (network maps and their sd)
-        self.roi_table = None  # the network's RoiTable (CSV export)
+        self.map_layers: dict = {}  # map name → layer (the first method's maps and their sd)
+        self.roi_table = None  # the first method's RoiTable (CSV export)
         self.roi_tables: dict = {}  # {method: RoiTable}
         self.comparison = None
         self._file_protocol = None  # (path, Protocol) chosen with File…
@@ -61,13 +66,15 @@ class MapsWidget(QWidget):
         self._connect()
         viewer_hooks.install(napari_viewer)
         self._bundle_changed(self.session.bundle)
+        self._method_changed()
         self._dwi_changed()
         self._update_outputs()
 
     @property
     def maps(self):
-        """The network maps of the last run ({name: (x, y, z)}), or None."""
-        return self.results.get("network")
+        """The maps of the last run's first method (network for network and NLLS runs, else self-supervised):
+        {name: (x, y, z)}, or None."""
+        return next((m for m in self.results.values() if m is not None), None)
 
     @property
     def nlls_maps(self):
@@ -79,6 +86,8 @@ class MapsWidget(QWidget):
         self.protocol_file_btn.clicked.connect(self._protocol_dialog)
         self.load_btn.clicked.connect(self._load_dialog)
         self.compute_btn.clicked.connect(self.compute)
+        self.stop_btn.clicked.connect(self.stop)
+        self.method_combo.currentIndexChanged.connect(self._method_changed)
         self.csv_btn.clicked.connect(self._csv_dialog)
         self.export_btn.clicked.connect(self._export_dialog)
         self.sd_map_combo.currentIndexChanged.connect(self._sd_map_changed)
@@ -138,16 +147,21 @@ class MapsWidget(QWidget):
             self.model_label.setText(f"{model_label(bundle.model.name)} {bundle.net_name}")
             self.model_label.setToolTip(bundle.describe())
         has_unc = bundle is not None and bool(bundle.has_uncertainty)
-        self.uncertainty_check.setEnabled(has_unc)
         self.uncertainty_check.setChecked(has_unc)
-        self.uncertainty_check.setToolTip("also show a per-voxel sd map for each map" if has_unc else
-                                          "this model was not trained with uncertainty (tick 'uncertainty' in the "
-                                          "Train dock)")
+        self.uncertainty_check.setToolTip("also show a per-voxel sd map for each map (network and NLLS)" if has_unc
+                                          else "this model was not trained with uncertainty (tick 'uncertainty' in "
+                                          "the Train dock)")
+        feedback.follow_bundle(self, bundle)
+        self._method_changed()
         self._update_buttons()
+
+    def _method_changed(self, *_) -> None:
+        feedback.method_changed(self)
 
     def _update_buttons(self) -> None:
         running = self.worker is not None
         self.compute_btn.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
         self.load_btn.setEnabled(not running)
 
     def _update_outputs(self) -> None:
@@ -187,6 +201,7 @@ class MapsWidget(QWidget):
         self.stop_event = threading.Event()
         worker = create_worker(compute_job, run["bundle"], run["dwi"], run["mask"], run["device"],
                                run["uncertainty"], run["method"], self._relay.value.emit, self.stop_event,
+                               model=run["model"].name, epochs=run["epochs"],
                                _start_thread=False, _ignore_errors=True)  # errors go to _failed (dock + notification)
         worker.returned.connect(self._done)
         worker.errored.connect(self._failed)
@@ -194,10 +209,17 @@ class MapsWidget(QWidget):
         self._run = run
         self.worker = worker
         self._update_buttons()
-        self.progress.setValue(0)
-        self.progress.setFormat("%p%")
-        self.message.info(f"computing maps ({run['method']})…")
+        feedback.start(self, run)
         worker.start()
+
+    def stop(self) -> None:
+        """Stop the run: network and NLLS add nothing; self-supervised ends its training and its best weights so
+        far make the maps."""
+        if self.worker is None:
+            return
+        self.stop_event.set()
+        self.message.info("stopping: the self-supervised maps come from the best weights so far…"
+                          if self._run and self._run["method"] == "self-supervised" else "stopping…")
 
     def shutdown(self) -> None:
         """The dock or the viewer is going away: stop the job (prediction at its next chunk, the NLLS fit through
@@ -217,15 +239,7 @@ class MapsWidget(QWidget):
         self.progress.setFormat("%p%")
 
     def _on_progress(self, item) -> None:
-        stage, done, total = item
-        value = int(round(100 * done / max(total, 1)))
-        self.progress.setValue(value)
-        self.progress.setFormat(f"{stage}: {done:,} / {total:,} voxels")
-        pbar = self._pbar  # set_description may process events (and the finish) before refresh
-        if pbar is not None:
-            pbar.n = value
-            pbar.set_description(f"Computing maps ({stage})")
-            pbar.refresh()
+        feedback.on_progress(self, item)
 
     def _finished(self) -> None:
         release_worker(self)  # the worker keeps no reference to this dock
@@ -239,28 +253,30 @@ class MapsWidget(QWidget):
             self.message.info("stopped: no maps were added")
             self._reset_progress()
             return
-        bundle, layer = run["bundle"], run["layer"]
+        layer = run["layer"]
         self.results, self.affine = dict(out["results"]), run["affine"]
         self.sd_spin.blockSignals(True)
         self.sd_spin.setValue(0.0)
         self.sd_spin.blockSignals(False)
-        layers = add_map_layers(self.viewer, self.results, bundle.model, layer, self.affine)
-        self.map_layers = layers.get("network", {})
+        layers = add_map_layers(self.viewer, self.results, run["model"], layer, self.affine)
+        self.map_layers = layers.get(next(iter(self.results), None), {})
         labels_layer = run["labels_layer"]
         if labels_layer is not None:
             show_labels_as_contours(labels_layer)
             raise_to_top(self.viewer, labels_layer)
-        first = next(iter(self.map_layers.values()), None)
+        first = next((ly for k, ly in self.map_layers.items() if k != FIT_NRMSE), None)
         if first is not None:  # the shown map is the selected one: its controls, colorbar and hover value
             self.viewer.layers.selection.active = first
         self.roi_table, self.roi_tables, self.comparison = None, {}, None
         notes = [n for n in (tables.show_roi_statistics(self, run), tables.show_comparison(self, run)) if n]
         self._update_outputs()
-        n_maps = sum(1 for k in self.maps if not k.endswith(SD_SUFFIX))
-        text = f"{n_maps} {model_label(bundle.model.name)} maps of '{layer.name}'"
-        if self.nlls_maps is not None:
-            text += " and their NLLS reference (hidden)"
-        self.message.ok(text + "." + "".join(" " + n for n in notes))
+        n_maps = sum(1 for k in self.maps if not k.endswith(SD_SUFFIX) and k != FIT_NRMSE)
+        text = feedback.closing_message(run, out, n_maps, self.nlls_maps is not None)
+        full = text + "." + "".join(" " + n for n in notes)
+        if out.get("noise_warning"):
+            self.message.warn(f"{full} SNR warning: {out['noise_warning']}{feedback.SNR_ADVICE}.")
+        else:
+            self.message.ok(full)
         show_info("Added " + text)
 
     # ------------------------------------------------------------------ uncertainty threshold (display units)
@@ -356,7 +372,8 @@ class MapsWidget(QWidget):
         self.export_maps(path, overwrite=True)
 
     def export_maps(self, directory, overwrite: bool = False) -> list[Path]:
-        """Write every map (sd and NLLS maps too; true units) as ``<DWI name>_<map>.nii.gz`` with the DWI's affine,
+        """Write every map (sd, NLLS and fit_nrmse maps too; true units) as ``<DWI name>_<map>.nii.gz``
+        (:data:`.exports.FILE_PREFIX` after the DWI's name for NLLS and self-supervised) with the DWI's affine,
         all or none; existing files only with ``overwrite``. Returns the paths."""
         if self.maps is None:
             self._fail("No maps yet: press Compute maps first.")

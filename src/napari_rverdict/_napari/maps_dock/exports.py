@@ -15,11 +15,19 @@ def prefix(dock) -> str:
     return f"{safe_name(dock._run['layer'].name)}_" if dock._run else ""
 
 
+# the file-name prefix of each method's maps (after '<DWI>_'); the network's keep the plain names
+FILE_PREFIX = {"network": "", "NLLS": "nlls_", "self-supervised": "selfsup_"}
+
+
+def _methods(dock):
+    """(file prefix, maps) of every method of the last run."""
+    return [(FILE_PREFIX.get(m, f"{m}_"), maps) for m, maps in dock.results.items() if maps is not None]
+
+
 def planned(dock, directory) -> list[Path]:
     """The files :func:`write_maps` would write."""
     pre, d = prefix(dock), Path(directory)
-    names = list(dock.maps or {}) + [f"nlls_{k}" for k in (dock.nlls_maps or {})]
-    return [d / f"{pre}{k}.nii.gz" for k in names]
+    return [d / f"{pre}{p}{k}.nii.gz" for p, maps in _methods(dock) for k in maps]
 
 
 def existing(dock, directory) -> list[Path]:
@@ -27,22 +35,23 @@ def existing(dock, directory) -> list[Path]:
 
 
 def write_maps(dock, directory) -> list[Path]:
-    """Every network map (and sd map, with its map's unit) and NLLS map, as one FileSet: all written or none."""
+    """Every method's maps (network: also the sd maps, with their map's unit; every method: ``fit_nrmse``) as
+    one FileSet: all written or none."""
     from napari_rverdict.data.nifti import save_map, save_maps
     from napari_rverdict.files import FileSet
 
-    model = dock._run["bundle"].model.name if dock._run else None
+    model = dock._run["model"].name if dock._run else None
     pre = prefix(dock)
+    written: list[Path] = []
     with FileSet() as files:
-        plain = {k: v for k, v in dock.maps.items() if not k.endswith(SD_SUFFIX)}
-        written = save_maps(plain, directory, dock.affine, model=model, prefix=pre, fileset=files)
-        for key in (k for k in dock.maps if k.endswith(SD_SUFFIX)):
-            spec = map_spec_for(key[: -len(SD_SUFFIX)], model)
-            written.append(save_map(dock.maps[key], Path(directory) / f"{pre}{key}.nii.gz", dock.affine, key,
-                                    spec.unit if spec else "", fileset=files))
-        if dock.nlls_maps is not None:
-            written += save_maps(dock.nlls_maps, directory, dock.affine, model=model, prefix=f"{pre}nlls_",
+        for method_prefix, maps in _methods(dock):
+            plain = {k: v for k, v in maps.items() if not k.endswith(SD_SUFFIX)}
+            written += save_maps(plain, directory, dock.affine, model=model, prefix=pre + method_prefix,
                                  fileset=files)
+            for key in (k for k in maps if k.endswith(SD_SUFFIX)):
+                spec = map_spec_for(key[: -len(SD_SUFFIX)], model)
+                written.append(save_map(maps[key], Path(directory) / f"{pre}{method_prefix}{key}.nii.gz",
+                                        dock.affine, key, spec.unit if spec else "", fileset=files))
     return written
 
 

@@ -1,9 +1,10 @@
 """The Maps dock's widgets and their layout, one small function per section; no behaviour here.
 
 Top to bottom: DWI layer and its protocol (the layer's own, the INNOVATE preset, or a file), mask, lesion labels,
-model, method (``dock.method_combo``: "network", "NLLS"; a method added to
-:data:`~napari_rverdict._napari.maps_dock.job.METHODS` is listed here), uncertainty, device, *Compute maps*, then
-sections: uncertainty threshold, ROI statistics, network vs NLLS, exports. The content scrolls.
+model, method (``dock.method_combo``: "network", "NLLS", "self-supervised"; a method added to
+:data:`~napari_rverdict._napari.maps_dock.job.METHODS` is listed here) with the self-supervised model and epochs
+(shown for that method only), uncertainty, device, *Compute maps* and *Stop*, then sections: the self-supervised
+loss curve, uncertainty threshold, ROI statistics, network vs NLLS, exports. The content scrolls.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSpinBox,
     QTableWidget,
     QVBoxLayout,
     QWidget,
@@ -30,7 +32,9 @@ from napari_rverdict._napari._common import (
     hint,
     scroll_layout,
 )
+from napari_rverdict._napari.loss_plot import LossPlot
 from napari_rverdict._napari.maps_dock.job import METHODS
+from napari_rverdict._napari.state import model_label
 
 AUTO_MASK = "(automatic: Otsu threshold of the mean b = 0)"
 NO_LABELS = "(none)"
@@ -57,6 +61,12 @@ def build(dock) -> None:
     layout.addLayout(inputs_section(dock))
     dock.compute_btn, dock.progress, dock.message = add_run_row(
         layout, "Compute maps", "estimate the maps in a background thread; they are added as layers over the DWI")
+    stop_beside(dock, layout)
+    dock.loss_plot = LossPlot()
+    dock.loss_caption = hint("The self-supervised encoder's loss per epoch: on the voxels it trains on and on the "
+                             "held-out voxels (validation) that choose the best weights (★).")
+    dock.loss_plot.ax.set_ylabel("MSE (normalised signal)")
+    dock.loss_section = collapsible(layout, "Self-supervised loss", [dock.loss_caption, dock.loss_plot])
     dock.sd_box = sd_section(dock)
     dock.sd_section = collapsible(layout, "Uncertainty threshold", [dock.sd_box])
     tables_section(dock, layout)
@@ -93,6 +103,7 @@ def inputs_section(dock) -> QFormLayout:
         dock.method_combo.addItem(name)
         dock.method_combo.setItemData(i, tip, 3)  # Qt.ToolTipRole
     dock.method_combo.setToolTip("; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    self_supervised_box(dock)
     dock.uncertainty_check = QCheckBox("with uncertainty (sd maps)")
     dock.device_combo = QComboBox()
     dock.device_combo.addItems(available_devices())
@@ -111,9 +122,50 @@ def inputs_section(dock) -> QFormLayout:
     mrow.addWidget(dock.load_btn)
     form.addRow("model", mrow)
     form.addRow("method", dock.method_combo)
+    form.addRow(dock.ss_box)
     form.addRow("", dock.uncertainty_check)
     form.addRow("device", dock.device_combo)
     return form
+
+
+def self_supervised_box(dock) -> None:
+    """``dock.ss_box`` (shown only for the self-supervised method): its model (classic VERDICT / rVERDICT) and
+    the most epochs. The default epochs is the library's: early stopping on held-out voxels ends the training
+    (≈ 75–95 epochs on the phantom's gland), so the cap is not sized to the device."""
+    import inspect
+
+    from napari_rverdict.maps.self_supervised import fit_self_supervised
+
+    dock.ss_model_combo = QComboBox()
+    for name in ("rverdict", "verdict"):
+        dock.ss_model_combo.addItem(model_label(name), name)
+    dock.ss_model_combo.setToolTip("the signal model the encoder estimates (its decoder); default: the loaded "
+                                   "model's, else rVERDICT (needs TE / TR in the protocol)")
+    dock.epochs_spin = QSpinBox()
+    dock.epochs_spin.setRange(1, 100_000)
+    dock.epochs_spin.setValue(int(inspect.signature(fit_self_supervised).parameters["epochs"].default))
+    dock.epochs_spin.setToolTip("the most epochs; training stops earlier when the held-out voxels' loss has not "
+                                "improved for 10 epochs (Stop also ends it and keeps the best weights)")
+    dock.ss_box = QWidget()
+    box = QFormLayout(dock.ss_box)
+    box.setContentsMargins(0, 0, 0, 0)
+    box.addRow("fit model", dock.ss_model_combo)
+    box.addRow("max epochs", dock.epochs_spin)
+    dock.ss_box.setVisible(False)
+
+
+def stop_beside(dock, layout: QVBoxLayout) -> None:
+    """``dock.stop_btn`` beside *Compute maps*."""
+    dock.stop_btn = QPushButton("Stop")
+    dock.stop_btn.setToolTip("stop the computation: network and NLLS add nothing; self-supervised ends its "
+                             "training and adds the maps of its best weights so far")
+    dock.stop_btn.setEnabled(False)
+    idx = layout.indexOf(dock.compute_btn)
+    layout.removeWidget(dock.compute_btn)
+    row = QHBoxLayout()
+    row.addWidget(dock.compute_btn, 1)
+    row.addWidget(dock.stop_btn)
+    layout.insertLayout(idx, row)
 
 
 def sd_section(dock) -> QWidget:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_rverdict._napari.maps_dock.job import layer_affine, on_dwi_grid
+from napari_rverdict._napari.maps_dock.job import NEEDS_BUNDLE, SELF_SUPERVISED, layer_affine, on_dwi_grid
 from napari_rverdict._napari.reader import layer_protocol, layer_to_xyz
 
 
@@ -37,24 +37,29 @@ def chosen_protocol(dock, layer):
     return prot
 
 
-
 def check_inputs(dock) -> dict:
     """Everything the worker needs, checked on the GUI thread; raises ValueError with a message for the user."""
     from napari_rverdict.data.nifti import Dwi
+    from napari_rverdict.maps.self_supervised import MIN_VOXELS
     from napari_rverdict.maps.voxels import check_b_values
+    from napari_rverdict.physics.models import get_model
 
     layer = dock.dwi_combo.layer()
     if layer is None:
         raise ValueError("No DWI layer: open a 4D diffusion NIfTI (File ▸ Open) or the sample phantom "
                          "(File ▸ Open Sample ▸ napari-rverdict).")
-    bundle = dock.session.bundle
-    if bundle is None:
-        raise ValueError("No model: train one in the Train dock, or Load… a saved bundle.")
+    method = dock.method_combo.currentText()
+    bundle = dock.session.bundle if method in NEEDS_BUNDLE else None
+    if method in NEEDS_BUNDLE and bundle is None:
+        raise ValueError("No model: train one in the Train dock, or Load… a saved bundle (or choose the "
+                         "self-supervised method, which needs none).")
+    model = get_model(bundle.model.name if bundle is not None else dock.ss_model_combo.currentData())
     protocol = chosen_protocol(dock, layer)
     try:
-        bundle.model.check_protocol(protocol)
-        check_b_values(protocol.direction_averaged() if len(protocol.shells()) < len(protocol) else protocol,
-                       bundle.protocol)
+        model.check_protocol(protocol)
+        if bundle is not None:
+            check_b_values(protocol.direction_averaged() if len(protocol.shells()) < len(protocol) else protocol,
+                           bundle.protocol)
     except ValueError as exc:
         raise ValueError(f"The model cannot use this DWI: {exc}") from None
     data = layer_to_xyz(np.asarray(layer.data, dtype=np.float32))
@@ -67,10 +72,15 @@ def check_inputs(dock) -> dict:
         mask = np.nan_to_num(mask.astype(np.float64)) != 0
         if not mask.any():
             raise ValueError(f"The mask layer '{mask_layer.name}' is empty.")
+        if method == SELF_SUPERVISED and mask.sum() < MIN_VOXELS:
+            raise ValueError(f"The mask layer '{mask_layer.name}' has {int(mask.sum())} voxels; self-supervised "
+                             f"fitting learns from the voxels it maps and needs at least {MIN_VOXELS} (use NLLS "
+                             "for so few).")
     labels_layer = dock.labels_combo.layer()
     labels = on_dwi_grid(labels_layer, spatial, "labels")
     uncertainty = dock.uncertainty_check.isChecked() and dock.uncertainty_check.isEnabled()
-    return dict(layer=layer, bundle=bundle, dwi=dwi, mask=mask, labels=labels, labels_layer=labels_layer,
-                affine=affine, device=dock.device_combo.currentText(), uncertainty=uncertainty,
-                method=dock.method_combo.currentText())
+    return dict(layer=layer, bundle=bundle, model=model, dwi=dwi, mask=mask, labels=labels,
+                labels_layer=labels_layer, affine=affine, device=dock.device_combo.currentText(),
+                uncertainty=uncertainty and method in NEEDS_BUNDLE, method=method,
+                epochs=int(dock.epochs_spin.value()))
 

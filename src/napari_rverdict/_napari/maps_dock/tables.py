@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
 
-from napari_rverdict._napari.reader import display_factor, map_spec_for, map_unit_text
+from napari_rverdict._napari.maps_dock.layers import map_name_with_unit
+from napari_rverdict._napari.reader import display_factor, map_spec_for
 
 RMSE_TIP = "root mean squared difference between the network's and the NLLS maps, in the map's unit"
 MAPE_TIP = "mean absolute difference as a percentage of the map's range (the training range for parameters)"
@@ -25,10 +26,9 @@ def _fmt(v, spec: str = ".3g") -> str:
 
 
 def map_header(name: str) -> str:
-    """'f_ic [fraction]', 'R [µm]', 'cellularity [10⁻³ µm⁻³]'."""
+    """'f_ic [fraction]', 'R [µm]', 'cellularity [10⁻³ µm⁻³]', 'fit_nrmse [fraction of signal]'."""
     spec = map_spec_for(name)
-    unit = map_unit_text(spec) if spec is not None else ""
-    return f"{name} [{unit}]" if unit else name
+    return map_name_with_unit(spec) if spec is not None else name
 
 
 def roi_rows(tables: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
@@ -112,7 +112,7 @@ def show_roi_statistics(dock, run: dict) -> str | None:
                                                              label_names=names, mask=run["mask"])
     except (ValueError, KeyError) as exc:
         return f"ROI statistics unavailable: {exc}"
-    dock.roi_table = dock.roi_tables.get("network")
+    dock.roi_table = next(iter(dock.roi_tables.values()), None)  # the first method's (CSV export)
     fill(dock.roi_table_widget, *roi_rows(dock.roi_tables))
     dock.roi_caption.setText(f"Mean ± sd in each region of '{labels_layer.name}' (hover a cell for the median"
                              + (" and the mean voxel sd" if run["uncertainty"] else "") + ").")
