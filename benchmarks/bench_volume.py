@@ -6,7 +6,7 @@ Run: ``.venv/bin/python benchmarks/bench_volume.py [--shape 176 176 14] [--scipy
 Part 1 — network maps: a 176 × 176 × 14 digital phantom (433,664 voxels, every voxel predicted: mask = the whole
 volume) through ``predict_volume`` with a ResNetReg bundle (rVERDICT defaults: depth 31, width 128; trained for one
 short epoch — the weights do not change the cost) on the CPU. Baseline: the per-voxel SciPy ``least_squares`` fit
-(``nlls.fit_signals_scipy``, default 'trf', ``--starts`` screened starts) timed on ``--scipy-voxels`` voxels of the
+(``nlls_scipy.fit_signals_scipy``, default 'trf', ``--starts`` screened starts) timed on ``--scipy-voxels`` voxels of the
 same volume and scaled to the whole volume (its cost is linear in voxels). Target ratio ≥ 10,000.
 
 Part 2 — NLLS: ``fit_signals`` (batched Levenberg–Marquardt) on ``--nlls-voxels`` phantom voxels at SNR 35
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     from napari_rverdict.data.phantom import make_phantom
     from napari_rverdict.data.synth import noise_free_signals, simulate
     from napari_rverdict.learn.train import TrainConfig, train
-    from napari_rverdict.maps.nlls import fit_signals, fit_signals_scipy
+    from napari_rverdict.maps.nlls import fit_signals
+    from napari_rverdict.maps.nlls_scipy import fit_signals_scipy
     from napari_rverdict.maps.predict import predict_volume
     from napari_rverdict.physics import Protocol, get_model
 

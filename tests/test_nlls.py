@@ -12,7 +12,8 @@ from napari_rverdict.data.phantom import make_phantom
 from napari_rverdict.data.prior import sample_parameters
 from napari_rverdict.data.synth import noise_free_signals
 from napari_rverdict.errors import InputError
-from napari_rverdict.maps.nlls import FitCancelled, FitProblem, fit_signals, fit_signals_scipy, fit_volume
+from napari_rverdict.maps.nlls import FitCancelled, FitProblem, fit_signals, fit_volume
+from napari_rverdict.maps.nlls_scipy import fit_signals_scipy
 from napari_rverdict.physics import Protocol, get_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
@@ -17,6 +19,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 from superqt import QCollapsible
+
+from napari_rverdict.threads import using_torch_threads
 
 ERROR_STYLE = "color: #ff6b6b;"
 OK_STYLE = "color: #8cd17d;"
@@ -310,3 +314,21 @@ def device_preset() -> tuple[str, dict]:
         return ("GPU: the paper's setting (100,000 signals, ≤ 100 epochs).", dict(PAPER_GPU))
     return ("CPU: a quick setting (20,000 signals, 8 epochs, ~1 min); the paper's 100,000 signals and ≤ 100 "
             "epochs suit a GPU.", dict(QUICK_CPU))
+
+
+def with_napari_threads(fn):
+    """``fn`` (a worker function or generator) run with the torch threads a napari worker should use
+    (:func:`napari_rverdict.threads.torch_threads` ``("napari")``: the CPUs other processes are not keeping busy, less
+    one for the GUI's event loop), restored afterwards. torch's count is process-wide, so it holds for the run."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            with using_torch_threads("napari"):
+                return (yield from fn(*args, **kwargs))
+        return generator
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with using_torch_threads("napari"):
+            return fn(*args, **kwargs)
+    return run

@@ -34,7 +34,7 @@ Forward model: the model's own ``signal`` (:mod:`napari_rverdict.physics.models`
 one place. Speed: the sphere attenuation depends only on R for a given protocol, so the fit passes the model a
 :class:`~napari_rverdict.physics.compartments.SphereTable` (1024 nodes over the fitted R range, exact
 derivatives, cubic Hermite interpolation: < 2e-12 of the exact series, tested).
-:func:`fit_signals_scipy` is the per-voxel SciPy ``least_squares`` baseline on exactly the same objective, starts
+``maps.nlls_scipy.fit_signals_scipy`` is the per-voxel SciPy ``least_squares`` baseline on exactly the same objective, starts
 and transform (used by the tests and ``benchmarks/bench_volume.py``).
 
 No napari or Qt here.
@@ -51,6 +51,7 @@ from napari_rverdict.errors import InputError
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
+from napari_rverdict.threads import capped_torch_threads
 
 FD_STEP = 1e-7  # forward-difference step in the unbounded space (float64)
 FD_STEP_FLOAT32 = 3e-4  # devices without float64 (MPS)
@@ -286,6 +287,7 @@ def _init_params(init, signals_raw, protocol, problem: FitProblem, index=None) -
     return problem.from_params(values)
 
 
+@capped_torch_threads()  # CPUs other processes keep busy are not waited for (a fixed count was ~10× slower)
 def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, init=None, ranges=None,
                 progress: Callable[[int, int], None] | None = None, n_candidates: int = 512, max_iter: int = 1000,
                 seed: int = 0, chunk: int = 8192, return_cost: bool = False,
@@ -400,43 +402,4 @@ def fit_volume(model, dwi, protocol=None, mask=None, *, device="auto", init=None
     return scatter_maps(maps, vox.index, vox.shape)
 
 
-# ---------------------------------------------------------------------- the per-voxel SciPy baseline
-def fit_signals_scipy(model, signals, protocol, *, n_starts: int = 4, init=None, ranges=None,
-                      n_candidates: int = 512, seed: int = 0, method: str = "trf",
-                      progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-    """The same fit, one voxel and one start at a time with ``scipy.optimize.least_squares`` (NumPy residuals).
-
-    Same objective, transform, candidate screening and starts as :func:`fit_signals` (so the two differ only in
-    the optimiser and in batching). ``method``: "trf" (SciPy's default) or "lm". Slow by design: the baseline.
-    """
-    from scipy.optimize import least_squares
-
-    model = get_model(model)
-    protocol = load_protocol(protocol)
-    raw = np.asarray(signals, dtype=np.float64)
-    problem = FitProblem(model, protocol, ranges, "cpu", torch.float64)
-    y_all = problem.normalise(raw)
-    init_u = _init_params(init, raw, protocol, problem)
-    starts = make_starts(problem, y_all, int(n_starts), int(n_candidates), seed, init_u)
-    n = len(y_all)
-    best_u = np.empty((n, problem.k))
-    best_cost = np.empty(n)
-    for i in range(n):
-        y = y_all[i:i + 1]
-
-        def fun(u, y=y):
-            return problem.residual(u[None, :], y, np)[0]
-
-        best = (np.inf, starts[i, 0])
-        for u0 in starts[i]:
-            res = least_squares(fun, u0, method=method)
-            c = float(2 * res.cost)
-            if c < best[0]:
-                best = (c, res.x)
-        best_cost[i], best_u[i] = best
-        if progress is not None:
-            progress(i + 1, n)
-    return _maps_from_u(problem, best_u, best_cost)
-
-
-__all__ = ["FitCancelled", "FitProblem", "fit_signals", "fit_signals_scipy", "fit_volume", "levenberg_marquardt", "make_starts"]
+__all__ = ["FitCancelled", "FitProblem", "fit_signals", "fit_volume", "levenberg_marquardt", "make_starts"]

@@ -48,6 +48,7 @@ from napari_rverdict.maps.nlls import FitProblem
 from napari_rverdict.maps.voxels import prepare_voxels, scatter_maps
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol_files import load_protocol
+from napari_rverdict.threads import capped_torch_threads
 
 MIN_VOXELS = 100  # a mask with fewer usable voxels has too little to learn from (use NLLS)
 EVAL_CHUNK = 65536
@@ -169,6 +170,7 @@ def _check_sigma(sigma, n_voxels: int | None = None) -> np.ndarray | float | Non
 
 
 # ---------------------------------------------------------------------- the fit
+@capped_torch_threads()  # never waits on CPUs other processes keep busy
 def fit_signals_self_supervised(model, signals, protocol, *, device="auto", epochs: int = 500, seed: int = 0,
                                 progress: Callable[[TrainProgress], object] | None = None, stop_event=None,
                                 sigma=None, **options) -> SelfSupervisedFit:

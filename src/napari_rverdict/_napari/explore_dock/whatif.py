@@ -11,6 +11,7 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import QFileDialog, QTableWidgetItem
 
+from napari_rverdict._napari._common import with_napari_threads
 from napari_rverdict._napari.explore_dock.plot import draw_comparison
 from napari_rverdict.errors import InputError
 from napari_rverdict.evaluate.protocol_design import (
@@ -182,7 +183,7 @@ class WhatIf:
         d.evaluate_progress.setValue(0)
         d.evaluate_message.info(f"evaluating both protocols at SNR {snr:g} ({n_dict:,}-entry dictionary, "
                                 f"{n_test} test signals) …")
-        self.worker = create_worker(job)
+        self.worker = create_worker(with_napari_threads(job))
         self.worker.returned.connect(self._done)
         self.worker.errored.connect(self._failed)
         self.worker.start()

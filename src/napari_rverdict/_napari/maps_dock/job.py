@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_rverdict._napari._common import JobStopped, stoppable
-from napari_rverdict._napari.reader import layer_to_xyz
+from napari_rverdict._napari._common import JobStopped, stoppable, with_napari_threads
 
 
 def layer_affine(layer) -> np.ndarray:
@@ -14,17 +13,6 @@ def layer_affine(layer) -> np.ndarray:
 
     return affine_from_meta({"metadata": layer.metadata, "scale": list(layer.scale),
                              "translate": list(layer.translate)})
-
-
-def on_dwi_grid(layer, spatial: tuple, what: str):
-    """A 3D layer's data as (x, y, z), refused unless it has the DWI's spatial shape; None when no layer."""
-    if layer is None:
-        return None
-    data = layer_to_xyz(np.asarray(layer.data))
-    if data.shape != spatial:
-        raise ValueError(f"The {what} layer '{layer.name}' has shape {data.shape[::-1]} (z, y, x) but the "
-                         f"DWI's is {spatial[::-1]}.")
-    return data
 
 
 # The methods the Maps dock lists (name → tooltip). A new method adds an entry here and a branch in compute_job;
@@ -54,6 +42,7 @@ def noise_check(bundle, dwi, mask) -> str | None:
         return None
 
 
+@with_napari_threads
 def compute_job(bundle, dwi, mask, device, uncertainty, method, progress, stop_event=None, *, model=None,
                 epochs: int | None = None, seed: int = 0):
     """The worker: the maps of ``method`` ({method: {map: (x, y, z)}}); no layers here. Reports through

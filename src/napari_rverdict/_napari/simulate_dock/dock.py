@@ -18,7 +18,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QBrush
 from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 
-from napari_rverdict._napari._common import JobStopped, LifetimeGuard, Relay, release_worker, stoppable
+from napari_rverdict._napari._common import JobStopped, LifetimeGuard, Relay, release_worker, stoppable, with_napari_threads
 from napari_rverdict._napari.reader import layer_protocol
 from napari_rverdict._napari.simulate_dock import form
 from napari_rverdict._napari.simulate_dock.form import INVALID_BG
@@ -298,6 +298,7 @@ class SimulateWidget(QWidget):
         self._validate()
 
 
+@with_napari_threads
 def _simulate_job(stop_event, progress, **kwargs):
     """``simulate`` that ends at its next chunk once ``stop_event`` is set (returns None then)."""
     try:

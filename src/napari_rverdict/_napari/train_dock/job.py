@@ -13,6 +13,7 @@ import threading
 import torch
 from napari.qt.threading import thread_worker
 
+from napari_rverdict._napari._common import with_napari_threads
 from napari_rverdict.learn.train import TrainConfig, iter_training
 
 EVAL_N = 2000  # synthetic test signals for the validation table
@@ -81,6 +82,7 @@ def _num(v) -> float:
 
 
 @thread_worker
+@with_napari_threads
 def training_job(data, config: TrainConfig, stop_event: threading.Event, evaluate_after: bool = True,
                  init_state=None):
     """Generator worker: yields ("progress", TrainProgress) … ("done", TrainProgress with .result),
