@@ -65,7 +65,7 @@ def test_end_to_end_generate_train_maps(viewer, qtbot, tmp_path):
     names = {ly.name for ly in viewer.layers}
     assert expected <= names
     assert len(viewer.layers) == n_before + len(model.map_names) + 1  # and the fit-quality map, fit_nrmse
-    assert "fit_nrmse" in names
+    assert "fit_nrmse [fraction of signal]" in names
     for name in expected:
         layer = viewer.layers[name]
         assert layer.data.shape == dwi.data.shape[1:]  # (z, y, x)

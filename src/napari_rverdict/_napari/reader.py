@@ -69,6 +69,17 @@ def layer_to_xyz(data) -> np.ndarray:
     raise ValueError(f"cannot write a {data.ndim}D layer as NIfTI (2D, 3D or 4D expected)")
 
 
+def on_dwi_grid(layer, spatial: tuple, what: str):
+    """A 3D layer's data as (x, y, z), refused unless it has the DWI's spatial shape; None when no layer."""
+    if layer is None:
+        return None
+    data = layer_to_xyz(np.asarray(layer.data))
+    if data.shape != spatial:
+        raise ValueError(f"The {what} layer '{layer.name}' has shape {data.shape[::-1]} (z, y, x) but the "
+                         f"DWI's is {spatial[::-1]}.")
+    return data
+
+
 def layer_protocol(layer):
     """The Protocol a DWI layer carries in ``metadata['protocol']`` (a Protocol or its dict), or None."""
     meta = getattr(layer, "metadata", None) or {}
@@ -105,9 +116,16 @@ def display_factor(name: str) -> float:
     return DISPLAY_SCALE.get(base, (1.0, ""))[0]
 
 
+# fit_nrmse (every method's fit quality) is an RMSE on the model's normalised signal: a fraction of the
+# normalisation's reference (each series' b = 0 for classic VERDICT, the voxel's brightest measurement for rVERDICT)
+FIT_UNIT = "fraction of signal"
+
+
 def map_unit_text(spec) -> str:
     """The unit a map is shown in: 'µm' for R, 'fraction' for the unit-less volume fractions, '10⁻³ µm⁻³' for
-    cellularity (:data:`DISPLAY_SCALE`), '' when a map has no unit."""
+    cellularity (:data:`DISPLAY_SCALE`), 'fraction of signal' for the fit quality, '' when a map has no unit."""
+    if spec.name == "fit_nrmse":  # physics.models.FIT_NRMSE (not imported here: the reader stays light)
+        return FIT_UNIT
     if spec.name in DISPLAY_SCALE:
         return DISPLAY_SCALE[spec.name][1]
     if spec.unit:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_rverdict._napari.maps_dock.job import NEEDS_BUNDLE, SELF_SUPERVISED, layer_affine, on_dwi_grid
-from napari_rverdict._napari.reader import layer_protocol, layer_to_xyz
+from napari_rverdict._napari.maps_dock.job import NEEDS_BUNDLE, SELF_SUPERVISED, layer_affine
+from napari_rverdict._napari.reader import layer_protocol, layer_to_xyz, on_dwi_grid
 
 
 def chosen_protocol(dock, layer):

@@ -20,19 +20,6 @@ from napari_rverdict.physics.models import FIT_NRMSE
 
 SD_SUFFIX = "_sd"
 METHOD_PREFIX = {"network": "", "NLLS": "NLLS ", "self-supervised": "self-supervised "}  # layer name prefixes
-# fit_nrmse (every method's fit quality) is an RMSE on the model's normalised signal: a fraction of the
-# normalisation's reference (each series' b = 0 for classic VERDICT, the voxel's brightest measurement for rVERDICT)
-FIT_UNIT = "fraction of signal"
-
-
-def map_name_with_unit(spec, prefix: str = "", suffix: str = "") -> str:
-    """A map layer's (and table column's) name with its unit: 'R [µm]', 'NLLS f_ic [fraction]', and
-    'fit_nrmse [fraction of signal]' for the fit quality, whose MapSpec has no unit."""
-    if spec.name == FIT_NRMSE:
-        return f"{prefix}{spec.name}{suffix} [{FIT_UNIT}]"
-    return map_layer_name(spec, prefix=prefix, suffix=suffix)
-
-
 def fit_limits(data) -> tuple[float, float]:
     """Contrast limits of a fit_nrmse layer: from 0 (a perfect fit, black) to the 98th percentile, so the voxels
     the model does not describe stand out bright."""
@@ -123,7 +110,7 @@ def _add_map(viewer, maps: dict, name: str, model, method: str, dwi_layer, affin
             "display": tuple(spec.display) if spec else None, "source_layer": dwi_layer.name, "method": method,
             "display_factor": display_factor(name), "description": spec.description if spec else ""}
     prefix = METHOD_PREFIX.get(method, f"{method} ")
-    lname = map_name_with_unit(spec, prefix=prefix) if spec else prefix + name
+    lname = map_layer_name(spec, prefix=prefix) if spec else prefix + name
     visible = visible and name != FIT_NRMSE  # the fit quality is never the map shown first
     kwargs = dict(place, metadata=meta, visible=visible, opacity=0.9, colormap=spec.colormap if spec else "viridis",
                   contrast_limits=fit_limits(data) if name == FIT_NRMSE else auto_limits(data))
@@ -134,7 +121,7 @@ def _add_map(viewer, maps: dict, name: str, model, method: str, dwi_layer, affin
     if sd_key in maps:
         sd = shown(sd_key, maps[sd_key])
         sd_meta = dict(meta, map_name=sd_key, display=None)
-        sd_name = map_name_with_unit(spec, prefix=prefix, suffix=" sd") if spec else prefix + sd_key
+        sd_name = map_layer_name(spec, prefix=prefix, suffix=" sd") if spec else prefix + sd_key
         sd_kwargs = dict(kwargs, metadata=sd_meta, visible=False, colormap="gray", contrast_limits=auto_limits(sd))
         out[sd_key] = put_layer(viewer, sd_name, sd, sd_kwargs)
         out[sd_key].colorbar.visible = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
 
-from napari_rverdict._napari.maps_dock.layers import map_name_with_unit
+from napari_rverdict._napari.reader import map_layer_name
 from napari_rverdict._napari.reader import display_factor, map_spec_for
 
 RMSE_TIP = "root mean squared difference between the network's and the NLLS maps, in the map's unit"
@@ -28,7 +28,7 @@ def _fmt(v, spec: str = ".3g") -> str:
 def map_header(name: str) -> str:
     """'f_ic [fraction]', 'R [µm]', 'cellularity [10⁻³ µm⁻³]', 'fit_nrmse [fraction of signal]'."""
     spec = map_spec_for(name)
-    return map_name_with_unit(spec) if spec is not None else name
+    return map_layer_name(spec) if spec is not None else name
 
 
 def roi_rows(tables: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:

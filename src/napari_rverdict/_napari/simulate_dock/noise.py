@@ -15,8 +15,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, QTimer
 
-from napari_rverdict._napari.maps_dock.job import on_dwi_grid
-from napari_rverdict._napari.reader import layer_protocol, layer_to_xyz
+from napari_rverdict._napari.reader import layer_protocol, layer_to_xyz, on_dwi_grid
 from napari_rverdict.data.noise import format_snr_percentiles, parse_snr
 from napari_rverdict.data.synth import effective_snr
 from napari_rverdict.physics.protocol import Protocol
