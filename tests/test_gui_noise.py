@@ -15,7 +15,7 @@ from qtpy.QtCore import Qt  # noqa: E402
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 LEFT = Qt.MouseButton.LeftButton
-PHANTOM_SNR = 35.0  # sample_data/phantom/phantom.json: σ = the voxel's brightest noise-free measurement / 35
+PHANTOM_SIGMA = 1000.0 / 35.0  # sample_data/phantom/phantom.json: one σ = S0 scale (1000) / SNR 35 on every volume
 EFFECTIVE = re.compile(r"effective SNR at the brightest b = 0: median ([\d.]+) \(5–95 %: ([\d.]+)–([\d.]+)\)")
 
 
@@ -93,8 +93,8 @@ def test_match_noise_to_the_phantom_dwi(viewer, qtbot, tmp_path):
     assert sim.match_message.kind == "ok" and not sim.match_message.isHidden(), sim.match_message.text()
     est = sim.noise.estimate
     assert "σ =" in sim.match_message.text() and est.method in sim.match_message.text()
-    # the phantom was made at SNR 35 on each voxel's brightest measurement: the gland's "peak" SNR says so
-    assert abs(est.snr["peak"]["median"] / PHANTOM_SNR - 1) < 0.1
+    # the phantom was made with one σ = 1000 / 35 on every volume ("s0"): the estimate finds it
+    assert abs(est.sigma / PHANTOM_SIGMA - 1) < 0.1
     assert est.n_voxels == int(np.count_nonzero(viewer.layers["gland mask"].data))
     assert not sim.snr_edit.isEnabled() and sim.snr_edit.text() == "matched to phantom DWI"
     assert sim.reference_combo.currentData() == "peak" and not sim.reference_combo.isEnabled()
@@ -106,7 +106,7 @@ def test_match_noise_to_the_phantom_dwi(viewer, qtbot, tmp_path):
     assert data.matched.sigma == pytest.approx(est.sigma)
     lo, hi = data.matched.range()
     assert np.all((data.snr >= lo) & (data.snr <= hi))
-    assert abs(np.median(data.snr) / PHANTOM_SNR - 1) < 0.1  # drawn from the DWI's own SNR
+    assert abs(np.median(data.snr) / est.snr["peak"]["median"] - 1) < 0.1  # drawn from the DWI's own SNR
     np.testing.assert_allclose(data.peak_snr, data.snr, rtol=1e-9)
     assert "matched to dwi.nii.gz" in sim.message.text()
     assert "SNR matched to dwi.nii.gz" in tr.data_label.text()

@@ -111,9 +111,9 @@ def test_self_supervised_refuses_a_mask_too_small_to_learn_from(viewer, qtbot):
 
 @pytest.fixture(scope="module")
 def phantom_bundles():
-    """The sample's pretrained rVERDICT bundle twice: trained at SNR 35 on the "s0" reference (an effective SNR of
-    ≈ 2.6–23 at the brightest b = 0, far below the phantom's ≈ 35), and the same network with its noise matched
-    to the phantom's own SNR distribution (as `--snr-from` stores it)."""
+    """The sample's pretrained rVERDICT bundle twice: declared as trained at SNR 200 on the "peak" reference (every
+    voxel at SNR 200, far above the scanner-like phantom's gland, median ≈ 22), and the same network with its noise
+    matched to the phantom's own SNR distribution (as `--snr-from` stores it)."""
     from napari_rverdict._napari.sample_data import pretrained_bundle_path
     from napari_rverdict.data.nifti import load_dwi, load_mask
     from napari_rverdict.data.noise_estimate import estimate_noise
@@ -123,7 +123,7 @@ def phantom_bundles():
     if path is None:
         pytest.skip("no pretrained bundle in sample_data/pretrained")
     far = load_bundle(path)
-    far.snr, far.snr_reference, far.noise_match = 35.0, "s0", None
+    far.snr, far.snr_reference, far.noise_match = 200.0, "peak", None
     phantom = path.parent.parent / "phantom"
     dwi = load_dwi(phantom / "dwi.nii.gz")
     matched = copy.copy(far)

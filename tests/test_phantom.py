@@ -127,7 +127,8 @@ def test_shipped_sample_is_small_and_regenerable():
     shipped = load_phantom(d)
     assert shipped.dwi.shape == (64, 64, 8, 20)
     meta = json.loads((d / "phantom.json").read_text())
-    again = make_phantom(tuple(meta["shape"]), snr=meta["snr"], seed=meta["seed"])
+    again = make_phantom(tuple(meta["shape"]), snr=meta["snr"], seed=meta["seed"],
+                         snr_reference=meta.get("snr_reference", "peak"))
     np.testing.assert_array_equal(shipped.dwi.data, again.dwi)
     np.testing.assert_array_equal(shipped.labels, again.labels)
     np.testing.assert_allclose(shipped.truth["f_ic"], again.truth["f_ic"])
