@@ -36,6 +36,7 @@ import torch
 
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.evaluate.metrics import evaluate
+from napari_rverdict.data.noise import DEFAULT_SNR_REFERENCE, SNR_REFERENCES
 from napari_rverdict.evaluate.posterior import bayes_limit
 from napari_rverdict.learn.train import TrainConfig, train
 
@@ -87,6 +88,8 @@ def main(argv=None):
     ap.add_argument("--n-bayes", type=int, default=400, help="test signals for the Bayes limit (default: %(default)s)")
     ap.add_argument("--dictionary", type=int, default=200_000, help="Bayes-limit prior dictionary (default: %(default)s)")
     ap.add_argument("--snr", type=float, default=35.0)
+    ap.add_argument("--snr-reference", choices=SNR_REFERENCES, default=DEFAULT_SNR_REFERENCE,
+                    help="where σ = 1/SNR is fixed (README, Noise; default: %(default)s, the seed paper's)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -114,7 +117,7 @@ def main(argv=None):
     setting = (f"{'paper (--full)' if args.full else 'REDUCED CPU'} setting: {args.n:,} training signals (80/20 "
                f"split), ≤ {args.epochs} epochs, patience {args.patience}, batch 100, Adam lr {args.lr:g}, "
                + (f"time box {args.max_train_s:g} s per network" if args.max_train_s else "no time box")
-               + f"; SNR {args.snr:g}, INNOVATE protocol, Dirichlet fractions, default ranges; device {args.device}; "
+               + f"; SNR {args.snr:g} on the \"{args.snr_reference}\" noise reference, INNOVATE protocol, Dirichlet fractions, default ranges; device {args.device}; "
                f"test: {args.n_test:,} fresh signals, √CRLB median over {args.n_crlb}; Bayes limit: posterior mean "
                f"from a {args.dictionary:,}-entry prior dictionary on {args.n_bayes} test signals")
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU core(s) shared with other jobs, torch {torch.__version__} "
@@ -125,11 +128,11 @@ def main(argv=None):
     rows, summary, sections, reports = [], [], [], {}
     for model in models:
         t0 = time.perf_counter()
-        data = simulate(model, n=args.n, snr=args.snr, seed=args.seed)
+        data = simulate(model, n=args.n, snr=args.snr, seed=args.seed, snr_reference=args.snr_reference)
         print(f"[{time.perf_counter() - t_start:6.0f} s] {model}: simulated {args.n:,} signals "
               f"({time.perf_counter() - t0:.1f} s)", flush=True)
         t0 = time.perf_counter()
-        bayes = bayes_limit(model, snr=args.snr, n_test=args.n_bayes, n_dictionary=args.dictionary,
+        bayes = bayes_limit(model, snr=args.snr, snr_reference=args.snr_reference, n_test=args.n_bayes, n_dictionary=args.dictionary,
                             seed=args.seed + 7, device=args.device)
         print(f"[{time.perf_counter() - t_start:6.0f} s] {model}: Bayes limit ({time.perf_counter() - t0:.1f} s): "
               + ", ".join(f"{k} {v:.3g}" for k, v in bayes.items()), flush=True)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from napari_rverdict.data.synth import simulate
+from napari_rverdict.data.noise import DEFAULT_SNR_REFERENCE, SNR_REFERENCES
 from napari_rverdict.evaluate.posterior import build_dictionary, posterior_from_dictionary
 from napari_rverdict.learn.train import TrainConfig, train
 from napari_rverdict.learn.uncertainty import coverage, interval_factor
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-posterior", type=int, default=200)
     ap.add_argument("--n-dictionary", type=int, default=200_000)
     ap.add_argument("--snr", type=float, default=35.0)
+    ap.add_argument("--snr-reference", choices=SNR_REFERENCES, default=DEFAULT_SNR_REFERENCE,
+                    help="where σ = 1/SNR is fixed (README, Noise; default: %(default)s, the seed paper's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     model, protocol = "rverdict", "innovate"
 
-    data = simulate(model, protocol, n=args.n_train, snr=args.snr, seed=21)
+    data = simulate(model, protocol, n=args.n_train, snr=args.snr, seed=21, snr_reference=args.snr_reference)
     timings = {}
     t0 = time.perf_counter()
     unc = train(data, TrainConfig(epochs=args.epochs, patience=args.patience, uncertainty=True,
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
     b = unc.bundle
     names = list(b.map_names)
 
-    test = simulate(model, protocol, n=args.n_test, snr=args.snr, seed=22)
+    test = simulate(model, protocol, n=args.n_test, snr=args.snr, seed=22, snr_reference=args.snr_reference)
     truth = b.model.derived_maps(test.params)
     pred = b.predict_normalised(test.signals, uncertainty=True, device=args.device)
     pred_plain = plain.bundle.predict_normalised(test.signals, device=args.device)
@@ -83,7 +86,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     dictionary = build_dictionary(model, protocol, n=args.n_dictionary, seed=5)
     sub = np.arange(args.n_posterior)
-    post = posterior_from_dictionary(test.signals[sub], dictionary, 1.0 / args.snr, device=args.device)
+    post = posterior_from_dictionary(test.signals[sub], dictionary, 1.0 / test.peak_snr[sub], device=args.device,
+                                     n_volumes=test.protocol.n_volumes)  # each signal's own σ, σ/√n per measurement
     t_post = time.perf_counter() - t0
     print(f"reference posterior: {args.n_posterior} signals × {args.n_dictionary:,} entries in {t_post:.0f} s "
           f"(median ESS {np.median(post.ess):.0f})", flush=True)
@@ -121,7 +125,7 @@ def write(rows, fine, fine_levels, pred, post, sub, names, args, timings, t_post
         for k in names:
             w.writerow([k] + [rows[k][c] for c in keys])
     lines = [
-        "# Calibration of the network uncertainty (rVERDICT, INNOVATE, SNR 35)", "",
+        f"# Calibration of the network uncertainty (rVERDICT, INNOVATE, SNR {args.snr:g} on the \"{args.snr_reference}\" noise reference)", "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores shared with other "
         f"jobs, torch {torch.__version__}, device {args.device}. Total {elapsed / 60:.1f} min.", "",
         f"CPU-reduced settings: MLP 3 × 150, {args.n_train:,} training signals (80/20), ≤ {args.epochs} epochs, "
