@@ -63,7 +63,7 @@ def main() -> int:
     viewer.reset_view()
     viewer.camera.zoom *= 1.6
     settle(app, 1.0)
-    bar = w.scroll.verticalScrollBar()
+    bar = w.scroll_area.verticalScrollBar()
     for _ in range(20):  # the scroll range follows the layout a little later: scroll until the plot is on top
         bar.setValue(w.plot_box.y() - 4)
         settle(app, 0.1)
