@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_rverdict.data.noise import DEFAULT_SNR_REFERENCE, SNR_REFERENCES
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.evaluate.posterior import build_dictionary, posterior_from_dictionary, posterior_quantities
 from napari_rverdict.learn.train import TrainConfig, train
@@ -46,6 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=600)
     ap.add_argument("--n-dictionary", type=int, default=150_000)
     ap.add_argument("--test-snr", default="15,25,35,50")
+    ap.add_argument("--snr-reference", choices=SNR_REFERENCES, default=DEFAULT_SNR_REFERENCE,
+                    help="where σ = 1/SNR is fixed, for training and test data (default: %(default)s, the paper's)")
     ap.add_argument("--nets", default="mlp,resnetreg,resnetreg-st")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tag", default="", help="suffix of the result files")
@@ -63,8 +66,9 @@ def main(argv=None) -> int:
     dictionary = build_dictionary(model, protocol, n=args.n_dictionary, seed=1)
     tests, bayes, ess = {}, {}, {}
     for snr in test_snrs:
-        data = simulate(model, protocol, n=args.n_test, snr=snr, seed=int(1000 + snr))
-        post = posterior_from_dictionary(data.signals, dictionary, 1.0 / snr, device=args.device)
+        data = simulate(model, protocol, n=args.n_test, snr=snr, seed=int(1000 + snr), snr_reference=args.snr_reference)
+        post = posterior_from_dictionary(data.signals, dictionary, 1.0 / data.peak_snr, device=args.device,
+                                         n_volumes=data.protocol.n_volumes)  # each signal's own σ, σ/√n
         truth = posterior_quantities(model, data.params)
         tests[snr] = (data, truth)
         bayes[snr] = {k: float(np.sqrt(np.mean((post.mean[k] - truth[k]) ** 2))) for k in PARAMS}
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
     for net in nets:
         for label, snr in train_settings.items():
             t0 = time.perf_counter()
-            data = simulate(model, protocol, n=args.n_train, snr=snr, seed=7)
+            data = simulate(model, protocol, n=args.n_train, snr=snr, seed=7, snr_reference=args.snr_reference)
             depth, width = (None, None) if net == "mlp" else (args.res_depth, args.res_width)
             res = train(data, TrainConfig(net=net, depth=depth, width=width, epochs=args.epochs,
                                           patience=args.patience, device=args.device, seed=0))
@@ -102,7 +106,7 @@ def write(rows, bayes, ess, timings, args, test_snrs, t_bayes, elapsed) -> None:
         w.writerow(["net", "train_snr", "test_snr", "parameter", "rmse", "bayes_rmse", "ratio"])
         w.writerows(rows)
     lines = [
-        "# Robustness to noise mismatch (rVERDICT, INNOVATE)", "",
+        f"# Robustness to noise mismatch (rVERDICT, INNOVATE, SNR on the \"{args.snr_reference}\" noise reference)", "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores shared with other "
         f"jobs, torch {torch.__version__}, device {args.device}. Total {elapsed / 60:.1f} min "
         f"(Bayes limits {t_bayes:.0f} s).",
