@@ -207,3 +207,16 @@ def test_cli_bad_input_exits_2(phantom_dir, tmp_path, capsys):
         assert not out.exists()
     assert main(["fit", dwi, "--epochs", "3", "--out", str(tmp_path / "o")]) == 2  # NLLS takes no --epochs
     assert "self-supervised" in _err(capsys)[-1]
+
+
+def test_sigma_auto_is_the_scanners_sigma_estimated_from_the_dwi(tmp_path):
+    """sigma="auto" (the CLI's, the dock's and cohorts' default) finds the σ a scanner-like phantom was made with."""
+    from napari_rverdict.data.phantom import make_phantom, save_phantom
+    from napari_rverdict.maps.self_supervised import estimated_sigma
+
+    ph = make_phantom((32, 32, 2), snr=20.0, seed=3, snr_reference="s0")
+    save_phantom(ph, tmp_path / "ph")
+    got = estimated_sigma("auto", tmp_path / "ph" / "dwi.nii.gz", mask=tmp_path / "ph" / "mask.nii.gz")
+    assert got == pytest.approx(ph.sigma, rel=0.1)
+    with pytest.raises(InputError, match="'auto'"):
+        estimated_sigma("median", tmp_path / "ph" / "dwi.nii.gz")

@@ -48,7 +48,8 @@ def cmd_cohort_fit(args) -> int:
     if args.method != "self-supervised" and (args.epochs is not None or args.sigma is not None):
         raise CliError("--epochs and --sigma are options of --method self-supervised")
     return _run(args, FitTask(model.name, args.method, device=args.device, n_starts=args.starts,
-                              max_iter=args.max_iter, seed=args.seed, epochs=args.epochs, sigma=args.sigma))
+                              max_iter=args.max_iter, seed=args.seed, epochs=args.epochs,
+                              sigma="auto" if args.sigma is None else args.sigma))
 
 
 # ---------------------------------------------------------------------- registration
@@ -89,6 +90,6 @@ def register(sub) -> None:
     f.add_argument("--starts", type=positive_int, default=4, help="NLLS starts per voxel (default: %(default)s)")
     f.add_argument("--max-iter", type=positive_int, default=1000, help="NLLS iterations at most (default: %(default)s)")
     f.add_argument("--epochs", type=positive_int, default=None, help="self-supervised epochs (default: its own)")
-    f.add_argument("--sigma", type=float, default=None, help="self-supervised noise σ (default: estimated)")
+    f.add_argument("--sigma", type=float, default=None, help="self-supervised: noise σ in the DWIs' units for the Rician loss (default: estimated from each DWI)")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_cohort_fit)

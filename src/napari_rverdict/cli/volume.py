@@ -169,7 +169,7 @@ def _fit_self_supervised(args, model) -> int:
     if nlls_only:
         raise CliError(f"{', '.join(nlls_only)} apply to --method nlls")
     epochs = 500 if args.epochs is None else args.epochs
-    _check_out(args, model.map_names, [args.sigma])
+    _check_out(args, model.map_names, [args.sigma] if args.sigma not in (None, "auto", "mse") else [])
     sigma = _sigma_of(args.sigma)
 
     def make(dwi, mask, device, progress):
@@ -181,8 +181,11 @@ def _fit_self_supervised(args, model) -> int:
 
 
 def _sigma_of(text):
-    """``--sigma``: None, a positive number (the DWI's units), or a 3D NIfTI noise map read on the DWI's grid."""
-    if text is None:
+    """``--sigma``: "auto" (default: estimated from the DWI), "mse" (no noise model), a positive number (the DWI's
+    units), or a 3D NIfTI noise map read on the DWI's grid."""
+    if text is None or text == "auto":
+        return "auto"
+    if text == "mse":
         return None
     try:
         value = float(text)
@@ -308,8 +311,9 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="self-supervised: epochs at most; held-out voxels stop it sooner (default: 500)")
     p.add_argument("--sigma", default=None, metavar="S|FILE",
-                   help="self-supervised: the noise level in the DWI's units (a number or a 3D noise-map NIfTI): "
-                        "Rician likelihood loss (default: MSE)")
+                   help="self-supervised: the noise level for the Rician likelihood loss: 'auto' (default: "
+                        "estimated from the DWI, as `rverdict noise` does; MSE with a warning where it cannot be), "
+                        "a number in the DWI's units, a 3D noise-map NIfTI, or 'mse'")
     p.add_argument("--seed", type=int, default=0, help="seed of the NLLS starts / the self-supervised training")
     p.set_defaults(func=cmd_fit)
 

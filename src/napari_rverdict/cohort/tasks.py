@@ -59,7 +59,7 @@ class FitTask:
     max_iter: int = 1000
     seed: int = 0
     epochs: int | None = None
-    sigma: float | None = None
+    sigma: float | str | None = "auto"  # self-supervised: σ estimated from each DWI (Rician loss); None: MSE
 
     def __post_init__(self):
         if self.method not in METHODS:

@@ -94,7 +94,7 @@ def self_supervised_job(model, dwi, mask, device, epochs, seed, progress, stop_e
         progress(record)
 
     maps = fit_self_supervised(model, dwi, mask=mask, device=device, epochs=int(epochs), seed=seed, progress=report,
-                               stop_event=stop_event)
+                               stop_event=stop_event, sigma="auto")  # Rician loss on the DWI's own σ
     rec = last.get("record")
     training = {"epoch": rec.epoch if rec else 0, "best_epoch": rec.best_epoch if rec else None,
                 "max_epochs": int(epochs), "stopped": stop_event is not None and stop_event.is_set()}
