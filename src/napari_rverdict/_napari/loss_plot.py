@@ -8,19 +8,7 @@ from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QSizePolicy, QVBoxLayout, QWidget
 
-_DARK_BG = "#262930"  # napari's dark theme
-_FG = "#d6d0ce"
-
-
-def _style(fig: Figure, ax) -> None:
-    fig.patch.set_facecolor(_DARK_BG)
-    ax.set_facecolor(_DARK_BG)
-    for spine in ax.spines.values():
-        spine.set_color(_FG)
-    ax.tick_params(colors=_FG, labelsize=8)
-    ax.xaxis.label.set_color(_FG)
-    ax.yaxis.label.set_color(_FG)
-    ax.title.set_color(_FG)
+from napari_rverdict._napari.mpl_style import BG, FG, style_axes
 
 
 class _Canvas(FigureCanvasQTAgg):
@@ -64,7 +52,7 @@ class LossPlot(QWidget):
         super().__init__(parent)
         self.canvas = _Canvas()
         self.ax = self.canvas.figure.add_subplot(111)
-        _style(self.canvas.figure, self.ax)
+        style_axes(self.canvas.figure, self.ax)
         self.log_scale = QCheckBox("log scale")
         self.log_scale.setToolTip("a logarithmic loss axis: late improvements stay visible")
         self.log_scale.setChecked(True)
@@ -79,9 +67,9 @@ class LossPlot(QWidget):
         self._best_vline = self.ax.axvline(np.nan, color="#e63946", lw=0.8, ls="--")
         self.ax.set_xlabel("epoch")
         self.ax.set_ylabel("MSE (scaled)")
-        leg = self.ax.legend(fontsize=7, loc="upper right", facecolor=_DARK_BG, edgecolor=_FG)
+        leg = self.ax.legend(fontsize=7, loc="upper right", facecolor=BG, edgecolor=FG)
         for t in leg.get_texts():
-            t.set_color(_FG)
+            t.set_color(FG)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(150)
@@ -185,7 +173,7 @@ class SignalPlot(QWidget):
         super().__init__(parent)
         self.canvas = _Canvas(height=2.0)
         self.ax = self.canvas.figure.add_subplot(111)
-        _style(self.canvas.figure, self.ax)
+        style_axes(self.canvas.figure, self.ax)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
@@ -197,7 +185,7 @@ class SignalPlot(QWidget):
         """``b`` (n_meas,) s/mm²; ``signals`` (k, n_meas); ``series`` (n_meas,) ints: lines join a series."""
         self.canvas.relayout()
         self.ax.cla()
-        _style(self.canvas.figure, self.ax)
+        style_axes(self.canvas.figure, self.ax)
         b = np.asarray(b, dtype=float)
         series = np.zeros(b.size, dtype=int) if series is None else np.asarray(series)
         colors = ["#5fa8d3", "#f4a259", "#8cb369", "#e63946", "#bc4b51", "#c77dff"]

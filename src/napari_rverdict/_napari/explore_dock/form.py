@@ -28,7 +28,8 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_rverdict._napari._common import Message, hint
-from napari_rverdict._napari.explore_dock.plot import CurveArtists, style_axes
+from napari_rverdict._napari.explore_dock.plot import CurveArtists
+from napari_rverdict._napari.mpl_style import style_axes
 from napari_rverdict.evaluate.explore import NOISE_REFERENCES
 from napari_rverdict.evaluate.protocol_design import COLUMN_LABELS
 

@@ -13,23 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-BG = "#262930"  # napari's dark theme
-FG = "#d6d0ce"
+from napari_rverdict._napari.mpl_style import BG, FG, style_axes
+
 SERIES_COLORS = ("#5fa8d3", "#f4a259", "#8cb369", "#e63946", "#c77dff", "#ffd166", "#4ecdc4", "#bc4b51")
 COMPARTMENT_STYLES = {"f_ic": ("--", "intracellular"), "f_ees": (":", "EES"), "f_vasc": ("-.", "vascular")}
 ALL_SERIES = -1
-
-
-def style_axes(fig, ax) -> None:
-    """napari's dark colours on a figure and its axes."""
-    fig.patch.set_facecolor(BG)
-    ax.set_facecolor(BG)
-    for spine in ax.spines.values():
-        spine.set_color(FG)
-    ax.tick_params(colors=FG, labelsize=8)
-    ax.xaxis.label.set_color(FG)
-    ax.yaxis.label.set_color(FG)
-    ax.title.set_color(FG)
 
 
 def _legend(ax, handles, **kw):
