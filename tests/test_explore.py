@@ -202,9 +202,12 @@ def test_save_and_read_back(tmp_path, suffix):
     path = tmp_path / f"edited{suffix}"
     written = save_protocol(protocol, path)
     assert path in written and all(p.exists() for p in written)
-    back = load_protocol(path)
+    assert len(load_protocol(path)) == int(protocol.n_volumes.sum())  # a row per acquired volume
+    back = load_protocol(path, direction_averaged=True)
     np.testing.assert_allclose(back.b, protocol.b, rtol=1e-6)
-    assert back == protocol
+    np.testing.assert_array_equal(back.n_volumes, protocol.n_volumes)
+    np.testing.assert_allclose(np.c_[back.small_delta, back.big_delta, back.te, back.tr],
+                               np.c_[protocol.small_delta, protocol.big_delta, protocol.te, protocol.tr], rtol=1e-6)
     before = {p: p.read_bytes() for p in written}
     with pytest.raises(InputError, match="exists"):
         save_protocol(protocol, path)
@@ -255,7 +258,8 @@ def test_cli_compare_prints_both_protocols_and_refuses_bad_input(tmp_path, capsy
     args = ["protocol-report", "--compare", "innovate", str(b), "--n-test", "10", "--n-dictionary", "1000"]
     assert main(args + ["--csv", str(out_csv)]) == 0
     out = capsys.readouterr().out
-    assert "A = INNOVATE" in out and "B = plus2500.scheme (11 measurements)" in out and "√CRLB B" in out
+    # the saved scheme has a row per acquired volume (3 per b > 0), read back direction-averaged: 11 measurements
+    assert "A = INNOVATE" in out and "B = plus2500.scheme" in out and "(11 measurements)" in out and "√CRLB B" in out
     assert out_csv.exists()
     before = out_csv.read_bytes()
     assert main(args + ["--csv", str(out_csv)]) == 2  # exists, checked before any work
@@ -274,3 +278,19 @@ def test_a_repeated_row_counts_as_a_second_measurement():
     cmp = compare_protocols("verdict", a, b, 35.0, n_test=5, n_dictionary=500)
     assert cmp.b.n_measurements == 11  # not direction-averaged away
     assert cmp.rows["R"]["crlb_b"] < cmp.rows["R"]["crlb_a"]
+
+
+@pytest.mark.parametrize("suffix", [".scheme", ".bval"])
+def test_saved_protocols_keep_their_acquired_volumes(tmp_path, suffix):
+    """A direction-averaged INNOVATE (3 volumes per b > 0) saved and read back direction-averaged keeps its counts,
+    so its noise (σ/√3 on the DW measurements) is the same after the round trip."""
+    from napari_rverdict.physics.protocol_files import load_protocol
+
+    innovate = load_protocol("innovate")
+    assert innovate.n_volumes.max() == 3
+    save_protocol(innovate, tmp_path / f"p{suffix}")
+    back = load_protocol(tmp_path / f"p{suffix}", direction_averaged=True)
+    order = np.lexsort((innovate.b, innovate.te))
+    again = np.lexsort((back.b, back.te))
+    np.testing.assert_array_equal(back.n_volumes[again], innovate.n_volumes[order])
+    np.testing.assert_allclose(back.b[again], innovate.b[order])

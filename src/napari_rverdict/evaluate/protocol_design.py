@@ -8,6 +8,7 @@ b = 0, 3 directions per b > 0); it sets the measurement's noise (σ/√n), so it
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +165,7 @@ def protocol_file_targets(path) -> list[Path]:
 def save_protocol(protocol: Protocol, path, *, overwrite: bool = False) -> list[Path]:
     """Write ``protocol`` as a Camino ``.scheme`` (+ ``.tr`` in seconds when TR is known) or an FSL ``.bval`` with
     per-volume ``.delta .smalldel .te .tr`` sidecars in seconds (and ``.bvec`` when it has directions), all files
-    at once and atomically. Refuses (InputError) existing files unless ``overwrite``. Returns the paths written."""
+    at once and atomically; a measurement that averages n acquired volumes is written as n rows. Refuses (InputError) existing files unless ``overwrite``. Returns the paths written."""
     from napari_rverdict.files import check_output_file
     from napari_rverdict.physics.protocol_files import write_fsl, write_scheme
 
@@ -180,6 +181,9 @@ def save_protocol(protocol: Protocol, path, *, overwrite: bool = False) -> list[
                              "fill in TR or remove that file")
     for target in targets:
         check_output_file(target, overwrite=overwrite, what="protocol file")
+    if np.any(protocol.n_volumes > 1):  # one row per acquired volume, so the readers count them back (σ/√n)
+        protocol = dataclasses.replace(protocol.subset(np.repeat(np.arange(len(protocol)), protocol.n_volumes)),
+                                       n_volumes=None)
     if path.name.endswith(".scheme"):
         return write_scheme(protocol, path)
     return write_fsl(protocol, path.with_name(path.name[:-5]))
