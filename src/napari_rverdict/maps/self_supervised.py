@@ -46,7 +46,7 @@ from napari_rverdict.learn.device import resolve_device
 from napari_rverdict.learn.train import ProgressKind, TrainProgress
 from napari_rverdict.maps.fit_quality import FIT_NRMSE, fit_nrmse, least_squares_scale
 from napari_rverdict.maps.nlls import FitProblem
-from napari_rverdict.maps.voxels import prepare_voxels, scatter_maps
+from napari_rverdict.maps.voxels import prepare_voxels, resolve_dwi, scatter_maps
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol_files import load_protocol
 from napari_rverdict.threads import capped_torch_threads
@@ -328,7 +328,8 @@ def fit_self_supervised(model, dwi, protocol=None, mask=None, *, device="auto", 
     model = get_model(model)
     SelfSupervisedOptions.from_keywords(options)  # bad input before any voxel is read
     if isinstance(sigma, str):
-        sigma = estimated_sigma(sigma, dwi, protocol, mask)
+        dwi, protocol = resolve_dwi(dwi, protocol), None  # read once: for σ and for the voxels
+        sigma = estimated_sigma(sigma, dwi, mask=mask)
     sigma_voxels = None if sigma is None else np.asarray(sigma, dtype=np.float64)
     if sigma_voxels is not None and sigma_voxels.ndim == 0:
         _check_sigma(sigma_voxels)
@@ -349,20 +350,10 @@ def estimated_sigma(how: str, dwi, protocol=None, mask=None) -> float | None:
     with a warning saying why — where the DWI does not allow it (no air, too few volumes, no repeats)."""
     if how != "auto":
         raise InputError(f"sigma must be a number, a 3D noise map or 'auto', got '{how}'")
-    from napari_rverdict.data.nifti import Dwi, load_dwi
     from napari_rverdict.data.noise_estimate import estimate_noise
 
+    dwi = resolve_dwi(dwi, protocol)  # as every method reads a DWI (bad input raises, as it would there)
     try:
-        if isinstance(dwi, np.ndarray):
-            if protocol is None:
-                raise InputError("an array DWI needs its protocol")
-            dwi = Dwi.from_array(dwi, np.eye(4), load_protocol(protocol))
-        elif not isinstance(dwi, Dwi):
-            dwi = load_dwi(dwi)
-        if protocol is not None:  # the caller's protocol, where it describes these volumes
-            given = load_protocol(protocol)
-            if len(given) == dwi.data.shape[-1]:
-                dwi = Dwi.from_array(dwi.data, dwi.affine, given)
         return float(estimate_noise(dwi, mask).sigma)
     except InputError as exc:
         warnings.warn(f"σ could not be estimated from the DWI ({exc}); the self-supervised fit uses the squared "
