@@ -148,6 +148,10 @@ def test_cli_errors_before_any_work_exit_2(ws, tmp_path, capsys, monkeypatch):
         (["cohort", "predict", str(ws / "dwis" / "sub-01.bval"), str(ws / "dwis"), "--out", str(tmp_path / "o")],
          "bundle"),
         (["cohort", "fit", str(ws / "dwis"), "--model", "nope", "--out", str(tmp_path / "o")], "unknown model"),
+        (["cohort", "fit", str(ws / "dwis"), "--method", "self-supervised", "--sigma", "loud", "--out",
+          str(tmp_path / "o")], "--sigma must be 'auto', 'mse' or a positive number"),
+        (["cohort", "fit", str(ws / "dwis"), "--sigma", "mse", "--out", str(tmp_path / "o")],
+         "--epochs and --sigma are options of --method self-supervised"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

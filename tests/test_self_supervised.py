@@ -220,3 +220,14 @@ def test_sigma_auto_is_the_scanners_sigma_estimated_from_the_dwi(tmp_path):
     assert got == pytest.approx(ph.sigma, rel=0.1)
     with pytest.raises(InputError, match="'auto'"):
         estimated_sigma("median", tmp_path / "ph" / "dwi.nii.gz")
+
+
+def test_cli_sigma_values_reach_the_fit():
+    """--sigma of `fit` and `cohort fit`: auto (default) → estimated, mse → the squared error, a number as given."""
+    from napari_rverdict.cli.common import CliError, self_supervised_sigma
+
+    assert self_supervised_sigma(None) == "auto" and self_supervised_sigma("auto") == "auto"
+    assert self_supervised_sigma("mse") is None and self_supervised_sigma("25") == 25.0
+    for bad in ("0", "-3", "inf", "loud"):
+        with pytest.raises(CliError, match="--sigma"):
+            self_supervised_sigma(bad)

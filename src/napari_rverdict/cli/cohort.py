@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari_rverdict.cli.common import CliError, cli_bundle, cli_model, positive_int
+from napari_rverdict.cli.common import (
+    CliError,
+    add_prediction_options,
+    cli_bundle,
+    cli_model,
+    positive_int,
+    self_supervised_sigma,
+)
 
 
 def _subjects(args):
@@ -49,7 +56,7 @@ def cmd_cohort_fit(args) -> int:
         raise CliError("--epochs and --sigma are options of --method self-supervised")
     return _run(args, FitTask(model.name, args.method, device=args.device, n_starts=args.starts,
                               max_iter=args.max_iter, seed=args.seed, epochs=args.epochs,
-                              sigma="auto" if args.sigma is None else args.sigma))
+                              sigma=self_supervised_sigma(args.sigma)))
 
 
 # ---------------------------------------------------------------------- registration
@@ -76,9 +83,7 @@ def register(sub) -> None:
     q = csub.add_parser("predict", help="maps of every subject from a trained model bundle")
     q.add_argument("model", help="model bundle (.pt) from `rverdict train`")
     _common(q)
-    q.add_argument("--uncertainty", action="store_true", help="also write <map>_sd maps (bundles that support it)")
-    q.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
-    q.add_argument("--chunk", type=positive_int, default=65536, help="voxels per step (default: %(default)s)")
+    add_prediction_options(q)
     q.set_defaults(func=cmd_cohort_predict)
 
     f = csub.add_parser("fit", help="maps fitted to every subject (NLLS or self-supervised)")
@@ -90,6 +95,8 @@ def register(sub) -> None:
     f.add_argument("--starts", type=positive_int, default=4, help="NLLS starts per voxel (default: %(default)s)")
     f.add_argument("--max-iter", type=positive_int, default=1000, help="NLLS iterations at most (default: %(default)s)")
     f.add_argument("--epochs", type=positive_int, default=None, help="self-supervised epochs (default: its own)")
-    f.add_argument("--sigma", type=float, default=None, help="self-supervised: noise σ in the DWIs' units for the Rician loss (default: estimated from each DWI)")
+    f.add_argument("--sigma", default=None, metavar="auto|S|mse",
+                   help="self-supervised: the noise level for the Rician loss: 'auto' (default: estimated from each "
+                        "DWI), a number in the DWIs' units, or 'mse' for the squared error")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_cohort_fit)

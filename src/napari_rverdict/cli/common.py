@@ -21,6 +21,29 @@ def add_protocol_option(p: argparse.ArgumentParser, default: str | None = "innov
     p.add_argument("--tr", type=float, default=None, help="TR in ms for protocols that carry none (Camino scheme)")
 
 
+def add_prediction_options(p: argparse.ArgumentParser) -> None:
+    """--uncertainty, --device, --chunk: the options of every command that maps volumes with a model bundle."""
+    p.add_argument("--uncertainty", action="store_true", help="also write <map>_sd maps (bundles that support it)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
+    p.add_argument("--chunk", type=positive_int, default=65536, help="voxels per step (default: %(default)s)")
+
+
+def self_supervised_sigma(text):
+    """--sigma of the self-supervised fit, without a noise-map file: None or "auto" → "auto" (σ estimated from the
+    DWI), "mse" → None (the squared error), else a positive number in the DWI's units."""
+    if text is None or text == "auto":
+        return "auto"
+    if text == "mse":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise CliError(f"--sigma must be 'auto', 'mse' or a positive number, got {text}") from None
+    if not (value > 0 and value != float("inf")):
+        raise CliError(f"--sigma must be a positive number, got {text}")
+    return value
+
+
 def load_cli_protocol(args):
     """The direction-averaged protocol named by ``--protocol`` / ``--tr``."""
     return load_protocol(args.protocol, tr=args.tr, direction_averaged=True)

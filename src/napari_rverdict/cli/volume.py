@@ -12,11 +12,13 @@ from pathlib import Path
 
 from napari_rverdict.cli.common import (
     CliError,
+    add_prediction_options,
     add_protocol_option,
     cli_bundle,
     cli_device,
     cli_model,
     positive_int,
+    self_supervised_sigma,
 )
 
 
@@ -181,23 +183,16 @@ def _fit_self_supervised(args, model) -> int:
 
 
 def _sigma_of(text):
-    """``--sigma``: "auto" (default: estimated from the DWI), "mse" (no noise model), a positive number (the DWI's
-    units), or a 3D NIfTI noise map read on the DWI's grid."""
-    if text is None or text == "auto":
-        return "auto"
-    if text == "mse":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
+    """``--sigma``: as :func:`.common.self_supervised_sigma`, or a 3D NIfTI noise map read on the DWI's grid."""
+    if text is not None and Path(text).exists():
         from napari_rverdict.data.nifti import _load_on_grid
 
-        if not Path(text).exists():
-            raise CliError(f"--sigma expects a number or a noise-map NIfTI file; {text} is neither") from None
         return lambda dwi: _load_on_grid(text, dwi, "sigma map")
-    if not (value > 0 and value != float("inf")):
-        raise CliError(f"--sigma must be a positive number, got {text}")
-    return value
+    try:
+        return self_supervised_sigma(text)
+    except CliError:
+        raise CliError(f"--sigma expects 'auto', 'mse', a positive number or a noise-map NIfTI file; got {text}") \
+            from None
 
 
 def cmd_compare(args) -> int:
@@ -277,8 +272,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--snr", type=float, default=35.0, help="SNR on --snr-reference's scale (default: %(default)s)")
     p.add_argument("--snr-reference", default="peak", choices=("peak", "s0"),
-                   help="peak: σ = each voxel's brightest / SNR (the shipped sample); s0: one σ = 1000 / SNR on "
-                        "every volume and in the air, as a scanner (default: %(default)s)")
+                   help="peak: σ = each voxel's brightest / SNR; s0: one σ = 1000 / SNR on every volume and in "
+                        "the air, as a scanner (the shipped sample) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 8), metavar=("X", "Y", "Z"),
                    help="voxels (default: 64 64 8; 1.25 × 1.25 × 5 mm each)")
@@ -290,9 +285,7 @@ def register(sub) -> None:
     p.add_argument("model", help="model bundle (.pt) from `rverdict train`")
     p.add_argument("dwi", help="4D DWI NIfTI (.nii / .nii.gz)")
     _volume_options(p)
-    p.add_argument("--uncertainty", action="store_true", help="also write <map>_sd maps (bundles that support it)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
-    p.add_argument("--chunk", type=positive_int, default=65536, help="voxels per step (default: %(default)s)")
+    add_prediction_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("fit", help="maps of a 4D DWI by fitting the model: NLLS (batched Levenberg–Marquardt) or "
