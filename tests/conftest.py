@@ -21,6 +21,15 @@ def add_dock(viewer, name: str):
     return widget
 
 
+def generate_in_dock(qtbot, sim, n: int) -> None:
+    """Click the Simulate dock's Generate for ``n`` signals and wait until the data set is there."""
+    from qtpy.QtCore import Qt
+
+    sim.n_spin.setValue(n)
+    qtbot.mouseClick(sim.generate_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: sim.worker is None and sim.state.data is not None, timeout=60_000)
+
+
 @pytest.fixture
 def docks(viewer):
     """The three docks of one viewer: (simulate, train, maps)."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("napari")
-from conftest import add_dock
+from conftest import add_dock, generate_in_dock
 from qtpy.QtCore import QPoint, QRect, Qt
 
 from napari_rverdict._napari.launch import DOCKS, open_viewer
@@ -220,9 +220,7 @@ def test_train_dock_fine_tunes_the_current_model(viewer, qtbot):
     sim, tr = add_dock(viewer, "Simulate"), add_dock(viewer, "Train")
     assert not tr.finetune_check.isEnabled()  # no model yet
     sim.model_combo.setCurrentIndex(sim.model_combo.findData("verdict"))
-    sim.n_spin.setValue(800)
-    qtbot.mouseClick(sim.generate_btn, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: sim.worker is None and sim.state.data is not None, timeout=60_000)
+    generate_in_dock(qtbot, sim, 800)
     tr.epochs_spin.setValue(1)
     tr.device_combo.setCurrentText("cpu")
     qtbot.mouseClick(tr.start_btn, Qt.MouseButton.LeftButton)

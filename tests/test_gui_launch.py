@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("napari")
-from conftest import add_dock
+from conftest import add_dock, generate_in_dock
 from qtpy.QtCore import Qt
 
 from napari_rverdict._napari.launch import DOCKS, main, open_viewer
@@ -40,9 +40,7 @@ def test_launcher_cli_rejects_unknown_options(capsys):
 
 def test_closing_the_train_dock_stops_training(viewer, qtbot):
     sim, tr = add_dock(viewer, "Simulate"), add_dock(viewer, "Train")
-    sim.n_spin.setValue(3000)
-    qtbot.mouseClick(sim.generate_btn, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: sim.worker is None and sim.state.data is not None, timeout=60_000)
+    generate_in_dock(qtbot, sim, 3000)
     tr.epochs_spin.setValue(1000)
     tr.device_combo.setCurrentText("cpu")
     qtbot.mouseClick(tr.start_btn, Qt.MouseButton.LeftButton)
@@ -57,9 +55,7 @@ def test_closing_the_train_dock_stops_training(viewer, qtbot):
 
 def test_train_uncertainty_checkbox_gives_sd_maps_option(viewer, qtbot):
     sim, tr, maps = (add_dock(viewer, n) for n in ("Simulate", "Train", "Maps"))
-    sim.n_spin.setValue(2000)
-    qtbot.mouseClick(sim.generate_btn, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: sim.worker is None and sim.state.data is not None, timeout=60_000)
+    generate_in_dock(qtbot, sim, 2000)
     assert tr.uncertainty_check.isEnabled()
     tr.uncertainty_check.setChecked(True)
     assert tr.config().uncertainty is True
@@ -78,9 +74,7 @@ def test_training_error_is_shown_and_the_dock_stays_usable(viewer, qtbot, monkey
     from napari_rverdict._napari.train_dock import job as train_job
 
     sim, tr = add_dock(viewer, "Simulate"), add_dock(viewer, "Train")
-    sim.n_spin.setValue(500)
-    qtbot.mouseClick(sim.generate_btn, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: sim.worker is None and sim.state.data is not None, timeout=60_000)
+    generate_in_dock(qtbot, sim, 500)
 
     def broken(data, config, stop_event, init_state=None):
         raise RuntimeError("CUDA out of memory (simulated)")
