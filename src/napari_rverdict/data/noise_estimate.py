@@ -201,7 +201,7 @@ def estimate_noise(dwi, mask=None, method: str = "auto") -> NoiseEstimate:
     if used is None:
         raise InputError("cannot estimate the noise of this DWI: " + "; ".join(tried))
     if mask is None:
-        b0 = dwi.protocol.is_b0 if dwi.protocol.is_b0.any() else np.ones(len(dwi.protocol), dtype=bool)
+        b0 = dwi.protocol.snr_b0
         mask = finite & (data[..., b0].mean(-1) > 4 * sigma)
         if mask.sum() < MIN_MASK:
             raise InputError(f"only {int(mask.sum())} voxels have a mean b = 0 above 4σ; give a mask")

@@ -178,6 +178,17 @@ def resolve_snr(snr, snr_from):
     return (35.0 if snr is None else snr), None
 
 
+def _reference(snr_reference, matched) -> str:
+    """The noise reference a set is made on: the one given (default: the seed paper's), or "peak" when the SNR is
+    matched to a DWI — the only one a DWI shows directly; asking for "s0" then is an InputError."""
+    if matched is None:
+        return check_snr_reference(DEFAULT_SNR_REFERENCE if snr_reference is None else snr_reference)
+    if snr_reference is not None and check_snr_reference(snr_reference) != "peak":
+        raise InputError("noise matched to a DWI draws each sample's SNR at its brightest measurement: it needs "
+                         "the 'peak' SNR reference, not 's0'")
+    return "peak"
+
+
 def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Mapping | None = None,
              fraction_sampler: str = "dirichlet", seed: int | None = None, val_fraction: float = 0.2,
              progress=None, snr_reference: str | None = None, snr_from=None) -> SyntheticData:
@@ -204,12 +215,7 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
     protocol = load_protocol(protocol)
     model.check_protocol(protocol)
     snr, matched = resolve_snr(snr, snr_from)
-    if matched is not None:
-        if snr_reference is not None and check_snr_reference(snr_reference) != "peak":
-            raise InputError("noise matched to a DWI draws each sample's SNR at its brightest measurement: it needs "
-                             "the 'peak' SNR reference, not 's0'")
-        snr_reference = "peak"
-    reference = check_snr_reference(DEFAULT_SNR_REFERENCE if snr_reference is None else snr_reference)
+    reference = _reference(snr_reference, matched)
     if int(n) != n or n < 2:
         raise InputError(f"n must be an integer ≥ 2, got {n!r}")
     n = int(n)
@@ -222,7 +228,7 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
     snr_values = _snr_per_sample(matched if matched is not None else snr, n, rng)
     signals = np.empty((n, len(protocol)), dtype=np.float32)
     peak_snr, b0_snr = np.empty(n), np.empty(n)
-    b0 = protocol.is_b0 if protocol.is_b0.any() else np.ones(len(protocol), dtype=bool)
+    b0 = protocol.snr_b0
     chunk = 32768
     with capped_torch_threads():  # CPUs that other processes keep busy are not waited for
         sphere = sphere_for(model, params, protocol)  # one table for every chunk
@@ -253,11 +259,10 @@ def effective_snr(model, protocol="innovate", snr=None, snr_reference: str | Non
     protocol = load_protocol(protocol)
     model.check_protocol(protocol)
     snr, matched = resolve_snr(snr, snr_from)
-    reference = "peak" if matched is not None else check_snr_reference(
-        DEFAULT_SNR_REFERENCE if snr_reference is None else snr_reference)
+    reference = _reference(snr_reference, matched)
     rng = np.random.default_rng(seed)
     params = sample_parameters(model, int(n), resolve_ranges(model, ranges), fraction_sampler, rng)
     snr_values = _snr_per_sample(matched if matched is not None else snr, int(n), rng)
     clean = noise_free_signals(model, params, protocol)
-    b0 = protocol.is_b0 if protocol.is_b0.any() else np.ones(len(protocol), dtype=bool)
+    b0 = protocol.snr_b0
     return snr_percentiles(clean[:, b0].max(axis=1) / reference_sigma(clean, snr_values, reference)[:, 0])

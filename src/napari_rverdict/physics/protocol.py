@@ -165,6 +165,11 @@ class Protocol:
         """Boolean mask of the non-diffusion-weighted measurements (b < 50 s/mm²)."""
         return self.b < B0_THRESHOLD
 
+    @property
+    def snr_b0(self) -> np.ndarray:
+        """The measurements an SNR "at b = 0" refers to: :attr:`is_b0`, or all of them where there is no b = 0."""
+        return self.is_b0 if self.is_b0.any() else np.ones(len(self), dtype=bool)
+
     def __eq__(self, other) -> bool:
         if not isinstance(other, Protocol) or len(other) != len(self):
             return NotImplemented if not isinstance(other, Protocol) else False
