@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
@@ -332,3 +333,12 @@ def with_napari_threads(fn):
         with using_torch_threads("napari"):
             return fn(*args, **kwargs)
     return run
+
+
+def format_number(v, spec: str = ".3g") -> str:
+    """A table cell: ``v`` formatted with ``spec``, '–' when it is missing or not finite."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "–"
+    return format(v, spec) if math.isfinite(v) else "–"

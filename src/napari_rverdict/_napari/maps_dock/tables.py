@@ -10,19 +10,11 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
 
-from napari_rverdict._napari.reader import map_layer_name
-from napari_rverdict._napari.reader import display_factor, map_spec_for
+from napari_rverdict._napari._common import format_number
+from napari_rverdict._napari.reader import display_factor, map_layer_name, map_spec_for
 
 RMSE_TIP = "root mean squared difference between the network's and the NLLS maps, in the map's unit"
 MAPE_TIP = "mean absolute difference as a percentage of the map's range (the training range for parameters)"
-
-
-def _fmt(v, spec: str = ".3g") -> str:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return "–"
-    return format(v, spec) if np.isfinite(v) else "–"
 
 
 def map_header(name: str) -> str:
@@ -48,10 +40,10 @@ def roi_rows(tables: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
                     cells.append(("–", ""))
                     continue
                 f = display_factor(m)
-                text = f"{_fmt(r['mean'] * f)} ± {_fmt(r['sd'] * f, '.2g')}"
-                tip = f"mean ± sd over {r['n']} voxels; median {_fmt(r['median'] * f)}"
+                text = f"{format_number(r['mean'] * f)} ± {format_number(r['sd'] * f, '.2g')}"
+                tip = f"mean ± sd over {r['n']} voxels; median {format_number(r['median'] * f)}"
                 if r.get("mean_sd") is not None:
-                    tip += f"; mean voxel sd (uncertainty) {_fmt(r['mean_sd'] * f)}"
+                    tip += f"; mean voxel sd (uncertainty) {format_number(r['mean_sd'] * f)}"
                 cells.append((text, tip))
             rows.append(cells)
     return columns, rows
@@ -67,9 +59,9 @@ def comparison_rows(table) -> tuple[list[str], list[list[tuple[str, str]]]]:
         f = display_factor(r["map"])
         rmse = np.sqrt(r["mse"]) * f if r["mse"] is not None else None
         others = [x for x in table.rows if x["map"] == r["map"] and x["region"] != "all"]
-        tip = "; ".join(f"{x['region']}: MAPE {_fmt(100 * x['mape'], '.1f')} %" for x in others)
-        rows.append([(map_header(r["map"]), f"{r['n']} voxels"), (_fmt(rmse), tip),
-                     (_fmt(100 * r["mape"], ".1f"), tip)])
+        tip = "; ".join(f"{x['region']}: MAPE {format_number(100 * x['mape'], '.1f')} %" for x in others)
+        rows.append([(map_header(r["map"]), f"{r['n']} voxels"), (format_number(rmse), tip),
+                     (format_number(100 * r["mape"], ".1f"), tip)])
     return columns, rows
 
 

@@ -18,7 +18,7 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 
-from napari_rverdict._napari._common import LifetimeGuard, release_worker
+from napari_rverdict._napari._common import LifetimeGuard, format_number, release_worker
 from napari_rverdict._napari.state import get_state, model_label
 from napari_rverdict._napari.train_dock import form
 from napari_rverdict._napari.train_dock.form import NETWORKS
@@ -26,7 +26,6 @@ from napari_rverdict._napari.train_dock.job import (
     EVAL_N,
     StopEvent,
     TrainState,
-    format_number,
     format_seconds,
     training_job,
     validation_record,

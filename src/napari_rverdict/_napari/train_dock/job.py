@@ -50,15 +50,6 @@ def format_seconds(s) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def format_number(v, spec: str = ".3g") -> str:
-    """A table cell: ``v`` formatted with ``spec``, '–' when it is missing or not finite."""
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return "–"
-    return format(v, spec) if math.isfinite(v) else "–"
-
-
 def report_rows(report) -> list[tuple[str, str, float, float, float]]:
     """(parameter, unit, RMSE, MAPE in % of the training range, median √CRLB) rows of an ``EvaluationReport``."""
     return [(name, str(r.get("unit") or ""), _num(r.get("rmse")), 100.0 * _num(r.get("mape")), _num(r.get("crlb")))
