@@ -132,3 +132,29 @@ def test_shipped_sample_is_small_and_regenerable():
     np.testing.assert_array_equal(shipped.dwi.data, again.dwi)
     np.testing.assert_array_equal(shipped.labels, again.labels)
     np.testing.assert_allclose(shipped.truth["f_ic"], again.truth["f_ic"])
+
+
+def test_prior_tissue_is_drawn_from_the_training_prior(tmp_path):
+    """tissue="prior": every gland voxel an independent draw of the training prior (so sd-map coverage can be held to
+    nominal levels on it), with the anatomical phantom's geometry, S0 field and noise."""
+    from scipy import stats
+
+    ph = make_phantom((32, 32, 4), snr=35, seed=3, snr_reference="s0", tissue="prior")
+    anat = make_phantom((32, 32, 4), snr=35, seed=3, snr_reference="s0")
+    assert np.array_equal(ph.mask, anat.mask) and ph.sigma == anat.sigma and ph.tissue == "prior"
+    lo, hi = get_model("rverdict").default_ranges()["R"]
+    r = ph.truth["R"][ph.mask]
+    assert stats.kstest(r, stats.uniform(lo, hi - lo).cdf).pvalue > 1e-3
+    # fractions uniform on the simplex (Dirichlet(1, 1, 1)): each marginal is Beta(1, 2) on the default ranges
+    assert stats.kstest(ph.truth["f_ic"][ph.mask], stats.beta(1, 2).cdf).pvalue > 1e-3
+    fsum = ph.truth["f_ic"] + ph.truth["f_ees"] + ph.truth["f_vasc"]
+    np.testing.assert_allclose(fsum[ph.mask], 1.0, atol=1e-5)
+    # independent draws: neighbouring voxels are uncorrelated (the anatomical truth is smooth)
+    f = ph.truth["f_ic"]
+    pair = ph.mask[1:] & ph.mask[:-1]
+    assert abs(np.corrcoef(f[1:][pair], f[:-1][pair])[0, 1]) < 0.1
+    save_phantom(ph, tmp_path)
+    meta = json.loads((tmp_path / "phantom.json").read_text())
+    assert meta["tissue"] == "prior" and meta["regenerate"].endswith("--tissue prior")
+    with pytest.raises(ValueError, match="tissue"):
+        make_phantom((12, 12, 1), tissue="brain")

@@ -87,7 +87,7 @@ def cmd_phantom(args) -> int:
     if args.snr <= 0:
         raise CliError(f"--snr must be positive, got {args.snr:g}")
     ph = make_phantom(tuple(args.shape), snr=args.snr, seed=args.seed, protocol=protocol,
-                      snr_reference=args.snr_reference)
+                      snr_reference=args.snr_reference, tissue=args.tissue)
     written = save_phantom(ph, args.out)
     n_les = int(ph.lesion_mask.sum())
     print(f"wrote the {'×'.join(map(str, ph.shape))} prostate phantom (SNR {args.snr:g}, seed {args.seed}; "
@@ -275,6 +275,9 @@ def register(sub) -> None:
                    help="peak: σ = each voxel's brightest / SNR; s0: one σ = 1000 / SNR on every volume and in "
                         "the air, as a scanner (the shipped sample) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tissue", default="anatomy", choices=("anatomy", "prior"),
+                   help="anatomy: each region's tissue, varying smoothly; prior: every gland voxel drawn from the "
+                        "training prior (a phantom to check sd-map coverage on) (default: %(default)s)")
     p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 8), metavar=("X", "Y", "Z"),
                    help="voxels (default: 64 64 8; 1.25 × 1.25 × 5 mm each)")
     add_protocol_option(p, default="innovate-20")

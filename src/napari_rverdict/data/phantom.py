@@ -81,6 +81,7 @@ class Phantom:
     seed: int | None
     snr_reference: str = "peak"
     sigma: float | None = None
+    tissue: str = "anatomy"
     label_names: dict = field(default_factory=lambda: dict(LABEL_NAMES))
 
     @property
@@ -142,39 +143,12 @@ def make_labels(shape) -> np.ndarray:
     return labels
 
 
-def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
-                 protocol: Protocol | None = None, snr_reference: str = "peak") -> Phantom:
-    """Simulate the prostate phantom.
+TISSUES = ("anatomy", "prior")
 
-    Parameters
-    ----------
-    shape : (x, y, z) voxels (each ≥ 8 in-plane and ≥ 1 slice); voxels are 1.25 × 1.25 × 5 mm.
-    snr : the SNR setting on ``snr_reference``'s scale, Rician.
-    snr_reference : "peak" (σ = the voxel's brightest noise-free measurement / SNR) or "s0" (one σ = S0_RAW / SNR
-        everywhere, as a scanner makes it; :attr:`Phantom.sigma` holds it).
-    seed : reproducible fields and noise.
-    protocol : the acquisition (default: the 20-volume INNOVATE, ``Protocol.innovate(direction_averaged=False)``);
-        it needs TR (rVERDICT).
-    """
-    from napari_rverdict.data.noise import check_snr_reference, reference_sigma, scanner_noise
-    from napari_rverdict.data.synth import noise_free_signals
 
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape[:2]) < 8 or shape[2] < 1:
-        raise InputError(f"phantom shape must be (x, y, z) with x, y ≥ 8 and z ≥ 1, got {shape}")
-    if not np.isfinite(snr) or snr <= 0:
-        raise InputError(f"snr must be a positive number, got {snr}")
-    snr_reference = check_snr_reference(snr_reference)
-    protocol = Protocol.innovate(direction_averaged=False) if protocol is None else protocol
-    model = get_model("rverdict")
-    model.check_protocol(protocol)
-    rng = np.random.default_rng(seed)
-    coords = _grid(shape)
-    labels = make_labels(shape)
-    mask = labels > 0
-    if not mask.any():  # pragma: no cover - the gland always covers the centre
-        raise InputError(f"shape {shape} is too small to hold the gland")
-
+def _anatomy_parameters(model, labels, coords, rng) -> dict:
+    """Each region's mean tissue (:data:`REGION_PARAMETERS`) with a smooth within-region variation, kept in range."""
+    shape = labels.shape
     ranges = model.default_ranges()
     params = {k: np.zeros(shape) for k in REGION_PARAMETERS[1]}
     fields = {k: _smooth_field(coords, rng) for k in params}
@@ -192,6 +166,63 @@ def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
     for k in ("R", "T2_vasc_ees", "T2_ic", "T1", "D_ees"):
         lo, hi = ranges[k]
         params[k] = np.clip(params[k], lo, hi)
+    return params
+
+
+def _prior_parameters(model, mask, rng) -> dict:
+    """Every gland voxel's parameters drawn independently from the model's default training prior."""
+    from napari_rverdict.data.prior import sample_parameters
+
+    drawn = sample_parameters(model, int(mask.sum()), rng=rng)
+    params = {}
+    for k in REGION_PARAMETERS[1]:
+        params[k] = np.zeros(mask.shape)
+        params[k][mask] = drawn[k]
+    return params
+
+
+def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
+                 protocol: Protocol | None = None, snr_reference: str = "peak", tissue: str = "anatomy") -> Phantom:
+    """Simulate the prostate phantom.
+
+    Parameters
+    ----------
+    shape : (x, y, z) voxels (each ≥ 8 in-plane and ≥ 1 slice); voxels are 1.25 × 1.25 × 5 mm.
+    snr : the SNR setting on ``snr_reference``'s scale, Rician.
+    snr_reference : "peak" (σ = the voxel's brightest noise-free measurement / SNR) or "s0" (one σ = S0_RAW / SNR
+        everywhere, as a scanner makes it; :attr:`Phantom.sigma` holds it).
+    seed : reproducible fields and noise.
+    protocol : the acquisition (default: the 20-volume INNOVATE, ``Protocol.innovate(direction_averaged=False)``);
+        it needs TR (rVERDICT).
+    tissue : "anatomy" (default: the regions' tissue, :data:`REGION_PARAMETERS`, varying smoothly) or "prior"
+        (a calibration phantom: every gland voxel's parameters drawn independently from the model's default
+        training prior, S0 and noise as for "anatomy"). The "prior" truth is spread as a network's training set is,
+        so the coverage of its sd maps can be checked against the nominal levels; the anatomical tissue sits near
+        the prior's centre, where a Bayesian estimate's errors are smaller than its posterior sd says.
+    """
+    from napari_rverdict.data.noise import check_snr_reference, reference_sigma, scanner_noise
+    from napari_rverdict.data.synth import noise_free_signals
+
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape[:2]) < 8 or shape[2] < 1:
+        raise InputError(f"phantom shape must be (x, y, z) with x, y ≥ 8 and z ≥ 1, got {shape}")
+    if not np.isfinite(snr) or snr <= 0:
+        raise InputError(f"snr must be a positive number, got {snr}")
+    snr_reference = check_snr_reference(snr_reference)
+    if tissue not in TISSUES:
+        raise InputError(f"tissue must be one of {', '.join(TISSUES)}, got {tissue!r}")
+    protocol = Protocol.innovate(direction_averaged=False) if protocol is None else protocol
+    model = get_model("rverdict")
+    model.check_protocol(protocol)
+    rng = np.random.default_rng(seed)
+    coords = _grid(shape)
+    labels = make_labels(shape)
+    mask = labels > 0
+    if not mask.any():  # pragma: no cover - the gland always covers the centre
+        raise InputError(f"shape {shape} is too small to hold the gland")
+
+    params = (_anatomy_parameters(model, labels, coords, rng) if tissue == "anatomy"
+              else _prior_parameters(model, mask, rng))
     s0 = S0_RAW * (1.0 + 0.1 * _smooth_field(coords, rng, n_waves=2))
 
     inside = {k: v[mask] for k, v in params.items()}
@@ -210,7 +241,7 @@ def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
         truth[name] = np.where(mask, m, 0.0).astype(np.float32)
     return Phantom(dwi, phantom_affine(shape), protocol, labels, mask, truth,
                    np.where(mask, s0, 0.0).astype(np.float32), float(snr), seed, snr_reference,
-                   float(sigma[0, 0]) if snr_reference == "s0" else None)
+                   float(sigma[0, 0]) if snr_reference == "s0" else None, tissue)
 
 
 def save_phantom(phantom: Phantom, out_dir) -> list[Path]:
@@ -255,12 +286,16 @@ def _save_phantom(phantom, out, files, save_dwi, save_labels, save_map, save_map
         "noise": ("Rician on each volume, sigma = brightest noise-free measurement of the voxel / snr; background: "
                   "zero signal" if phantom.snr_reference == "peak" else
                   f"Rician on each volume, one sigma = {S0_RAW:g} / snr = {phantom.sigma:g} everywhere (air too)"),
-        "region_parameters": {LABEL_NAMES[k]: v for k, v in REGION_PARAMETERS.items()},
+        "tissue": phantom.tissue,
+        **({"region_parameters": {LABEL_NAMES[k]: v for k, v in REGION_PARAMETERS.items()}}
+           if phantom.tissue == "anatomy" else
+           {"tissue_note": "every gland voxel's parameters drawn independently from the rVERDICT training prior"}),
         "units": {"R": "um", "T1": "ms", "T2_vasc_ees": "ms", "T2_ic": "ms", "D_ees": "um^2/ms",
                   "cellularity": "um^-3", "S0": "raw scanner units"},
         "regenerate": f"rverdict phantom --out DIR --snr {phantom.snr:g} --seed {phantom.seed} "
                       f"--shape {' '.join(str(s) for s in phantom.shape)}"
-                      + ("" if phantom.snr_reference == "peak" else f" --snr-reference {phantom.snr_reference}"),
+                      + ("" if phantom.snr_reference == "peak" else f" --snr-reference {phantom.snr_reference}")
+                      + ("" if phantom.tissue == "anatomy" else f" --tissue {phantom.tissue}"),
     }
     written.append(write_text(out / "phantom.json", json.dumps(meta, indent=2) + "\n", files))
     return written
