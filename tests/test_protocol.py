@@ -126,6 +126,24 @@ def test_fsl_round_trip_per_volume_files(tmp_path):
     np.testing.assert_allclose(q.directions, p.directions, atol=1e-8)
 
 
+def test_spread_directions():
+    from napari_rverdict.physics.protocol import spread_directions
+
+    np.testing.assert_array_equal(spread_directions(3), np.eye(3))
+    np.testing.assert_array_equal(spread_directions(1), [[1, 0, 0]])
+    six = spread_directions(6)  # the icosahedron's six axes: every pair arccos(1/√5) = 63.43° apart
+    cos = np.abs(six @ six.T)[~np.eye(6, dtype=bool)]
+    np.testing.assert_allclose(cos, 1 / np.sqrt(5), atol=1e-3)
+    for n in (4, 10, 30):
+        d = spread_directions(n)
+        assert d.shape == (n, 3)
+        np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0)
+        closest = np.degrees(np.arccos(np.abs(d @ d.T)[~np.eye(n, dtype=bool)].max()))
+        assert closest > 0.8 * np.degrees(np.sqrt(2 * np.pi / n))  # near the best a set of n can do
+    with pytest.raises(ProtocolError):
+        spread_directions(0)
+
+
 def test_fsl_with_json_sidecar_in_seconds_and_ms(tmp_path):
     (tmp_path / "d.bval").write_text("0 1000 1000\n")
     (tmp_path / "d.json").write_text(json.dumps({"PulseDuration": 0.02, "PulseSeparation": 0.04,
@@ -167,3 +185,17 @@ def test_protocol_dict_round_trip():
     p = Protocol.innovate(direction_averaged=False)
     q = Protocol.from_dict(json.loads(json.dumps(p.to_dict())))
     assert q == p and q.name == p.name
+
+
+def test_acquired_volumes_inverts_direction_averaging():
+    p = Protocol.innovate()
+    acquired = p.acquired_volumes()
+    assert len(acquired) == 20 and acquired == Protocol.innovate(direction_averaged=False)
+    np.testing.assert_array_equal(acquired.n_volumes, 1)
+    dw = acquired.b > 0
+    np.testing.assert_array_equal(acquired.directions[~dw], 0.0)
+    np.testing.assert_array_equal(acquired.directions[dw], np.tile(np.eye(3), (5, 1)))
+    back = acquired.direction_averaged()
+    assert back == p and back.n_volumes.tolist() == p.n_volumes.tolist()
+    p20 = Protocol.innovate(direction_averaged=False)  # one volume each: its own directions
+    np.testing.assert_array_equal(p20.acquired_volumes().directions, p20.directions)
