@@ -202,6 +202,8 @@ def test_save_and_read_back(tmp_path, suffix):
     path = tmp_path / f"edited{suffix}"
     written = save_protocol(protocol, path)
     assert path in written and all(p.exists() for p in written)
+    assert {p.suffix for p in written} == ({".scheme", ".tr"} if suffix == ".scheme" else
+                                           {".bval", ".bvec", ".delta", ".smalldel", ".te", ".tr"})
     assert len(load_protocol(path)) == int(protocol.n_volumes.sum())  # a row per acquired volume
     back = load_protocol(path, direction_averaged=True)
     np.testing.assert_allclose(back.b, protocol.b, rtol=1e-6)

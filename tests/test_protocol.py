@@ -126,6 +126,93 @@ def test_fsl_round_trip_per_volume_files(tmp_path):
     np.testing.assert_allclose(q.directions, p.directions, atol=1e-8)
 
 
+def _write(fmt, protocol, tmp_path, **kwargs):
+    if fmt == "scheme":
+        return write_scheme(protocol, tmp_path / "p.scheme", **kwargs)
+    return write_fsl(protocol, tmp_path / "p", **kwargs)
+
+
+def _assert_same_measurements(q, p):
+    for key in ("b", "small_delta", "big_delta", "te", "tr"):
+        np.testing.assert_allclose(getattr(q, key), getattr(p, key), rtol=1e-6, atol=1e-9, err_msg=key)
+    np.testing.assert_array_equal(q.n_volumes, p.n_volumes)
+
+
+@pytest.mark.parametrize("fmt", ["scheme", "fsl"])
+@pytest.mark.parametrize("preset", ["innovate", "innovate-20"])
+def test_presets_round_trip_through_both_formats(tmp_path, preset, fmt):
+    """Written a row per acquired volume, read back: the same 20 volumes, and (direction-averaged) the same
+    measurements with the same n_volumes, b, δ, Δ, TE, TR."""
+    p = load_protocol(preset)
+    path = _write(fmt, p, tmp_path)[0]
+    acquired = load_protocol(path)
+    assert len(acquired) == int(p.n_volumes.sum()) == 20
+    _assert_same_measurements(acquired, Protocol.innovate(direction_averaged=False))
+    back = load_protocol(path, direction_averaged=preset == "innovate")
+    _assert_same_measurements(back, p)
+    if preset == "innovate-20":  # its own directions
+        np.testing.assert_allclose(back.directions, p.directions, atol=1e-8)
+    else:  # b = 0: the zero vector; the 3 volumes of each b > 0: x, y, z
+        dw = acquired.b > 0
+        np.testing.assert_array_equal(acquired.directions[~dw], 0.0)
+        np.testing.assert_array_equal(acquired.directions[dw], np.tile(np.eye(3), (5, 1)))
+    _assert_same_measurements(load_protocol(path, direction_averaged=True), Protocol.innovate())
+
+
+@pytest.mark.parametrize("fmt", ["scheme", "fsl"])
+def test_a_measurement_of_n_volumes_is_written_as_n_rows(tmp_path, fmt):
+    p = Protocol([0, 500, 1000, 2000], [12, 12, 15, 18], [30, 30, 35, 40], [70, 70, 70, 80], [3000, 3000, 3000, 3000],
+                 n_volumes=[2, 1, 6, 4])
+    written = _write(fmt, p, tmp_path)
+    if fmt == "scheme":
+        rows = np.loadtxt(written[0], skiprows=1)
+        dirs = rows[:, :3]
+        assert [w.name for w in written] == ["p.scheme", "p.tr"]
+    else:
+        rows = np.loadtxt(tmp_path / "p.bval", ndmin=1)
+        dirs = np.loadtxt(tmp_path / "p.bvec").T
+        assert [w.name for w in written] == ["p.bval", "p.bvec", "p.delta", "p.smalldel", "p.te", "p.tr"]
+    assert len(rows) == len(dirs) == 2 + 1 + 6 + 4
+    np.testing.assert_array_equal(dirs[:2], 0.0)  # b = 0: zero vectors
+    np.testing.assert_allclose(np.linalg.norm(dirs[2:], axis=1), 1.0, rtol=1e-8)
+    for block in (dirs[3:9], dirs[9:13]):  # the repeats of one measurement: distinct (not even opposite) directions
+        cos = np.abs(block @ block.T)[~np.eye(len(block), dtype=bool)]
+        assert cos.max() < 0.9
+    back = load_protocol(written[0], direction_averaged=True)
+    _assert_same_measurements(back, p)
+    np.testing.assert_array_equal(load_protocol(written[0]).n_volumes, 1)  # as acquired: a measurement per row
+    # a DWI holding one (averaged) volume per measurement: one row each
+    flat = _write(fmt, p, tmp_path / "flat", per_measurement=True)[0]
+    assert len(load_protocol(flat)) == len(p)
+
+
+@pytest.mark.parametrize("fmt", ["scheme", "fsl"])
+def test_b0_timings_survive_the_round_trip(tmp_path, fmt):
+    """A b = 0 whose δ and Δ differ from its series' diffusion-weighted volumes keeps them (a scheme row with G = 0
+    still says b = 0), and so stays a measurement of its own."""
+    p = Protocol([0, 0, 1000], [10, 20, 20], [30, 40, 40], [80, 80, 80], [3000, 3000, 3000], n_volumes=[1, 1, 3])
+    back = load_protocol(_write(fmt, p, tmp_path)[0], direction_averaged=True)
+    _assert_same_measurements(back, p)
+
+
+def test_spread_directions():
+    from napari_rverdict.physics.protocol import spread_directions
+
+    np.testing.assert_array_equal(spread_directions(3), np.eye(3))
+    np.testing.assert_array_equal(spread_directions(1), [[1, 0, 0]])
+    six = spread_directions(6)  # the icosahedron's six axes: every pair arccos(1/√5) = 63.43° apart
+    cos = np.abs(six @ six.T)[~np.eye(6, dtype=bool)]
+    np.testing.assert_allclose(cos, 1 / np.sqrt(5), atol=1e-3)
+    for n in (4, 10, 30):
+        d = spread_directions(n)
+        assert d.shape == (n, 3)
+        np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0)
+        closest = np.degrees(np.arccos(np.abs(d @ d.T)[~np.eye(n, dtype=bool)].max()))
+        assert closest > 0.8 * np.degrees(np.sqrt(2 * np.pi / n))  # near the best a set of n can do
+    with pytest.raises(ProtocolError):
+        spread_directions(0)
+
+
 def test_fsl_with_json_sidecar_in_seconds_and_ms(tmp_path):
     (tmp_path / "d.bval").write_text("0 1000 1000\n")
     (tmp_path / "d.json").write_text(json.dumps({"PulseDuration": 0.02, "PulseSeparation": 0.04,
@@ -167,3 +254,17 @@ def test_protocol_dict_round_trip():
     p = Protocol.innovate(direction_averaged=False)
     q = Protocol.from_dict(json.loads(json.dumps(p.to_dict())))
     assert q == p and q.name == p.name
+
+
+def test_acquired_volumes_inverts_direction_averaging():
+    p = Protocol.innovate()
+    acquired = p.acquired_volumes()
+    assert len(acquired) == 20 and acquired == Protocol.innovate(direction_averaged=False)
+    np.testing.assert_array_equal(acquired.n_volumes, 1)
+    dw = acquired.b > 0
+    np.testing.assert_array_equal(acquired.directions[~dw], 0.0)
+    np.testing.assert_array_equal(acquired.directions[dw], np.tile(np.eye(3), (5, 1)))
+    back = acquired.direction_averaged()
+    assert back == p and back.n_volumes.tolist() == p.n_volumes.tolist()
+    p20 = Protocol.innovate(direction_averaged=False)  # one volume each: its own directions
+    np.testing.assert_array_equal(p20.acquired_volumes().directions, p20.directions)

@@ -345,7 +345,8 @@ def save_dwi(data, affine, path, protocol: Protocol | None = None, *, fileset: F
     nib.save(img, str(fileset.path(path)))
     written = [path]
     if protocol is not None:
-        written += write_fsl(protocol, protocol_stem(path), fileset=fileset)
+        # one row per volume of the file (a direction-averaged DWI holds one per measurement)
+        written += write_fsl(protocol, protocol_stem(path), per_measurement=True, fileset=fileset)
     return written
 
 

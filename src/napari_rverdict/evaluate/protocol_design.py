@@ -8,7 +8,6 @@ b = 0, 3 directions per b > 0); it sets the measurement's noise (σ/√n), so it
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,44 +148,32 @@ def protocol_from_rows(rows: Sequence[Sequence], model=None, name: str = "edited
 
 
 # ---------------------------------------------------------------------- saving
-def protocol_file_targets(path) -> list[Path]:
-    """The files :func:`save_protocol` writes for ``path``: ``x.scheme`` (+ ``x.tr``), or ``x.bval`` + ``x.delta``,
-    ``x.smalldel``, ``x.te`` (+ ``x.tr``)."""
+def save_protocol(protocol: Protocol, path, *, overwrite: bool = False) -> list[Path]:
+    """Write ``protocol`` as a Camino ``.scheme`` (+ ``.tr`` in seconds when TR is known) or an FSL ``.bval`` +
+    ``.bvec`` with per-volume ``.delta .smalldel .te .tr`` sidecars in seconds, all files at once and atomically, a
+    row per acquired volume (:func:`~napari_rverdict.physics.protocol_files.write_scheme` /
+    :func:`~napari_rverdict.physics.protocol_files.write_fsl`). Refuses (InputError) another suffix, and existing
+    files unless ``overwrite``. Returns the paths written."""
+    from napari_rverdict.files import check_output_file
+    from napari_rverdict.physics.protocol_files import fsl_files, scheme_files, write_fsl, write_scheme
+
     path = Path(path)
     name = path.name
     if name.endswith(".scheme"):
-        return [path, path.with_name(name[:-7] + ".tr")]
-    if name.endswith(".bval"):
-        stem = name[:-5]
-        return [path] + [path.with_name(stem + s) for s in (".delta", ".smalldel", ".te", ".tr")]
-    raise InputError(f"save the protocol as a .scheme or a .bval file, not '{name}'")
-
-
-def save_protocol(protocol: Protocol, path, *, overwrite: bool = False) -> list[Path]:
-    """Write ``protocol`` as a Camino ``.scheme`` (+ ``.tr`` in seconds when TR is known) or an FSL ``.bval`` with
-    per-volume ``.delta .smalldel .te .tr`` sidecars in seconds (and ``.bvec`` when it has directions), all files
-    at once and atomically; a measurement that averages n acquired volumes is written as n rows. Refuses (InputError) existing files unless ``overwrite``. Returns the paths written."""
-    from napari_rverdict.files import check_output_file
-    from napari_rverdict.physics.protocol_files import write_fsl, write_scheme
-
-    path = Path(path)
-    targets = protocol_file_targets(path)
-    if protocol.directions is not None and path.name.endswith(".bval"):
-        targets.append(path.with_name(path.name[:-5] + ".bvec"))
-    stale_tr = targets[1] if path.name.endswith(".scheme") else targets[4]
-    if not protocol.has_tr:
-        targets.remove(stale_tr)
-        if stale_tr.exists():  # the readers would take its TR for this protocol's
-            raise InputError(f"{stale_tr} exists and would give this protocol (TR unknown) its TR when read back; "
-                             "fill in TR or remove that file")
+        targets, stale_tr = scheme_files(protocol, path), path.with_name(name[:-7] + ".tr")
+    elif name.endswith(".bval"):
+        stem = path.with_name(name[:-5])
+        targets, stale_tr = fsl_files(protocol, stem), path.with_name(name[:-5] + ".tr")
+    else:
+        raise InputError(f"save the protocol as a .scheme or a .bval file, not '{name}'")
+    if not protocol.has_tr and stale_tr.exists():  # the readers would take its TR for this protocol's
+        raise InputError(f"{stale_tr} exists and would give this protocol (TR unknown) its TR when read back; "
+                         "fill in TR or remove that file")
     for target in targets:
         check_output_file(target, overwrite=overwrite, what="protocol file")
-    if np.any(protocol.n_volumes > 1):  # one row per acquired volume, so the readers count them back (σ/√n)
-        protocol = dataclasses.replace(protocol.subset(np.repeat(np.arange(len(protocol)), protocol.n_volumes)),
-                                       n_volumes=None)
-    if path.name.endswith(".scheme"):
+    if name.endswith(".scheme"):
         return write_scheme(protocol, path)
-    return write_fsl(protocol, path.with_name(path.name[:-5]))
+    return write_fsl(protocol, stem)
 
 
 # ---------------------------------------------------------------------- comparison
@@ -269,4 +256,4 @@ def compare_protocols(model, a, b, snr: float = 35.0, *, n_test: int = 200, n_di
 
 
 __all__ = ["COLUMNS", "COLUMN_LABELS", "ProtocolComparison", "RowProblem", "check_rows", "compare_protocols",
-           "protocol_file_targets", "protocol_from_rows", "protocol_rows", "save_protocol"]
+           "protocol_from_rows", "protocol_rows", "save_protocol"]

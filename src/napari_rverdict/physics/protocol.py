@@ -9,6 +9,7 @@ in :mod:`napari_rverdict.physics.protocol_files`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -34,6 +35,37 @@ _INNOVATE_DIRECTIONS = np.array(
 
 class ProtocolError(InputError):
     """A protocol that cannot be right, or one that cannot be matched to another."""
+
+
+@lru_cache(maxsize=64)
+def spread_directions(n: int) -> np.ndarray:
+    """``n`` distinct unit gradient directions, well spread over the sphere (a direction and its opposite count as
+    one): x, y, z for up to 3; otherwise points of a golden-angle spiral on the half sphere pushed apart by
+    antipodally symmetric electrostatic repulsion (deterministic; 6 give the icosahedron's 63.4° apart)."""
+    if n < 1:
+        raise ProtocolError(f"need at least one direction, got {n}")
+    if n <= 3:
+        out = np.eye(3)[:n]
+    else:
+        i = np.arange(n) + 0.5
+        z = 1.0 - i / n
+        phi = i * np.pi * (3.0 - np.sqrt(5.0))
+        r = np.sqrt(1.0 - z**2)
+        out = np.c_[r * np.cos(phi), r * np.sin(phi), z]
+        for _ in range(300):
+            force = np.zeros_like(out)
+            for sign in (1.0, -1.0):  # repelled by each other direction and by its opposite
+                diff = out[:, None, :] - sign * out[None, :, :]
+                dist = np.linalg.norm(diff, axis=-1)
+                if sign > 0:
+                    np.fill_diagonal(dist, np.inf)
+                force += (diff / dist[..., None] ** 3).sum(axis=1)
+            force -= (force * out).sum(axis=1, keepdims=True) * out  # along the sphere
+            out = out + 0.5 * force / n**1.5
+            out /= np.linalg.norm(out, axis=1, keepdims=True)
+    out = np.array(out, dtype=float)
+    out.setflags(write=False)
+    return out
 
 
 def _vec(name: str, values, n: int | None = None) -> np.ndarray:
@@ -266,6 +298,27 @@ class Protocol:
         return Protocol(avg(self.b), avg(self.small_delta), avg(self.big_delta), avg(self.te), avg(self.tr),
                         None, name=(self.name + " (direction-averaged)").strip(),
                         n_volumes=[int(self.n_volumes[g].sum()) for g in groups])
+
+    def acquired_volumes(self) -> Protocol:
+        """The protocol of the acquired volumes: each measurement repeated ``n_volumes`` times, in order (``n_volumes``
+        1 each), each volume with a gradient direction: the zero vector where b = 0; a measurement of one volume
+        keeps its own direction (x where it has none); the volumes of a measurement averaging n get the n distinct
+        directions of :func:`spread_directions`. What a ``.bval``/``.bvec`` or scheme file describes; the inverse of
+        :meth:`direction_averaged` for measurements that differ in their settings."""
+        index = np.repeat(np.arange(len(self)), self.n_volumes)
+        dirs = np.zeros((index.size, 3))
+        start = 0
+        for i, n in enumerate(self.n_volumes):
+            if self.b[i] > 0:
+                if n > 1:
+                    dirs[start:start + n] = spread_directions(int(n))
+                elif self.directions is not None:
+                    dirs[start] = self.directions[i]
+                else:
+                    dirs[start] = (1.0, 0.0, 0.0)
+            start += n
+        return Protocol(self.b[index], self.small_delta[index], self.big_delta[index], self.te[index],
+                        self.tr[index], dirs, name=self.name)
 
     # ------------------------------------------------------------------ presets
     @classmethod

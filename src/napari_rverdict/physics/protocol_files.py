@@ -6,6 +6,11 @@
   ``<stem>.delta`` (Δ), ``<stem>.smalldel`` (δ), ``<stem>.te``, ``<stem>.tr`` in seconds (as in Palombo's rVERDICT
   examples) or from a JSON sidecar ``<stem>.json`` (see :func:`read_json_timings`).
 * Presets by name (``innovate``, ``innovate-20``) through :func:`load_protocol`.
+
+The readers give one measurement per row (per acquired volume); :func:`load_protocol` with
+``direction_averaged=True`` groups rows that differ only in direction into one measurement averaging that many
+volumes (``n_volumes``). The writers write one row per acquired volume, so that write → read direction-averaged
+gives back the measurements, ``n_volumes``, b, δ, Δ, TE and TR.
 """
 
 from __future__ import annotations
@@ -91,32 +96,51 @@ def read_scheme(path, tr=None) -> Protocol:
     return Protocol(b, sd, bd, te_s * 1e3, tr_ms, dirs, name=path.name)
 
 
-def write_scheme(protocol: Protocol, path, write_tr: bool = True, *, fileset=None) -> list[Path]:
+def _rows(protocol: Protocol, per_measurement: bool) -> Protocol:
+    """The rows a protocol file gets: one per acquired volume (:meth:`Protocol.acquired_volumes`), or one per
+    measurement where the file describes a DWI that holds one (averaged) volume per measurement."""
+    return protocol if per_measurement else protocol.acquired_volumes()
+
+
+def _scheme_texts(protocol: Protocol, path: Path, write_tr: bool, per_measurement: bool) -> dict[Path, str]:
+    rows = _rows(protocol, per_measurement)
+    sd, bd = rows.small_delta * 1e-3, rows.big_delta * 1e-3
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.where(rows.b > 0, np.sqrt(rows.b * 1e6 / (GAMMA**2 * sd**2 * (bd - sd / 3.0))), 0.0)
+    dirs = rows.directions if rows.directions is not None else np.zeros((len(rows), 3))
+    lines = ["VERSION: 1"]
+    for i in range(len(rows)):  # b = 0 rows keep their δ and Δ (G = 0 makes b = 0 whatever they are)
+        x, y, z = dirs[i]
+        lines.append(f"{x:.9g}\t{y:.9g}\t{z:.9g}\t{g[i]:.9g}\t{bd[i]:.9g}\t{sd[i]:.9g}\t{rows.te[i] * 1e-3:.9g}")
+    texts = {path: "\n".join(lines) + "\n"}
+    if write_tr and rows.has_tr:
+        texts[path.with_suffix(".tr")] = " ".join(f"{t * 1e-3:.6e}" for t in rows.tr) + "\n"
+    return texts
+
+
+def scheme_files(protocol: Protocol, path, write_tr: bool = True, *, per_measurement: bool = False) -> list[Path]:
+    """The paths :func:`write_scheme` writes with these arguments (the scheme, and ``<stem>.tr`` when TR is known)."""
+    return list(_scheme_texts(protocol, Path(path), write_tr, per_measurement))
+
+
+def write_scheme(protocol: Protocol, path, write_tr: bool = True, *, per_measurement: bool = False,
+                 fileset=None) -> list[Path]:
     """Write a Camino STEJSKALTANNER scheme (and ``<stem>.tr`` in seconds when TR is known) as one set of files
-    (or as part of ``fileset``). Returns the paths."""
+    (or as part of ``fileset``). Returns the paths.
+
+    One row per acquired volume (:meth:`Protocol.acquired_volumes`): a measurement averaging n volumes is written
+    as n rows with distinct directions, which :func:`load_protocol` with ``direction_averaged=True`` counts back.
+    ``per_measurement=True`` writes one row per measurement instead (for a DWI holding one volume per measurement).
+    """
     from napari_rverdict.files import FileSet, write_text
 
     if fileset is None:
         with FileSet() as files:
-            return write_scheme(protocol, path, write_tr, fileset=files)
-    path = Path(path)
-    sd, bd = protocol.small_delta * 1e-3, protocol.big_delta * 1e-3
-    dw = ~protocol.is_b0 | (protocol.b > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g = np.where(protocol.b > 0, np.sqrt(protocol.b * 1e6 / (GAMMA**2 * sd**2 * (bd - sd / 3.0))), 0.0)
-    dirs = protocol.directions if protocol.directions is not None else np.zeros((len(protocol), 3))
-    lines = ["VERSION: 1"]
-    for i in range(len(protocol)):
-        x, y, z = dirs[i]
-        lines.append(f"{x:.9g}\t{y:.9g}\t{z:.9g}\t{g[i]:.9g}\t{bd[i] if dw[i] else 0:.9g}\t"
-                     f"{sd[i] if dw[i] else 0:.9g}\t{protocol.te[i] * 1e-3:.9g}")
-    write_text(path, "\n".join(lines) + "\n", fileset)
-    written = [path]
-    if write_tr and protocol.has_tr:
-        tr_path = path.with_suffix(".tr")
-        write_text(tr_path, " ".join(f"{t * 1e-3:.6e}" for t in protocol.tr) + "\n", fileset)
-        written.append(tr_path)
-    return written
+            return write_scheme(protocol, path, write_tr, per_measurement=per_measurement, fileset=files)
+    texts = _scheme_texts(protocol, Path(path), write_tr, per_measurement)
+    for target, text in texts.items():
+        write_text(target, text, fileset)
+    return list(texts)
 
 
 _JSON_KEYS = {
@@ -217,31 +241,44 @@ def read_fsl(bval_path, bvec_path=None, timings=None, tr=None) -> Protocol:
     return Protocol(b, sd, bd, t["te"], t["tr"], dirs, name=bval_path.name)
 
 
-def write_fsl(protocol: Protocol, stem, *, fileset=None) -> list[Path]:
-    """Write ``<stem>.bval``, ``.bvec`` (if directions), and per-volume ``.delta .smalldel .te .tr`` (seconds), as
-    one set of files (or as part of ``fileset``). ``stem`` is the full stem: ``a/dwi.sorted`` → ``a/dwi.sorted.bval``."""
+def _fsl_texts(protocol: Protocol, stem: Path, per_measurement: bool) -> dict[Path, str]:
+    rows = _rows(protocol, per_measurement)
+    texts = {_sidecar(stem, ".bval"): " ".join(f"{x:.9g}" for x in rows.b) + "\n"}
+    if rows.directions is not None:
+        texts[_sidecar(stem, ".bvec")] = "\n".join(" ".join(f"{x:.9g}" for x in row)
+                                                   for row in rows.directions.T) + "\n"
+    for suffix, values in ((".delta", rows.big_delta), (".smalldel", rows.small_delta), (".te", rows.te),
+                           (".tr", rows.tr)):
+        if suffix == ".tr" and not rows.has_tr:
+            continue
+        texts[_sidecar(stem, suffix)] = " ".join(f"{x * 1e-3:.6e}" for x in values) + "\n"
+    return texts
+
+
+def fsl_files(protocol: Protocol, stem, *, per_measurement: bool = False) -> list[Path]:
+    """The paths :func:`write_fsl` writes with these arguments."""
+    return list(_fsl_texts(protocol, Path(stem), per_measurement))
+
+
+def write_fsl(protocol: Protocol, stem, *, per_measurement: bool = False, fileset=None) -> list[Path]:
+    """Write ``<stem>.bval``, ``.bvec``, and per-volume ``.delta .smalldel .te .tr`` (seconds; ``.tr`` when TR is
+    known), as one set of files (or as part of ``fileset``). ``stem`` is the full stem: ``a/dwi.sorted`` →
+    ``a/dwi.sorted.bval``. Returns the paths.
+
+    One row per acquired volume (:meth:`Protocol.acquired_volumes`): a measurement averaging n volumes is written
+    as n rows with distinct directions in ``.bvec``, which :func:`load_protocol` with ``direction_averaged=True``
+    counts back. ``per_measurement=True`` writes one row per measurement instead, for a DWI holding one volume per
+    measurement (``.bvec`` only when the protocol has directions).
+    """
     from napari_rverdict.files import FileSet, write_text
 
     if fileset is None:
         with FileSet() as files:
-            return write_fsl(protocol, stem, fileset=files)
-    stem = Path(stem)
-    written = []
-    p = _sidecar(stem, ".bval")
-    write_text(p, " ".join(f"{x:g}" for x in protocol.b) + "\n", fileset)
-    written.append(p)
-    if protocol.directions is not None:
-        p = _sidecar(stem, ".bvec")
-        write_text(p, "\n".join(" ".join(f"{x:.9g}" for x in row) for row in protocol.directions.T) + "\n", fileset)
-        written.append(p)
-    for suffix, values in ((".delta", protocol.big_delta), (".smalldel", protocol.small_delta), (".te", protocol.te),
-                           (".tr", protocol.tr)):
-        if suffix == ".tr" and not protocol.has_tr:
-            continue
-        p = _sidecar(stem, suffix)
-        write_text(p, " ".join(f"{x * 1e-3:.6e}" for x in values) + "\n", fileset)
-        written.append(p)
-    return written
+            return write_fsl(protocol, stem, per_measurement=per_measurement, fileset=files)
+    texts = _fsl_texts(protocol, Path(stem), per_measurement)
+    for target, text in texts.items():
+        write_text(target, text, fileset)
+    return list(texts)
 
 
 PRESETS = {"innovate": lambda: Protocol.innovate(direction_averaged=True),
