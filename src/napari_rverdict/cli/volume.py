@@ -6,7 +6,6 @@ InputError (CliError), which ``cli.main`` prints as one line (exit 2).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -56,17 +55,6 @@ def _load_dwi(args):
                 and str(args.protocol).lower() == "innovate"):
             protocol = full if args.tr is None else full.with_tr(args.tr)
     return load_dwi(path, protocol, tr=args.tr if protocol is None else None)
-
-
-def _label_names_near(labels_path) -> dict | None:
-    """Label names from a ``phantom.json`` beside the label image (as ``rverdict phantom`` writes)."""
-    meta = Path(labels_path).parent / "phantom.json"
-    if meta.exists():
-        try:
-            return {int(k): v for k, v in json.loads(meta.read_text()).get("labels", {}).items()}
-        except (ValueError, AttributeError):
-            return None
-    return None
 
 
 def _report_written(paths, out) -> None:
@@ -197,6 +185,7 @@ def _sigma_of(text):
 
 def cmd_compare(args) -> int:
     from napari_rverdict.data.nifti import load_labels, load_maps, load_mask
+    from napari_rverdict.data.phantom import label_names_beside
     from napari_rverdict.files import check_output_file
     from napari_rverdict.maps.compare import compare_maps, roi_statistics
 
@@ -214,7 +203,7 @@ def cmd_compare(args) -> int:
     grid = (next(iter(maps_a.values())).shape, _affine_of(args.dir_a))
     labels = load_labels(args.labels, grid) if args.labels else None
     mask = load_mask(args.mask, grid) if args.mask else None
-    names = _label_names_near(args.labels) if args.labels else None
+    names = label_names_beside(args.labels) if args.labels else None
     table = compare_maps(maps_a, maps_b, mask=mask, labels=labels, model=args.model, label_names=names,
                          names=(Path(args.dir_a).name or "A", Path(args.dir_b).name or "B"))
     print(table.format_table())

@@ -136,14 +136,16 @@ _malloc_restored = False
 
 # ---------------------------------------------------------------------- one subject
 def _roi_rows(maps: dict, subject: Subject, dwi) -> list[dict]:
-    """ROI statistics of the maps: per label of the subject's label image, or over the mapped voxels (label 1,
-    "mapped") when it has none."""
+    """ROI statistics of the maps: per label of the subject's label image (named by a ``phantom.json`` beside it
+    where there is one, else "label N"), or over the mapped voxels (label 1, "mapped") when it has none."""
     from napari_rverdict.data.nifti import load_labels, load_mask
+    from napari_rverdict.data.phantom import label_names_beside
     from napari_rverdict.maps.compare import roi_statistics
 
     mask = load_mask(subject.mask, dwi) if subject.mask else None
     if subject.labels:
-        return roi_statistics(maps, load_labels(subject.labels, dwi), mask=mask).rows
+        return roi_statistics(maps, load_labels(subject.labels, dwi), label_names_beside(subject.labels),
+                              mask=mask).rows
     mapped = np.zeros(next(iter(maps.values())).shape, dtype=bool)
     for v in maps.values():
         mapped |= np.isfinite(v) & (v != 0)
