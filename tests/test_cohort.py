@@ -149,6 +149,24 @@ def test_roi_rows_are_named_from_the_phantom_json_beside_the_labels(tmp_path):
             assert f_ic[v]["mean"] == pytest.approx(float(truth["f_ic"][labels == v].mean()), rel=1e-6)
 
 
+def test_a_cohort_reads_innovate_on_20_volumes_as_rverdict_predict_does(ws, tmp_path):
+    """--protocol innovate (or a CSV protocol cell 'innovate') on a 20-volume DWI is the 20-volume acquisition, as
+    for `rverdict predict`: the subject's maps are those of innovate-20, not a volume-count error."""
+    from napari_rverdict.cohort.tasks import run_subject
+    from napari_rverdict.data.nifti import load_maps
+
+    task = PredictTask(str(ws / "m.pt"))
+    for protocol in ("innovate", "innovate-20"):
+        subject = read_subjects([ws / "dwis" / "sub-01.nii.gz"], protocol=protocol)[0]
+        assert subject.protocol == protocol
+        record = run_subject(task, subject, tmp_path / protocol, threads=1)
+        assert record["status"] == "done"
+    named, acquired = load_maps(tmp_path / "innovate" / "sub-01"), load_maps(tmp_path / "innovate-20" / "sub-01")
+    assert set(named) == set(acquired) and "f_ic" in named
+    for k in named:
+        np.testing.assert_array_equal(named[k], acquired[k], err_msg=k)
+
+
 def test_subjects_from_paths_folders_and_repeated_stems(ws, tmp_path):
     subjects = read_subjects([ws / "dwis"])
     assert [s.name for s in subjects] == ["sub-01", "sub-02", "sub-03"]

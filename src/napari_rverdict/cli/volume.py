@@ -36,27 +36,6 @@ def _bar(total: int, desc: str, quiet: bool):
     return bar, progress
 
 
-def _load_dwi(args):
-    """The DWI of ``args.dwi`` with ``--protocol`` / ``--tr`` (a sidecar when no protocol is given).
-
-    ``--protocol innovate`` on a 20-volume file means the 20-volume INNOVATE acquisition.
-    """
-    from napari_rverdict.data.nifti import load_dwi, open_image
-    from napari_rverdict.physics.protocol import Protocol
-    from napari_rverdict.physics.protocol_files import load_protocol
-
-    path = Path(args.dwi)
-    shape = open_image(path, "DWI").shape
-    protocol = None
-    if args.protocol is not None:
-        protocol = load_protocol(args.protocol, tr=args.tr)
-        full = Protocol.innovate(direction_averaged=False)
-        if (len(shape) == 4 and shape[3] == len(full) != len(protocol)
-                and str(args.protocol).lower() == "innovate"):
-            protocol = full if args.tr is None else full.with_tr(args.tr)
-    return load_dwi(path, protocol, tr=args.tr if protocol is None else None)
-
-
 def _report_written(paths, out) -> None:
     print(f"wrote {len(paths)} maps to {out}: {', '.join(Path(p).name.split('.')[0] for p in paths)}")
 
@@ -97,10 +76,10 @@ def _check_out(args, map_names, inputs) -> None:
 def _maps_of_volume(args, what: str, model, make) -> int:
     """What ``predict`` and ``fit`` share: the device, the DWI, the mask, a progress bar, and writing the maps.
     ``make(dwi, mask, device, progress)`` makes the maps; ``what`` names the method on the bar."""
-    from napari_rverdict.data.nifti import save_maps
+    from napari_rverdict.data.nifti import load_dwi_as_named, save_maps
 
     device = cli_device(args.device)
-    dwi = _load_dwi(args)
+    dwi = load_dwi_as_named(args.dwi, args.protocol, tr=args.tr)  # --protocol innovate on 20 volumes: innovate-20
     mask = args.mask
     if mask is not None and not Path(mask).exists():
         raise CliError(f"mask file not found: {mask}")
