@@ -89,6 +89,7 @@ def test_fit_cohort_from_a_csv_gives_roi_statistics_near_the_truth(ws):
     """NLLS on two SNR-200 phantoms listed in a CSV with their labels and masks: the ROI means of f_ic per label
     come out near the phantom's true ROI means; the truncated third fails with its reason."""
     from napari_rverdict.data.nifti import load_labels, load_maps
+    from napari_rverdict.data.phantom import LABEL_NAMES
 
     lines = ["subject,dwi,mask,labels"]
     for i in (1, 2, 3):
@@ -110,11 +111,60 @@ def test_fit_cohort_from_a_csv_gives_roi_statistics_near_the_truth(ws):
             inside = labels == label
             got = {r["map"]: r for r in rows if r["subject"] == f"p{i}" and int(r["label"] or 0) == label}
             assert all(int(r["n"]) == int(inside.sum()) for r in got.values())
+            assert {r["name"] for r in got.values()} == {LABEL_NAMES[int(label)]}  # from phantom.json beside them
             if inside.sum() >= 10:  # the gland's zones (the lesions are 1-2 voxels at this size)
                 assert float(got["f_ic"]["mean"]) == pytest.approx(float(truth["f_ic"][inside].mean()), abs=0.08)
                 assert float(got["D_ees"]["median"]) == pytest.approx(float(np.median(truth["D_ees"][inside])),
                                                                       abs=0.15)
     assert [r for r in rows if r["subject"] == "p3"][0]["reason"] == result.reasons["p3"]
+
+
+def test_roi_rows_are_named_from_the_phantom_json_beside_the_labels(tmp_path):
+    """A subject's ROI rows carry the label names of a phantom.json beside its label image ("peripheral zone"),
+    and "label N" where there is none or it cannot be read; the statistics are those of the maps in each label."""
+    from napari_rverdict.cohort.subjects import Subject
+    from napari_rverdict.cohort.tasks import _roi_rows
+    from napari_rverdict.data.nifti import load_dwi, load_labels, load_maps
+    from napari_rverdict.data.phantom import LABEL_NAMES, make_phantom, save_phantom
+
+    save_phantom(make_phantom((12, 12, 2), snr=200.0, seed=1), tmp_path / "ph")
+    dwi = load_dwi(tmp_path / "ph" / "dwi.nii.gz")
+    truth = load_maps(tmp_path / "ph" / "truth")
+    labels = load_labels(tmp_path / "ph" / "labels.nii.gz")
+    for folder, meta in (("bare", None), ("broken", "{not json")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(tmp_path / "ph" / "labels.nii.gz", tmp_path / folder / "labels.nii.gz")
+        if meta is not None:
+            (tmp_path / folder / "phantom.json").write_text(meta)
+    present = [int(v) for v in np.unique(labels) if v != 0]
+    assert 2 in present and LABEL_NAMES[2] == "peripheral zone"
+    for folder, name_of in (("ph", LABEL_NAMES.__getitem__), ("bare", "label {}".format),
+                            ("broken", "label {}".format)):
+        subject = Subject("s", tmp_path / "ph" / "dwi.nii.gz", labels=tmp_path / folder / "labels.nii.gz")
+        rows = _roi_rows(truth, subject, dwi)
+        assert {(r["label"], r["name"]) for r in rows} == {(v, name_of(v)) for v in present}
+        f_ic = {r["label"]: r for r in rows if r["map"] == "f_ic"}
+        for v in present:
+            assert f_ic[v]["n"] == int((labels == v).sum())
+            assert f_ic[v]["mean"] == pytest.approx(float(truth["f_ic"][labels == v].mean()), rel=1e-6)
+
+
+def test_a_cohort_reads_innovate_on_20_volumes_as_rverdict_predict_does(ws, tmp_path):
+    """--protocol innovate (or a CSV protocol cell 'innovate') on a 20-volume DWI is the 20-volume acquisition, as
+    for `rverdict predict`: the subject's maps are those of innovate-20, not a volume-count error."""
+    from napari_rverdict.cohort.tasks import run_subject
+    from napari_rverdict.data.nifti import load_maps
+
+    task = PredictTask(str(ws / "m.pt"))
+    for protocol in ("innovate", "innovate-20"):
+        subject = read_subjects([ws / "dwis" / "sub-01.nii.gz"], protocol=protocol)[0]
+        assert subject.protocol == protocol
+        record = run_subject(task, subject, tmp_path / protocol, threads=1)
+        assert record["status"] == "done"
+    named, acquired = load_maps(tmp_path / "innovate" / "sub-01"), load_maps(tmp_path / "innovate-20" / "sub-01")
+    assert set(named) == set(acquired) and "f_ic" in named
+    for k in named:
+        np.testing.assert_array_equal(named[k], acquired[k], err_msg=k)
 
 
 def test_subjects_from_paths_folders_and_repeated_stems(ws, tmp_path):

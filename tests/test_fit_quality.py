@@ -96,6 +96,44 @@ def test_predicted_signal_and_scale():
         fit_nrmse("verdict", {"f_ic": np.ones(2), "f_vasc": np.zeros(2), "R": np.ones(2)}, np.ones((2, 3)), prot)
 
 
+def test_the_definition_holds_voxel_by_voxel_across_blocks_with_left_out_voxels():
+    """Over more voxels than one pass holds (CHUNK), with maps, signals and b = 0 references bad here and there
+    (whole blocks of them too): every voxel's fit_nrmse is sqrt(mean (c s − y)²) of the module's definition with
+    the exact forward model (no sphere table), and NaN exactly where a map or signal is not finite or b = 0 ≤ 0."""
+    from napari_rverdict.data.prior import sample_parameters
+    from napari_rverdict.maps import fit_quality
+
+    prot, model = Protocol.innovate(), get_model("rverdict")
+    n = 2 * fit_quality.CHUNK + 1234
+    rng = np.random.default_rng(7)
+    truth = sample_parameters("rverdict", n, rng=rng)
+    raw = add_rician_noise(noise_free_signals("rverdict", {**truth, "S0": rng.uniform(100, 2000, n)}, prot), 20.0,
+                           rng)
+    maps = {k: np.asarray(v, dtype=np.float32) for k, v in model.derived_maps(truth).items()}
+    maps["R"][rng.choice(n, 300, replace=False)] = np.nan
+    maps["T1"][fit_quality.CHUNK:fit_quality.CHUNK + 50] = np.inf
+    raw[rng.choice(n, 300, replace=False), 3] = np.nan
+    raw[rng.choice(n, 300, replace=False), int(np.flatnonzero(prot.is_b0)[0])] = 0.0
+    raw[2 * fit_quality.CHUNK:] = np.nan  # the whole last block left out
+    q = fit_nrmse("rverdict", maps, raw, prot)
+
+    inputs = {k: np.clip(np.asarray(maps[k], float), model.spec(k).limit_low, model.spec(k).limit_high)
+              for k in model.estimated_names}
+    usable = (np.all([np.isfinite(v) for v in inputs.values()], 0) & np.isfinite(raw).all(1)
+              & (raw[:, prot.is_b0] > 0).all(1))
+    s = noise_free_signals("rverdict", {k: np.where(usable, v, 1.0) for k, v in inputs.items()} | {"S0": np.ones(n)},
+                           prot)[usable]
+    y = raw[usable] / raw[usable].max(1, keepdims=True)
+    c = np.maximum((s * y).sum(1) / (s * s).sum(1), 0.0)[:, None]
+    expected = np.sqrt(((c * s - y) ** 2).mean(1))
+    assert 0 < usable.sum() < 2 * fit_quality.CHUNK
+    np.testing.assert_array_equal(np.isfinite(q), usable)
+    np.testing.assert_allclose(q[usable], expected, rtol=1e-6)
+    predicted = predicted_signal("rverdict", maps, prot)
+    np.testing.assert_array_equal(np.isfinite(predicted).all(1), np.all([np.isfinite(v) for v in inputs.values()], 0))
+    np.testing.assert_allclose(predicted[usable], s, rtol=1e-9)
+
+
 @pytest.fixture(scope="module")
 def phantom():
     return make_phantom((12, 12, 2), snr=35, seed=5)

@@ -11,6 +11,7 @@ from napari_rverdict.data.nifti import (
     ascii_unit,
     find_sidecar,
     load_dwi,
+    load_dwi_as_named,
     load_labels,
     load_maps,
     load_mask,
@@ -112,6 +113,29 @@ def test_preset_and_file_protocols(tmp_path, data):
     write_scheme(Protocol.innovate(direction_averaged=False), tmp_path / "other.scheme")
     _close(load_dwi(tmp_path / "x.nii.gz", tmp_path / "other.scheme").protocol,
            Protocol.innovate(direction_averaged=False))
+
+
+def test_innovate_as_named_means_the_acquisition_on_20_volumes(tmp_path, data):
+    """'innovate' names INNOVATE's 10 direction-averaged measurements; on a 20-volume DWI a person naming it means
+    the 20-volume acquisition (as rverdict predict / fit and cohorts read it). load_dwi itself stays strict."""
+    nib.save(nib.Nifti1Image(data, AFFINE), str(tmp_path / "d20.nii.gz"))
+    nib.save(nib.Nifti1Image(data[:, :, :, None, :], AFFINE), str(tmp_path / "d20x1.nii.gz"))
+    nib.save(nib.Nifti1Image(data[..., :10], AFFINE), str(tmp_path / "d10.nii.gz"))
+    nib.save(nib.Nifti1Image(data[..., :13], AFFINE), str(tmp_path / "d13.nii.gz"))
+    acquired, averaged = Protocol.innovate(direction_averaged=False), Protocol.innovate(direction_averaged=True)
+    for name in ("d20.nii.gz", "d20x1.nii.gz"):
+        for spec in ("innovate", " INNOVATE ", "innovate-20"):
+            dwi = load_dwi_as_named(tmp_path / name, spec)
+            assert dwi.n_volumes == len(dwi.protocol) == 20
+            _close(dwi.protocol, acquired)
+    np.testing.assert_allclose(load_dwi_as_named(tmp_path / "d20.nii.gz", "innovate", tr=3000.0).protocol.tr, 3000.0)
+    _close(load_dwi_as_named(tmp_path / "d10.nii.gz", "innovate").protocol, averaged)
+    with pytest.raises(ValueError, match="13 volumes but its protocol .* has 10 measurements"):
+        load_dwi_as_named(tmp_path / "d13.nii.gz", "innovate")
+    with pytest.raises(ValueError, match="10 volumes but its protocol .* has 20 measurements"):
+        load_dwi_as_named(tmp_path / "d10.nii.gz", "innovate-20")
+    with pytest.raises(ValueError, match="20 volumes but its protocol .* has 10 measurements"):
+        load_dwi(tmp_path / "d20.nii.gz", "innovate")
 
 
 def test_dwi_errors(tmp_path, data):

@@ -71,6 +71,28 @@ def test_chunks_progress_and_direction_averaging_agree(bundle, phantom):
         np.testing.assert_allclose(a[k], c[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_network_is_folded_once_a_volume_and_gives_the_bundles_maps(bundle, phantom, tmp_path, monkeypatch,
+                                                                         streamed):
+    """Many chunks (in memory or slabs of a file), one BatchNorm folding; every voxel's maps are those
+    Bundle.predict_signals gives for its direction-averaged signal."""
+    from napari_rverdict.learn import bundle as bundle_module
+
+    folds = []
+    real = bundle_module.fused_for_inference
+    monkeypatch.setattr(bundle_module, "fused_for_inference", lambda net: folds.append(1) or real(net))
+    dwi = phantom.to_dwi()
+    if streamed:
+        save_dwi(phantom.dwi, phantom.affine, tmp_path / "dwi.nii.gz", phantom.protocol)
+        dwi = tmp_path / "dwi.nii.gz"
+    maps = predict_volume(bundle, dwi, mask=phantom.mask, chunk=30)
+    assert len(folds) == 1 and int(phantom.mask.sum()) > 5 * 30
+    avg = phantom.to_dwi().direction_averaged().data[phantom.mask]
+    expected = bundle.predict_signals(avg)
+    for k, v in expected.items():
+        np.testing.assert_allclose(maps[k][phantom.mask], v, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
 def test_default_mask_is_otsu_of_b0(bundle, phantom):
     m = default_mask(phantom.to_dwi().b0())
     assert m.dtype == bool and m.shape == phantom.shape

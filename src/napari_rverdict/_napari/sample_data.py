@@ -9,8 +9,6 @@ works at once. Ground-truth maps are NaN (transparent) outside the gland, like c
 
 from __future__ import annotations
 
-import json
-
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +17,10 @@ from napari_rverdict._napari.reader import dwi_layer_data, volume_layer_data
 
 
 def _label_names(directory) -> dict:
-    from napari_rverdict.data.phantom import LABEL_NAMES
+    from napari_rverdict.data.phantom import LABEL_NAMES, label_names_beside
 
-    meta = directory / "phantom.json" if directory is not None else None
-    if meta is not None and meta.exists():
-        names = json.loads(meta.read_text()).get("labels", {})
-        if names:
-            return {int(k): v for k, v in names.items()}
-    return dict(LABEL_NAMES)
+    names = label_names_beside(directory / "labels.nii.gz") if directory is not None else None
+    return names or dict(LABEL_NAMES)
 
 
 PRETRAINED_NAME = "innovate_rverdict_mlp.pt"

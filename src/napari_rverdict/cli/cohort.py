@@ -65,7 +65,9 @@ def _common(p) -> None:
                                           "dwi and optional subject, mask, labels, protocol")
     p.add_argument("--out", required=True, help="output folder: <out>/<subject>/ maps and <out>/cohort.csv")
     p.add_argument("--protocol", default=None,
-                   help="protocol of subjects whose CSV row names none (default: each DWI's sidecar)")
+                   help="protocol of subjects whose CSV row names none: a preset (innovate, innovate-20; innovate "
+                        "on a 20-volume DWI means innovate-20, as for `rverdict predict`) or a .scheme / .bval file "
+                        "(default: each DWI's sidecar)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="an existing Dask scheduler (tcp://host:8786); default: a local cluster sized to this machine")
     p.add_argument("--workers", type=positive_int, default=None, help="local worker processes (default: from CPUs)")

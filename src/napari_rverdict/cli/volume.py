@@ -6,7 +6,6 @@ InputError (CliError), which ``cli.main`` prints as one line (exit 2).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -35,38 +34,6 @@ def _bar(total: int, desc: str, quiet: bool):
         bar.update(done - bar.n)
 
     return bar, progress
-
-
-def _load_dwi(args):
-    """The DWI of ``args.dwi`` with ``--protocol`` / ``--tr`` (a sidecar when no protocol is given).
-
-    ``--protocol innovate`` on a 20-volume file means the 20-volume INNOVATE acquisition.
-    """
-    from napari_rverdict.data.nifti import load_dwi, open_image
-    from napari_rverdict.physics.protocol import Protocol
-    from napari_rverdict.physics.protocol_files import load_protocol
-
-    path = Path(args.dwi)
-    shape = open_image(path, "DWI").shape
-    protocol = None
-    if args.protocol is not None:
-        protocol = load_protocol(args.protocol, tr=args.tr)
-        full = Protocol.innovate(direction_averaged=False)
-        if (len(shape) == 4 and shape[3] == len(full) != len(protocol)
-                and str(args.protocol).lower() == "innovate"):
-            protocol = full if args.tr is None else full.with_tr(args.tr)
-    return load_dwi(path, protocol, tr=args.tr if protocol is None else None)
-
-
-def _label_names_near(labels_path) -> dict | None:
-    """Label names from a ``phantom.json`` beside the label image (as ``rverdict phantom`` writes)."""
-    meta = Path(labels_path).parent / "phantom.json"
-    if meta.exists():
-        try:
-            return {int(k): v for k, v in json.loads(meta.read_text()).get("labels", {}).items()}
-        except (ValueError, AttributeError):
-            return None
-    return None
 
 
 def _report_written(paths, out) -> None:
@@ -109,10 +76,10 @@ def _check_out(args, map_names, inputs) -> None:
 def _maps_of_volume(args, what: str, model, make) -> int:
     """What ``predict`` and ``fit`` share: the device, the DWI, the mask, a progress bar, and writing the maps.
     ``make(dwi, mask, device, progress)`` makes the maps; ``what`` names the method on the bar."""
-    from napari_rverdict.data.nifti import save_maps
+    from napari_rverdict.data.nifti import load_dwi_as_named, save_maps
 
     device = cli_device(args.device)
-    dwi = _load_dwi(args)
+    dwi = load_dwi_as_named(args.dwi, args.protocol, tr=args.tr)  # --protocol innovate on 20 volumes: innovate-20
     mask = args.mask
     if mask is not None and not Path(mask).exists():
         raise CliError(f"mask file not found: {mask}")
@@ -197,6 +164,7 @@ def _sigma_of(text):
 
 def cmd_compare(args) -> int:
     from napari_rverdict.data.nifti import load_labels, load_maps, load_mask
+    from napari_rverdict.data.phantom import label_names_beside
     from napari_rverdict.files import check_output_file
     from napari_rverdict.maps.compare import compare_maps, roi_statistics
 
@@ -214,7 +182,7 @@ def cmd_compare(args) -> int:
     grid = (next(iter(maps_a.values())).shape, _affine_of(args.dir_a))
     labels = load_labels(args.labels, grid) if args.labels else None
     mask = load_mask(args.mask, grid) if args.mask else None
-    names = _label_names_near(args.labels) if args.labels else None
+    names = label_names_beside(args.labels) if args.labels else None
     table = compare_maps(maps_a, maps_b, mask=mask, labels=labels, model=args.model, label_names=names,
                          names=(Path(args.dir_a).name or "A", Path(args.dir_b).name or "B"))
     print(table.format_table())

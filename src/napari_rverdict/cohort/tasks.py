@@ -136,14 +136,16 @@ _malloc_restored = False
 
 # ---------------------------------------------------------------------- one subject
 def _roi_rows(maps: dict, subject: Subject, dwi) -> list[dict]:
-    """ROI statistics of the maps: per label of the subject's label image, or over the mapped voxels (label 1,
-    "mapped") when it has none."""
+    """ROI statistics of the maps: per label of the subject's label image (named by a ``phantom.json`` beside it
+    where there is one, else "label N"), or over the mapped voxels (label 1, "mapped") when it has none."""
     from napari_rverdict.data.nifti import load_labels, load_mask
+    from napari_rverdict.data.phantom import label_names_beside
     from napari_rverdict.maps.compare import roi_statistics
 
     mask = load_mask(subject.mask, dwi) if subject.mask else None
     if subject.labels:
-        return roi_statistics(maps, load_labels(subject.labels, dwi), mask=mask).rows
+        return roi_statistics(maps, load_labels(subject.labels, dwi), label_names_beside(subject.labels),
+                              mask=mask).rows
     mapped = np.zeros(next(iter(maps.values())).shape, dtype=bool)
     for v in maps.values():
         mapped |= np.isfinite(v) & (v != 0)
@@ -155,7 +157,7 @@ def run_subject(task, subject: Subject, out_root, threads: int | None = None) ->
 
     ``threads``: torch threads for the task (None: the worker's share of its CPUs). Raises whatever the task
     raises (the cohort runner reports it as the subject's one-line reason)."""
-    from napari_rverdict.data.nifti import load_dwi, save_maps
+    from napari_rverdict.data.nifti import load_dwi_as_named, save_maps
     from napari_rverdict.files import write_text
 
     out = Path(out_root) / subject.name
@@ -165,7 +167,7 @@ def run_subject(task, subject: Subject, out_root, threads: int | None = None) ->
     t0 = time.perf_counter()
     with using_torch_threads(threads or _threads_here()) as n_threads, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dwi = load_dwi(subject.dwi, subject.protocol)
+        dwi = load_dwi_as_named(subject.dwi, subject.protocol)  # "innovate" on 20 volumes: as `rverdict predict`
         maps, model = task.make_maps(dwi, str(subject.mask) if subject.mask else None, _device_here(task.device))
         written = save_maps(maps, out, dwi.affine, model=model)
         rows = _roi_rows(maps, subject, dwi)

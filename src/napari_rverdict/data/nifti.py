@@ -325,6 +325,21 @@ def load_dwi(path, protocol=None, tr=None, *, direction_averaged: bool = False) 
     return dwi.direction_averaged() if direction_averaged else dwi
 
 
+def load_dwi_as_named(path, protocol=None, tr=None) -> Dwi:
+    """:func:`load_dwi` with the protocol as a person names it (``rverdict predict | fit --protocol``, a cohort's
+    ``--protocol`` or CSV ``protocol`` column): the preset ``innovate`` (INNOVATE's 10 direction-averaged
+    measurements) on a DWI of 20 volumes means the 20-volume acquisition, ``innovate-20``. Any other protocol, and
+    ``innovate`` on any other volume count, as :func:`load_dwi` reads it (a count that fits no protocol is its
+    one-line error)."""
+    if isinstance(protocol, (str, Path)) and str(protocol).strip().lower() == "innovate":
+        shape = tuple(open_image(path, "DWI").shape)
+        if len(shape) == 5 and shape[3] == 1:  # (x, y, z, 1, n), as load_dwi accepts
+            shape = shape[:3] + shape[4:]
+        if len(shape) == 4 and shape[3] == len(Protocol.innovate(direction_averaged=False)):
+            protocol = "innovate-20"
+    return load_dwi(path, protocol, tr)
+
+
 def save_dwi(data, affine, path, protocol: Protocol | None = None, *, fileset: FileSet | None = None) -> list[Path]:
     """Write a 4D float32 NIfTI and, given ``protocol``, FSL-style sidecars beside it (``.bval``, ``.bvec``,
     ``.delta``, ``.smalldel``, ``.te``, ``.tr`` in seconds), all as one :class:`.files.FileSet` (whole or not at
@@ -524,6 +539,6 @@ def save_labels(labels, path, affine, descrip: str = "napari-rverdict labels", *
 
 
 __all__ = [
-    "Dwi", "ProtocolError", "ascii_unit", "find_sidecar", "load_dwi", "load_labels", "load_maps", "load_mask",
+    "Dwi", "ProtocolError", "ascii_unit", "find_sidecar", "load_dwi", "load_dwi_as_named", "load_labels", "load_maps", "load_mask",
     "map_descrip", "parse_descrip", "save_dwi", "save_labels", "save_map", "save_maps",
 ]

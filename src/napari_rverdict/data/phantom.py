@@ -323,11 +323,19 @@ def load_phantom(directory) -> SavedPhantom:
     labels = load_labels(d / "labels.nii.gz", dwi)
     mask = load_mask(d / "mask.nii.gz", dwi)
     truth = load_maps(d / "truth")
-    names = dict(LABEL_NAMES)
-    meta = d / "phantom.json"
-    if meta.exists():
-        names = {int(k): v for k, v in json.loads(meta.read_text()).get("labels", {}).items()} or names
-    return SavedPhantom(dwi, labels, mask, truth, names)
+    return SavedPhantom(dwi, labels, mask, truth, label_names_beside(d / "labels.nii.gz") or dict(LABEL_NAMES))
+
+
+def label_names_beside(labels_path) -> dict[int, str] | None:
+    """{label: name} from the ``phantom.json`` beside a label image (as :func:`save_phantom` writes it), or None
+    where there is none, it names no labels or it cannot be read (names are optional: callers fall back to their
+    own, e.g. "label N")."""
+    meta = Path(labels_path).parent / "phantom.json"
+    try:
+        names = {int(k): str(v) for k, v in json.loads(meta.read_text(encoding="utf-8"))["labels"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, not JSON, not {label: name}
+        return None
+    return names or None
 
 
 def sample_data_dir() -> Path | None:

@@ -320,8 +320,7 @@ class Bundle:
         with the model's own normalisation, so any per-voxel scale of the input is irrelevant. The network's
         estimates are clipped to the training ranges.
         """
-        if int(chunk) != chunk or chunk < 1:
-            raise InputError(f"chunk must be a positive integer, got {chunk!r}")
+        chunk = _check_chunk(chunk)
         if uncertainty:
             self._check_uncertainty()
         if protocol is not None:
@@ -333,18 +332,47 @@ class Bundle:
                 warnings.warn("data protocol differs from the model's: " + "; ".join(notes), stacklevel=2)
         else:
             s = self._check_signals(signals, len(self.protocol))
-        n = s.shape[0]
         dev, net = self._device_network(device)
-        parts = []
+        return self._maps_of_raw(s, dev, net, chunk, uncertainty, return_all)
+
+    def predictor(self, device="cpu", *, chunk: int = DEFAULT_CHUNK, uncertainty: bool = False,
+                  return_all: bool = True):
+        """``predict(signals)``: :meth:`predict_signals` of raw signals in the bundle protocol's order, with the
+        network folded for inference and moved to ``device`` once for every call (a volume predicted chunk by
+        chunk folds it once, not once a chunk)."""
+        chunk = _check_chunk(chunk)
+        if uncertainty:
+            self._check_uncertainty()
+        dev, net = self._device_network(device)
+
+        def predict(signals) -> dict[str, np.ndarray]:
+            return self._maps_of_raw(self._check_signals(signals, len(self.protocol)), dev, net, chunk, uncertainty,
+                                     return_all)
+
+        return predict
+
+    def _maps_of_raw(self, s: np.ndarray, dev, net, chunk: int, uncertainty: bool, return_all: bool) -> dict:
+        """Maps of checked raw signals (n, m) in the bundle's order, ``chunk`` rows at a time into preallocated
+        arrays (the Monte-Carlo seed of derived sds is the chunk's first row)."""
+        n = s.shape[0]
+        out: dict[str, np.ndarray] = {}
         with capped_torch_threads():  # never more threads than CPUs this process may use (cgroup, affinity)
-            for start in range(0, n, int(chunk)):
-                raw = np.asarray(s[start:start + chunk], dtype=np.float64)
-                norm = self.model.normalise(raw, self.protocol)
-                parts.append(self._maps_from_normalised(norm, dev, net, int(chunk), uncertainty, return_all,
-                                                        seed=start))
-        if len(parts) == 1:
-            return parts[0]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            for start in range(0, n, chunk):
+                norm = self.model.normalise(np.asarray(s[start:start + chunk], dtype=np.float64), self.protocol)
+                part = self._maps_from_normalised(norm, dev, net, chunk, uncertainty, return_all, seed=start)
+                if start == 0 and n <= chunk:
+                    return part
+                for k, v in part.items():
+                    if k not in out:
+                        out[k] = np.empty(n, dtype=v.dtype)
+                    out[k][start:start + len(v)] = v
+        return out
+
+
+def _check_chunk(chunk) -> int:
+    if int(chunk) != chunk or chunk < 1:
+        raise InputError(f"chunk must be a positive integer, got {chunk!r}")
+    return int(chunk)
 
 
 def load_bundle(path) -> Bundle:

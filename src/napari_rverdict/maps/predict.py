@@ -56,12 +56,13 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
     if _streams(dwi):
         return _predict_streaming(bundle, dwi, protocol, mask, chunk, kwargs, progress)
     vox = prepare_voxels(dwi, protocol, mask, reference=bundle.protocol, model=bundle.model)
+    predict = bundle.predictor(**kwargs)  # the network folded once, not once a chunk
     n = len(vox)
     flat: dict[str, np.ndarray] = {}
     if progress is not None:
         progress(0, n)
     for start in range(0, n, chunk):
-        out = _with_fit_quality(bundle, vox.signals[start:start + chunk], vox.protocol, kwargs)
+        out = _with_fit_quality(predict, bundle.model, vox.signals[start:start + chunk], vox.protocol)
         for k, v in out.items():
             if k not in flat:
                 flat[k] = np.empty(n, dtype=np.float32)
@@ -71,10 +72,10 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
     return scatter_maps(flat, vox.index, vox.shape)
 
 
-def _with_fit_quality(bundle, signals, protocol, kwargs: dict) -> dict:
-    """The bundle's maps of prepared ``signals`` and their ``fit_nrmse``."""
-    out = bundle.predict_signals(signals, **kwargs)
-    out[FIT_NRMSE] = fit_nrmse(bundle.model, out, signals, protocol)
+def _with_fit_quality(predict, model, signals, protocol) -> dict:
+    """The maps of prepared ``signals`` (``predict``: a :meth:`.Bundle.predictor`) and their ``fit_nrmse``."""
+    out = predict(signals)
+    out[FIT_NRMSE] = fit_nrmse(model, out, signals, protocol)
     return out
 
 
@@ -93,6 +94,7 @@ def _predict_streaming(bundle, dwi, protocol, mask, chunk: int, kwargs: dict, pr
     voxels (left-out ones included) since the usable ones are only known once read.
     """
     plan = _plan(dwi, protocol, mask, bundle.protocol, stacklevel=3, model=bundle.model)
+    predict = bundle.predictor(**kwargs)
     d, m = plan.dwi, plan.mask
     shape = d.spatial_shape
     total = int(m.sum())
@@ -120,7 +122,7 @@ def _predict_streaming(bundle, dwi, protocol, mask, chunk: int, kwargs: dict, pr
         n_used += n_ok
         for start in range(0, n_ok, chunk):
             stop = min(start + chunk, n_ok)
-            out = _with_fit_quality(bundle, signals[start:stop], plan.protocol, kwargs)
+            out = _with_fit_quality(predict, bundle.model, signals[start:stop], plan.protocol)
             for name, v in out.items():
                 if name not in maps:
                     maps[name] = np.full(shape, np.nan, dtype=np.float32)
