@@ -9,3 +9,14 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Bad input, with a one-line message for the user (a ``ValueError``, so callers may catch either)."""
+
+
+def positive_int(value, label: str) -> int:
+    """``value`` as an int when it is a whole number ≥ 1 (``3`` or ``3.0``); else an InputError naming ``label``."""
+    try:
+        ok = int(value) == value and value >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise InputError(f"{label} must be a positive integer, got {value!r}")
+    return int(value)

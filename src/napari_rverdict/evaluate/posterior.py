@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from napari_rverdict.errors import InputError
+from napari_rverdict.errors import InputError, positive_int
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
@@ -249,9 +249,7 @@ def posterior_from_dictionary(observed, dictionary: PriorDictionary, sigma, like
     sig = np.broadcast_to(np.asarray(sigma, dtype=float), (n,)).copy()
     if not (np.isfinite(sig).all() and (sig > 0).all()):
         raise InputError("sigma (1/SNR) must be positive and finite")
-    if int(chunk) != chunk or chunk < 1:
-        raise InputError(f"chunk must be a positive integer, got {chunk!r}")
-    chunk = int(chunk)
+    chunk = positive_int(chunk, "chunk")
     dev = _device(device)
     acc = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
     root_n = np.ones(m) if n_volumes is None else np.sqrt(np.asarray(n_volumes, dtype=float).reshape(-1))

@@ -35,7 +35,7 @@ from napari_rverdict.data.noise import (
     describe_noise,
     noise_settings,
 )
-from napari_rverdict.errors import InputError
+from napari_rverdict.errors import InputError, positive_int
 from napari_rverdict.files import atomic_path
 from napari_rverdict.learn.bundle_meta import _check_finite, _plain, normalisation_description
 from napari_rverdict.learn.device import resolve_device
@@ -320,7 +320,7 @@ class Bundle:
         with the model's own normalisation, so any per-voxel scale of the input is irrelevant. The network's
         estimates are clipped to the training ranges.
         """
-        chunk = _check_chunk(chunk)
+        chunk = positive_int(chunk, "chunk")
         if uncertainty:
             self._check_uncertainty()
         if protocol is not None:
@@ -340,7 +340,7 @@ class Bundle:
         """``predict(signals)``: :meth:`predict_signals` of raw signals in the bundle protocol's order, with the
         network folded for inference and moved to ``device`` once for every call (a volume predicted chunk by
         chunk folds it once, not once a chunk)."""
-        chunk = _check_chunk(chunk)
+        chunk = positive_int(chunk, "chunk")
         if uncertainty:
             self._check_uncertainty()
         dev, net = self._device_network(device)
@@ -367,12 +367,6 @@ class Bundle:
                         out[k] = np.empty(n, dtype=v.dtype)
                     out[k][start:start + len(v)] = v
         return out
-
-
-def _check_chunk(chunk) -> int:
-    if int(chunk) != chunk or chunk < 1:
-        raise InputError(f"chunk must be a positive integer, got {chunk!r}")
-    return int(chunk)
 
 
 def load_bundle(path) -> Bundle:

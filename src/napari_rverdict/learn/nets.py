@@ -41,7 +41,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from napari_rverdict.errors import InputError
+from napari_rverdict.errors import InputError, positive_int
 from napari_rverdict.physics.models import get_model
 
 # (depth, width) defaults per network and signal model; None = any model.
@@ -240,8 +240,7 @@ def build_network(name: str, n_inputs: int, n_outputs: int, depth: int | None = 
     depth = d0 if depth is None else depth
     width = w0 if width is None else width
     for label, v in (("n_inputs", n_inputs), ("n_outputs", n_outputs), ("depth", depth), ("width", width)):
-        if int(v) != v or v < 1:
-            raise InputError(f"{label} must be a positive integer, got {v!r}")
+        positive_int(v, label)
     net = _BUILDERS[key](int(n_inputs), int(n_outputs), int(depth), int(width))
     net.net_name, net.depth, net.width = key, int(depth), int(width)
     net.n_inputs, net.n_outputs = int(n_inputs), int(n_outputs)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from napari_rverdict.data.noise import LEGACY_SNR_REFERENCE, check_snr_reference
-from napari_rverdict.errors import InputError
+from napari_rverdict.errors import InputError, positive_int
 from napari_rverdict.learn.bundle import Bundle
 from napari_rverdict.learn.device import _synchronize, resolve_device
 from napari_rverdict.learn.nets import (
@@ -100,16 +100,14 @@ class TrainConfig:
     def validate(self) -> None:
         if str(self.net).lower() not in available_networks():
             raise InputError(f"unknown network '{self.net}'; choose one of: {', '.join(available_networks())}")
-        if int(self.epochs) != self.epochs or self.epochs < 1:
-            raise InputError(f"epochs must be a positive integer, got {self.epochs!r}")
+        positive_int(self.epochs, "epochs")
         if int(self.batch_size) != self.batch_size or self.batch_size < 2:
             raise InputError(f"batch_size must be an integer >= 2 (BatchNorm needs 2 samples), got {self.batch_size!r}")
         if not (_is_number(self.lr) and np.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"lr must be a positive number (finite), got {self.lr!r}")
         if self.patience is not None and self.patience < 0:
             raise InputError(f"patience must be >= 0, got {self.patience!r}")
-        if int(self.report_every) != self.report_every or self.report_every < 1:
-            raise InputError(f"report_every must be a positive integer, got {self.report_every!r}")
+        positive_int(self.report_every, "report_every")
         if not (_is_number(self.weight_decay) and np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise InputError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not isinstance(self.uncertainty, (bool, np.bool_)):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_rverdict.data.nifti import Dwi
-from napari_rverdict.errors import InputError
+from napari_rverdict.errors import InputError, positive_int
 from napari_rverdict.maps.fit_quality import FIT_NRMSE, fit_nrmse
 from napari_rverdict.maps.voxels import (_NO_USABLE, _plan, _warn_excluded, _warn_implausible, implausible_fraction,
                                          prepare_voxels, scatter_maps)
@@ -45,9 +45,7 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
     """
     from napari_rverdict.learn.bundle import Bundle, load_bundle
 
-    if int(chunk) != chunk or chunk < 1:
-        raise InputError(f"chunk must be a positive integer, got {chunk!r}")
-    chunk = int(chunk)
+    chunk = positive_int(chunk, "chunk")
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     if uncertainty and not bundle.has_uncertainty:  # before any voxel is read
