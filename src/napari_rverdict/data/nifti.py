@@ -24,7 +24,8 @@ import numpy as np
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import FileSet, check_name, writing
 from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average
-from napari_rverdict.physics.protocol_files import _sidecar, load_protocol, protocol_stem, write_fsl
+from napari_rverdict.physics.protocol_files import (_sidecar, innovate_preset_for, load_protocol, protocol_stem,
+                                                   write_fsl)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DESCRIP_PREFIX = "napari-rverdict map"
@@ -335,8 +336,8 @@ def load_dwi_as_named(path, protocol=None, tr=None) -> Dwi:
         shape = tuple(open_image(path, "DWI").shape)
         if len(shape) == 5 and shape[3] == 1:  # (x, y, z, 1, n), as load_dwi accepts
             shape = shape[:3] + shape[4:]
-        if len(shape) == 4 and shape[3] == len(Protocol.innovate(direction_averaged=False)):
-            protocol = "innovate-20"
+        if len(shape) == 4 and innovate_preset_for(shape[3]) is not None:
+            protocol = innovate_preset_for(shape[3])
     return load_dwi(path, protocol, tr)
 
 

@@ -285,6 +285,16 @@ PRESETS = {"innovate": lambda: Protocol.innovate(direction_averaged=True),
            "innovate-20": lambda: Protocol.innovate(direction_averaged=False)}
 
 
+def innovate_preset_for(n_volumes: int) -> str | None:
+    """The INNOVATE preset whose form has ``n_volumes`` rows: "innovate-20" (the 20 acquired volumes) or "innovate"
+    (10 direction-averaged measurements); None for any other count. The one rule that lets a person say
+    "innovate" of a DWI in either form (the CLI, cohorts and the Maps dock)."""
+    for name in ("innovate-20", "innovate"):
+        if len(PRESETS[name]()) == int(n_volumes):
+            return name
+    return None
+
+
 def load_protocol(spec, tr=None, *, direction_averaged: bool = False) -> Protocol:
     """A protocol from a preset name (``innovate``, ``innovate-20``), a Protocol, or a file.
 

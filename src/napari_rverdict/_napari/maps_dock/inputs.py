@@ -13,15 +13,13 @@ from napari_rverdict._napari.reader import layer_protocol, layer_to_xyz, on_dwi_
 def chosen_protocol(dock, layer):
     """The chosen protocol of the DWI ``layer`` (its own, the preset that has its volume count, or the file's);
     ValueError saying why there is none (the reader's stored reason when the sidecar did not fit)."""
-    from napari_rverdict.physics.protocol import Protocol
+    from napari_rverdict.physics.protocol_files import innovate_preset_for, load_protocol
 
     kind = (dock.protocol_combo.currentData() or ("layer", None))[0]
     n_vol = int(layer.data.shape[0])
     if kind == "preset":
-        for averaged in (False, True):
-            prot = Protocol.innovate(direction_averaged=averaged)
-            if len(prot) == n_vol:
-                return prot
+        if innovate_preset_for(n_vol) is not None:
+            return load_protocol(innovate_preset_for(n_vol))
         raise ValueError(f"The INNOVATE preset has 20 volumes (or 10 direction-averaged); '{layer.name}' has "
                          f"{n_vol}.")
     if kind == "file":
