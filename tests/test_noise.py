@@ -41,14 +41,16 @@ def test_protocol_counts_the_volumes_each_measurement_averages():
 
 
 # ---------------------------------------------------------------------- noise per acquired volume
-def test_averaged_volumes_match_theory_and_the_data_path():
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])  # float32: simulate's (faster) noise
+def test_averaged_volumes_match_theory_and_the_data_path(dtype):
     rng = np.random.default_rng(0)
     n, sigma = 200_000, 0.02
     twenty = Protocol.innovate(direction_averaged=False)
     ten = twenty.direction_averaged()
     clean20 = np.tile(np.linspace(0.3, 1.0, 20), (n, 1))
     clean10, _ = direction_average(clean20, twenty)
-    sim = scanner_noise(clean10, sigma, ten.n_volumes, rng)  # simulation: per volume, then averaged
+    sim = scanner_noise(clean10, sigma, ten.n_volumes, rng, dtype=dtype)  # simulation: per volume, then averaged
+    assert sim.dtype == dtype
     data, _ = direction_average(scanner_noise(clean20, sigma, None, rng), twenty)  # the scanner, then the data path
     for got in (sim, data):
         # high SNR (S/σ ≥ 15): mean ≈ S + σ²/(2S) (Rician bias), sd = σ/√n
@@ -56,7 +58,7 @@ def test_averaged_volumes_match_theory_and_the_data_path():
         np.testing.assert_allclose(got.std(0), sigma / np.sqrt(ten.n_volumes), rtol=0.02)
     np.testing.assert_allclose(sim.std(0), data.std(0), rtol=0.02)
     # zero signal: the Rician floor of each volume survives averaging (mean σ√(π/2), variance (2 − π/2)σ²/n)
-    floor = scanner_noise(np.zeros((n, 2)), sigma, [1, 3], rng)
+    floor = scanner_noise(np.zeros((n, 2)), sigma, [1, 3], rng, dtype=dtype)
     np.testing.assert_allclose(floor.mean(0), sigma * np.sqrt(np.pi / 2), rtol=0.01)
     np.testing.assert_allclose(floor.var(0), (2 - np.pi / 2) * sigma**2 / np.array([1, 3]), rtol=0.03)
 

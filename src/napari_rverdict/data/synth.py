@@ -238,7 +238,7 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
             sigma = reference_sigma(clean, snr_values[sl], reference)
             peak_snr[sl] = clean.max(axis=1) / sigma[:, 0]
             b0_snr[sl] = clean[:, b0].max(axis=1) / sigma[:, 0]
-            noisy = scanner_noise(clean, sigma, protocol.n_volumes, rng)
+            noisy = scanner_noise(clean, sigma, protocol.n_volumes, rng, dtype=np.float32)  # stored as float32
             signals[sl] = model.normalise(noisy, protocol)
             if progress is not None:
                 progress(sl.stop / n)
