@@ -97,7 +97,17 @@ def test_match_noise_to_the_phantom_dwi(viewer, qtbot, tmp_path):
     assert abs(est.sigma / PHANTOM_SIGMA - 1) < 0.1
     assert est.n_voxels == int(np.count_nonzero(viewer.layers["gland mask"].data))
     assert not sim.snr_edit.isEnabled() and sim.snr_edit.text() == "matched to phantom DWI"
-    assert sim.reference_combo.currentData() == "peak" and not sim.reference_combo.isEnabled()
+    # rVERDICT on "s0" (the default): one σ on S0's scale, the set's 95th-percentile SNR at the brightest b = 0 the
+    # DWI's; the phantom's own S0-scale SNR is 1000 / σ = 35 with S0 up to ≈ 1100
+    assert sim.reference_combo.currentData() == "s0" and sim.reference_combo.isEnabled()
+    med, p5, p95 = _effective(qtbot, sim)
+    assert abs(p95 / est.snr["peak"]["p95"] - 1) < 0.05 and p5 < med < p95
+    data = _generate(qtbot, sim, 1000)
+    assert data.snr_reference == "s0" and 30 < data.snr_setting < 45
+    np.testing.assert_array_equal(data.snr, data.snr_setting)
+    assert data.matched is not None and data.matched.source == "dwi.nii.gz"
+    # on "peak" each signal's SNR is drawn from the DWI's per-voxel SNR
+    _set(sim.reference_combo, "peak")
     med, p5, p95 = _effective(qtbot, sim)
     assert abs(med / est.snr["peak"]["median"] - 1) < 0.05 and p5 < med < p95
     data = _generate(qtbot, sim, 1000)

@@ -135,25 +135,39 @@ def test_a_dwi_without_background_or_repeats_is_one_clear_error():
 
 # ---------------------------------------------------------------------- training matched to the DWI
 def test_matched_snr_reaches_the_sampler(scanner_phantom):
-    est = estimate_noise(scanner_phantom.to_dwi(), scanner_phantom.mask)
+    ph = scanner_phantom
+    est = estimate_noise(ph.to_dwi(), ph.mask)
+    # "s0" (the default): one σ on S0's scale; the set's SNR at the brightest b = 0 has the DWI's 95th percentile,
+    # and the SNR found is the phantom's own on S0's scale (its top S0 over its σ) within the match's error
     data = simulate("rverdict", n=3000, snr_from=est, seed=5)
+    assert data.snr_reference == "s0" and data.matched is not None and np.all(data.snr == data.snr_setting)
+    assert np.percentile(data.b0_snr, 95) == pytest.approx(est.snr["peak"]["p95"], rel=0.06)
+    assert data.snr_setting == pytest.approx(ph.s0[ph.mask].max() / ph.sigma, rel=0.15)
+    assert np.percentile(data.b0_snr, 5) < 0.5 * est.snr["peak"]["p5"]  # S0 ∈ [0.1, 1]: dimmer than the gland too
+    # "peak": each sample's SNR drawn from the DWI's, and it is the effective SNR at its brightest b = 0
+    data = simulate("rverdict", n=3000, snr_from=est, snr_reference="peak", seed=5)
     assert data.snr_reference == "peak" and data.matched is not None and data.snr_setting is None
     for q, key in ((5, "p5"), (50, "median"), (95, "p95")):
         assert np.percentile(data.snr, q) == pytest.approx(est.snr["peak"][key], rel=0.06)
-    # on "peak" each sample's effective SNR at its brightest b = 0 is the drawn SNR
     np.testing.assert_allclose(data.b0_snr, data.snr, rtol=1e-9)
+    # classic VERDICT has no S0 range: its "s0" is each series' b = 0, so matched draws per sample there too
+    data = simulate("verdict", n=3000, snr_from=est, seed=5)
+    assert data.snr_reference == "s0" and data.snr_setting is None
+    assert np.median(data.snr) == pytest.approx(est.snr["peak"]["median"], rel=0.06)
     with pytest.raises(InputError, match="either an SNR or a DWI"):
         simulate("rverdict", n=10, snr=35, snr_from=est)
-    with pytest.raises(InputError, match="'peak'"):
-        simulate("rverdict", n=10, snr_from=est, snr_reference="s0")
 
 
 def test_matched_bundle_stores_the_distribution_and_predict_check(tmp_path, scanner_phantom):
     ph = scanner_phantom
     est = estimate_noise(ph.to_dwi(), ph.mask)
-    matched = train(simulate("rverdict", n=400, snr_from=est, seed=6), FAST).bundle
+    data = simulate("rverdict", n=400, snr_from=est, seed=6)
+    matched = train(data, FAST).bundle
     back = load_bundle(matched.save(tmp_path / "m.pt"))
-    assert isinstance(back.noise_match, MatchedSnr) and back.snr is None
+    assert isinstance(back.noise_match, MatchedSnr) and back.snr_reference == "s0"
+    assert back.snr == pytest.approx(data.snr_setting) and "matched to" in back.noise_description()
+    replay = simulate("rverdict", n=50, seed=1, **back.noise_settings())  # the same noise again
+    assert replay.snr_setting == pytest.approx(data.snr_setting) and replay.matched is not None
     assert back.noise_match.sigma == pytest.approx(est.sigma)
     assert back.noise_match.percentiles()["median"] == pytest.approx(est.snr["peak"]["median"], rel=0.02)
     assert noise_mismatch(back, ph.to_dwi(), ph.mask) is None
@@ -174,7 +188,7 @@ def test_cli_noise_json_and_exclusive_options(tmp_path, capsys, scanner_phantom)
         rc = main([cmd, "--snr", "30", "--snr-from", dwi, "--out", str(tmp_path / f"{cmd}.npz")])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and "exclusive" in err[0]
-    for bad in (["--snr-from", dwi, "--snr-reference", "s0"], ["--mask", mask]):
+    for bad in (["--mask", mask],):
         assert main(["simulate", *bad, "--out", str(tmp_path / "bad.npz")]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert main(["simulate", "--n", "500", "--snr-from", dwi, "--mask", mask, "--out", str(tmp_path / "m.npz")]) == 0

@@ -10,7 +10,7 @@ from napari_rverdict.cli.common import CliError
 from napari_rverdict.data.noise import SNR_REFERENCES, format_snr_percentiles, parse_snr
 
 
-def add_snr_reference_option(p, default_text: str = "s0; peak with --snr-from") -> None:
+def add_snr_reference_option(p, default_text: str = "s0") -> None:
     p.add_argument("--snr-reference", default=None, choices=SNR_REFERENCES,
                    help="what SNR is relative to: s0 (σ = 1/SNR where S0 = 1, before T1/T2: the seed paper's) or "
                         f"peak (each voxel's brightest noise-free measurement) (default: {default_text})")
@@ -18,7 +18,9 @@ def add_snr_reference_option(p, default_text: str = "s0; peak with --snr-from") 
 
 def add_snr_from_options(p) -> None:
     p.add_argument("--snr-from", default=None, metavar="DWI",
-                   help="draw each sample's SNR from this DWI's own per-voxel SNR (instead of --snr)")
+                   help="match this DWI's noise (instead of --snr): on s0, one SNR whose training set has the DWI's "
+                        "95th percentile of the SNR at the brightest b = 0; on peak, each sample's SNR drawn from the "
+                        "DWI's per-voxel SNR")
     p.add_argument("--mask", dest="snr_mask", default=None, metavar="MASK",
                    help="with --snr-from: the voxels whose SNR to match (NIfTI; default: mean b = 0 above 4σ)")
 
@@ -32,13 +34,11 @@ def cli_noise_settings(args) -> dict:
             raise CliError("--mask needs --snr-from (the DWI whose noise to match)")
         return {"snr": parse_snr("35" if args.snr is None else args.snr, "--snr"),
                 "snr_reference": args.snr_reference}
-    if args.snr_reference == "s0":
-        raise CliError("--snr-from matches the SNR at each voxel's brightest measurement: use --snr-reference peak")
     from napari_rverdict.data.noise_estimate import estimate_noise
 
     est = estimate_noise(args.snr_from, args.snr_mask)
     print(f"noise of {args.snr_from}: {est.describe()}", file=sys.stderr)
-    return {"snr": None, "snr_from": est.matched(), "snr_reference": "peak"}
+    return {"snr": None, "snr_from": est.matched(), "snr_reference": args.snr_reference}
 
 
 def print_effective_snr(model, protocol, noise: dict, ranges=None, sampler: str = "dirichlet", file=None) -> None:

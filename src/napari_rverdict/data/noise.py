@@ -152,10 +152,13 @@ class MatchedSnr:
 
 
 def describe_noise(snr, reference: str, matched: MatchedSnr | None = None) -> str:
-    """``SNR 35 ("s0" reference)`` or ``SNR matched to dwi.nii.gz (median 12.3 (5–95 %: …), "peak" reference)``."""
+    """``SNR 35 ("s0" reference)``, ``SNR 28.2 ("s0" reference) matched to dwi.nii.gz (its SNR at the brightest
+    b = 0: median …)`` or ``SNR matched to dwi.nii.gz (median 12.3 (5–95 %: …), "peak" reference)``."""
     if matched is not None:
-        return (f"SNR matched to {matched.source or 'a DWI'} ({format_snr_percentiles(matched.percentiles())}, "
-                f"\"{reference}\" reference)")
+        source, pct = matched.source or "a DWI", format_snr_percentiles(matched.percentiles())
+        if snr is not None and not isinstance(snr, tuple):
+            return f"SNR {snr:.3g} (\"{reference}\" reference) matched to {source} (its SNR at the brightest b = 0: {pct})"
+        return f"SNR matched to {source} ({pct}, \"{reference}\" reference)"
     text = f"{snr[0]:g}–{snr[1]:g}" if isinstance(snr, tuple) else f"{snr:g}"
     return f"SNR {text} (\"{reference}\" reference)"
 

@@ -211,13 +211,13 @@ def estimate_noise(dwi, mask=None, method: str = "auto") -> NoiseEstimate:
 
 
 def training_snr(bundle) -> dict:
-    """The effective-SNR percentiles (brightest b = 0) a bundle was trained at: its matched DWI's, or those its
-    SNR setting implies under its prior (:func:`.synth.effective_snr`). ``bundle``: anything with ``model``,
+    """The effective-SNR percentiles (brightest b = 0) a bundle was trained at: its matched DWI's (drawn on
+    "peak"), or those its SNR setting — or its match on "s0" — implies under its prior (:func:`.synth.effective_snr`). ``bundle``: anything with ``model``,
     ``protocol``, ``ranges``, ``fraction_sampler`` and ``noise_settings()`` (a :class:`.learn.bundle.Bundle`)."""
     from napari_rverdict.data.synth import effective_snr
 
     noise = bundle.noise_settings()
-    if noise.get("snr_from") is not None:
+    if noise.get("snr_from") is not None and noise["snr_reference"] == "peak":
         return noise["snr_from"].percentiles()
     ranges = {k: v for k, v in bundle.ranges.items() if k in bundle.model.parameter_names}
     return effective_snr(bundle.model, bundle.protocol, noise["snr"], noise["snr_reference"], ranges,

@@ -178,15 +178,45 @@ def resolve_snr(snr, snr_from):
     return (35.0 if snr is None else snr), None
 
 
-def _reference(snr_reference, matched) -> str:
-    """The noise reference a set is made on: the one given (default: the seed paper's), or "peak" when the SNR is
-    matched to a DWI — the only one a DWI shows directly; asking for "s0" then is an InputError."""
-    if matched is None:
-        return check_snr_reference(DEFAULT_SNR_REFERENCE if snr_reference is None else snr_reference)
-    if snr_reference is not None and check_snr_reference(snr_reference) != "peak":
-        raise InputError("noise matched to a DWI draws each sample's SNR at its brightest measurement: it needs "
-                         "the 'peak' SNR reference, not 's0'")
-    return "peak"
+def _reference(snr_reference) -> str:
+    """The noise reference a set is made on: the one given, default the seed paper's ("s0"), matched or not."""
+    return check_snr_reference(DEFAULT_SNR_REFERENCE if snr_reference is None else snr_reference)
+
+
+MATCH_PERCENTILE = "p95"  # the effective-SNR percentile a matched "s0" set shares with the DWI
+
+
+def matched_s0_snr(model, protocol, matched: MatchedSnr, ranges: Mapping | None = None,
+                   fraction_sampler: str = "dirichlet") -> float:
+    """The SNR on the "s0" reference that matches a DWI: the one whose training set's SNR at the brightest b = 0
+    has the DWI's 95th percentile. The seed paper's S0 ∈ [0, max b = 0 intensity], with a robust maximum: σ is
+    fixed on S0's scale as the scanner fixes it, so SNR varies with S0, T1 and T2 across the set as it does across
+    the patient (each sample keeps its tissue's brightness), and the set's top matches the DWI's."""
+    unit = effective_snr(model, protocol, snr=1.0, snr_reference="s0", ranges=ranges,
+                         fraction_sampler=fraction_sampler, n=20_000, seed=0)
+    return float(matched.percentiles()[MATCH_PERCENTILE] / unit[MATCH_PERCENTILE])
+
+
+def _noise_snr(model, protocol, snr, matched, reference: str, ranges, fraction_sampler, n: int, rng) -> np.ndarray:
+    """Each sample's SNR on ``reference``: the setting (a number or a uniform range); or, matched to a DWI, on "s0"
+    for a model with an S0 range the one SNR of :func:`matched_s0_snr`, else (on "peak", and for classic VERDICT,
+    whose "s0" is each series' b = 0) drawn from the DWI's per-voxel SNR at the brightest b = 0."""
+    if _matched_on_s0(model, matched, reference):
+        return np.full(n, matched_s0_snr(model, protocol, matched, ranges, fraction_sampler))
+    return _snr_per_sample(matched if matched is not None else snr, n, rng)
+
+
+def _matched_on_s0(model, matched, reference: str) -> bool:
+    """Matched to a DWI with one SNR on S0's scale (rVERDICT on "s0"), not drawn per sample."""
+    return matched is not None and reference == "s0" and "S0" in model.parameter_names
+
+
+def _setting(model, snr, matched, reference: str, snr_values):
+    """The SNR setting a set records: the number or range asked for; matched, the one SNR the match chose (on
+    "s0") or None (drawn per sample)."""
+    if matched is not None:
+        return float(snr_values[0]) if _matched_on_s0(model, matched, reference) else None
+    return float(snr) if np.ndim(snr) == 0 else tuple(float(x) for x in snr)
 
 
 def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Mapping | None = None,
@@ -204,8 +234,10 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
     snr_reference : "s0" (default: σ = 1/SNR where S0 = 1, before T1 / T2; the seed paper's convention) or
         "peak" (σ = the sample's brightest noise-free measurement / SNR). See :mod:`napari_rverdict.data.noise`.
     snr_from : match a DWI's noise instead of ``snr`` (not both): ``estimate_noise(dwi, mask)``
-        (:mod:`.noise_estimate`) or a :class:`.noise.MatchedSnr`. Each sample's SNR is drawn from the DWI's
-        per-voxel SNR at the brightest b = 0, on the "peak" reference (the only one a DWI shows directly).
+        (:mod:`.noise_estimate`) or a :class:`.noise.MatchedSnr`. On "s0" (rVERDICT, the default) one SNR on S0's
+        scale, chosen so the set's SNR at the brightest b = 0 has the DWI's 95th percentile
+        (:func:`matched_s0_snr`); on "peak" (and for classic VERDICT) each sample's SNR is drawn from the DWI's
+        per-voxel SNR at the brightest b = 0.
     ranges : {name: (low, high)} overriding the model's default training ranges.
     fraction_sampler : "dirichlet" (uniform on the simplex) or "tissue" (p1 = 1 − f_vasc, p2 = f_ic / p1 uniform).
     seed : makes parameters, noise and split reproducible.
@@ -215,7 +247,7 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
     protocol = load_protocol(protocol)
     model.check_protocol(protocol)
     snr, matched = resolve_snr(snr, snr_from)
-    reference = _reference(snr_reference, matched)
+    reference = _reference(snr_reference)
     if int(n) != n or n < 2:
         raise InputError(f"n must be an integer ≥ 2, got {n!r}")
     n = int(n)
@@ -225,7 +257,7 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
     ranges = resolve_ranges(model, ranges)
     rng = np.random.default_rng(seed)
     params = sample_parameters(model, n, ranges, fraction_sampler, rng)
-    snr_values = _snr_per_sample(matched if matched is not None else snr, n, rng)
+    snr_values = _noise_snr(model, protocol, snr, matched, reference, ranges, fraction_sampler, n, rng)
     signals = np.empty((n, len(protocol)), dtype=np.float32)
     peak_snr, b0_snr = np.empty(n), np.empty(n)
     b0 = protocol.snr_b0
@@ -243,7 +275,7 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
             if progress is not None:
                 progress(sl.stop / n)
     train_index, val_index = split_indices(n, val_fraction, seed)
-    snr_setting = None if matched is not None else float(snr) if np.ndim(snr) == 0 else tuple(float(x) for x in snr)
+    snr_setting = _setting(model, snr, matched, reference, snr_values)
     return SyntheticData(model, protocol, signals, params, snr_values, train_index, val_index, ranges,
                          fraction_sampler, seed, snr_setting, snr_reference=reference, peak_snr=peak_snr,
                          b0_snr=b0_snr, matched=matched)
@@ -259,10 +291,11 @@ def effective_snr(model, protocol="innovate", snr=None, snr_reference: str | Non
     protocol = load_protocol(protocol)
     model.check_protocol(protocol)
     snr, matched = resolve_snr(snr, snr_from)
-    reference = _reference(snr_reference, matched)
+    reference = _reference(snr_reference)
     rng = np.random.default_rng(seed)
-    params = sample_parameters(model, int(n), resolve_ranges(model, ranges), fraction_sampler, rng)
-    snr_values = _snr_per_sample(matched if matched is not None else snr, int(n), rng)
+    ranges = resolve_ranges(model, ranges)
+    params = sample_parameters(model, int(n), ranges, fraction_sampler, rng)
+    snr_values = _noise_snr(model, protocol, snr, matched, reference, ranges, fraction_sampler, int(n), rng)
     clean = noise_free_signals(model, params, protocol)
     b0 = protocol.snr_b0
     return snr_percentiles(clean[:, b0].max(axis=1) / reference_sigma(clean, snr_values, reference)[:, 0])

@@ -20,6 +20,9 @@ from napari_rverdict.data.noise import format_snr_percentiles, parse_snr
 from napari_rverdict.data.synth import effective_snr
 from napari_rverdict.physics.protocol import Protocol
 
+MATCHED_REFERENCE_TIP = ("matched to the DWI — s0 (rVERDICT): one σ on S0's scale, as the scanner has it, with the "
+                         "training set's 95th-percentile SNR at the brightest b = 0 equal to the DWI's; peak: each "
+                         "signal's SNR drawn from the DWI's per-voxel SNR")
 EFFECTIVE_N = 5000  # samples behind the effective-SNR line (≈ 0.2 s; percentiles within a few %)
 DEBOUNCE_MS = 300
 
@@ -61,7 +64,7 @@ class NoiseControls(QObject):
     def simulate_kwargs(self) -> dict:
         """``snr`` / ``snr_from`` and ``snr_reference`` for ``simulate`` (raises ValueError on a bad SNR)."""
         if self.estimate is not None:
-            return {"snr": None, "snr_from": self.estimate, "snr_reference": "peak"}
+            return {"snr": None, "snr_from": self.estimate, "snr_reference": self.reference}
         return {"snr": parse_snr(self.dock.snr_edit.text(), "SNR"), "snr_reference": self.reference}
 
     # ------------------------------------------------------------------ effective SNR
@@ -150,12 +153,9 @@ class NoiseControls(QObject):
         d.snr_edit.blockSignals(False)
         d.snr_edit.setEnabled(False)
         d.snr_edit.setStyleSheet("")
-        d.reference_combo.setCurrentIndex(d.reference_combo.findData("peak"))
-        d.reference_combo.setEnabled(False)
-        d.reference_combo.setToolTip("matched noise is drawn as the DWI shows it: on each voxel's brightest b = 0 "
-                                     "(\"peak\")")
+        d.reference_combo.setToolTip(MATCHED_REFERENCE_TIP)
         d.clear_match_btn.setEnabled(True)
-        d.match_message.ok(f"'{name}': {est.describe()}. Generate draws each signal's SNR from this distribution.")
+        d.match_message.ok(f"'{name}': {est.describe()}. Generate trains at this noise (see the effective SNR).")
         d.match_message.setVisible(True)
         d._validate()
         self.update_effective_snr()
@@ -169,7 +169,6 @@ class NoiseControls(QObject):
         text, index = self._typed
         d.snr_edit.setEnabled(True)
         d.snr_edit.setText(text)
-        d.reference_combo.setEnabled(True)
         d.reference_combo.setToolTip(self._reference_tip)
         d.reference_combo.setCurrentIndex(index)
         d.clear_match_btn.setEnabled(False)
