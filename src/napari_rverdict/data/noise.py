@@ -113,7 +113,8 @@ class MatchedSnr:
     """An SNR distribution measured on a DWI, to train at the patient's own noise.
 
     values : a sorted sample (≤ 1000 quantiles) of the per-voxel SNR at each voxel's brightest b = 0, inside the
-        mask; each training sample's SNR is drawn from it (noise reference "peak": that is what the DWI shows).
+        mask. On "peak" each training sample's SNR is drawn from it; on "s0" (rVERDICT) its 95th percentile sets
+        one SNR on S0's scale (:func:`.synth.matched_s0_snr`).
     sigma : the DWI's σ (its intensity units).  source : the DWI's file name.  method : how σ was estimated.
     """
 

@@ -1,5 +1,6 @@
 """The Simulate dock's noise behaviour: the noise reference, the effective SNR it implies (a debounced line) and
-*Match noise to this DWI* (``estimate_noise`` in a worker; Generate then draws each sample's SNR from the DWI's).
+*Match noise to this DWI* (``estimate_noise`` in a worker; Generate then trains at the DWI's noise on the chosen
+reference: ``simulate(snr_from=...)``).
 
 The widgets are built by :func:`napari_rverdict._napari.simulate_dock.form.noise_section`; the dock owns one
 :class:`NoiseControls` (``dock.noise``) and asks it for :meth:`~NoiseControls.simulate_kwargs`.
