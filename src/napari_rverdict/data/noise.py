@@ -158,7 +158,8 @@ def describe_noise(snr, reference: str, matched: MatchedSnr | None = None) -> st
     if matched is not None:
         source, pct = matched.source or "a DWI", format_snr_percentiles(matched.percentiles())
         if snr is not None and not isinstance(snr, tuple):
-            return f"SNR {snr:.3g} (\"{reference}\" reference) matched to {source} (its SNR at the brightest b = 0: {pct})"
+            return (f"SNR {snr:.3g} (\"{reference}\" reference) matched to {source} (its SNR at the brightest "
+                    f"b = 0: {pct})")
         return f"SNR matched to {source} ({pct}, \"{reference}\" reference)"
     text = f"{snr[0]:g}–{snr[1]:g}" if isinstance(snr, tuple) else f"{snr:g}"
     return f"SNR {text} (\"{reference}\" reference)"

@@ -201,12 +201,12 @@ def _noise_snr(model, protocol, snr, matched, reference: str, ranges, fraction_s
     """Each sample's SNR on ``reference``: the setting (a number or a uniform range); or, matched to a DWI, on "s0"
     for a model with an S0 range the one SNR of :func:`matched_s0_snr`, else (on "peak", and for classic VERDICT,
     whose "s0" is each series' b = 0) drawn from the DWI's per-voxel SNR at the brightest b = 0."""
-    if _matched_on_s0(model, matched, reference):
+    if matched_on_s0(model, matched, reference):
         return np.full(n, matched_s0_snr(model, protocol, matched, ranges, fraction_sampler))
     return _snr_per_sample(matched if matched is not None else snr, n, rng)
 
 
-def _matched_on_s0(model, matched, reference: str) -> bool:
+def matched_on_s0(model, matched, reference: str) -> bool:
     """Matched to a DWI with one SNR on S0's scale (rVERDICT on "s0"), not drawn per sample."""
     return matched is not None and reference == "s0" and "S0" in model.parameter_names
 
@@ -215,7 +215,7 @@ def _setting(model, snr, matched, reference: str, snr_values):
     """The SNR setting a set records: the number or range asked for; matched, the one SNR the match chose (on
     "s0") or None (drawn per sample)."""
     if matched is not None:
-        return float(snr_values[0]) if _matched_on_s0(model, matched, reference) else None
+        return float(snr_values[0]) if matched_on_s0(model, matched, reference) else None
     return float(snr) if np.ndim(snr) == 0 else tuple(float(x) for x in snr)
 
 
