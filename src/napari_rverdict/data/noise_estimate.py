@@ -212,7 +212,8 @@ def estimate_noise(dwi, mask=None, method: str = "auto") -> NoiseEstimate:
 
 def training_snr(bundle) -> dict:
     """The effective-SNR percentiles (brightest b = 0) a bundle was trained at: its matched DWI's (drawn on
-    "peak"), or those its SNR setting — or its match on "s0" — implies under its prior (:func:`.synth.effective_snr`). ``bundle``: anything with ``model``,
+    "peak"), or those its SNR setting — or its match on "s0" — implies under its prior
+    (:func:`.synth.effective_snr`). ``bundle``: anything with ``model``,
     ``protocol``, ``ranges``, ``fraction_sampler`` and ``noise_settings()`` (a :class:`.learn.bundle.Bundle`)."""
     from napari_rverdict.data.synth import effective_snr
 
