@@ -92,9 +92,11 @@ def main() -> None:
         'matched, "peak"': dict(snr_from=est, snr_reference="peak"),
         "matched": dict(snr_from=est),
     }
-    rmse, cover = {}, {}
+    rmse, cover, chosen = {}, {}, None
     for label, noise in settings.items():
         data = simulate("rverdict", "innovate", n=n, seed=args.seed, **noise)
+        if label == "matched":
+            chosen = data.snr_setting  # the SNR on S0's scale the match chose
         for unc in (False, True):
             cfg = TrainConfig(net="mlp", epochs=epochs, patience=5, device="cpu", seed=args.seed, uncertainty=unc,
                               report_every=10**9)
@@ -112,7 +114,9 @@ def main() -> None:
     p = est.snr["peak"]
     lines += ["", f"## Maps of the phantom at setting {args.snr:g} (σ = {ph.sigma:g}; estimated {est.sigma:.4g} by "
               f"{est.method}; gland SNR at the brightest b = 0: median {p['median']:.1f}, 5–95 % "
-              f"{p['p5']:.1f}–{p['p95']:.1f}): RMSE against the truth in the gland ({int(mask.sum()):,} voxels)", "",
+              f"{p['p5']:.1f}–{p['p95']:.1f}; matched on \"s0\": SNR {chosen:.3g}, the phantom's own S0-scale SNR "
+              f"{ph.s0[mask].max() / ph.sigma:.3g}): RMSE against the truth in the gland ({int(mask.sum()):,} voxels)",
+              "",
               "| training noise | " + " | ".join(MAPS) + " | mean RMSE / matched |",
               "|---|" + "---|" * (len(MAPS) + 1)]
     for label, r in rmse.items():
