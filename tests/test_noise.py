@@ -8,7 +8,7 @@ import torch
 
 from napari_rverdict.cli import main
 from napari_rverdict.data.noise import MatchedSnr, scanner_noise
-from napari_rverdict.data.noise_estimate import estimate_noise, noise_mismatch
+from napari_rverdict.data.noise_estimate import estimate_noise, noise_mismatch, training_snr
 from napari_rverdict.data.phantom import make_phantom, save_phantom
 from napari_rverdict.data.synth import effective_snr, simulate
 from napari_rverdict.errors import InputError
@@ -168,6 +168,10 @@ def test_matched_bundle_stores_the_distribution_and_predict_check(tmp_path, scan
     assert back.snr == pytest.approx(data.snr_setting) and "matched to" in back.noise_description()
     replay = simulate("rverdict", n=50, seed=1, **back.noise_settings())  # the same noise again
     assert replay.snr_setting == pytest.approx(data.snr_setting) and replay.matched is not None
+    # what the bundle was trained at: the match's spread on "s0", its 95th percentile the DWI's
+    trained = training_snr(back)
+    assert trained["p95"] == pytest.approx(est.snr["peak"]["p95"], rel=0.06)
+    assert trained["p5"] < 0.5 * est.snr["peak"]["p5"]
     assert back.noise_match.sigma == pytest.approx(est.sigma)
     assert back.noise_match.percentiles()["median"] == pytest.approx(est.snr["peak"]["median"], rel=0.02)
     assert noise_mismatch(back, ph.to_dwi(), ph.mask) is None

@@ -222,7 +222,7 @@ def training_snr(bundle) -> dict:
         return noise["snr_from"].percentiles()
     ranges = {k: v for k, v in bundle.ranges.items() if k in bundle.model.parameter_names}
     return effective_snr(bundle.model, bundle.protocol, noise["snr"], noise["snr_reference"], ranges,
-                         bundle.fraction_sampler, n=5000)
+                         bundle.fraction_sampler, n=5000, snr_from=noise.get("snr_from"))
 
 
 def noise_mismatch(bundle, dwi, mask=None, estimate: NoiseEstimate | None = None) -> str | None:
