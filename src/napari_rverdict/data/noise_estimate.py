@@ -146,13 +146,22 @@ def _voxel_snr(data, protocol, mask, sigma) -> dict:
     values, counts = np.unique(tr, return_counts=True)
     same = tr == values[np.argmax(counts)]
     te = protocol.te[b0][same]
+    s0 = peak.copy()  # where the decay cannot be read: the brightest b = 0
     if np.unique(np.round(te)).size >= 2:
-        y = np.log(np.maximum(corr[:, same], 1e-6 * sigma))
-        slope, intercept = np.polyfit(te, y.T, 1)
-        s0 = np.exp(intercept) / sigma
-        s0 = np.where(slope < 0, s0, corr[:, same].max(1) / sigma)  # no T2 decay seen: the brightest b = 0
-    else:
-        s0 = peak.copy()
+        # log-linear T2 decay to TE = 0 through the b = 0s at least 2σ above the floor (a b = 0 lost in the noise
+        # would make the slope, and the extrapolation, arbitrary): least squares weighted 0 / 1 per voxel
+        sig = corr[:, same]
+        w = (sig > 2 * sigma).astype(np.float64)
+        y = np.log(np.maximum(sig, 1e-6 * sigma))
+        n, sx, sxx = w.sum(1), w @ te, w @ te**2
+        sy, sxy = (w * y).sum(1), (w * y) @ te
+        det = n * sxx - sx**2
+        ok = det > 1e-9 * np.maximum(n * sxx, 1.0)  # at least two distinct TEs above the floor
+        slope = np.where(ok, (n * sxy - sx * sy) / np.where(ok, det, 1.0), 0.0)
+        intercept = np.where(ok, (sy - slope * sx) / np.maximum(n, 1.0), 0.0)
+        decays = ok & (slope < 0)
+        s0[decays] = np.exp(intercept[decays]) / sigma
+        s0[ok & ~decays] = sig[ok & ~decays].max(1) / sigma  # no T2 decay seen: the brightest b = 0
     return {"peak": peak, "s0": s0}
 
 
