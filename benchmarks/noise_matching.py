@@ -38,6 +38,7 @@ import torch
 
 from napari_rverdict.data.noise_estimate import estimate_noise
 from napari_rverdict.data.phantom import make_phantom
+from napari_rverdict.data.prior import parse_ranges
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.learn.train import TrainConfig, train
 from napari_rverdict.maps.predict import predict_volume
@@ -69,6 +70,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--snr", type=float, default=25.0, help="the phantom's setting for the maps (default 25)")
+    ap.add_argument("--range", action="append", default=[], metavar="NAME=LOW,HIGH",
+                    help="narrow a training range for every network (e.g. R=4,12), as `rverdict train --range`")
     ap.add_argument("--tissue", default="anatomy", choices=("anatomy", "prior"),
                     help="the phantom's tissue: anatomy (regions near the prior's centre) or prior (every gland "
                          "voxel drawn from the training prior, where sd maps can be held to nominal coverage)")
@@ -79,10 +82,12 @@ def main() -> None:
     t0 = time.perf_counter()
     lines = [f"# Noise matching ({'quick smoke run' if args.quick else 'reduced CPU setting'}: MLP 3 × 150, "
              f"{n:,} rVERDICT training signals, ≤ {epochs} epochs, patience 5; phantom {'×'.join(map(str, shape))}, "
-             f"{args.tissue} tissue, seed {args.seed}; torch {torch.__version__}, {os.cpu_count()} CPUs)", "",
+             f"{args.tissue} tissue, seed {args.seed}"
+             + (f"; training ranges {', '.join(args.range)}" if args.range else "") + f"; torch {torch.__version__}, {os.cpu_count()} CPUs)", "",
              "## σ estimate: relative error", ""]
     lines += sigma_table(shape, (12.0, 25.0, 40.0), args.seed + 1, args.tissue)
 
+    ranges = parse_ranges(args.range) or None
     ph = make_phantom(shape, snr=args.snr, seed=args.seed, snr_reference="s0", tissue=args.tissue)
     dwi, mask = ph.to_dwi(), ph.mask
     est = estimate_noise(dwi, mask)
@@ -94,7 +99,7 @@ def main() -> None:
     }
     rmse, cover, chosen = {}, {}, None
     for label, noise in settings.items():
-        data = simulate("rverdict", "innovate", n=n, seed=args.seed, **noise)
+        data = simulate("rverdict", "innovate", n=n, seed=args.seed, ranges=ranges, **noise)
         if label == "matched":
             chosen = data.snr_setting  # the SNR on S0's scale the match chose
         for unc in (False, True):
@@ -133,7 +138,7 @@ def main() -> None:
     print(text)
     if not args.quick:
         OUT.mkdir(exist_ok=True)
-        suffix = "" if args.tissue == "anatomy" else f"_{args.tissue}"
+        suffix = ("" if args.tissue == "anatomy" else f"_{args.tissue}") + ("_ranges" if args.range else "")
         (OUT / f"noise_matching_snr{args.snr:g}{suffix}.md").write_text(text, encoding="utf-8")
 
 
