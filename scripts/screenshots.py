@@ -12,7 +12,8 @@ docs/images/:
   the colorbar, the Maps dock with its ROI table;
 * ``train-WxH.png`` – the whole window with the Train tab in front: the pretrained model's loss curves and
   validation table, restored from the bundle;
-* ``simulate-WxH.png`` – the Simulate tab after *Generate* (``--quick``: fewer signals), example signals open.
+* ``simulate-WxH.png`` – the Simulate tab after *Match noise* (the phantom's gland) and *Generate* (``--n``
+  signals), example signals open.
 
 About 30 s per size on a CPU.
 """
@@ -116,7 +117,11 @@ def main(argv=None) -> int:
     wait(app, settle=0.8)
     save(win.grab().toImage(), OUT / f"train-{width}x{height}.png")
 
-    # Simulate: Generate, with the example signals open
+    # Simulate: noise matched to the phantom's gland, Generate, with the example signals open
+    sim.match_dwi_combo.select("phantom DWI")
+    sim.match_mask_combo.select("gland mask")
+    sim.noise.match()
+    wait(app, lambda: sim.noise.worker is None and not sim.noise.pending)
     sim.n_spin.setValue(args.n)
     sim.generate()
     wait(app, lambda: sim.worker is None)
