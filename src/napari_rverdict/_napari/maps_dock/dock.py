@@ -148,7 +148,10 @@ class MapsWidget(QWidget):
             self.model_label.setToolTip(bundle.describe())
         has_unc = bundle is not None and bool(bundle.has_uncertainty)
         self.uncertainty_check.setChecked(has_unc)
-        self.uncertainty_check.setToolTip("also show a per-voxel sd map for each map (network and NLLS)" if has_unc
+        self.uncertainty_check.setToolTip("also show a per-voxel sd map for each map (network and NLLS): the "
+                                          "spread the acquisition and the training prior allow — calibrated on "
+                                          "tissue spread as the prior is, conservative on tissue near its centre"
+                                          if has_unc
                                           else "this model was not trained with uncertainty (tick 'uncertainty' in "
                                           "the Train dock)")
         feedback.follow_bundle(self, bundle)
