@@ -24,8 +24,13 @@ import numpy as np
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import FileSet, check_name, writing
 from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average
-from napari_rverdict.physics.protocol_files import (_sidecar, innovate_preset_for, load_protocol, protocol_stem,
-                                                   write_fsl)
+from napari_rverdict.physics.protocol_files import (
+    _sidecar,
+    innovate_preset_for,
+    load_protocol,
+    protocol_stem,
+    write_fsl,
+)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DESCRIP_PREFIX = "napari-rverdict map"
@@ -336,8 +341,8 @@ def load_dwi_as_named(path, protocol=None, tr=None) -> Dwi:
         shape = tuple(open_image(path, "DWI").shape)
         if len(shape) == 5 and shape[3] == 1:  # (x, y, z, 1, n), as load_dwi accepts
             shape = shape[:3] + shape[4:]
-        if len(shape) == 4 and innovate_preset_for(shape[3]) is not None:
-            protocol = innovate_preset_for(shape[3])
+        if len(shape) == 4:
+            protocol = innovate_preset_for(shape[3]) or protocol
     return load_dwi(path, protocol, tr)
 
 
@@ -540,6 +545,6 @@ def save_labels(labels, path, affine, descrip: str = "napari-rverdict labels", *
 
 
 __all__ = [
-    "Dwi", "ProtocolError", "ascii_unit", "find_sidecar", "load_dwi", "load_dwi_as_named", "load_labels", "load_maps", "load_mask",
-    "map_descrip", "parse_descrip", "save_dwi", "save_labels", "save_map", "save_maps",
+    "Dwi", "ProtocolError", "ascii_unit", "find_sidecar", "load_dwi", "load_dwi_as_named", "load_labels", "load_maps",
+    "load_mask", "map_descrip", "parse_descrip", "save_dwi", "save_labels", "save_map", "save_maps",
 ]

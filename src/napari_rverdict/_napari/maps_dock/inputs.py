@@ -18,8 +18,9 @@ def chosen_protocol(dock, layer):
     kind = (dock.protocol_combo.currentData() or ("layer", None))[0]
     n_vol = int(layer.data.shape[0])
     if kind == "preset":
-        if innovate_preset_for(n_vol) is not None:
-            return load_protocol(innovate_preset_for(n_vol))
+        preset = innovate_preset_for(n_vol)
+        if preset is not None:
+            return load_protocol(preset)
         raise ValueError(f"The INNOVATE preset has 20 volumes (or 10 direction-averaged); '{layer.name}' has "
                          f"{n_vol}.")
     if kind == "file":
