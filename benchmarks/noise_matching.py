@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from napari_rverdict.data.noise_estimate import estimate_noise
-from napari_rverdict.data.phantom import make_phantom
+from napari_rverdict.data.phantom import TISSUES, make_phantom
 from napari_rverdict.data.prior import parse_ranges
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.learn.train import TrainConfig, train
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--snr", type=float, default=25.0, help="the phantom's setting for the maps (default 25)")
     ap.add_argument("--range", action="append", default=[], metavar="NAME=LOW,HIGH",
                     help="narrow a training range for every network (e.g. R=4,12), as `rverdict train --range`")
-    ap.add_argument("--tissue", default="anatomy", choices=("anatomy", "prior"),
+    ap.add_argument("--tissue", default="anatomy", choices=TISSUES,
                     help="the phantom's tissue: anatomy (regions near the prior's centre) or prior (every gland "
                          "voxel drawn from the training prior, where sd maps can be held to nominal coverage)")
     args = ap.parse_args()
@@ -83,7 +83,8 @@ def main() -> None:
     lines = [f"# Noise matching ({'quick smoke run' if args.quick else 'reduced CPU setting'}: MLP 3 × 150, "
              f"{n:,} rVERDICT training signals, ≤ {epochs} epochs, patience 5; phantom {'×'.join(map(str, shape))}, "
              f"{args.tissue} tissue, seed {args.seed}"
-             + (f"; training ranges {', '.join(args.range)}" if args.range else "") + f"; torch {torch.__version__}, {os.cpu_count()} CPUs)", "",
+             + (f"; training ranges {', '.join(args.range)}" if args.range else "")
+             + f"; torch {torch.__version__}, {os.cpu_count()} CPUs)", "",
              "## σ estimate: relative error", ""]
     lines += sigma_table(shape, (12.0, 25.0, 40.0), args.seed + 1, args.tissue)
 

@@ -66,7 +66,6 @@ def _check_out(args, map_names, inputs) -> None:
     """Refuse ``--out`` before any long work: empty, a file, holding other files (without --overwrite), or a map
     file that is an input. With --overwrite only the map files are replaced."""
     from napari_rverdict.files import check_output_dir
-
     from napari_rverdict.physics.models import FIT_NRMSE
 
     names = [f"{n}.nii.gz" for n in (*map_names, FIT_NRMSE)]  # every method also writes its fit quality
@@ -236,6 +235,8 @@ def _overwrite_option(p) -> None:
 
 
 def register(sub) -> None:
+    from napari_rverdict.data.phantom import TISSUES
+
     p = sub.add_parser("phantom", help="write the digital prostate phantom (NIfTI DWI, protocol, labels, truth)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--snr", type=float, default=35.0, help="SNR on --snr-reference's scale (default: %(default)s)")
@@ -243,7 +244,7 @@ def register(sub) -> None:
                    help="peak: σ = each voxel's brightest / SNR; s0: one σ = 1000 / SNR on every volume and in "
                         "the air, as a scanner (the shipped sample) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tissue", default="anatomy", choices=("anatomy", "prior"),
+    p.add_argument("--tissue", default="anatomy", choices=TISSUES,
                    help="anatomy: each region's tissue, varying smoothly; prior: every gland voxel drawn from the "
                         "training prior (a phantom to check sd-map coverage on) (default: %(default)s)")
     p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 8), metavar=("X", "Y", "Z"),
