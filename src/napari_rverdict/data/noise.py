@@ -30,16 +30,17 @@ def add_rician_noise(signals, sigma, rng: np.random.Generator | int | None = Non
     """S_noisy = sqrt((S + σ n1)² + (σ n2)²), n1, n2 ~ N(0, 1). ``sigma`` broadcasts against ``signals``.
 
     ``dtype``: of the normal draws, the arithmetic and the result — float64 (default; the phantom's noise) or
-    float32 (about twice as fast: ``simulate``, whose signals are float32 anyway). The two draw different numbers
-    from the same seed."""
+    float32 (≈ 1.3× faster here, half the memory: ``simulate``, whose signals are float32 anyway). The two draw
+    different numbers from the same seed."""
     rng = np.random.default_rng(rng)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise InputError(f"noise dtype must be float32 or float64, got {dtype}")
     s = np.asarray(signals, dtype=dtype)
     sigma = np.asarray(sigma, dtype=dtype)
-    real = rng.standard_normal(s.shape, dtype=dtype)
-    imag = rng.standard_normal(s.shape, dtype=dtype)
+    shape = np.broadcast_shapes(s.shape, sigma.shape)  # the result's, as (s + σ n1) broadcasts
+    real = rng.standard_normal(shape, dtype=dtype)
+    imag = rng.standard_normal(shape, dtype=dtype)
     real *= sigma
     real += s
     real *= real
