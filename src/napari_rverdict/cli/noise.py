@@ -43,15 +43,16 @@ def cli_noise_settings(args) -> dict:
 
 def print_effective_snr(model, protocol, noise: dict, ranges=None, sampler: str = "dirichlet", file=None) -> None:
     """One line: the effective-SNR distribution the noise setting implies (:func:`.synth.effective_snr`)."""
-    from napari_rverdict.data.synth import matched_on_s0, effective_snr, matched_s0_snr
+    from napari_rverdict.data.synth import effective_snr, matched_on_s0, matched_s0_snr
     from napari_rverdict.physics.models import get_model
 
-    pct = effective_snr(model, protocol, ranges=ranges, fraction_sampler=sampler, n=5000, **noise)
     ref = noise.get("snr_reference") or "s0"
     chosen = ""
-    if matched_on_s0(get_model(model), noise.get("snr_from"), ref):
+    if matched_on_s0(get_model(model), noise.get("snr_from"), ref):  # the one SNR the match chooses, found once
         snr = matched_s0_snr(model, protocol, noise["snr_from"], ranges, sampler)
         chosen = f"SNR {snr:.3g} matched on S0's scale; "
+        noise = {"snr": snr, "snr_reference": ref}
+    pct = effective_snr(model, protocol, ranges=ranges, fraction_sampler=sampler, n=5000, **noise)
     print(f"{chosen}effective SNR at each sample's brightest b = 0 ({ref} reference): {format_snr_percentiles(pct)}",
           file=file)
 

@@ -224,11 +224,12 @@ def training_snr(bundle) -> dict:
     "peak"), or those its SNR setting — or its match on "s0" — implies under its prior
     (:func:`.synth.effective_snr`). ``bundle``: anything with ``model``,
     ``protocol``, ``ranges``, ``fraction_sampler`` and ``noise_settings()`` (a :class:`.learn.bundle.Bundle`)."""
-    from napari_rverdict.data.synth import effective_snr
+    from napari_rverdict.data.synth import effective_snr, matched_on_s0
 
     noise = bundle.noise_settings()
-    if noise.get("snr_from") is not None and noise["snr_reference"] == "peak":
-        return noise["snr_from"].percentiles()
+    if noise.get("snr_from") is not None and not matched_on_s0(bundle.model, noise["snr_from"],
+                                                               noise["snr_reference"]):
+        return noise["snr_from"].percentiles()  # each sample's SNR was drawn from it
     ranges = {k: v for k, v in bundle.ranges.items() if k in bundle.model.parameter_names}
     return effective_snr(bundle.model, bundle.protocol, noise["snr"], noise["snr_reference"], ranges,
                          bundle.fraction_sampler, n=5000, snr_from=noise.get("snr_from"))
