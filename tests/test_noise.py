@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_rverdict.cli import main
-from napari_rverdict.data.noise import MatchedSnr, scanner_noise
+from napari_rverdict.data.noise import MatchedSnr, add_rician_noise, scanner_noise
 from napari_rverdict.data.noise_estimate import estimate_noise, noise_mismatch, training_snr
 from napari_rverdict.data.phantom import make_phantom, save_phantom
 from napari_rverdict.data.synth import effective_snr, simulate
@@ -252,3 +252,12 @@ def test_s0_snr_ignores_b0s_lost_in_the_noise():
     s0 = est.voxel_snr["s0"]
     assert np.isfinite(s0).all() and np.percentile(s0, 99) < 3 * top and np.median(s0) < top
     assert est.snr["s0"]["median"] >= est.snr["peak"]["median"]  # TE = 0 is never dimmer than the brightest b = 0
+
+
+def test_rician_noise_takes_the_broadcast_shape():
+    """σ may be the larger operand (one signal, many noise levels): every element gets its own draw."""
+    for dtype in (np.float64, np.float32):
+        out = add_rician_noise(np.zeros(3), np.full((100_000, 3), 0.1), rng=0, dtype=dtype)
+        assert out.shape == (100_000, 3) and out.dtype == dtype
+        np.testing.assert_allclose(out.mean(0), 0.1 * np.sqrt(np.pi / 2), rtol=0.01)
+        assert abs(np.corrcoef(out[:, 0], out[:, 1])[0, 1]) < 0.02
