@@ -9,10 +9,12 @@ Run: ``.venv/bin/python benchmarks/cpu_speed.py [--quick] [--n 100000] [--shape 
     (load-aware threads, ``threads.capped_torch_threads`` in ``simulate``, against the fixed count torch uses).
 [3] maps of a ``--shape`` volume (433,664 voxels at 176 × 176 × 14) with a ResNetReg 31 / 128 bundle
     (``predict_volume``, every voxel, float32, BatchNorm folded) against the floor measured in this run: the bare
-    network (unfolded, float32, chunks of 16,384) on the same voxels; the folded network and bfloat16 autocast
-    alone, with their largest output error against a float64 evaluation (in units of the training range).
+    network (unfolded, float32, chunks of 16,384) on the same voxels; the folded network by voxels per call (what
+    ``learn.device.CPU_NETWORK_CHUNK`` is chosen from) and bfloat16 autocast alone, with their largest output error
+    against a float64 evaluation (in units of the training range).
 
-[1] is the best of ``--repeat`` runs; [2] the medians of ``--repeat`` interleaved quiet / busy runs; [3] once each. The
+[1] is the best of ``--repeat`` runs; [2] the medians of ``--repeat`` interleaved quiet / busy runs; [3] the medians
+of up to 3 interleaved runs of ``predict_volume`` and the folded network (the floor and the errors once). The
 machine may be shared: the load average is printed before and after.
 """
 
@@ -153,8 +155,9 @@ def part_simulate(args, model, protocol) -> None:
 def part_volume(args, model, protocol) -> None:
     from napari_rverdict.data.synth import simulate
     from napari_rverdict.learn import nets
+    from napari_rverdict.learn.device import CPU_NETWORK_CHUNK
     from napari_rverdict.learn.train import TrainConfig, train
-    from napari_rverdict.maps.predict import NETWORK_CHUNK, predict_volume
+    from napari_rverdict.maps.predict import predict_volume
     from napari_rverdict.threads import capped_torch_threads, torch_threads, using_torch_threads
 
     shape = tuple(args.shape)
@@ -168,35 +171,42 @@ def part_volume(args, model, protocol) -> None:
     print(f"\n[3] maps of a {'×'.join(map(str, shape))} volume ({n_vox:,} voxels), ResNetReg depth {bundle.depth} "
           f"width {bundle.width}, {chosen} torch thread(s)")
 
-    def network_alone(net, x, dtype=None):  # with the same thread cap as predict_volume
+    def network_alone(net, x, chunk, dtype=None):  # with the same thread cap as predict_volume
         t0 = time.perf_counter()
         with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None), \
                 capped_torch_threads():
-            y = torch.cat([net(x[s:s + NETWORK_CHUNK]).float() for s in range(0, len(x), NETWORK_CHUNK)])
+            y = torch.cat([net(x[s:s + chunk]).float() for s in range(0, len(x), chunk)])
         return time.perf_counter() - t0, y
 
+    floor_chunk = 16384  # PERFORMANCE.md's floor setting
     x_all = torch.from_numpy(vol.signals)
     with using_torch_threads(chosen), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         predict_volume(bundle, raw[:, :, :1], protocol, everything[:, :, :1])  # warm-up
-        t0 = time.perf_counter()
-        predict_volume(bundle, raw, protocol, everything)
-        t_maps = time.perf_counter() - t0
         plain, fused = bundle.network.eval(), nets.fused_for_inference(bundle.network)
-        t_plain, y_plain = network_alone(plain, x_all)
-        t_fused, y_fused = network_alone(fused, x_all)
+        t_plain, y_plain = network_alone(plain, x_all, floor_chunk)
+        y_fused = network_alone(fused, x_all, CPU_NETWORK_CHUNK)[1]
+        maps_runs, sweep = [], {c: [] for c in (1024, CPU_NETWORK_CHUNK, floor_chunk, 65536)}
+        for _ in range(max(1, min(args.repeat, 3))):  # interleaved: the machine's speed drifts between runs
+            maps_runs.append(_time(lambda: predict_volume(bundle, raw, protocol, everything), 1))
+            for c in sweep:
+                sweep[c].append(network_alone(fused, x_all, c)[0])
+        t_maps, t_fused = statistics.median(maps_runs), statistics.median(sweep[CPU_NETWORK_CHUNK])
         sub = x_all[:65536]
-        t_bf16, y_bf16 = network_alone(fused, sub, torch.bfloat16)
+        t_bf16, y_bf16 = network_alone(fused, sub, CPU_NETWORK_CHUNK, torch.bfloat16)
         t_bf16 *= n_vox / len(sub)
         with torch.inference_mode():
             y64 = copy.deepcopy(plain).double()(sub.double()).float()
     err = {k: float((y[:len(sub)].clamp(0, 1) - y64.clamp(0, 1)).abs().max())
            for k, y in (("plain", y_plain), ("fused", y_fused), ("bf16", y_bf16))}
-    print(f"    network alone (31 Linear(128), float32, chunks of {NETWORK_CHUNK:,}): {t_plain:.2f} s; BatchNorm "
-          f"folded {t_fused:.2f} s (error vs float64: {err['plain']:.1e} → {err['fused']:.1e} of the training range)")
-    print(f"    predict_volume, every voxel (normalisation, network, derived maps): {t_maps:.2f} s "
+    print(f"    network alone (31 Linear(128), float32, chunks of {floor_chunk:,}): {t_plain:.2f} s; BatchNorm "
+          f"folded, chunks of {CPU_NETWORK_CHUNK:,} as predict_volume runs it: {t_fused:.2f} s (error vs float64: "
+          f"{err['plain']:.1e} → {err['fused']:.1e} of the training range)")
+    print("    folded network by voxels per call (median of interleaved runs): " + ", ".join(
+        f"{c:,}: {statistics.median(v):.2f} s" for c, v in sweep.items()))
+    print(f"    predict_volume, every voxel (normalisation, network, derived maps, fit quality): {t_maps:.2f} s "
           f"({t_maps / n_vox * 1e6:.2f} µs/voxel) → RATIO to the network-alone floor of this run: "
-          f"{t_maps / t_plain:.2f}×, to the BatchNorm-folded network it runs: {t_maps / t_fused:.2f}× (target: ≤ 2 s; "
+          f"{t_maps / t_plain:.2f}×, to the folded network it runs: {t_maps / t_fused:.2f}× (target: ≤ 2 s; "
           "PERFORMANCE.md's floor, 1.8 s, is for an AVX-512/AMX Xeon)")
     print(f"    bfloat16 autocast, network alone: ~{t_bf16:.2f} s for the volume; max error {err['bf16']:.1e} of the "
           f"training range → {'usable' if err['bf16'] <= 1e-3 else 'NOT used (> 1e-3)'}")

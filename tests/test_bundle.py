@@ -177,6 +177,23 @@ def test_chunking_and_clipping(rv):
     assert isinstance(b, Bundle) and os.fspath("x")
 
 
+def test_network_calls_are_cache_sized_on_the_cpu_only(rv, monkeypatch):
+    import torch
+
+    from napari_rverdict.learn import device
+    assert device.network_chunk(torch.device("cpu"), 65536) == device.CPU_NETWORK_CHUNK
+    assert device.network_chunk(torch.device("cpu"), 100) == 100
+    assert device.network_chunk(torch.device("cuda"), 65536) == 65536  # a GPU takes the whole block
+    data, b = rv
+    x = data.signals[:257]
+    whole = b.predict_signals(x, uncertainty=b.has_uncertainty)
+    monkeypatch.setattr(device, "CPU_NETWORK_CHUNK", 10)  # 26 network calls for one block of 257
+    parts = b.predict_signals(x, uncertainty=b.has_uncertainty)
+    assert whole.keys() == parts.keys()
+    for k in whole:
+        np.testing.assert_allclose(parts[k], whole[k], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("damage", ["nan_weight", "inf_range", "inverted_range"])
 def test_load_refuses_nonfinite_or_inverted(rv, tmp_path, damage):
     from napari_rverdict.errors import InputError

@@ -38,7 +38,7 @@ from napari_rverdict.data.noise import (
 from napari_rverdict.errors import InputError, positive_int
 from napari_rverdict.files import atomic_path
 from napari_rverdict.learn.bundle_meta import _check_finite, _plain, normalisation_description
-from napari_rverdict.learn.device import resolve_device
+from napari_rverdict.learn.device import network_chunk, resolve_device
 from napari_rverdict.threads import capped_torch_threads
 from napari_rverdict.learn.nets import build_network, fused_for_inference
 from napari_rverdict.learn.scaling import unscale_targets
@@ -52,7 +52,7 @@ from napari_rverdict.physics.protocol import Protocol
 
 BUNDLE_FORMAT = "napari-rverdict-bundle"
 BUNDLE_VERSION = 1
-DEFAULT_CHUNK = 16384
+DEFAULT_CHUNK = 16384  # voxels handled at once (normalised, mapped, derived sds drawn): bounds memory
 
 
 class Bundle:
@@ -249,13 +249,14 @@ class Bundle:
             self._check_uncertainty()
         out = np.empty((x.shape[0], k), dtype=np.float32)
         sd = np.empty((x.shape[0], k), dtype=np.float32) if return_sd else None
+        step = network_chunk(dev, chunk)
         with torch.inference_mode():
-            for s in range(0, x.shape[0], chunk):
-                xb = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)).to(dev)
+            for s in range(0, x.shape[0], step):
+                xb = torch.from_numpy(np.ascontiguousarray(x[s:s + step], dtype=np.float32)).to(dev)
                 o = net(xb).float()
-                out[s:s + chunk] = o[:, :k].cpu().numpy()
+                out[s:s + step] = o[:, :k].cpu().numpy()
                 if return_sd:
-                    sd[s:s + chunk] = torch.exp(0.5 * split_output(o, k)[1]).cpu().numpy()
+                    sd[s:s + step] = torch.exp(0.5 * split_output(o, k)[1]).cpu().numpy()
         np.clip(out, 0.0, 1.0, out=out)
         est = unscale_targets(out, self.target_names, self.ranges)
         if not return_sd:
@@ -308,7 +309,8 @@ class Bundle:
             ``protocol``'s order when it is given.
         protocol : the acquisition of ``signals``; its measurements are matched to the bundle's
             (``protocol.match_to``), reordered, and any differences are reported with ``warnings.warn``.
-        device : "cpu", "cuda[:i]", "mps" or "auto".  chunk : voxels per network call (bounds memory).
+        device : "cpu", "cuda[:i]", "mps" or "auto".  chunk : voxels at a time (bounds memory;
+            on the CPU the network takes at most :data:`.device.CPU_NETWORK_CHUNK` of them a call).
         return_all : True: every map (``model.map_names`` order: estimated parameters, the dependent fraction,
             cellularity). False: only the network's estimated parameters.
         uncertainty : also return ``<name>_sd`` (same units) for every returned map: the half-width of the

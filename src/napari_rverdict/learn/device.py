@@ -49,6 +49,20 @@ def resolve_device(device="auto") -> torch.device:
     raise InputError(f"unsupported device '{device}'; use auto, cpu, cuda, cuda:N or mps")
 
 
+CPU_NETWORK_CHUNK = 4096
+
+
+def network_chunk(device: torch.device, chunk: int) -> int:
+    """Voxels per network call on ``device`` for work handed over ``chunk`` voxels at a time.
+
+    On the CPU at most :data:`CPU_NETWORK_CHUNK`: one 128-wide float32 activation of 4,096 voxels is 2 MiB, which
+    stays in the cores' caches, where larger calls spill them (``benchmarks/cpu_speed.py`` sweeps it: 16,384 is
+    1.1–1.3× slower on a 2-vCPU Zen 3; PERFORMANCE.md: 65,536 is 2.8× slower than 16,384 on a Xeon). On a GPU
+    (CUDA, MPS) ``chunk`` itself: larger calls keep it busy.
+    """
+    return min(chunk, CPU_NETWORK_CHUNK) if torch.device(device).type == "cpu" else chunk
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -93,7 +93,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         last = n_inputs
         for _ in range(depth):
-            layers += [nn.Linear(last, width), nn.ReLU()]
+            layers += [nn.Linear(last, width), nn.ReLU(inplace=True)]
             last = width
         self.hidden = nn.Sequential(*layers)
         self.output = nn.Linear(last, n_outputs)
@@ -105,8 +105,8 @@ class MLP(nn.Module):
 # ---------------------------------------------------------------------- ResNetReg
 def _main_path(n_in: int, width: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(n_in, width), nn.BatchNorm1d(width), nn.ReLU(),
-        nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(),
+        nn.Linear(n_in, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+        nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
         nn.Linear(width, width), nn.BatchNorm1d(width),
     )
 
@@ -138,7 +138,7 @@ class DenseBlock(nn.Module):
         y = self.main(x)
         if self.threshold is not None:
             y = self.threshold(y)
-        return torch.relu(y + self.shortcut(x))
+        return torch.relu_(y.add_(self.shortcut(x)))  # in place: y is this block's own (Linear / BN output)
 
 
 class IdentityBlock(nn.Module):
@@ -149,7 +149,7 @@ class IdentityBlock(nn.Module):
         self.main = _main_path(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.main(x) + x)
+        return torch.relu_(self.main(x).add_(x))
 
 
 class ResNetReg(nn.Module):

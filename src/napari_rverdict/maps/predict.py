@@ -13,9 +13,6 @@ from napari_rverdict.maps.fit_quality import FIT_NRMSE, fit_nrmse
 from napari_rverdict.maps.voxels import (_NO_USABLE, _plan, _warn_excluded, _warn_implausible, implausible_fraction,
                                          prepare_voxels, scatter_maps)
 
-NETWORK_CHUNK = 16384  # voxels per network call (PERFORMANCE.md: larger chunks spill the cache)
-
-
 # ---------------------------------------------------------------------- inference
 def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool = False, device="cpu",
                    chunk: int = 65536, progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
@@ -43,14 +40,15 @@ def predict_volume(bundle, dwi, protocol=None, mask=None, *, uncertainty: bool =
     returns, e.g. ``f_ic_sd``), and ``fit_nrmse`` (:func:`.fit_quality.fit_nrmse`: how well the model, from the
     voxel's maps, explains its signal); NaN outside the mask and in left-out voxels.
     """
-    from napari_rverdict.learn.bundle import Bundle, load_bundle
+    from napari_rverdict.learn.bundle import DEFAULT_CHUNK, Bundle, load_bundle
 
     chunk = positive_int(chunk, "chunk")
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     if uncertainty and not bundle.has_uncertainty:  # before any voxel is read
         raise InputError("this bundle gives no uncertainty (it was not trained for it)")
-    kwargs = {"device": device, "chunk": min(chunk, NETWORK_CHUNK), "uncertainty": bool(uncertainty)}
+    # the bundle's blocks (at most its DEFAULT_CHUNK: derived sds draw Monte-Carlo samples for a whole block)
+    kwargs = {"device": device, "chunk": min(chunk, DEFAULT_CHUNK), "uncertainty": bool(uncertainty)}
     if _streams(dwi):
         return _predict_streaming(bundle, dwi, protocol, mask, chunk, kwargs, progress)
     vox = prepare_voxels(dwi, protocol, mask, reference=bundle.protocol, model=bundle.model)
