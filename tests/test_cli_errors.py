@@ -77,3 +77,25 @@ def test_python_dash_m_exit_2_on_bad_option_value():
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("rverdict protocol-report: error: --snr expects a positive number")
     assert lines[0].endswith("got 'abc'")
+
+
+def test_help_and_usage_errors_do_not_wait_for_torch():
+    """The parser (every command's options) and ``import napari_rverdict`` import neither torch nor SciPy: ``--help``
+    and a usage error answer at once; the package's names still resolve on first use."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    code = ("import sys, napari_rverdict\n"
+            "from napari_rverdict.cli.main import build_parser\n"
+            "build_parser()\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'nibabel', 'dask'})\n"
+            "assert not heavy, heavy\n"
+            "from napari_rverdict import Protocol, simulate\n"
+            "from napari_rverdict.physics import get_model\n"
+            "assert len(Protocol.innovate()) == 10 and callable(simulate) and get_model('verdict').name == 'verdict'\n"
+            "assert 'torch' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "napari_rverdict", "train", "--epochs", "0"], check=False,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

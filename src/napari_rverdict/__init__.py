@@ -8,23 +8,26 @@ inference, NLLS, comparisons) and ``evaluate`` (metrics, CRLB, posterior, protoc
 
 from importlib import import_module
 
-from napari_rverdict.data.synth import simulate
-from napari_rverdict.physics import Protocol, get_model
-
 __version__ = "0.1.0"
 
-# Heavier entry points are imported on first use so `import napari_rverdict` stays light.
+# Entry points are imported on first use, so `import napari_rverdict` (and the command line's parser) does not
+# import torch.
 _LAZY = {
+    "Protocol": "physics.protocol", "get_model": "physics.models", "simulate": "data.synth",
     "load_bundle": "learn.bundle", "TrainConfig": "learn.train", "train": "learn.train",
     "load_dwi": "data.nifti", "predict_volume": "maps.predict", "fit_volume": "maps.nlls",
     "fit_self_supervised": "maps.self_supervised",
     "evaluate": "evaluate.metrics",
 }
 
-__all__ = ["Protocol", "get_model", "simulate", "__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name):
     if name in _LAZY:
         return getattr(import_module(f"napari_rverdict.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -9,10 +9,10 @@ from napari_rverdict.cli.noise import (
     cli_noise_settings,
     print_effective_snr,
 )
-from napari_rverdict.data.prior import parse_ranges
 
 
 def cmd_simulate(args) -> int:
+    from napari_rverdict.data.prior import parse_ranges
     from napari_rverdict.data.synth import simulate
     from napari_rverdict.files import check_output_file
 

@@ -17,7 +17,6 @@ from napari_rverdict.cli.noise import (
     print_effective_snr,
 )
 from napari_rverdict.data.noise import parse_snr
-from napari_rverdict.data.prior import parse_ranges
 
 NETS = ("mlp", "resnetreg", "resnetreg-st")
 
@@ -25,7 +24,7 @@ NETS = ("mlp", "resnetreg", "resnetreg-st")
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from napari_rverdict.data.prior import FRACTION_SAMPLERS, resolve_ranges
+    from napari_rverdict.data.prior import FRACTION_SAMPLERS, parse_ranges, resolve_ranges
     from napari_rverdict.data.synth import simulate
     from napari_rverdict.files import check_output_file
     from napari_rverdict.learn.device import resolve_device

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from napari_rverdict.errors import InputError
-from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 
 VOXEL_SIZE_MM = (1.25, 1.25, 5.0)
@@ -202,6 +201,7 @@ def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
     """
     from napari_rverdict.data.noise import check_snr_reference, reference_sigma, scanner_noise
     from napari_rverdict.data.synth import noise_free_signals
+    from napari_rverdict.physics.models import get_model
 
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape[:2]) < 8 or shape[2] < 1:
