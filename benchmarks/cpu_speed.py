@@ -11,7 +11,8 @@ Run: ``.venv/bin/python benchmarks/cpu_speed.py [--quick] [--n 100000] [--shape 
     (``predict_volume``, every voxel, float32, BatchNorm folded) against the floor measured in this run: the bare
     network (unfolded, float32, chunks of 16,384) on the same voxels; the folded network by voxels per call (what
     ``learn.device.CPU_NETWORK_CHUNK`` is chosen from) and bfloat16 autocast alone, with their largest output error
-    against a float64 evaluation (in units of the training range).
+    against a float64 evaluation (in units of the training range); then, for reference, the phantom of that shape as
+    a user maps it (its default mask).
 
 [1] is the best of ``--repeat`` runs; [2] the medians of ``--repeat`` interleaved quiet / busy runs; [3] the medians
 of up to 3 interleaved runs of ``predict_volume`` and the folded network (the floor and the errors once). The
@@ -210,6 +211,16 @@ def part_volume(args, model, protocol) -> None:
           "PERFORMANCE.md's floor, 1.8 s, is for an AVX-512/AMX Xeon)")
     print(f"    bfloat16 autocast, network alone: ~{t_bf16:.2f} s for the volume; max error {err['bf16']:.1e} of the "
           f"training range → {'usable' if err['bf16'] <= 1e-3 else 'NOT used (> 1e-3)'}")
+
+    from napari_rverdict.data.phantom import make_phantom
+
+    dwi = make_phantom(shape, snr=35.0, seed=0).to_dwi()  # 20-volume INNOVATE, direction-averaged by predict_volume
+    with using_torch_threads(chosen), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t_ph = _time(lambda: predict_volume(bundle, dwi), 1)
+        n_in = int(np.isfinite(predict_volume(bundle, dwi)["f_ic"]).sum())
+    print(f"    as a user runs it: the {'×'.join(map(str, shape))} phantom (rverdict phantom), default mask (Otsu on the "
+          f"mean b = 0: {n_in:,} voxels, {n_in / n_vox:.0%}), 20 volumes direction-averaged: {t_ph:.2f} s")
 
 
 def main(argv=None) -> int:
