@@ -194,6 +194,29 @@ def test_network_calls_are_cache_sized_on_the_cpu_only(rv, monkeypatch):
         np.testing.assert_allclose(parts[k], whole[k], rtol=1e-6, atol=1e-7)
 
 
+def test_load_refuses_a_changed_byte_in_the_weights(rv, tmp_path):
+    """torch.load does not check the archive's CRCs: one flipped byte of a weight loaded silently before."""
+    import struct
+    import zipfile
+
+    from napari_rverdict.errors import InputError
+
+    _, b = rv
+    path = b.save(tmp_path / "m.pt")
+    with zipfile.ZipFile(path) as z:
+        member = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[member.header_offset + 26:member.header_offset + 30])
+    raw[member.header_offset + 30 + name_len + extra_len + 8] ^= 0x10  # one bit of one weight
+    bad = tmp_path / "flipped.pt"
+    bad.write_bytes(bytes(raw))
+    assert torch.load(bad, weights_only=True)["format"] == "napari-rverdict-bundle"  # torch itself reads it
+    with pytest.raises(InputError, match="damaged napari-rverdict bundle .*checksum") as info:
+        load_bundle(bad)
+    assert str(bad) in str(info.value)
+    assert load_bundle(path).network is not None  # the saved file itself passes
+
+
 @pytest.mark.parametrize("damage", ["nan_weight", "inf_range", "inverted_range"])
 def test_load_refuses_nonfinite_or_inverted(rv, tmp_path, damage):
     from napari_rverdict.errors import InputError

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -371,6 +372,21 @@ class Bundle:
         return out
 
 
+def _check_archive(p: Path) -> None:
+    """Refuse a bundle whose zip archive (torch's file format) fails its CRC-32 checks: ``torch.load`` does not check
+    them, so a changed byte in the weights would load and give slightly wrong maps without a word."""
+    if not zipfile.is_zipfile(p):
+        return  # not a zip at all: torch.load says what it is
+    try:
+        with zipfile.ZipFile(p) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as exc:
+        raise InputError(f"'{p}' is a damaged napari-rverdict bundle (unreadable archive: {exc})") from None
+    if bad is not None:
+        raise InputError(f"'{p}' is a damaged napari-rverdict bundle (the checksum of its '{bad}' does not match: "
+                         "the file was changed after it was saved)")
+
+
 def load_bundle(path) -> Bundle:
     """Load a bundle written by :meth:`Bundle.save` (``torch.load(weights_only=True)``).
 
@@ -381,6 +397,7 @@ def load_bundle(path) -> Bundle:
         raise InputError(f"model bundle '{p}' does not exist")
     if not p.is_file():
         raise InputError(f"model bundle '{p}' is not a file")
+    _check_archive(p)
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of every kind: not a torch file we can read safely
