@@ -217,6 +217,40 @@ def test_cli_errors_before_any_work_exit_2(ws, tmp_path, capsys, monkeypatch):
                    processes=False, progress=False)
 
 
+def test_a_rerun_after_the_bundle_or_a_dwi_changed_is_refused_not_skipped(ws, tmp_path):
+    """A completed subject counts as done only for the same bundle file (its SHA-256) and the same input files; the
+    noise-mismatch warning of `rverdict predict` is in its record."""
+    import os
+
+    from napari_rverdict.data.synth import simulate
+    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.physics.protocol import Protocol
+
+    from napari_rverdict.data.phantom import make_phantom, save_phantom
+
+    bundle = tmp_path / "m.pt"
+    shutil.copy(ws / "m.pt", bundle)
+    save_phantom(make_phantom((32, 32, 2), snr=200.0, seed=4), tmp_path / "ph")  # large enough to estimate σ
+    _copy_dwi(tmp_path / "ph", tmp_path / "dwis", "sub-01")
+    subjects, out = read_subjects([tmp_path / "dwis"]), tmp_path / "out"
+    first = run_cohort(subjects, PredictTask(str(bundle)), out, processes=False, progress=False)
+    assert first.status == {"sub-01": "done"}
+    record = json.loads((out / "sub-01" / DONE_FILE).read_text())
+    assert any("lies outside what the model was trained on" in w for w in record["warnings"])  # SNR 200 vs 35
+    assert run_cohort(subjects, PredictTask(str(bundle)), out, processes=False, progress=False).status == {
+        "sub-01": "skipped"}  # unchanged: resumed
+    data = simulate("rverdict", Protocol.innovate(), n=600, seed=1)  # retrained under the same name
+    train(data, TrainConfig(net="mlp", epochs=2, seed=1, device="cpu")).bundle.save(bundle)
+    with pytest.raises(InputError, match="another version of the model bundle m.pt"):
+        run_cohort(subjects, PredictTask(str(bundle)), out, processes=False, progress=False)
+    redo = run_cohort(subjects, PredictTask(str(bundle)), out, processes=False, progress=False, overwrite=True)
+    assert redo.status == {"sub-01": "done"}
+    dwi = tmp_path / "dwis" / "sub-01.nii.gz"
+    os.utime(dwi, ns=(dwi.stat().st_atime_ns, dwi.stat().st_mtime_ns + 10**9))  # the subject's DWI rewritten
+    with pytest.raises(InputError, match="sub-01's dwi changed since it was mapped"):
+        run_cohort(subjects, PredictTask(str(bundle)), out, processes=False, progress=False)
+
+
 def test_without_dask_a_clear_error(ws, tmp_path, monkeypatch, capsys):
     import builtins
 

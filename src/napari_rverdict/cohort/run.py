@@ -15,11 +15,11 @@ import io
 import logging
 import sys
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_rverdict.cohort.subjects import Subject
-from napari_rverdict.cohort.tasks import DONE_FILE, completed_record, run_subject
+from napari_rverdict.cohort.tasks import DONE_FILE, changed_inputs, completed_record, run_subject, task_identity
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import write_text
 from napari_rverdict.threads import available_cpus, worker_layout
@@ -89,12 +89,23 @@ def check_cohort_out(out, subjects: list[Subject], task, *, overwrite: bool = Fa
         if foreign:
             raise InputError(f"--out {out} holds files that are not this cohort's ({', '.join(foreign[:3])}"
                              f"{', …' if len(foreign) > 3 else ''}); choose another folder or pass --overwrite")
-        wanted = asdict(task)
+        wanted = task_identity(task)
         for s in subjects:
             record = completed_record(out, s)
-            if record is not None and record.get("task") != wanted:
+            if record is None:
+                continue
+            then = record.get("task")
+            if then != wanted and isinstance(then, dict) and {**then, "bundle_sha256": None} == {
+                    **wanted, "bundle_sha256": None}:
+                raise InputError(f"--out {out}: subject {s.name} was mapped with another version of the model "
+                                 f"bundle {Path(task.bundle).name} (its file changed since); choose another folder "
+                                 "or pass --overwrite to redo it")
+            if then != wanted:
                 raise InputError(f"--out {out}: subject {s.name} was mapped by another task ({record.get('method')}"
-                                 f" {record.get('task')}); choose another folder or pass --overwrite to redo it")
+                                 f" {then}); choose another folder or pass --overwrite to redo it")
+            if changed := changed_inputs(record, s):
+                raise InputError(f"--out {out}: subject {s.name}'s {' and '.join(changed)} changed since it was "
+                                 "mapped; choose another folder or pass --overwrite to redo it")
     return out
 
 

@@ -5,11 +5,14 @@ A task is a small picklable description (:class:`PredictTask`, :class:`FitTask`)
 :func:`run_subject` runs it for one subject with the worker's share of torch threads (and, with several GPUs, the
 worker's own GPU). The maps go to ``<out>/<subject>/`` as one file set; ``<out>/<subject>/done.json`` is written
 atomically after them and holds the ROI statistics, so a subject with a readable record whose maps all exist is
-complete (:func:`completed_record`) and is skipped on a rerun.
+complete (:func:`completed_record`) and is skipped on a rerun. The record names what the maps were made from
+(:func:`task_identity`: the settings and the bundle's SHA-256; :func:`input_stamps`: the input files' sizes and
+times), so a rerun after the bundle or a subject's data changed is refused rather than skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -42,7 +45,11 @@ class PredictTask:
         from napari_rverdict.learn.bundle import load_bundle
         from napari_rverdict.maps.predict import predict_volume
 
+        from napari_rverdict.data.noise_estimate import noise_mismatch
+
         bundle = load_bundle(self.bundle)
+        if (line := noise_mismatch(bundle, dwi, mask)) is not None:  # as `rverdict predict`: in the record
+            warnings.warn(line, stacklevel=1)
         maps = predict_volume(bundle, dwi, None, mask, uncertainty=self.uncertainty, device=device, chunk=self.chunk)
         return maps, bundle.model
 
@@ -77,8 +84,8 @@ class FitTask:
         from napari_rverdict.maps.self_supervised import fit_self_supervised
 
         kw = {} if self.epochs is None else {"epochs": self.epochs}
-        maps = fit_self_supervised(model, dwi, None, mask, device=device, seed=self.seed, progress=None, stop_event=None,
-                   sigma=self.sigma, **kw)
+        maps = fit_self_supervised(model, dwi, None, mask, device=device, seed=self.seed, progress=None,
+                                   stop_event=None, sigma=self.sigma, **kw)
         return maps, model
 
 
@@ -152,6 +159,38 @@ def _roi_rows(maps: dict, subject: Subject, dwi) -> list[dict]:
     return roi_statistics(maps, mapped.astype(np.int32), {1: "mapped"}, mask=mask).rows
 
 
+# ---------------------------------------------------------------------- what a completed subject was made from
+def task_identity(task) -> dict:
+    """What a completed subject's record must match to count as this task's: the task's settings and, for a trained
+    bundle, the SHA-256 of its file (a bundle retrained under the same name is another task)."""
+    identity = asdict(task)
+    if isinstance(task, PredictTask):
+        try:
+            identity["bundle_sha256"] = hashlib.sha256(Path(task.bundle).read_bytes()).hexdigest()
+        except OSError as exc:
+            raise InputError(f"cannot read the model bundle {task.bundle}: {exc.strerror or exc}") from None
+    return identity
+
+
+def input_stamps(subject: Subject) -> dict:
+    """Size and modification time of each of the subject's input files (DWI, mask, labels, a protocol file): a
+    completed record with other stamps was made from other data."""
+    stamps = {}
+    for what, p in (("dwi", subject.dwi), ("mask", subject.mask), ("labels", subject.labels),
+                    ("protocol", subject.protocol)):
+        if p is None or not Path(p).is_file():  # a protocol preset name is no file
+            continue
+        st = Path(p).stat()
+        stamps[what] = {"path": str(p), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return stamps
+
+
+def changed_inputs(record: dict, subject: Subject) -> list[str]:
+    """The inputs of ``subject`` whose files differ from those its completed ``record`` was made from."""
+    then, now = record.get("inputs") or {}, input_stamps(subject)
+    return sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+
+
 def run_subject(task, subject: Subject, out_root, threads: int | None = None) -> dict:
     """Make, write and record one subject's maps; returns the completion record (also written to done.json).
 
@@ -163,6 +202,7 @@ def run_subject(task, subject: Subject, out_root, threads: int | None = None) ->
     out = Path(out_root) / subject.name
     marker = out / DONE_FILE
     marker.unlink(missing_ok=True)  # a redo: the old record no longer describes the maps
+    identity, stamps = task_identity(task), input_stamps(subject)  # before reading: what these maps are made from
     _restore_malloc_defaults()
     t0 = time.perf_counter()
     with using_torch_threads(threads or _threads_here()) as n_threads, warnings.catch_warnings(record=True) as caught:
@@ -171,7 +211,7 @@ def run_subject(task, subject: Subject, out_root, threads: int | None = None) ->
         maps, model = task.make_maps(dwi, str(subject.mask) if subject.mask else None, _device_here(task.device))
         written = save_maps(maps, out, dwi.affine, model=model)
         rows = _roi_rows(maps, subject, dwi)
-    record = {"subject": subject.name, "status": "done", "method": task.method, "task": asdict(task),
+    record = {"subject": subject.name, "status": "done", "method": task.method, "task": identity, "inputs": stamps,
               "dwi": str(subject.dwi), "maps": [p.name for p in written], "seconds": round(time.perf_counter() - t0, 3),
               "torch_threads": n_threads, "warnings": sorted({" ".join(str(w.message).split()) for w in caught}),
               "roi": rows}
