@@ -182,9 +182,13 @@ def test_subjects_from_paths_folders_and_repeated_stems(ws, tmp_path):
     (["dwis/sub-01.nii.gz", "dwis/sub-01.nii.gz"], "listed twice"),
     (["bad.csv"], "needs a 'dwi' column"),
     (["missing.csv"], "cohort CSV not found"),
+    (["no_protocol.csv"], "subject sub-02: protocol .*gone.bval: protocol file not found"),
+    (["bad_preset.csv"], "subject sub-01: protocol innovat"),
 ])
 def test_bad_subject_lists_are_one_line_errors(ws, items, message):
     (ws / "bad.csv").write_text("image,mask\nx.nii.gz,\n")
+    (ws / "no_protocol.csv").write_text("dwi,protocol\ndwis/sub-01.nii.gz,\ndwis/sub-02.nii.gz,gone.bval\n")
+    (ws / "bad_preset.csv").write_text("dwi,protocol\ndwis/sub-01.nii.gz,innovat\n")
     with pytest.raises(InputError, match=message):
         read_subjects([ws / i for i in items])
 

@@ -139,8 +139,27 @@ def read_subjects(items, protocol: str | None = None) -> list[Subject]:
     if protocol is not None and Path(str(protocol)).exists():  # a protocol file rather than a preset name
         protocol = str(absolute(protocol))
 
-    return [Subject(check_name(n, "subject name"), absolute(dwi), absolute(mask), absolute(labels),
-                    prot if prot is not None else protocol) for n, (_, dwi, mask, labels, prot) in zip(names, entries)]
+    subjects = [Subject(check_name(n, "subject name"), absolute(dwi), absolute(mask), absolute(labels),
+                        prot if prot is not None else protocol)
+                for n, (_, dwi, mask, labels, prot) in zip(names, entries)]
+    _check_protocols(subjects)
+    return subjects
+
+
+def _check_protocols(subjects: list[Subject]) -> None:
+    """Each protocol named (a preset or a file) read once now: a missing or unreadable protocol file is bad input
+    found before any work, not one subject's failure later (the DWIs' own sidecars are read by their tasks)."""
+    from napari_rverdict.physics.protocol_files import load_protocol
+
+    checked: set[str] = set()
+    for s in subjects:
+        if s.protocol is None or s.protocol in checked:
+            continue
+        try:
+            load_protocol(s.protocol)
+        except (InputError, OSError) as exc:
+            raise InputError(f"subject {s.name}: protocol {s.protocol}: {' '.join(str(exc).split())}") from None
+        checked.add(s.protocol)
 
 
 def _repeated(names: list[str]) -> set[str]:
