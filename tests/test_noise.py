@@ -133,6 +133,26 @@ def test_a_dwi_without_background_or_repeats_is_one_clear_error():
     assert "background" in text and "repeated volumes" in text and "MP-PCA needs" in text and "\n" not in text
 
 
+def test_identical_repeats_are_no_noise_estimate_and_warn_nothing(scanner_phantom):
+    """Every volume a copy of the first b = 0 (a noise-free or duplicated series): σ ≈ 1e-6 from float rounding was
+    reported as SNR 3e7, and DIPY's MP-PCA leaked NumPy's 'Mean of empty slice'."""
+    import warnings
+
+    from napari_rverdict.data.nifti import Dwi
+
+    ph = scanner_phantom
+    copies = np.repeat(ph.dwi[..., :1], len(ph.protocol), axis=-1).astype(np.float32)
+    dwi = Dwi.from_array(copies, np.eye(4), ph.protocol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="repeated volumes are identical"):
+            estimate_noise(dwi, ph.mask, method="repeats")
+        with pytest.raises(InputError, match="cannot estimate the noise"):
+            estimate_noise(dwi, ph.mask, method="auto")
+    noisy = ph.dwi.copy()  # a real noisy DWI still passes the no-noise check at high SNR
+    assert estimate_noise(Dwi.from_array(noisy, np.eye(4), ph.protocol), ph.mask, method="repeats").sigma > 0
+
+
 # ---------------------------------------------------------------------- training matched to the DWI
 def test_matched_snr_reaches_the_sampler(scanner_phantom):
     ph = scanner_phantom

@@ -25,6 +25,7 @@ remains) / σ.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from napari_rverdict.errors import InputError
 METHODS = ("auto", "piesno", "mppca", "repeats")
 MIN_BACKGROUND = 200  # noise-only voxels PIESNO must find
 MIN_MASK = 50  # voxels in the mask
+NO_NOISE_SNR = 1e5  # repeats differing by less than 1 / 100,000 of the signal: copies, not noisy repeats
 
 
 @dataclass
@@ -99,8 +101,10 @@ def _mppca(data, mask):
     radius = np.minimum(2, (np.asarray(data.shape[:3]) - 1) // 2)  # 5 × 5 × 5 patches where the grid allows
     if np.prod(2 * radius + 1) <= data.shape[-1]:
         return None, None, f"a grid of {data.shape[:3]} voxels is too small for MP-PCA patches"
-    _, smap = mppca(np.asarray(data, dtype=np.float64), mask=mask, patch_radius=radius, return_sigma=True,
-                    suppress_warning=True)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):  # degenerate patches (e.g. identical volumes):
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's warnings inside DIPY; the result is checked below
+        _, smap = mppca(np.asarray(data, dtype=np.float64), mask=mask, patch_radius=radius, return_sigma=True,
+                        suppress_warning=True)
     vals = smap[mask]
     vals = vals[np.isfinite(vals) & (vals > 0)]
     if vals.size < MIN_MASK:
@@ -124,6 +128,9 @@ def _repeats(data, protocol, mask):
     if dof < MIN_MASK:
         return None, "too few mask voxels with repeated volumes"
     sigma = np.sqrt(var_sum / dof)
+    level = float(np.median(x[x > 0])) if np.any(x > 0) else 0.0
+    if sigma * NO_NOISE_SNR <= level:
+        return None, "the repeated volumes are identical (no noise between them: copies, or noise-free data)"
     # keep the voxels and shells where Rician ≈ Gaussian (mean > 5 σ) and re-pool once
     var_sum, dof = 0.0, 0
     for g in groups:
