@@ -268,3 +268,37 @@ def test_acquired_volumes_inverts_direction_averaging():
     assert back == p and back.n_volumes.tolist() == p.n_volumes.tolist()
     p20 = Protocol.innovate(direction_averaged=False)  # one volume each: its own directions
     np.testing.assert_array_equal(p20.acquired_volumes().directions, p20.directions)
+
+
+def test_classic_verdict_matching_ignores_tr_but_not_te():
+    p = Protocol.innovate()
+    other = p.with_tr(3000.0)  # another scanner's TR: no T1 term, each series divided by its own b = 0
+    with pytest.raises(ProtocolError, match=r"differs in TR 3000 ms vs the model's 2482 ms"):
+        other.match_to(p)  # rVERDICT: TR matters, and the refusal names it
+    idx, notes = other.match_to(p, use_tr=False)
+    assert idx.tolist() == list(range(10))
+    assert len(notes) == 1 and "TR 3000 ms in the data where the model's protocol has 2482, 3945, 3349 ms" in notes[0]
+    # unknown TR says nothing when TR is not used
+    assert p.with_tr(np.nan).match_to(p, use_tr=False)[1] == []
+    # TE still identifies each series' b = 0 (and sets its T2 weighting): a TE off by 20 % is refused, named
+    te = np.where(p.te == 50.0, 60.0, p.te)
+    with pytest.raises(ProtocolError, match=r"differs in TE 60 ms vs the model's 50 ms"):
+        Protocol(p.b, p.small_delta, p.big_delta, te, p.tr).match_to(p, use_tr=False)
+
+
+def test_classic_verdict_matching_says_when_one_series_has_two_trs():
+    p = Protocol.innovate()
+    tr = p.tr.copy()
+    tr[1] = 3000.0  # the b = 90 measurement, whose series' b = 0 (measurement 0) keeps TR 2482
+    idx, notes = Protocol(p.b, p.small_delta, p.big_delta, p.te, tr).match_to(p, use_tr=False)
+    assert idx.tolist() == list(range(10))
+    assert any("measurements [0, 1] form one series" in n and "2482, 3000 ms" in n for n in notes)
+
+
+def test_refusal_names_every_setting_that_differs():
+    p = Protocol.innovate()
+    other = Protocol(p.b, p.small_delta, p.big_delta, np.where(p.te == 90.0, 120.0, p.te),
+                     np.where(p.te == 90.0, 5000.0, p.tr))
+    with pytest.raises(ProtocolError, match=r"model's measurement 4 .*differs in TE 120 ms vs the model's 90 ms, "
+                                            r"TR 5000 ms vs the model's 2482 ms$"):
+        other.match_to(p)

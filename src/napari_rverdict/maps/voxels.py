@@ -183,7 +183,8 @@ def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int, mode
     order = None
     if reference is not None:
         check_b_values(prot, reference)
-        order, diffs = prot.match_to(reference)
+        # a model without T1 weighting that divides each series by its own b = 0 (classic VERDICT) ignores TR
+        order, diffs = prot.match_to(reference, use_tr=model is None or model.requires_tr)
         if diffs:
             warnings.warn("data protocol differs from the model's: " + "; ".join(diffs), stacklevel=stacklevel + 1)
             notes += diffs
