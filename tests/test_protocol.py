@@ -302,3 +302,41 @@ def test_refusal_names_every_setting_that_differs():
     with pytest.raises(ProtocolError, match=r"model's measurement 4 .*differs in TE 120 ms vs the model's 90 ms, "
                                             r"TR 5000 ms vs the model's 2482 ms$"):
         other.match_to(p)
+
+
+def test_fsl_json_and_text_sidecars_fill_each_other_setting_by_setting(tmp_path):
+    (tmp_path / "d.bval").write_text("0 1000 1000\n")
+    (tmp_path / "d.smalldel").write_text("0 0.02 0.02\n")
+    (tmp_path / "d.delta").write_text("0 0.04 0.04\n")
+    (tmp_path / "d.json").write_text(json.dumps({"EchoTime": 0.08, "RepetitionTime": 3.349}))  # as dcm2niix writes
+    p = read_fsl(tmp_path / "d.bval")  # δ, Δ from the text files; one TE and TR for every volume from the JSON
+    np.testing.assert_allclose([p.small_delta, p.big_delta, p.te, p.tr], [[20.0] * 3, [40.0] * 3, [80.0] * 3,
+                                                                           [3349.0] * 3])
+    # a JSON without TR: the .tr file beside it gives it (a null RepetitionTime as well)
+    for tr in ({}, {"RepetitionTime": None}):
+        (tmp_path / "d.json").write_text(json.dumps({"PulseDuration": 0.02, "PulseSeparation": 0.04,
+                                                     "EchoTime": 0.08, **tr}))
+        (tmp_path / "d.tr").write_text("2.5\n")
+        np.testing.assert_allclose(read_fsl(tmp_path / "d.bval").tr, 2500.0)
+    (tmp_path / "d.tr").unlink()
+    assert not read_fsl(tmp_path / "d.bval").has_tr
+    # δ in neither: the error names the setting and both places looked in
+    (tmp_path / "d.smalldel").unlink()
+    (tmp_path / "d.json").write_text(json.dumps({"EchoTime": 0.08}))
+    with pytest.raises(ProtocolError, match=r"no timings found for δ: d.json has no δ and there is no d.smalldel"):
+        read_fsl(tmp_path / "d.bval")
+
+
+def test_fsl_json_and_text_sidecars_that_disagree_warn_and_the_text_file_is_used(tmp_path):
+    (tmp_path / "d.bval").write_text("0 1000 0 2000\n")
+    (tmp_path / "d.smalldel").write_text("0 0.02 0 0.015\n")
+    (tmp_path / "d.delta").write_text("0 0.04 0 0.035\n")
+    (tmp_path / "d.te").write_text("0.05 0.05 0.07 0.07\n")  # two series merged into one DWI
+    (tmp_path / "d.json").write_text(json.dumps({"EchoTime": 0.07, "PulseDuration": 0.02}))  # one series' values
+    with pytest.warns(UserWarning, match=r"d.json and d.te disagree on TE \(volume 0: 70 vs 50 ms\); d.te is used"):
+        p = read_fsl(tmp_path / "d.bval")
+    assert p.te.tolist() == [50.0, 50.0, 70.0, 70.0] and p.small_delta[3] == pytest.approx(15.0)
+    # a JSON the caller names is used
+    with pytest.warns(UserWarning, match="d.json is used, d.te ignored"):
+        p = read_fsl(tmp_path / "d.bval", timings=tmp_path / "d.json")
+    np.testing.assert_allclose(p.te, 70.0)
