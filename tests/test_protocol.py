@@ -340,3 +340,20 @@ def test_fsl_json_and_text_sidecars_that_disagree_warn_and_the_text_file_is_used
     with pytest.warns(UserWarning, match="d.json is used, d.te ignored"):
         p = read_fsl(tmp_path / "d.bval", timings=tmp_path / "d.json")
     np.testing.assert_allclose(p.te, 70.0)
+
+
+def test_missing_tr_is_explained_by_where_the_protocol_came_from(tmp_path):
+    from napari_rverdict.physics.models import get_model
+
+    write_fsl(Protocol.innovate().with_tr(np.nan), tmp_path / "dwi", per_measurement=True)
+    p = load_protocol(tmp_path / "dwi.bval")
+    with pytest.raises(ProtocolError) as err:
+        get_model("rverdict").check_protocol(p)
+    msg = str(err.value)
+    assert "dwi.bval: no dwi.tr file and no dwi.json with a RepetitionTime beside it; give --tr MS or dwi.tr" in msg
+    assert "scheme" not in msg
+    write_scheme(Protocol.innovate(), tmp_path / "x.scheme", write_tr=False)
+    with pytest.warns(UserWarning):
+        p = load_protocol(tmp_path / "x.scheme")
+    with pytest.raises(ProtocolError, match="x.scheme: Camino scheme files carry no TR, and there is no x.tr beside"):
+        get_model("rverdict").check_protocol(p)
