@@ -99,3 +99,13 @@ def test_help_and_usage_errors_do_not_wait_for_torch():
     r = subprocess.run([sys.executable, "-m", "napari_rverdict", "train", "--epochs", "0"], check=False,
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "-3", "inf", "x"])
+def test_tr_nan_or_not_positive_is_bad_input(value, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error: one line, exit 2
+        main(["phantom", "--out", str(tmp_path / "ph"), "--shape", "8", "8", "1", "--tr", value])
+    assert exit_.value.code == 2
+    (line,) = _stderr_lines(capsys)
+    assert line.startswith("rverdict phantom: error: argument --tr: expected a TR in ms") and f"'{value}'" in line
+    assert not (tmp_path / "ph").exists()

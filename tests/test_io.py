@@ -269,3 +269,12 @@ def test_sidecars_belong_to_the_full_stem(tmp_path):
         (tmp_path / f"x.{f}").write_text((tmp_path / f"dwi.sorted.{f}").read_text())
     with _pytest.raises(InputError, match="timings"):
         load_protocol(str(x) + ".bval")
+
+
+def test_dcm2niix_json_beside_per_volume_files_keeps_them(tmp_path, data):
+    prot = Protocol.innovate(direction_averaged=False)
+    save_dwi(data, AFFINE, tmp_path / "dwi.nii.gz", prot)  # .bval .bvec .delta .smalldel .te .tr
+    (tmp_path / "dwi.json").write_text(json.dumps({"EchoTime": 0.08, "RepetitionTime": 3.349}))  # one series'
+    with pytest.warns(UserWarning, match="dwi.json and dwi.te disagree on TE"):
+        dwi = load_dwi(tmp_path / "dwi.nii.gz")  # δ and Δ are not in the JSON: they come from the text files
+    _close(dwi.protocol, prot)

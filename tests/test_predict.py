@@ -298,3 +298,14 @@ def test_left_out_voxels_are_nan_and_roi_mean_is_over_mapped_voxels(bundle, phan
     row = roi_statistics({"f_ic": maps["f_ic"]}, phantom.labels * phantom.mask).get("f_ic", LESION_LABELS[0])
     assert row["n"] == int(mapped.sum())
     assert row["mean"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_classic_verdict_maps_a_dwi_whose_tr_differs_rverdict_refuses_naming_tr(bundle):
+    ph = make_phantom((12, 12, 1), snr=35, seed=4, protocol=Protocol.innovate(direction_averaged=False).with_tr(3000.0))
+    data = simulate("verdict", n=2000, snr=35, seed=1)
+    verdict = train(data, TrainConfig(epochs=1, seed=1, device="cpu")).bundle
+    with pytest.warns(UserWarning, match="TR 3000 ms in the data"):
+        maps = predict_volume(verdict, ph.to_dwi(), mask=ph.mask)
+    assert np.isfinite(maps["f_ic"][ph.mask]).all()
+    with pytest.raises(ValueError, match=r"differs in TR 3000 ms vs the model's 2482 ms"):
+        predict_volume(bundle, ph.to_dwi(), mask=ph.mask)

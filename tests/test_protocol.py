@@ -268,3 +268,92 @@ def test_acquired_volumes_inverts_direction_averaging():
     assert back == p and back.n_volumes.tolist() == p.n_volumes.tolist()
     p20 = Protocol.innovate(direction_averaged=False)  # one volume each: its own directions
     np.testing.assert_array_equal(p20.acquired_volumes().directions, p20.directions)
+
+
+def test_classic_verdict_matching_ignores_tr_but_not_te():
+    p = Protocol.innovate()
+    other = p.with_tr(3000.0)  # another scanner's TR: no T1 term, each series divided by its own b = 0
+    with pytest.raises(ProtocolError, match=r"differs in TR 3000 ms vs the model's 2482 ms"):
+        other.match_to(p)  # rVERDICT: TR matters, and the refusal names it
+    idx, notes = other.match_to(p, use_tr=False)
+    assert idx.tolist() == list(range(10))
+    assert len(notes) == 1 and "TR 3000 ms in the data where the model's protocol has 2482, 3945, 3349 ms" in notes[0]
+    # unknown TR says nothing when TR is not used
+    assert p.with_tr(np.nan).match_to(p, use_tr=False)[1] == []
+    # TE still identifies each series' b = 0 (and sets its T2 weighting): a TE off by 20 % is refused, named
+    te = np.where(p.te == 50.0, 60.0, p.te)
+    with pytest.raises(ProtocolError, match=r"differs in TE 60 ms vs the model's 50 ms"):
+        Protocol(p.b, p.small_delta, p.big_delta, te, p.tr).match_to(p, use_tr=False)
+
+
+def test_classic_verdict_matching_says_when_one_series_has_two_trs():
+    p = Protocol.innovate()
+    tr = p.tr.copy()
+    tr[1] = 3000.0  # the b = 90 measurement, whose series' b = 0 (measurement 0) keeps TR 2482
+    idx, notes = Protocol(p.b, p.small_delta, p.big_delta, p.te, tr).match_to(p, use_tr=False)
+    assert idx.tolist() == list(range(10))
+    assert any("measurements [0, 1] form one series" in n and "2482, 3000 ms" in n for n in notes)
+
+
+def test_refusal_names_every_setting_that_differs():
+    p = Protocol.innovate()
+    other = Protocol(p.b, p.small_delta, p.big_delta, np.where(p.te == 90.0, 120.0, p.te),
+                     np.where(p.te == 90.0, 5000.0, p.tr))
+    with pytest.raises(ProtocolError, match=r"model's measurement 4 .*differs in TE 120 ms vs the model's 90 ms, "
+                                            r"TR 5000 ms vs the model's 2482 ms$"):
+        other.match_to(p)
+
+
+def test_fsl_json_and_text_sidecars_fill_each_other_setting_by_setting(tmp_path):
+    (tmp_path / "d.bval").write_text("0 1000 1000\n")
+    (tmp_path / "d.smalldel").write_text("0 0.02 0.02\n")
+    (tmp_path / "d.delta").write_text("0 0.04 0.04\n")
+    (tmp_path / "d.json").write_text(json.dumps({"EchoTime": 0.08, "RepetitionTime": 3.349}))  # as dcm2niix writes
+    p = read_fsl(tmp_path / "d.bval")  # δ, Δ from the text files; one TE and TR for every volume from the JSON
+    np.testing.assert_allclose([p.small_delta, p.big_delta, p.te, p.tr], [[20.0] * 3, [40.0] * 3, [80.0] * 3,
+                                                                           [3349.0] * 3])
+    # a JSON without TR: the .tr file beside it gives it (a null RepetitionTime as well)
+    for tr in ({}, {"RepetitionTime": None}):
+        (tmp_path / "d.json").write_text(json.dumps({"PulseDuration": 0.02, "PulseSeparation": 0.04,
+                                                     "EchoTime": 0.08, **tr}))
+        (tmp_path / "d.tr").write_text("2.5\n")
+        np.testing.assert_allclose(read_fsl(tmp_path / "d.bval").tr, 2500.0)
+    (tmp_path / "d.tr").unlink()
+    assert not read_fsl(tmp_path / "d.bval").has_tr
+    # δ in neither: the error names the setting and both places looked in
+    (tmp_path / "d.smalldel").unlink()
+    (tmp_path / "d.json").write_text(json.dumps({"EchoTime": 0.08}))
+    with pytest.raises(ProtocolError, match=r"no timings found for δ: d.json has no δ and there is no d.smalldel"):
+        read_fsl(tmp_path / "d.bval")
+
+
+def test_fsl_json_and_text_sidecars_that_disagree_warn_and_the_text_file_is_used(tmp_path):
+    (tmp_path / "d.bval").write_text("0 1000 0 2000\n")
+    (tmp_path / "d.smalldel").write_text("0 0.02 0 0.015\n")
+    (tmp_path / "d.delta").write_text("0 0.04 0 0.035\n")
+    (tmp_path / "d.te").write_text("0.05 0.05 0.07 0.07\n")  # two series merged into one DWI
+    (tmp_path / "d.json").write_text(json.dumps({"EchoTime": 0.07, "PulseDuration": 0.02}))  # one series' values
+    with pytest.warns(UserWarning, match=r"d.json and d.te disagree on TE \(volume 0: 70 vs 50 ms\); d.te is used"):
+        p = read_fsl(tmp_path / "d.bval")
+    assert p.te.tolist() == [50.0, 50.0, 70.0, 70.0] and p.small_delta[3] == pytest.approx(15.0)
+    # a JSON the caller names is used
+    with pytest.warns(UserWarning, match="d.json is used, d.te ignored"):
+        p = read_fsl(tmp_path / "d.bval", timings=tmp_path / "d.json")
+    np.testing.assert_allclose(p.te, 70.0)
+
+
+def test_missing_tr_is_explained_by_where_the_protocol_came_from(tmp_path):
+    from napari_rverdict.physics.models import get_model
+
+    write_fsl(Protocol.innovate().with_tr(np.nan), tmp_path / "dwi", per_measurement=True)
+    p = load_protocol(tmp_path / "dwi.bval")
+    with pytest.raises(ProtocolError) as err:
+        get_model("rverdict").check_protocol(p)
+    msg = str(err.value)
+    assert "dwi.bval: no dwi.tr file and no dwi.json with a RepetitionTime beside it; give --tr MS or dwi.tr" in msg
+    assert "scheme" not in msg
+    write_scheme(Protocol.innovate(), tmp_path / "x.scheme", write_tr=False)
+    with pytest.warns(UserWarning):
+        p = load_protocol(tmp_path / "x.scheme")
+    with pytest.raises(ProtocolError, match="x.scheme: Camino scheme files carry no TR, and there is no x.tr beside"):
+        get_model("rverdict").check_protocol(p)

@@ -18,7 +18,7 @@ def add_protocol_option(p: argparse.ArgumentParser, default: str | None = "innov
     ``default_help`` says in words what happens without ``--protocol`` (e.g. when the default is a sidecar)."""
     p.add_argument("--protocol", default=default,
                    help=f"acquisition: a preset (innovate, innovate-20) or a .scheme / .bval file (default: {default_help})")
-    p.add_argument("--tr", type=float, default=None, help="TR in ms for protocols that carry none (Camino scheme)")
+    p.add_argument("--tr", type=tr_ms, default=None, help="TR in ms for protocols that carry none (Camino scheme)")
 
 
 def add_prediction_options(p: argparse.ArgumentParser) -> None:
@@ -81,6 +81,18 @@ def cli_device(name: str):
     from napari_rverdict.learn.device import resolve_device
 
     return _as_input_error(resolve_device, name)
+
+
+def tr_ms(text: str) -> float:
+    """argparse type for --tr: a finite TR > 0 in ms. "nan" is refused: leaving --tr out is how TR stays unknown."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TR in ms, got '{text}'") from None
+    if not (0 < v < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a TR in ms (a positive number), got '{text}'"
+                                         + (" (leave --tr out when TR is unknown)" if v != v else ""))
+    return v
 
 
 def positive_int(text: str) -> int:

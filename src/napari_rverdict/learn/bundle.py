@@ -329,7 +329,7 @@ class Bundle:
         if protocol is not None:
             if not isinstance(protocol, Protocol):
                 raise InputError(f"protocol must be a Protocol, got {type(protocol).__name__}")
-            index, notes = protocol.match_to(self.protocol)
+            index, notes = protocol.match_to(self.protocol, use_tr=self.model.requires_tr)
             s = self._check_signals(signals, len(protocol))[:, index]
             if notes:
                 warnings.warn("data protocol differs from the model's: " + "; ".join(notes), stacklevel=2)

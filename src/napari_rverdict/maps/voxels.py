@@ -12,7 +12,7 @@ import numpy as np
 
 from napari_rverdict.data.nifti import Dwi, load_dwi, load_mask
 from napari_rverdict.errors import InputError
-from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average
+from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average, missing_tr_advice
 
 
 # ---------------------------------------------------------------------- mask
@@ -168,9 +168,8 @@ def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int, mode
     """
     d = resolve_dwi(dwi, protocol, fallback=reference)
     if model is not None and model.requires_tr and not d.protocol.has_tr:
-        raise ProtocolError(f"{model.label} needs the TR of every measurement but the DWI's protocol "
-                            f"({d.protocol.name or 'given'}) has none (scheme files carry no TR): give it "
-                            "(--tr MS, or a <stem>.tr file in seconds beside the protocol)")
+        raise ProtocolError(f"{model.label} needs the TR of every measurement, which the DWI's protocol lacks: "
+                            + missing_tr_advice(d.protocol))
     notes = list(d.notes)
     m = resolve_mask(mask, d)
     if not m.any():
@@ -183,7 +182,8 @@ def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int, mode
     order = None
     if reference is not None:
         check_b_values(prot, reference)
-        order, diffs = prot.match_to(reference)
+        # a model without T1 weighting that divides each series by its own b = 0 (classic VERDICT) ignores TR
+        order, diffs = prot.match_to(reference, use_tr=model is None or model.requires_tr)
         if diffs:
             warnings.warn("data protocol differs from the model's: " + "; ".join(diffs), stacklevel=stacklevel + 1)
             notes += diffs

@@ -19,7 +19,7 @@ import torch
 
 from napari_rverdict.errors import InputError
 from napari_rverdict.physics.compartments import SPHERE_TABLE_NODES, SphereTable, astrosticks, ball, sphere_gpd
-from napari_rverdict.physics.protocol import Protocol, ProtocolError
+from napari_rverdict.physics.protocol import Protocol, ProtocolError, missing_tr_advice
 
 R_MIN_CELLULARITY = 0.01  # µm: R is clamped here when computing f_ic / R³
 
@@ -168,8 +168,8 @@ class SignalModel:
     def check_protocol(self, protocol: Protocol) -> None:
         """Raise ProtocolError when this model cannot use ``protocol``."""
         if self.requires_tr and not protocol.has_tr:
-            raise ProtocolError(f"{self.label} needs TR for every measurement; this protocol's TR is unknown "
-                                "(scheme files carry none: pass --tr or a .tr side file)")
+            raise ProtocolError(f"{self.label} needs TR for every measurement, which this protocol lacks: "
+                                + missing_tr_advice(protocol))
 
     def _params(self, params: Mapping, names) -> list:
         missing = [n for n in names if n not in params]

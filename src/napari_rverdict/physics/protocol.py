@@ -347,13 +347,21 @@ class Protocol:
                    None if direction_averaged else np.array(dirs), name=name, n_volumes=counts)
 
     # ------------------------------------------------------------------ matching
-    def match_to(self, reference: Protocol, rtol: float = 0.05, atol_ms: float = 1.0) -> tuple[np.ndarray, list[str]]:
+    def match_to(self, reference: Protocol, rtol: float = 0.05, atol_ms: float = 1.0, *,
+                 use_tr: bool = True) -> tuple[np.ndarray, list[str]]:
         """Find, for each measurement of ``reference``, the measurement of ``self`` acquired with its settings.
 
         Returns ``(index, notes)``: ``data[..., index]`` puts data acquired with ``self`` into the reference's order;
         ``notes`` lists what differs (e.g. ``b = 2006.4 where 2000 is expected``). Measurements match when b, δ,
         Δ, TE agree within ``rtol`` (or ``atol_ms`` for times; b = 0 matches b = 0) and TR agrees where both are
-        known. Raises ProtocolError when no one-to-one matching exists.
+        known. Raises ProtocolError when no one-to-one matching exists, naming the setting(s) in which the nearest
+        measurement of the data differs (e.g. ``TR 3000 ms vs the model's 2482 ms``).
+
+        ``use_tr=False`` is for a model without T1 weighting that divides each series by its own b = 0 (classic
+        VERDICT): TR cannot change its signal, so a TR that differs does not stop a match (one note says it differs,
+        or that measurements the reference puts in one series have different TRs in the data); TR only breaks ties.
+        TE still has to agree: it is what tells the b = 0 of one series from another's (their δ and Δ are not
+        compared), and the compartments' T2 weighting, which the per-series ratio keeps, changes with it.
         """
         from scipy.optimize import linear_sum_assignment
 
@@ -364,6 +372,7 @@ class Protocol:
         n = len(self)
         cost = np.zeros((n, n))
         feasible = np.ones((n, n), dtype=bool)
+        failing = {}  # setting → (n, n) bool: the pair differs in it beyond tolerance
 
         def rel(a, b, atol):
             d = np.abs(a[:, None] - b[None, :])
@@ -373,23 +382,29 @@ class Protocol:
         feasible &= rb0[:, None] == sb0[None, :]
         rb = rel(reference.b, self.b, B0_THRESHOLD * rtol)
         dw_pair = ~rb0[:, None] & ~sb0[None, :]
-        feasible &= ~dw_pair | (rb <= rtol)
+        failing["b"] = dw_pair & (rb > rtol)
         cost += np.where(dw_pair, rb, 0.0)
         for key in ("te", "small_delta", "big_delta", "tr"):
             r = rel(getattr(reference, key), getattr(self, key), atol_ms)
             if key in ("small_delta", "big_delta"):
                 r = np.where(dw_pair, r, 0.0)  # b = 0 volumes' timings are often written as 0
             r = np.nan_to_num(r, nan=0.0)  # unknown TR matches anything; noted below
-            feasible &= r <= rtol
+            if key == "tr" and not use_tr:
+                cost += 1e-3 * r  # a tie-break only
+                continue
+            failing[key] = r > rtol
             cost += r
+        for bad_pairs in failing.values():
+            feasible &= ~bad_pairs
         big = 1e6
         rows, cols = linear_sum_assignment(np.where(feasible, cost, big))
         if not feasible[rows, cols].all():
             bad = rows[~feasible[rows, cols]][0]
             raise ProtocolError(
                 f"no measurement of the data matches the model's measurement {bad} (b = {reference.b[bad]:g} s/mm², "
-                f"δ = {reference.small_delta[bad]:g} ms, Δ = {reference.big_delta[bad]:g} ms, TE = {reference.te[bad]:g} ms, "
-                f"TR = {reference.tr[bad]:g} ms) within {rtol:.0%}"
+                f"δ = {reference.small_delta[bad]:g} ms, Δ = {reference.big_delta[bad]:g} ms, "
+                f"TE = {reference.te[bad]:g} ms, TR = {reference.tr[bad]:g} ms) within {rtol:.0%}"
+                + self._why_unmatched(reference, bad, failing, cost, cols[~feasible[rows, cols]])
             )
         index = np.empty(n, dtype=int)
         index[rows] = cols
@@ -397,8 +412,10 @@ class Protocol:
         unknown_tr = False
         if not np.array_equal(index, np.arange(n)):
             notes.append("measurements are in a different order than the model's protocol; reordered to match")
+        keys = ("b", "small_delta", "big_delta", "te", "tr") if use_tr else ("b", "small_delta", "big_delta", "te")
         for i, j in enumerate(index):
-            for key, unit in (("b", "s/mm²"), ("small_delta", "ms"), ("big_delta", "ms"), ("te", "ms"), ("tr", "ms")):
+            for key in keys:
+                unit = "s/mm²" if key == "b" else "ms"
                 if key in ("small_delta", "big_delta") and reference.is_b0[i]:
                     continue
                 want, got = getattr(reference, key)[i], getattr(self, key)[j]
@@ -408,7 +425,70 @@ class Protocol:
                     notes.append(f"measurement {i}: {key} = {got:g} {unit} where the model expects {want:g} {unit}")
         if unknown_tr:
             notes.append("TR is unknown in the data; the model's TR values are assumed")
+        if not use_tr:
+            notes += _tr_ignored_notes(reference, self.tr[index])
         return index, notes
+
+    def _why_unmatched(self, reference: Protocol, i: int, failing: dict, cost: np.ndarray, left: np.ndarray) -> str:
+        """Why the reference's measurement ``i`` found no partner: the setting(s) in which the nearest measurement
+        of its kind (b = 0 or not) among those the data has ``left`` unmatched differs beyond tolerance (among all of
+        its kind when none is left), or that its partners are all taken."""
+        kind = self.is_b0 == reference.is_b0[i]
+        if not kind.any():
+            return f": the data has no {'b = 0' if reference.is_b0[i] else 'diffusion-weighted'} measurement"
+        same_kind = np.intersect1d(np.flatnonzero(kind), left)
+        if same_kind.size == 0:
+            same_kind = np.flatnonzero(kind)
+        n_fail = sum(f[i, same_kind].astype(int) for f in failing.values())
+        if n_fail.min() == 0:
+            return (": the data's measurements that match it are all needed for other measurements of the model "
+                    "(fewer of them in the data than in the model's protocol)")
+        best = min(range(same_kind.size), key=lambda k: (n_fail[k], cost[i, same_kind[k]]))
+        j = int(same_kind[best])
+        names = {"b": ("b", "s/mm²"), "small_delta": ("δ", "ms"), "big_delta": ("Δ", "ms"), "te": ("TE", "ms"),
+                 "tr": ("TR", "ms")}
+        diffs = []
+        for key, f in failing.items():
+            if f[i, j]:
+                label, unit = names[key]
+                got, want = getattr(self, key)[j], getattr(reference, key)[i]
+                diffs.append(f"{label} {got:g} {unit} vs the model's {want:g} {unit}")
+        return f": the nearest, the data's measurement {j}, differs in " + ", ".join(diffs)
+
+def _tr_ignored_notes(reference: Protocol, data_tr: np.ndarray) -> list[str]:
+    """Notes for a match that ignores TR (``use_tr=False``): the data's TR (``data_tr``, in the reference's order)
+    where it differs from the reference's, and series of the reference whose measurements have different TRs in
+    the data (their b = 0 ratio then keeps some T1 weighting)."""
+    notes = []
+    known = np.isfinite(data_tr) & np.isfinite(reference.tr)
+    differ = known & (np.abs(data_tr - reference.tr) > np.maximum(1e-3 * np.abs(reference.tr), 1e-6))
+    if differ.any():
+        got = ", ".join(f"{v:g}" for v in dict.fromkeys(np.round(data_tr[differ], 1)))
+        want = ", ".join(f"{v:g}" for v in dict.fromkeys(np.round(reference.tr[differ], 1)))
+        notes.append(f"TR {got} ms in the data where the model's protocol has {want} ms: not used (the model has no "
+                     "T1 weighting and divides each series by its own b = 0)")
+    sid = reference.series_ids()
+    for s in np.unique(sid):
+        trs = data_tr[(sid == s) & np.isfinite(data_tr)]
+        if trs.size and np.ptp(trs) > max(1e-3 * trs.max(), 1e-6):
+            members = np.flatnonzero(sid == s).tolist()
+            notes.append(f"measurements {members} form one series of the model (one b = 0) but have TR "
+                         f"{', '.join(f'{v:g}' for v in np.unique(trs))} ms in the data: their ratio to that b = 0 "
+                         "keeps some T1 weighting")
+    return notes
+
+
+def missing_tr_advice(protocol: Protocol) -> str:
+    """Why ``protocol`` has no TR and how to give it, in words that fit where it came from (its ``name``, a file
+    name for a file): ``"dwi.bval: no dwi.tr file and no dwi.json with a RepetitionTime beside it; give --tr MS or
+    dwi.tr (seconds)"``."""
+    name = (protocol.name or "").split(" (")[0]
+    for suffix, why in ((".scheme", "Camino scheme files carry no TR, and there is no {stem}.tr beside it"),
+                        (".bval", "no {stem}.tr file and no {stem}.json with a RepetitionTime beside it")):
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            return f"{name}: {why.format(stem=stem)}; give --tr MS or {stem}.tr (seconds, one value or one per volume)"
+    return f"{name or 'the protocol given'} has no TR; give --tr MS or a <stem>.tr file (seconds) beside the protocol"
 
 
 # ---------------------------------------------------------------------- direction averaging of data

@@ -2,9 +2,9 @@
 
 * Camino STEJSKALTANNER scheme (``VERSION: 1`` then per volume ``x y z |G| Δ δ TE`` in SI units: T/m, s, s, s).
   It has no TR: pass ``tr=`` (ms) or put a ``<stem>.tr`` file (seconds, one value or one per volume) beside it.
-* FSL-style ``.bval`` (s/mm²) / ``.bvec`` (3 × N) with timings either from per-volume text files
-  ``<stem>.delta`` (Δ), ``<stem>.smalldel`` (δ), ``<stem>.te``, ``<stem>.tr`` in seconds (as in Palombo's rVERDICT
-  examples) or from a JSON sidecar ``<stem>.json`` (see :func:`read_json_timings`).
+* FSL-style ``.bval`` (s/mm²) / ``.bvec`` (3 × N) with timings from per-volume text files ``<stem>.delta`` (Δ),
+  ``<stem>.smalldel`` (δ), ``<stem>.te``, ``<stem>.tr`` in seconds (as in Palombo's rVERDICT examples) and/or a
+  JSON sidecar ``<stem>.json`` (see :func:`read_json_timings`), setting by setting (see :func:`read_fsl`).
 * Presets by name (``innovate``, ``innovate-20``) through :func:`load_protocol`.
 
 The readers give one measurement per row (per acquired volume); :func:`load_protocol` with
@@ -154,12 +154,23 @@ _JSON_KEYS = {
 def read_json_timings(path, n: int) -> dict[str, np.ndarray]:
     """Per-volume δ, Δ, TE, TR (ms) from a JSON sidecar.
 
-    Keys (any one of each set; a number or a list with one value per volume): ``small_delta``/``smalldel``/
-    ``PulseDuration`` (δ), ``big_delta``/``delta``/``PulseSeparation`` (Δ), ``te``/``EchoTime``,
-    ``tr``/``RepetitionTime``. Values are in **seconds** (as in BIDS) unless the file has ``"units": "ms"``.
-    TR may be absent (unknown).
+    Keys (any one of each set; a number, which applies to every volume as dcm2niix writes it, or a list with one
+    value per volume): ``small_delta``/``smalldel``/``PulseDuration`` (δ), ``big_delta``/``delta``/
+    ``PulseSeparation`` (Δ), ``te``/``EchoTime``, ``tr``/``RepetitionTime``. Values are in **seconds** (as in
+    BIDS) unless the file has ``"units": "ms"``. TR may be absent or null (unknown: NaN); δ, Δ and TE must be there.
     """
     path = Path(path)
+    out = _json_timings(path, n)
+    for key, aliases in _JSON_KEYS.items():
+        if key not in out:
+            if key != "tr":
+                raise ProtocolError(f"{path}: no {key} (looked for {', '.join(aliases)})")
+            out[key] = np.full(n, np.nan)
+    return out
+
+
+def _json_timings(path: Path, n: int) -> dict[str, np.ndarray]:
+    """The timings (ms, one per volume) a JSON sidecar gives: only the settings it has (a null counts as absent)."""
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -173,15 +184,9 @@ def read_json_timings(path, n: int) -> dict[str, np.ndarray]:
     out = {}
     for key, aliases in _JSON_KEYS.items():
         found = next((a for a in aliases if a in meta), None)
-        if found is None:
-            if key == "tr":
-                out[key] = np.full(n, np.nan)
-                continue
-            raise ProtocolError(f"{path}: no {key} (looked for {', '.join(aliases)})")
-        value = meta[found]
-        if value is None and key == "tr":  # "RepetitionTime": null → unknown
-            out[key] = np.full(n, np.nan)
+        if found is None or meta[found] is None:  # e.g. "RepetitionTime": null → not given
             continue
+        value = meta[found]
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if isinstance(value, list):
             ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value) and len(value) > 0
@@ -199,12 +204,46 @@ def read_json_timings(path, n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def read_fsl(bval_path, bvec_path=None, timings=None, tr=None) -> Protocol:
-    """Read FSL ``.bval`` (s/mm²) and optional ``.bvec`` (3 × N), with δ, Δ, TE, TR from a sidecar.
+_TEXT_SIDECARS = {"small_delta": ".smalldel", "big_delta": ".delta", "te": ".te", "tr": ".tr"}
+_SETTING_NAMES = {"small_delta": "δ", "big_delta": "Δ", "te": "TE", "tr": "TR"}
 
-    ``timings``: a JSON sidecar path; if None, ``<stem>.json`` is used when present, else the per-volume text
-    files ``<stem>.delta`` (Δ), ``<stem>.smalldel`` (δ), ``<stem>.te`` and optional ``<stem>.tr`` (seconds).
-    ``tr`` (ms) overrides the TR found in files.
+
+def _merge_timings(b, json_path: Path, from_json: dict, stem: Path, from_text: dict, json_wins: bool,
+                   bval_name: str) -> dict[str, np.ndarray]:
+    """One value per setting from a JSON sidecar and the per-volume text files: a setting one of them lacks comes
+    from the other; where both give it and disagree (beyond 0.1 % or 0.01 ms; δ and Δ only where b > 0, since b = 0
+    volumes often carry 0), a warning names both and ``json_wins`` decides which is used."""
+    out = {}
+    dw = np.asarray(b) >= B0_THRESHOLD
+    for key, suffix in _TEXT_SIDECARS.items():
+        j, t = from_json.get(key), from_text.get(key)
+        if j is None or t is None:
+            out[key] = j if t is None else t
+            continue
+        where = dw if key in ("small_delta", "big_delta") else np.ones(len(b), dtype=bool)
+        if not np.allclose(j[where], t[where], rtol=1e-3, atol=0.01):
+            k = int(np.flatnonzero(where & ~np.isclose(j, t, rtol=1e-3, atol=0.01))[0])
+            used, ignored = json_path.name, _sidecar(stem, suffix).name
+            if not json_wins:
+                used, ignored = ignored, used
+            warnings.warn(f"{bval_name}: {json_path.name} and {_sidecar(stem, suffix).name} disagree on "
+                          f"{_SETTING_NAMES[key]} (volume {k}: {j[k]:g} vs {t[k]:g} ms); {used} is used, {ignored} "
+                          "ignored", stacklevel=3)
+        out[key] = j if json_wins else t
+    return out
+
+
+def read_fsl(bval_path, bvec_path=None, timings=None, tr=None) -> Protocol:
+    """Read FSL ``.bval`` (s/mm²) and optional ``.bvec`` (3 × N), with δ, Δ, TE, TR from sidecars.
+
+    The timings come from a JSON sidecar (``timings``, else ``<stem>.json`` when present; see
+    :func:`read_json_timings`) and from the per-volume text files ``<stem>.delta`` (Δ), ``<stem>.smalldel`` (δ),
+    ``<stem>.te``, ``<stem>.tr`` (seconds), setting by setting: one missing from the JSON comes from its text
+    file and the other way round (a dcm2niix JSON with TE and TR beside ``.delta``/``.smalldel`` files is enough).
+    δ, Δ and TE must come from one of them; TR may be unknown. Where both give a setting and disagree, a warning
+    names both and the text file is used (it is written per volume for this DWI, whereas a converter's JSON
+    describes one series and a DWI often merges several) — unless the JSON was passed as ``timings``, which the
+    caller chose, and then the JSON is used. ``tr`` (ms) overrides the TR found in files.
     """
     bval_path = Path(bval_path)
     b = _read_numbers(bval_path).reshape(-1)
@@ -223,18 +262,22 @@ def read_fsl(bval_path, bvec_path=None, timings=None, tr=None) -> Protocol:
                                 f"{bval_path.name}), got shape {v.shape}")
         dirs = v
     json_path = Path(timings) if timings is not None else _sidecar(stem, ".json")
-    if json_path.exists():
-        t = read_json_timings(json_path, n)
-    else:
-        needed = {"big_delta": ".delta", "small_delta": ".smalldel", "te": ".te"}
-        missing = [_sidecar(stem, s).name for s in needed.values() if not _sidecar(stem, s).exists()]
-        if missing:
-            raise ProtocolError(
-                f"{bval_path}: no timings found: need a JSON sidecar {json_path.name} or the files {', '.join(missing)}"
-            )
-        t = {k: _per_volume(_sidecar(stem, s), n, k) * 1e3 for k, s in needed.items()}
-        tr_file = _sidecar(stem, ".tr")
-        t["tr"] = _per_volume(tr_file, n, "TR") * 1e3 if tr_file.exists() else np.full(n, np.nan)
+    if timings is not None and not json_path.exists():
+        raise ProtocolError(f"timings file not found: {json_path}")
+    from_json = _json_timings(json_path, n) if json_path.exists() else {}
+    from_text = {k: _per_volume(_sidecar(stem, s), n, k) * 1e3 for k, s in _TEXT_SIDECARS.items()
+                 if _sidecar(stem, s).exists()}
+    t = _merge_timings(b, json_path, from_json, stem, from_text, timings is not None, bval_path.name)
+    missing = [k for k in ("small_delta", "big_delta", "te") if t[k] is None]
+    if missing:
+        where = (f"{json_path.name} has no {', '.join(_SETTING_NAMES[k] for k in missing)}"
+                 if json_path.exists() else f"no JSON sidecar {json_path.name}")
+        raise ProtocolError(
+            f"{bval_path}: no timings found for {', '.join(_SETTING_NAMES[k] for k in missing)}: {where} and there "
+            f"is no {', '.join(_sidecar(stem, _TEXT_SIDECARS[k]).name for k in missing)} beside it"
+        )
+    if t["tr"] is None:
+        t["tr"] = np.full(n, np.nan)
     if tr is not None:
         t["tr"] = _vec("tr", tr, n)
     sd, bd = _fill_b0_timings(b, t["small_delta"], t["big_delta"], t["te"], t["tr"])
