@@ -109,3 +109,46 @@ def test_tr_nan_or_not_positive_is_bad_input(value, capsys, tmp_path):
     (line,) = _stderr_lines(capsys)
     assert line.startswith("rverdict phantom: error: argument --tr: expected a TR in ms") and f"'{value}'" in line
     assert not (tmp_path / "ph").exists()
+
+
+def test_a_refused_output_answers_without_loading_torch(tmp_path):
+    """An existing output (or a folder holding other files) is refused before the commands' heavy imports, and the
+    CLI sets torch's threads only once torch is imported: the refusal is one line at once."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    for name in ("m.pt", "s.npz", "t.csv"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("x")
+    t, full = str(tmp_path), str(tmp_path / "full")
+    commands = [["train", "--out", f"{t}/m.pt"], ["simulate", "--out", f"{t}/s.npz"],
+                ["evaluate", f"{t}/m.pt", "--csv", f"{t}/t.csv"], ["protocol-report", "--csv", f"{t}/t.csv"],
+                ["phantom", "--out", full], ["predict", f"{t}/m.pt", f"{t}/dwi.nii.gz", "--out", full],
+                ["fit", f"{t}/dwi.nii.gz", "--out", full], ["compare", t, full, "--csv", f"{t}/t.csv"]]
+    code = ("import sys\nfrom napari_rverdict.cli import main\n"
+            f"rcs = [main(c) for c in {commands!r}]\n"
+            "assert rcs == [2] * len(rcs), rcs\n"
+            "assert 'torch' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == len(commands) and all(" error: " in ln for ln in lines), r.stderr
+
+
+def test_torch_threads_are_set_when_a_command_imports_torch(tmp_path):
+    """The thread count main() chooses applies to the torch work of a command that imports torch itself."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    code = ("import importlib\nm = importlib.import_module('napari_rverdict.cli.main')\n"
+            "import napari_rverdict.cli.simulate as s\n"
+            "m.torch_threads = lambda context: 2\n"
+            "def cmd(args):\n    import torch\n    print(torch.get_num_threads())\n    return 0\n"
+            "s.cmd_simulate = cmd\n"
+            "assert m.main(['simulate', '--out', 'x.npz']) == 0\n"
+            "import torch\nprint(torch.get_num_threads())\n")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2", "1"]  # the command's count inside, torch's own restored after

@@ -208,3 +208,32 @@ def test_train_diverged_no_bundle(tmp_path, capsys):
     assert "lower learning rate" in lines[-1] and lines[:-1] == [ln for ln in lines[:-1]
                                                                     if "simulating" in ln or "effective SNR" in ln]
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def dwi_folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inp")
+    assert main(["phantom", "--out", str(d), "--shape", "8", "8", "1", "--seed", "0", "--overwrite"]) == 0
+    return d
+
+
+@pytest.mark.parametrize("options, out", [
+    (["--snr-from", "{d}/dwi.nii.gz"], "dwi.nii.gz"),  # the DWI whose noise is matched
+    (["--snr-from", "{d}/dwi.nii.gz"], "dwi.te"),  # its protocol sidecar
+    (["--snr-from", "{d}/dwi.nii.gz", "--mask", "{d}/mask.nii.gz"], "mask.nii.gz"),
+    (["--protocol", "{d}/dwi.bval"], "dwi.bval"),
+    (["--protocol", "{d}/dwi.bval"], "dwi.delta"),
+])
+def test_train_never_replaces_an_input(dwi_folder, capsys, options, out):
+    before = {p.name: p.read_bytes() for p in dwi_folder.iterdir() if p.is_file()}
+    args = [o.format(d=dwi_folder) for o in options] + ["--n", "200", "--epochs", "1", "--quiet"]
+    _one_error_line(capsys, main(["train", *args, "--out", str(dwi_folder / out), "--overwrite"]),
+                    "is one of the inputs")
+    assert {p.name: p.read_bytes() for p in dwi_folder.iterdir() if p.is_file()} == before
+
+
+def test_evaluate_refuses_one_file_for_csv_and_plot(trained, tmp_path, capsys):
+    same = str(tmp_path / "same.png")
+    _one_error_line(capsys, main(["evaluate", str(trained), "--n", "50", "--csv", same, "--plot", same]),
+                    "are one file")
+    assert list(tmp_path.iterdir()) == []

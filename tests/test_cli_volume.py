@@ -183,3 +183,47 @@ def test_phantom_and_simulate_outputs_are_checked(tmp_path, capsys):
     assert str(tmp_path / "sim.npz") in capsys.readouterr().out
     assert main(["simulate", "--n", "10", "--out", str(tmp_path / "sim.npz")]) == 2
     assert main(["simulate", "--n", "10", "--out", str(tmp_path / "sim.npz"), "--overwrite"]) == 0
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_phantom_never_replaces_the_protocol_it_reads(workdir, tmp_path, capsys):
+    d = tmp_path / "inp"
+    d.mkdir()
+    for name in ("dwi.bval", "dwi.bvec", "dwi.delta", "dwi.smalldel", "dwi.te", "dwi.tr"):
+        (d / name).write_bytes((workdir / "ph" / name).read_bytes())
+    before = _files(d)
+    rc = main(["phantom", "--protocol", str(d / "dwi.bval"), "--out", str(d), "--shape", "8", "8", "1",
+               "--overwrite"])
+    assert rc == 2 and "would replace the input" in _err(capsys)
+    assert _files(d) == before
+
+
+def test_compare_checks_the_labels_before_writing(workdir, tmp_path, capsys):
+    ph = workdir / "ph"
+    lab = nib.load(str(ph / "labels.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros(lab.shape, np.int16), lab.affine), str(tmp_path / "empty.nii.gz"))
+    rc = main(["compare", str(ph / "truth"), str(ph / "truth"), "--labels", str(tmp_path / "empty.nii.gz"),
+               "--csv", str(tmp_path / "c.csv")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "no non-zero label" in err and len(err.strip().splitlines()) == 1
+    assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["empty.nii.gz"]
+
+
+def test_compare_refuses_outputs_that_are_one_file(workdir, tmp_path, capsys):
+    ph = workdir / "ph"
+    (tmp_path / "a" / "maps").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    for p in (ph / "truth").iterdir():
+        (tmp_path / "a" / "maps" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "b" / "maps").symlink_to(ph / "truth")
+    before = _files(tmp_path)
+    for dirs, outputs in [  # the ROI CSV of truth/ is r_truth.csv; two folders named maps give r_maps.csv twice
+        ([ph / "truth", ph / "truth"], ["--csv", tmp_path / "r_truth.csv", "--roi-csv", tmp_path / "r.csv"]),
+        ([tmp_path / "a" / "maps", tmp_path / "b" / "maps"], ["--roi-csv", tmp_path / "r.csv"]),
+    ]:
+        rc = main(["compare", *map(str, dirs), "--labels", str(ph / "labels.nii.gz"), *map(str, outputs)])
+        assert rc == 2 and "are one file" in _err(capsys)
+        assert _files(tmp_path) == before

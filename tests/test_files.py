@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from napari_rverdict.errors import InputError
-from napari_rverdict.files import FileSet, atomic_path, check_output_dir, check_output_file, write_text
+from napari_rverdict.files import (
+    FileSet,
+    atomic_path,
+    check_distinct_outputs,
+    check_output_dir,
+    check_output_file,
+    write_text,
+)
 
 
 def test_atomic_path_keeps_old_file_when_the_writer_fails(tmp_path):
@@ -76,3 +83,30 @@ def test_check_output_dir(tmp_path):
     with pytest.raises(InputError, match="empty"):
         check_output_dir("", [])
     assert check_output_dir(tmp_path / "new", ["f_ic.nii.gz"]) == tmp_path / "new"
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="needs /sys")
+def test_writability_is_probed_not_asked_of_os_access():
+    """/sys refuses new files even to root, for whom os.access says yes: refused before any work."""
+    for out in ("/sys/m.pt", "/sys/new/m.pt"):
+        with pytest.raises(InputError, match="cannot write in /sys"):
+            check_output_file(out)
+    with pytest.raises(InputError, match="cannot write in /sys"):
+        check_output_dir("/sys/maps")
+
+
+def test_probe_leaves_nothing_and_creates_no_folder(tmp_path):
+    check_output_file(tmp_path / "new" / "sub" / "m.pt")
+    check_output_dir(tmp_path / "maps", ["a.nii.gz"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_distinct_outputs(tmp_path):
+    check_distinct_outputs([("--csv", tmp_path / "a.csv"), ("--plot", tmp_path / "a.png"), ("--x", None)])
+    for other in (tmp_path / "a.csv", tmp_path / "sub" / ".." / "a.csv"):
+        with pytest.raises(InputError, match="--csv .* and --plot .* are one file"):
+            check_distinct_outputs([("--csv", tmp_path / "a.csv"), ("--plot", other)])
+    (tmp_path / "a.csv").write_text("x")
+    os.link(tmp_path / "a.csv", tmp_path / "b.csv")  # one file under two names
+    with pytest.raises(InputError, match="one file"):
+        check_distinct_outputs([("--csv", tmp_path / "a.csv"), ("--plot", tmp_path / "b.csv")])

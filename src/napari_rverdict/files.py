@@ -7,14 +7,16 @@ that appear whole or not at all, and checks of an output before long work starts
   (a new file gets the usual ``0o666 & ~umask``).
 * :class:`FileSet` — several files committed together: every temporary file is written first, then all are
   renamed; a failure before the renames leaves every target as it was.
-* :func:`check_output_file` / :func:`check_output_dir` — refuse, before any work, an empty or unwritable output,
-  a directory where a file is expected, an existing file without ``overwrite``, an output that is an input.
+* :func:`check_output_file` / :func:`check_output_dir` — refuse, before any work, an empty or unwritable output
+  (probed by creating a file), a directory where a file is expected, an existing file without ``overwrite``, an
+  output that is an input; :func:`check_distinct_outputs` — two outputs of one command that are one file.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,8 +160,40 @@ def _check_writable_dir(directory: Path, what: str) -> None:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise InputError(f"{what}: {existing} is a file, not a folder")
-    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{what}: cannot write in {existing} (permission denied)")
+    if existing.exists():
+        _probe_write(existing, what)
+
+
+def _probe_write(directory: Path, what: str) -> None:
+    """Create and remove a uniquely named empty file in ``directory``: the one test that holds for root, read-only
+    mounts and pseudo file systems (``/sys``, ``/proc``) alike, where ``os.access`` says yes."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".rverdict-probe-", dir=directory)
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise InputError(f"{what}: cannot write in {directory} ({reason})") from None
+    os.close(fd)
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+def check_distinct_outputs(outputs: Iterable[tuple[str, object]]) -> None:
+    """Refuse, before any work, two outputs of one command that are one file (the second would replace the
+    first). ``outputs``: ``(what, path)`` pairs, e.g. ``("--csv", args.csv)``; None paths are skipped. Paths are
+    compared resolved (``..``, symbolic links) and, where both exist, as files (hard links)."""
+    seen: list[tuple[str, Path, Path]] = []
+    for what, path in outputs:
+        if path is None or not str(path).strip():
+            continue
+        p = Path(path)
+        resolved = p.resolve()
+        for other_what, other, other_resolved in seen:
+            if resolved == other_resolved or _same_file(p, other):
+                raise InputError(f"{other_what} {other} and {what} {p} are one file (one output would replace the "
+                                 "other); give each output its own name")
+        seen.append((what, p, resolved))
 
 
 def check_output_file(path, *, overwrite: bool = False, inputs: Iterable = (), what: str = "--out",

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from napari_rverdict.errors import InputError
-from napari_rverdict.physics.protocol_files import load_protocol
+from napari_rverdict.physics.protocol_files import PRESETS, load_protocol, protocol_stem
+
+# The files a protocol is read from beside its stem (physics.protocol_files: FSL with its timings, or Camino).
+_PROTOCOL_SIDECARS = (".bval", ".bvec", ".json", ".delta", ".smalldel", ".te", ".tr", ".scheme")
 
 
 class CliError(InputError):
@@ -47,6 +51,20 @@ def self_supervised_sigma(text):
 def load_cli_protocol(args):
     """The direction-averaged protocol named by ``--protocol`` / ``--tr``."""
     return load_protocol(args.protocol, tr=args.tr, direction_averaged=True)
+
+
+def protocol_inputs(*specs) -> list[Path]:
+    """The files the given protocols or DWIs may be read from, for ``inputs=`` of the output checks: each file
+    itself and every protocol sidecar beside its stem (``a/dwi.nii.gz`` → ``a/dwi.bval``, ``a/dwi.bvec``,
+    ``a/dwi.delta``, …), so an output can replace none of them. Presets and None give none."""
+    out: list[Path] = []
+    for spec in specs:
+        if spec is None or not str(spec).strip() or str(spec).lower() in PRESETS:
+            continue
+        path = Path(spec)
+        stem = protocol_stem(path)
+        out += [path, *(stem.with_name(stem.name + suffix) for suffix in _PROTOCOL_SIDECARS)]
+    return out
 
 
 def cli_model(name: str):

@@ -9,12 +9,14 @@ Bad input is the project's own :class:`~napari_rverdict.errors.InputError` (``Cl
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import warnings
+from contextlib import ExitStack
 from importlib import import_module
 
 from napari_rverdict.errors import InputError
-from napari_rverdict.threads import using_torch_threads
+from napari_rverdict.threads import torch_threads, using_torch_threads
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -38,6 +40,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _COMMAND_MODULES: tuple[str, ...] = ("simulate", "train", "volume", "report", "noise", "cohort")
+
+
+class _AfterImport:
+    """A ``sys.meta_path`` finder that calls ``callback()`` once the module ``name`` has been executed (a post-import
+    hook); it finds nothing itself and removes itself on first use."""
+
+    def __init__(self, name: str, callback) -> None:
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        self.remove()
+        spec = importlib.util.find_spec(fullname)  # the other finders' spec
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        inner, callback = spec.loader.exec_module, self.callback
+
+        def exec_module(module):
+            inner(module)
+            callback()
+
+        spec.loader.exec_module = exec_module  # this spec's own loader only
+        return spec
+
+    def remove(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+def _torch_threads_for_command(stack: ExitStack) -> None:
+    """The command runs with the CPUs this process may use (affinity, cgroup quota) as torch's threads, restored
+    after. Set once torch is imported: a command refused before its heavy imports (an existing --out, a missing
+    input) answers without loading torch (≈ 2 s)."""
+    count = torch_threads("main")
+    if "torch" in sys.modules:
+        stack.enter_context(using_torch_threads(count))
+        return
+    hook = _AfterImport("torch", lambda: stack.enter_context(using_torch_threads(count)))
+    sys.meta_path.insert(0, hook)
+    stack.callback(hook.remove)
 
 
 def _warning_lines(caught) -> list[str]:
@@ -66,7 +109,8 @@ def main(argv=None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with using_torch_threads("main"):  # the CPUs this process may use (affinity, cgroup quota), restored after
+            with ExitStack() as stack:
+                _torch_threads_for_command(stack)
                 rc = int(args.func(args) or 0)
         except KeyboardInterrupt:
             print("rverdict: interrupted", file=sys.stderr)

@@ -8,24 +8,32 @@ from __future__ import annotations
 
 import sys
 
-from napari_rverdict.cli.common import CliError, add_protocol_option, cli_device, cli_model, load_cli_protocol
+from napari_rverdict.cli.common import (
+    CliError,
+    add_protocol_option,
+    cli_device,
+    cli_model,
+    load_cli_protocol,
+    protocol_inputs,
+)
 from napari_rverdict.cli.noise import add_snr_reference_option
 from napari_rverdict.data.noise import parse_snr
 
 
 def cmd_protocol_report(args) -> int:
-    from napari_rverdict.evaluate.report import protocol_report
+    from napari_rverdict.files import check_output_file
 
     snr = parse_snr(args.snr, "--snr")
     if not isinstance(snr, float):
         raise CliError(f"--snr expects one number, got '{args.snr}'")
     if args.n_test < 2 or args.n_dictionary < 1:
         raise CliError("--n-test must be at least 2 and --n-dictionary at least 1")
+    if args.csv is not None:  # before the heavy imports; never one of the protocol files read
+        inputs = protocol_inputs(*(args.compare or [args.protocol]))
+        check_output_file(args.csv, overwrite=args.overwrite, what="--csv", inputs=inputs)
     from napari_rverdict.data.synth import check_memory
-    from napari_rverdict.files import check_output_file
+    from napari_rverdict.evaluate.report import protocol_report
 
-    if args.csv is not None:
-        check_output_file(args.csv, overwrite=args.overwrite, what="--csv")
     model = cli_model(args.model)
     cli_device(args.device)
     if args.compare:

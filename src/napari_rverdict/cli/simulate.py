@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from napari_rverdict.cli.common import add_protocol_option, load_cli_protocol
+from napari_rverdict.cli.common import add_protocol_option, load_cli_protocol, protocol_inputs
 from napari_rverdict.cli.noise import (
     add_snr_from_options,
     add_snr_reference_option,
@@ -12,11 +12,13 @@ from napari_rverdict.cli.noise import (
 
 
 def cmd_simulate(args) -> int:
-    from napari_rverdict.data.prior import parse_ranges
-    from napari_rverdict.data.synth import simulate
     from napari_rverdict.files import check_output_file
 
-    check_output_file(args.out, overwrite=args.overwrite, suffixes=(".npz",))
+    check_output_file(args.out, overwrite=args.overwrite, suffixes=(".npz",),
+                      inputs=[*protocol_inputs(args.protocol, args.snr_from), args.snr_mask])
+    from napari_rverdict.data.prior import parse_ranges
+    from napari_rverdict.data.synth import simulate
+
     protocol = load_cli_protocol(args)
     noise = cli_noise_settings(args)
     ranges = parse_ranges(args.range)

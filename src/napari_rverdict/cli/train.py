@@ -9,7 +9,13 @@ import signal
 import sys
 import threading
 
-from napari_rverdict.cli.common import CliError, add_protocol_option, load_cli_protocol, positive_int
+from napari_rverdict.cli.common import (
+    CliError,
+    add_protocol_option,
+    load_cli_protocol,
+    positive_int,
+    protocol_inputs,
+)
 from napari_rverdict.cli.noise import (
     add_snr_from_options,
     add_snr_reference_option,
@@ -22,18 +28,21 @@ NETS = ("mlp", "resnetreg", "resnetreg-st")
 
 
 def cmd_train(args) -> int:
+    from napari_rverdict.files import check_output_file
+
+    # Any file name is accepted (load_bundle reads the format marker, not the suffix); refuse an unusable or
+    # existing output, or one that is an input (the protocol, the DWI whose noise is matched, their sidecars, its
+    # mask), before the heavy imports and the (slow) simulation and training.
+    check_output_file(args.out, overwrite=args.overwrite,
+                      inputs=[*protocol_inputs(args.protocol, args.snr_from), args.snr_mask])
     from tqdm import tqdm
 
     from napari_rverdict.data.prior import FRACTION_SAMPLERS, parse_ranges, resolve_ranges
     from napari_rverdict.data.synth import simulate
-    from napari_rverdict.files import check_output_file
     from napari_rverdict.learn.device import resolve_device
     from napari_rverdict.learn.train import ProgressKind, TrainConfig, iter_training
     from napari_rverdict.physics.models import get_model
 
-    # Any file name is accepted (load_bundle reads the format marker, not the suffix); refuse an unusable or
-    # existing output before the (slow) simulation and training.
-    check_output_file(args.out, overwrite=args.overwrite)
     device = resolve_device(args.device)  # fail before simulating
     config = TrainConfig(net=args.net, depth=args.depth, width=args.width, epochs=args.epochs,
                          batch_size=args.batch, lr=args.lr, patience=args.patience, device=str(device),
@@ -97,14 +106,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from napari_rverdict.evaluate.metrics import evaluate
-    from napari_rverdict.evaluate.plots import plot_predicted_vs_true
-    from napari_rverdict.files import check_output_file
-    from napari_rverdict.learn.bundle import load_bundle
+    from napari_rverdict.files import check_distinct_outputs, check_output_file
 
-    for option, path in (("--csv", args.csv), ("--plot", args.plot)):
+    outputs = (("--csv", args.csv), ("--plot", args.plot))
+    check_distinct_outputs(outputs)
+    for option, path in outputs:
         if path is not None:
             check_output_file(path, overwrite=args.overwrite, inputs=[args.bundle], what=option)
+    from napari_rverdict.evaluate.metrics import evaluate
+    from napari_rverdict.evaluate.plots import plot_predicted_vs_true
+    from napari_rverdict.learn.bundle import load_bundle
+
     bundle = load_bundle(args.bundle)
     snr = None if args.snr is None else parse_snr(args.snr, "--snr")
     report = evaluate(bundle, n=args.n, snr=snr, seed=args.seed, n_crlb=args.n_crlb, device=args.device,

@@ -17,6 +17,7 @@ from napari_rverdict.cli.common import (
     cli_device,
     cli_model,
     positive_int,
+    protocol_inputs,
     self_supervised_sigma,
 )
 
@@ -42,14 +43,18 @@ def _report_written(paths, out) -> None:
 
 # ---------------------------------------------------------------------- commands
 def cmd_phantom(args) -> int:
-    from napari_rverdict.data.phantom import PHANTOM_FILES, make_phantom, save_phantom
+    from napari_rverdict.data.phantom import PHANTOM_FILES
     from napari_rverdict.files import check_output_dir
+
+    names = [n for n in PHANTOM_FILES if n != "truth"]
+    inputs = protocol_inputs(args.protocol)  # --protocol a/dwi.bval --out a: the files read are not replaced
+    check_output_dir(args.out, names, overwrite=args.overwrite, inputs=inputs)  # before the heavy imports
+    from napari_rverdict.data.phantom import make_phantom, save_phantom
     from napari_rverdict.physics.models import get_model
     from napari_rverdict.physics.protocol_files import load_protocol
 
     truth = [f"truth/{n}.nii.gz" for n in (*get_model("rverdict").map_names, "S0")]
-    names = [n for n in PHANTOM_FILES if n != "truth"] + truth
-    check_output_dir(args.out, names, overwrite=args.overwrite)
+    check_output_dir(args.out, names + truth, overwrite=args.overwrite, inputs=inputs)
     protocol = load_protocol(args.protocol, tr=args.tr)  # as acquired: the DWI gets one volume per entry
     if args.snr <= 0:
         raise CliError(f"--snr must be positive, got {args.snr:g}")
@@ -64,12 +69,23 @@ def cmd_phantom(args) -> int:
 
 def _check_out(args, map_names, inputs) -> None:
     """Refuse ``--out`` before any long work: empty, a file, holding other files (without --overwrite), or a map
-    file that is an input. With --overwrite only the map files are replaced."""
+    file that is an input (the DWI, its protocol and sidecars, the mask, ``inputs``). With --overwrite only the
+    map files are replaced. ``map_names`` None: the checks that need no names, before the heavy imports (the
+    names come from the model or bundle); a missing DWI or mask is found here too."""
     from napari_rverdict.files import check_output_dir
+
+    inputs = [*protocol_inputs(args.dwi, args.protocol), args.mask, *inputs]
+    if map_names is None:
+        check_output_dir(args.out, (), overwrite=args.overwrite, inputs=inputs)
+        if not Path(args.dwi).exists():
+            raise CliError(f"DWI file not found: {args.dwi}")
+        if args.mask is not None and not Path(args.mask).exists():
+            raise CliError(f"mask file not found: {args.mask}")
+        return
     from napari_rverdict.physics.models import FIT_NRMSE
 
     names = [f"{n}.nii.gz" for n in (*map_names, FIT_NRMSE)]  # every method also writes its fit quality
-    check_output_dir(args.out, names, overwrite=args.overwrite, inputs=[args.dwi, args.mask, *inputs])
+    check_output_dir(args.out, names, overwrite=args.overwrite, inputs=inputs)
 
 
 def _maps_of_volume(args, what: str, model, make) -> int:
@@ -92,6 +108,7 @@ def _maps_of_volume(args, what: str, model, make) -> int:
 
 
 def cmd_predict(args) -> int:
+    _check_out(args, None, [args.model])
     from napari_rverdict.maps.predict import predict_volume
 
     bundle = cli_bundle(args.model)
@@ -114,6 +131,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_fit(args) -> int:
+    _check_out(args, None, [args.init, *_sigma_inputs(args)])
     model = cli_model(args.model)
     if args.method == "self-supervised":
         return _fit_self_supervised(args, model)
@@ -137,7 +155,7 @@ def _fit_self_supervised(args, model) -> int:
     if nlls_only:
         raise CliError(f"{', '.join(nlls_only)} apply to --method nlls")
     epochs = 500 if args.epochs is None else args.epochs
-    _check_out(args, model.map_names, [args.sigma] if args.sigma not in (None, "auto", "mse") else [])
+    _check_out(args, model.map_names, _sigma_inputs(args))
     sigma = _sigma_of(args.sigma)
 
     def make(dwi, mask, device, progress):
@@ -146,6 +164,11 @@ def _fit_self_supervised(args, model) -> int:
                                    progress=lambda rec: progress(rec.epoch, rec.n_epochs))
 
     return _maps_of_volume(args, f"self-supervised {model.name} (epochs)", model, make)
+
+
+def _sigma_inputs(args) -> list:
+    """The noise-map file ``--sigma`` names, as an input of the output checks (none for a number or a word)."""
+    return [args.sigma] if args.sigma not in (None, "auto", "mse") else []
 
 
 def _sigma_of(text):
@@ -162,41 +185,51 @@ def _sigma_of(text):
 
 
 def cmd_compare(args) -> int:
-    from napari_rverdict.data.nifti import load_labels, load_maps, load_mask
-    from napari_rverdict.data.phantom import label_names_beside
-    from napari_rverdict.files import check_output_file
-    from napari_rverdict.maps.compare import compare_maps, roi_statistics
+    from napari_rverdict.files import check_distinct_outputs, check_output_file
 
     for d in (args.dir_a, args.dir_b):
         if not Path(d).is_dir():
             raise CliError(f"not a directory of maps: {d}")
+    for option, path in (("--labels", args.labels), ("--mask", args.mask)):
+        if path is not None and not Path(path).is_file():
+            raise CliError(f"{option} file not found: {path}")
     inputs = [args.labels, args.mask, *sorted(Path(args.dir_a).iterdir()), *sorted(Path(args.dir_b).iterdir())]
-    if args.csv is not None:
-        check_output_file(args.csv, overwrite=args.overwrite, inputs=inputs, what="--csv")
+    if args.labels is not None:
+        inputs.append(Path(args.labels).parent / "phantom.json")  # the label names beside it
+    outputs = [("--csv", args.csv)]
     if args.roi_csv is not None:
-        for d in (args.dir_a, args.dir_b):
-            check_output_file(_roi_csv_path(args.roi_csv, d), overwrite=args.overwrite, inputs=inputs,
-                              what="--roi-csv")
+        outputs += [(f"--roi-csv (of {d})", _roi_csv_path(args.roi_csv, d)) for d in (args.dir_a, args.dir_b)]
+    check_distinct_outputs(outputs)  # e.g. --csv r_net.csv --roi-csv r.csv of net/: one would replace the other
+    for what, path in outputs:
+        if path is not None:
+            check_output_file(path, overwrite=args.overwrite, inputs=inputs, what=what.split()[0])
+    from napari_rverdict.data.nifti import load_labels, load_maps, load_mask
+    from napari_rverdict.data.phantom import label_names_beside
+    from napari_rverdict.maps.compare import compare_maps, roi_statistics
+
     maps_a, maps_b = load_maps(args.dir_a), load_maps(args.dir_b)
     grid = (next(iter(maps_a.values())).shape, _affine_of(args.dir_a))
     labels = load_labels(args.labels, grid) if args.labels else None
     mask = load_mask(args.mask, grid) if args.mask else None
     names = label_names_beside(args.labels) if args.labels else None
+    # Everything is computed (and every input checked: an all-zero label image) before anything is printed or
+    # written.
     table = compare_maps(maps_a, maps_b, mask=mask, labels=labels, model=args.model, label_names=names,
                          names=(Path(args.dir_a).name or "A", Path(args.dir_b).name or "B"))
+    rois = [] if labels is None else [(d, roi_statistics(maps, labels, names, mask=mask))
+                                      for d, maps in ((args.dir_a, maps_a), (args.dir_b, maps_b))]
     print(table.format_table())
+    for d, roi in rois:
+        print(f"\nROI statistics of {d}")
+        print(roi.format_table())
     if args.csv:
         table.to_csv(args.csv)
         print(f"wrote {args.csv}")
-    if labels is not None:
-        for d, maps in ((args.dir_a, maps_a), (args.dir_b, maps_b)):
-            roi = roi_statistics(maps, labels, names, mask=mask)
-            print(f"\nROI statistics of {d}")
-            print(roi.format_table())
-            if args.roi_csv:
-                path = _roi_csv_path(args.roi_csv, d)
-                roi.to_csv(path)
-                print(f"wrote {path}")
+    if args.roi_csv:
+        for d, roi in rois:
+            path = _roi_csv_path(args.roi_csv, d)
+            roi.to_csv(path)
+            print(f"wrote {path}")
     return 0
 
 

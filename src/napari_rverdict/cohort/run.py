@@ -76,10 +76,11 @@ def check_cohort_out(out, subjects: list[Subject], task, *, overwrite: bool = Fa
         raise InputError("--out is empty: give a folder")
     out = Path(out)
     names = {s.name for s in subjects}
+    bundle = getattr(task, "bundle", None)  # PredictTask's model bundle: an input of every subject
     check_output_dir(out, [COHORT_CSV, *names], overwrite=True,
-                     inputs=[p for s in subjects for p in (s.dwi, s.mask, s.labels)])
+                     inputs=[bundle, *(p for s in subjects for p in (s.dwi, s.mask, s.labels))])
     for s in subjects:
-        for p in (s.dwi, s.mask, s.labels):
+        for p in (s.dwi, s.mask, s.labels, bundle):
             if p is not None and (out / s.name).resolve() in Path(p).resolve().parents:
                 raise InputError(f"--out {out}: subject {s.name}'s folder would hold its input {p}; "
                                  "choose another folder")
