@@ -113,9 +113,9 @@ def test_bad_voxels_left_out_with_one_warning(bundle, phantom):
     data[tuple(idx[0])][0] = np.nan
     data[tuple(idx[1])][0] = 0.0  # non-positive b = 0
     data[tuple(idx[2])][7] = np.inf
-    with pytest.warns(UserWarning, match="3 of .* NaN or a non-positive b = 0") as rec:
+    with pytest.warns(UserWarning, match="3 of .* NaN or infinite value in some volume, or a b = 0 signal ≤ 0") as rec:
         maps = predict_volume(bundle, data, Protocol.innovate(direction_averaged=False), mask=phantom.mask)
-    assert sum("non-positive" in str(w.message) for w in rec) == 1
+    assert sum("b = 0 signal ≤ 0" in str(w.message) for w in rec) == 1
     for i in idx:
         assert np.isnan(maps["f_ic"][tuple(i)])
     assert (maps["f_ic"][phantom.mask] > 0).sum() == phantom.mask.sum() - 3
@@ -238,12 +238,12 @@ def test_streaming_default_mask_and_bad_voxels_as_in_memory(bundle, phantom, tmp
     memory = Dwi.from_array(data, phantom.affine, phantom.protocol)
     file_mask = load_dwi(path).b0()
     assert np.array_equal(default_mask(file_mask), default_mask(memory.b0()))
-    with pytest.warns(UserWarning, match="non-positive") as rec_mem:
+    with pytest.warns(UserWarning, match="b = 0 signal ≤ 0") as rec_mem:
         ref = predict_volume(bundle, memory)
-    with pytest.warns(UserWarning, match="non-positive") as rec_file:
+    with pytest.warns(UserWarning, match="b = 0 signal ≤ 0") as rec_file:
         got = predict_volume(bundle, path, chunk=600)
-    msgs = [str(w.message) for w in rec_file if "non-positive" in str(w.message)]
-    assert msgs == [str(w.message) for w in rec_mem if "non-positive" in str(w.message)]
+    msgs = [str(w.message) for w in rec_file if "b = 0 signal ≤ 0" in str(w.message)]
+    assert msgs == [str(w.message) for w in rec_mem if "b = 0 signal ≤ 0" in str(w.message)]
     # the NaN b = 0 voxel has a NaN mean b = 0, so the default mask leaves it out; the other two are counted
     assert len(msgs) == 1 and msgs[0].startswith(f"2 of {int(default_mask(file_mask).sum())} ")
     assert np.array_equal(np.isnan(got["f_ic"]), np.isnan(ref["f_ic"]))
@@ -287,7 +287,7 @@ def test_left_out_voxels_are_nan_and_roi_mean_is_over_mapped_voxels(bundle, phan
     data = phantom.dwi.copy()
     for i in drop:
         data[tuple(i)][0] = np.nan
-    with pytest.warns(UserWarning, match="NaN or a non-positive"):
+    with pytest.warns(UserWarning, match="NaN or infinite value in some volume"):
         maps = predict_volume(bundle, data, Protocol.innovate(direction_averaged=False), mask=phantom.mask)
     for i in drop:
         assert np.isnan(maps["f_ic"][tuple(i)])
@@ -309,3 +309,26 @@ def test_classic_verdict_maps_a_dwi_whose_tr_differs_rverdict_refuses_naming_tr(
     assert np.isfinite(maps["f_ic"][ph.mask]).all()
     with pytest.raises(ValueError, match=r"differs in TR 3000 ms vs the model's 2482 ms"):
         predict_volume(bundle, ph.to_dwi(), mask=ph.mask)
+
+
+def test_an_extra_series_in_the_dwi_is_left_out_and_named(bundle, phantom, tmp_path):
+    """A DWI with 3 more volumes at settings the model does not have (b = 1000, δ 10, Δ 20, TE 50 ms) is mapped from
+    its other volumes, as the same DWI without them, and one warning names what is not used."""
+    dwi = phantom.to_dwi()
+    p = dwi.protocol
+    extra = Protocol(np.r_[p.b, [1000.0] * 3], np.r_[p.small_delta, [10.0] * 3], np.r_[p.big_delta, [20.0] * 3],
+                     np.r_[p.te, [50.0] * 3], np.r_[p.tr, [2000.0] * 3],
+                     np.r_[p.directions, np.eye(3)])
+    more = np.concatenate([dwi.data, dwi.data[..., -3:] * 0.5], axis=-1)
+    want = predict_volume(bundle, dwi, mask=phantom.mask)
+    for source in ("array", "file"):
+        given = Dwi.from_array(more, dwi.affine, extra)
+        if source == "file":
+            given = save_dwi(more, dwi.affine, tmp_path / "more.nii.gz", extra)[0]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = predict_volume(bundle, given, mask=phantom.mask)
+        text = " ".join(str(w.message) for w in caught)
+        assert "matches none of the model's and is not used" in text and "TE = 50 ms" in text, text
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=f"{source} {k}")

@@ -357,3 +357,21 @@ def test_missing_tr_is_explained_by_where_the_protocol_came_from(tmp_path):
         p = load_protocol(tmp_path / "x.scheme")
     with pytest.raises(ProtocolError, match="x.scheme: Camino scheme files carry no TR, and there is no x.tr beside"):
         get_model("rverdict").check_protocol(p)
+
+
+def test_match_uses_the_matching_measurements_of_a_longer_protocol_and_refuses_a_shorter_one():
+    ref = Protocol.innovate()
+    extra_b0 = ref.subset([0])  # another series' b = 0: TE 40 ms, which the model does not have
+    extra_b0 = Protocol(extra_b0.b, extra_b0.small_delta, extra_b0.big_delta, [40.0], extra_b0.tr)
+    order = np.r_[3, 7, 0, 9, 1, 2, 4, 5, 6, 8]
+    data = Protocol(np.r_[extra_b0.b, ref.b[order]], np.r_[extra_b0.small_delta, ref.small_delta[order]],
+                    np.r_[extra_b0.big_delta, ref.big_delta[order]], np.r_[extra_b0.te, ref.te[order]],
+                    np.r_[extra_b0.tr, ref.tr[order]])
+    index, notes = data.match_to(ref)
+    assert np.array_equal(data.b[index], ref.b) and np.array_equal(data.te[index], ref.te)
+    assert 0 not in index and sorted(index) == list(range(1, 11))
+    assert any("different order" in n for n in notes)
+    assert any(n.startswith("the data's measurement 0 (b = 0 s/mm², TE = 40 ms") and "is not used" in n
+               for n in notes), notes
+    with pytest.raises(ProtocolError, match="the data has 9 measurements but the model's protocol has 10"):
+        ref.subset(range(9)).match_to(ref)

@@ -214,11 +214,12 @@ def _warn_implausible(fraction: float, stacklevel: int) -> None:
 
 def _warn_excluded(n_bad: int, n_mask: int, stacklevel: int) -> None:
     if n_bad:
-        warnings.warn(f"{n_bad} of {n_mask} mask voxel(s) have NaN or a non-positive b = 0 signal; "
-                      "they are left out (NaN in the maps)", stacklevel=stacklevel + 1)
+        warnings.warn(f"{n_bad} of {n_mask} mask voxel(s) have a NaN or infinite value in some volume, or a b = 0 "
+                      "signal ≤ 0; they are left out (NaN in the maps)", stacklevel=stacklevel + 1)
 
 
-_NO_USABLE = "no voxel of the mask has a usable signal (all have NaN or a non-positive b = 0)"
+_NO_USABLE = ("no voxel of the mask has a usable signal (each has a NaN or infinite value in some volume, or a "
+              "b = 0 signal ≤ 0)")
 
 
 def prepare_voxels(dwi, protocol=None, mask=None, *, reference: Protocol | None = None, model=None,

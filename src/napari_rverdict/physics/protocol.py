@@ -247,6 +247,14 @@ class Protocol:
                         f"{self.te[i]:>6.1f} {self.tr[i]:>7.0f}")
         return "\n".join(rows)
 
+    def settings_of(self, i: int) -> str:
+        """Measurement ``i``'s settings in words: ``b = 1000 s/mm², δ = 23.5 ms, Δ = 31.3 ms, TE = 65 ms``."""
+        text = f"b = {self.b[i]:g} s/mm²"
+        if not self.is_b0[i]:
+            text += f", δ = {self.small_delta[i]:g} ms, Δ = {self.big_delta[i]:g} ms"
+        text += f", TE = {self.te[i]:g} ms"
+        return text + (f", TR = {self.tr[i]:g} ms" if np.isfinite(self.tr[i]) else "")
+
     # ------------------------------------------------------------------ series
     def series_ids(self) -> np.ndarray:
         """An integer per measurement naming its series: measurements sharing TE and TR (to 0.5 ms).
@@ -352,7 +360,8 @@ class Protocol:
         """Find, for each measurement of ``reference``, the measurement of ``self`` acquired with its settings.
 
         Returns ``(index, notes)``: ``data[..., index]`` puts data acquired with ``self`` into the reference's order;
-        ``notes`` lists what differs (e.g. ``b = 2006.4 where 2000 is expected``). Measurements match when b, δ,
+        ``notes`` lists what differs (e.g. ``b = 2006.4 where 2000 is expected``). Data with more measurements than
+        the reference (an extra shell or series) use the matching ones; a note names those left out. Measurements match when b, δ,
         Δ, TE agree within ``rtol`` (or ``atol_ms`` for times; b = 0 matches b = 0) and TR agrees where both are
         known. Raises ProtocolError when no one-to-one matching exists, naming the setting(s) in which the nearest
         measurement of the data differs (e.g. ``TR 3000 ms vs the model's 2482 ms``).
@@ -365,14 +374,14 @@ class Protocol:
         """
         from scipy.optimize import linear_sum_assignment
 
-        if len(self) != len(reference):
+        if len(self) < len(reference):
             raise ProtocolError(
                 f"the data has {len(self)} measurements but the model's protocol has {len(reference)}"
             )
-        n = len(self)
-        cost = np.zeros((n, n))
-        feasible = np.ones((n, n), dtype=bool)
-        failing = {}  # setting → (n, n) bool: the pair differs in it beyond tolerance
+        n = len(reference)
+        cost = np.zeros((n, len(self)))  # reference × data
+        feasible = np.ones((n, len(self)), dtype=bool)
+        failing = {}  # setting → (reference × data) bool: the pair differs in it beyond tolerance
 
         def rel(a, b, atol):
             d = np.abs(a[:, None] - b[None, :])
@@ -410,8 +419,14 @@ class Protocol:
         index[rows] = cols
         notes = []
         unknown_tr = False
-        if not np.array_equal(index, np.arange(n)):
+        if np.any(np.diff(index) < 0):
             notes.append("measurements are in a different order than the model's protocol; reordered to match")
+        unused = np.setdiff1d(np.arange(len(self)), index)
+        if unused.size:
+            notes.append(f"the data's measurement{'s' * (unused.size > 1)} "
+                         + ", ".join(f"{j} ({self.settings_of(j)})" for j in unused)
+                         + (" match none of the model's and are" if unused.size > 1 else
+                            " matches none of the model's and is") + " not used")
         keys = ("b", "small_delta", "big_delta", "te", "tr") if use_tr else ("b", "small_delta", "big_delta", "te")
         for i, j in enumerate(index):
             for key in keys:
@@ -454,6 +469,7 @@ class Protocol:
                 got, want = getattr(self, key)[j], getattr(reference, key)[i]
                 diffs.append(f"{label} {got:g} {unit} vs the model's {want:g} {unit}")
         return f": the nearest, the data's measurement {j}, differs in " + ", ".join(diffs)
+
 
 def _tr_ignored_notes(reference: Protocol, data_tr: np.ndarray) -> list[str]:
     """Notes for a match that ignores TR (``use_tr=False``): the data's TR (``data_tr``, in the reference's order)
