@@ -76,8 +76,69 @@ def separator() -> QFrame:
     return line
 
 
+class LayerWatch:
+    """Calls ``on_change(renamed)`` whenever the viewer's layer list changes (a layer inserted, removed or moved:
+    ``renamed`` is {}) or a layer is renamed (``renamed`` is {old name: new name}), so a picker that shows layer
+    names can follow a rename and keep its choice.
+
+    Every layer's ``events.name`` is followed: connected for the layers present now and on insert, disconnected
+    on removal; :meth:`close` drops every connection (the owner calls it when it goes away). The one place the
+    docks' layer pickers learn of layer changes."""
+
+    LIST_EVENTS = ("inserted", "removed", "reordered")
+
+    def __init__(self, viewer, on_change: Callable[[dict], None]):
+        self.layers = getattr(viewer, "__wrapped__", viewer).layers  # the real list behind napari's proxy
+        self.on_change = on_change
+        self._names: dict[int, tuple] = {}  # id(layer) → (layer, its last known name)
+        self._closed = False
+        for layer in self.layers:
+            self._follow(layer)
+        for name in self.LIST_EVENTS:
+            getattr(self.layers.events, name).connect(self._list_changed)
+
+    def _follow(self, layer) -> None:
+        if id(layer) not in self._names:
+            self._names[id(layer)] = (layer, layer.name)
+            layer.events.name.connect(self._renamed)
+
+    def _unfollow(self, layer) -> None:
+        if self._names.pop(id(layer), None) is not None:
+            try:
+                layer.events.name.disconnect(self._renamed)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+    def _list_changed(self, event) -> None:
+        if event.type == "inserted":
+            self._follow(event.value)
+        elif event.type == "removed":
+            self._unfollow(event.value)
+        self.on_change({})
+
+    def _renamed(self, event) -> None:
+        layer = event.source
+        old = self._names.get(id(layer), (layer, None))[1]
+        self._names[id(layer)] = (layer, layer.name)
+        self.on_change({old: layer.name} if old is not None and old != layer.name else {})
+
+    def close(self) -> None:
+        """Stop following the layer list and every layer's name."""
+        if self._closed:
+            return
+        self._closed = True
+        for name in self.LIST_EVENTS:
+            try:
+                getattr(self.layers.events, name).disconnect(self._list_changed)
+            except Exception:  # noqa: BLE001 - the viewer may be gone already
+                pass
+        for layer, _name in list(self._names.values()):
+            self._unfollow(layer)
+
+
 class LayerCombo(QComboBox):
-    """A combo box listing the viewer's layers that pass ``accept`` (kept in sync with the layer list).
+    """A combo box listing the viewer's layers that pass ``accept``, kept in sync with the layer list and with the
+    layers' names (:class:`LayerWatch`: a renamed layer stays chosen under its new name).
 
     ``none_text`` adds a first entry meaning "no layer". :meth:`layer` returns the chosen layer object.
     """
@@ -89,14 +150,14 @@ class LayerCombo(QComboBox):
         self.none_text = none_text
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
-        events = viewer.layers.events
-        for ev in (events.inserted, events.removed, events.reordered):
-            ev.connect(self.refresh)
-        self.destroyed.connect(lambda *_: _disconnect(events, self.refresh))
+        watch = self.layer_watch = LayerWatch(viewer, self.refresh)
+        self.destroyed.connect(lambda *_: watch.close())
         self.refresh()
 
-    def refresh(self, *_) -> None:
+    def refresh(self, renamed: dict | None = None) -> None:
+        """List the layers again; ``renamed`` ({old: new name}) carries the choice over a rename."""
         current = self.currentText()
+        current = (renamed or {}).get(current, current)
         self.blockSignals(True)
         self.clear()
         if self.none_text is not None:
@@ -125,14 +186,6 @@ class LayerCombo(QComboBox):
         idx = self.findText(name)
         if idx >= 0:
             self.setCurrentIndex(idx)
-
-
-def _disconnect(events, slot) -> None:
-    for ev in (events.inserted, events.removed, events.reordered):
-        try:
-            ev.disconnect(slot)
-        except Exception:  # noqa: BLE001
-            pass
 
 
 class JobStopped(Exception):

@@ -12,7 +12,7 @@ import numpy as np
 from magicgui.widgets import FloatSlider
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from napari_rverdict._napari._common import LifetimeGuard
+from napari_rverdict._napari._common import LayerWatch, LifetimeGuard
 from napari_rverdict._napari.explore_dock import form
 from napari_rverdict._napari.explore_dock.plot import ALL_SERIES
 from napari_rverdict._napari.explore_dock.whatif import WhatIf
@@ -58,9 +58,7 @@ class ExploreWidget(QWidget):
             sig.connect(self.redraw)
         self.dwi_combo.currentIndexChanged.connect(self.clear_voxel)
         self.clear_voxel_btn.clicked.connect(self.clear_voxel)
-        events = self._real_viewer.layers.events
-        for ev in (events.inserted, events.removed):
-            ev.connect(self._refresh_layers)
+        self._layer_watch = LayerWatch(self._real_viewer, self._refresh_layers)  # follows renames too
         self._real_viewer.mouse_move_callbacks.append(self._on_mouse_move)
         self._real_viewer.mouse_drag_callbacks.append(self._on_mouse_press)
         self._guard = LifetimeGuard(self, self.shutdown)
@@ -71,12 +69,7 @@ class ExploreWidget(QWidget):
                               (self._real_viewer.mouse_drag_callbacks, self._on_mouse_press)):
             if fn in callbacks:
                 callbacks.remove(fn)
-        events = self._real_viewer.layers.events
-        for ev in (events.inserted, events.removed):
-            try:
-                ev.disconnect(self._refresh_layers)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        self._layer_watch.close()
         self.whatif.stop()
 
     @property
@@ -126,10 +119,14 @@ class ExploreWidget(QWidget):
         """Move slider ``name`` to ``value`` (as a user would)."""
         self.sliders[name].value = value
 
-    def _refresh_layers(self, *_) -> None:
+    def _refresh_layers(self, renamed: dict | None = None) -> None:
+        """List the DWI layers and protocol sources again; ``renamed`` ({old: new name}) keeps a renamed layer
+        chosen."""
+        renamed = renamed or {}
         layers = list(self._real_viewer.layers)
         dwis = [ly.name for ly in reversed(layers) if isinstance(ly, napari.layers.Image) and ly.ndim == 4]
         current = self.dwi_combo.currentText()
+        current = renamed.get(current, current)
         self.dwi_combo.blockSignals(True)
         self.dwi_combo.clear()
         self.dwi_combo.addItems(dwis)
@@ -137,6 +134,8 @@ class ExploreWidget(QWidget):
             self.dwi_combo.setCurrentText(current)
         self.dwi_combo.blockSignals(False)
         current = self.protocol_combo.currentData()
+        if current is not None and current[0] == "layer" and current[1] in renamed:
+            current = ("layer", renamed[current[1]])
         self.protocol_combo.blockSignals(True)
         self.protocol_combo.clear()
         self.protocol_combo.addItem("INNOVATE preset (10 direction-averaged)", ("preset", "innovate"))

@@ -28,12 +28,13 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from napari_rverdict._napari import viewer_hooks
-from napari_rverdict._napari._common import LifetimeGuard, Relay, release_worker
+from napari_rverdict._napari._common import LayerWatch, LifetimeGuard, Relay, release_worker
 from napari_rverdict._napari.maps_dock import exports, feedback, form, inputs, tables
 from napari_rverdict._napari.maps_dock.job import compute_job
 from napari_rverdict._napari.maps_dock.layers import (
     SD_SUFFIX,
     add_map_layers,
+    follow_renamed_sources,
     raise_to_top,
     show_labels_as_contours,
     shown,
@@ -93,6 +94,7 @@ class MapsWidget(QWidget):
         self.sd_map_combo.currentIndexChanged.connect(self._sd_map_changed)
         self.sd_spin.valueChanged.connect(self._apply_sd_threshold)
         self.session.bundle_changed.connect(self._bundle_changed)
+        self._layer_watch = LayerWatch(self.viewer, lambda renamed: follow_renamed_sources(self.viewer, renamed))
         self._guard = LifetimeGuard(self, self.shutdown)
 
     # ------------------------------------------------------------------ inputs
@@ -228,6 +230,7 @@ class MapsWidget(QWidget):
         """The dock or the viewer is going away: stop the job (prediction at its next chunk, the NLLS fit through
         its stop event) and let go of the worker, so nothing it returns reaches this dock."""
         self.stop_event.set()
+        self._layer_watch.close()
         if self.worker is not None:
             release_worker(self)
 

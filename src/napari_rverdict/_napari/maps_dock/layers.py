@@ -80,6 +80,15 @@ def remove_stale(viewer, source_name: str, keep) -> None:
             viewer.layers.remove(layer)
 
 
+def follow_renamed_sources(viewer, renamed: dict) -> None:
+    """A DWI layer was renamed ({old: new name}): its map layers say the new name as their source, so a new
+    Compute of it still replaces them (and the Explore dock still finds them)."""
+    for layer in viewer.layers:
+        meta = layer.metadata or {}
+        if meta.get("rverdict_map") and meta.get("source_layer") in renamed:
+            meta["source_layer"] = renamed[meta["source_layer"]]
+
+
 def add_map_layers(viewer, results: dict, model, dwi_layer, affine) -> dict:
     """Put every method's maps into the viewer (``results``: {method: {map name: (x, y, z)}}; the first map of
     the first method visible with its colorbar, the rest hidden) and remove what an earlier run left; returns

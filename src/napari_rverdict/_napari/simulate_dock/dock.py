@@ -6,7 +6,6 @@ protocol choice and the worker.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
 import napari
@@ -18,7 +17,15 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QBrush
 from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 
-from napari_rverdict._napari._common import JobStopped, LifetimeGuard, Relay, release_worker, stoppable, with_napari_threads
+from napari_rverdict._napari._common import (
+    JobStopped,
+    LayerWatch,
+    LifetimeGuard,
+    Relay,
+    release_worker,
+    stoppable,
+    with_napari_threads,
+)
 from napari_rverdict._napari.reader import layer_protocol
 from napari_rverdict._napari.simulate_dock import form
 from napari_rverdict._napari.simulate_dock.form import INVALID_BG
@@ -58,9 +65,8 @@ class SimulateWidget(QWidget):
         self.snr_edit.textChanged.connect(self._validate)
         self.sampler_combo.currentIndexChanged.connect(self._validate)
         self.generate_btn.clicked.connect(self.generate)
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self._refresh_protocols)
-        self.destroyed.connect(lambda *_: _disconnect_layers(self.viewer, self._refresh_protocols))
+        watch = self._layer_watch = LayerWatch(self.viewer, self._refresh_protocols)  # follows renames too
+        self.destroyed.connect(lambda *_: watch.close())
         self._guard = LifetimeGuard(self, self.shutdown)
 
     # ------------------------------------------------------------------ inputs
@@ -97,8 +103,11 @@ class SimulateWidget(QWidget):
                 return
         raise KeyError(name)
 
-    def _refresh_protocols(self, *_) -> None:
+    def _refresh_protocols(self, renamed: dict | None = None) -> None:
+        """List the protocol sources again; ``renamed`` ({old: new layer name}) keeps a renamed layer chosen."""
         current = self.protocol_combo.currentData()
+        if current is not None and current[0] == "layer" and current[1] in (renamed or {}):
+            current = ("layer", renamed[current[1]])
         self.protocol_combo.blockSignals(True)
         self.protocol_combo.clear()
         self.protocol_combo.addItem("INNOVATE preset (10 direction-averaged)", ("preset", "innovate"))
@@ -305,9 +314,3 @@ def _simulate_job(stop_event, progress, **kwargs):
         return simulate(progress=stoppable(progress, stop_event), **kwargs)
     except JobStopped:
         return None
-
-
-def _disconnect_layers(viewer, slot) -> None:
-    for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
-        with contextlib.suppress(Exception):  # the viewer may be gone already
-            ev.disconnect(slot)
