@@ -1,7 +1,8 @@
-"""The docks' layer pickers follow renamed and removed layers."""
+"""The docks' layer pickers follow renamed and removed layers; maps of two DWIs live side by side."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 pytest.importorskip("napari")
@@ -73,3 +74,34 @@ def test_renaming_the_dwi_keeps_it_chosen_in_every_picker(viewer, qtbot):
     assert not _watchers(dwi)
     dwi.name = "gone DWI"
     assert maps.dwi_combo.layer() is None and "gone DWI" not in _items(sim.match_dwi_combo)
+
+
+def test_maps_of_a_second_dwi_do_not_replace_the_first(viewer, qtbot):
+    viewer.open_sample("napari-rverdict", "prostate_phantom")
+    maps = add_dock(viewer, "Maps")
+    maps.device_combo.setCurrentText("cpu")
+    first = viewer.layers["phantom DWI"]
+    _run(qtbot, maps)
+    assert maps.message.kind == "ok", maps.message.text()
+    f_ic = viewer.layers[F_IC]
+    before = np.array(f_ic.data)
+    n_first = len(_map_layers(viewer))
+
+    second = viewer.add_image(np.asarray(first.data) * 0.5, name="second DWI", metadata=dict(first.metadata),
+                              scale=first.scale, translate=first.translate)
+    maps.dwi_combo.select("second DWI")
+    _run(qtbot, maps)
+    assert maps.message.kind == "ok", maps.message.text()
+    assert viewer.layers[F_IC] is f_ic and f_ic.metadata["source_layer"] == "phantom DWI"
+    np.testing.assert_array_equal(f_ic.data, before)
+    other = viewer.layers[F_IC + " (second DWI)"]
+    assert other.metadata["source_layer"] == "second DWI"
+    assert len(_map_layers(viewer)) == 2 * n_first
+
+    # the same DWI again: its own layers are replaced, nothing added
+    _run(qtbot, maps)
+    assert viewer.layers[F_IC + " (second DWI)"] is other and len(_map_layers(viewer)) == 2 * n_first
+    maps.dwi_combo.select("phantom DWI")
+    _run(qtbot, maps)
+    assert viewer.layers[F_IC] is f_ic and len(_map_layers(viewer)) == 2 * n_first
+    assert second in viewer.layers

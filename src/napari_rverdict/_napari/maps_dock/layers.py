@@ -5,8 +5,9 @@ slice and lesion contours line up.
 Each map keeps NaN outside the mask (napari draws NaN transparent, so the DWI shows around the gland), gets
 contrast limits from the robust range of its finite values (:func:`auto_limits`) and is shown in its display unit
 (:func:`~napari_rverdict._napari.reader.display_factor`: cellularity in 10⁻³ µm⁻³). A new Compute replaces the
-layers the previous one made from the same DWI (:func:`remove_stale`); the shown map gets napari's colorbar and is
-the selected layer.
+layers the previous one made from the same DWI (:func:`remove_stale`), never another DWI's: the maps of a second
+DWI are named after it (:func:`layer_name_for`, e.g. ``f_ic [fraction] (second DWI)``). The shown map gets
+napari's colorbar and is the selected layer.
 """
 
 from __future__ import annotations
@@ -54,11 +55,30 @@ def raise_to_top(viewer, layer) -> None:
         layers.move(idx, len(layers))
 
 
-def put_layer(viewer, name: str, data_zyx, kwargs: dict):
-    """Replace the data of an earlier map layer of the same name, or add a new layer."""
+def _is_map(layer, source=None) -> bool:
+    """``layer`` is a map layer (of DWI ``source``, when given)."""
+    meta = layer.metadata or {}
+    return isinstance(layer, napari.layers.Image) and bool(meta.get("rverdict_map")) and \
+        (source is None or meta.get("source_layer") == source)
+
+
+def layer_name_for(viewer, name: str, source: str) -> str:
+    """The layer name of map ``name`` of DWI ``source``: ``name`` itself, unless a map of another DWI has it;
+    then ``name (source)``, so maps of two DWIs live side by side."""
     layers = viewer.layers
-    if name in layers and isinstance(layers[name], napari.layers.Image) and \
-            (layers[name].metadata or {}).get("rverdict_map"):
+    if name in layers and _is_map(layers[name]) and not _is_map(layers[name], source):
+        return f"{name} ({source})"
+    return name
+
+
+def put_layer(viewer, name: str, data_zyx, kwargs: dict):
+    """Replace the data of an earlier map layer of the same name made from the same DWI
+    (``kwargs["metadata"]["source_layer"]``), or add a new layer (named after its DWI when another DWI's map
+    has ``name``). Returns the layer."""
+    layers = viewer.layers
+    source = kwargs["metadata"]["source_layer"]
+    name = layer_name_for(viewer, name, source)
+    if name in layers and _is_map(layers[name], source):
         layer = layers[name]
         if layer.data.shape == data_zyx.shape:
             layer.data = data_zyx
