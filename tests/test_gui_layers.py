@@ -1,4 +1,5 @@
-"""The docks' layer pickers follow renamed and removed layers; maps of two DWIs live side by side."""
+"""The docks' layer pickers follow renamed and removed layers; maps of two DWIs live side by side; a DWI deleted
+while its maps compute gets none."""
 
 from __future__ import annotations
 
@@ -105,3 +106,17 @@ def test_maps_of_a_second_dwi_do_not_replace_the_first(viewer, qtbot):
     _run(qtbot, maps)
     assert viewer.layers[F_IC] is f_ic and len(_map_layers(viewer)) == 2 * n_first
     assert second in viewer.layers
+
+
+def test_a_dwi_deleted_while_its_maps_compute_gets_none(viewer, qtbot):
+    viewer.open_sample("napari-rverdict", "prostate_phantom")
+    maps = add_dock(viewer, "Maps")
+    maps.device_combo.setCurrentText("cpu")
+    qtbot.mouseClick(maps.compute_btn, Qt.MouseButton.LeftButton)
+    assert maps.worker is not None
+    viewer.layers.remove("phantom DWI")  # before the worker's result reaches the dock
+    qtbot.waitUntil(lambda: maps.worker is None, timeout=120_000)
+    assert not _map_layers(viewer)
+    assert maps.message.kind == "warning"
+    assert "'phantom DWI' was removed while its maps were computed; nothing added" in maps.message.text()
+    assert maps.maps is None

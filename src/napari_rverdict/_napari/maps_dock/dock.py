@@ -40,7 +40,7 @@ from napari_rverdict._napari.maps_dock.layers import (
     shown,
 )
 from napari_rverdict._napari.reader import display_factor, map_spec_for, map_unit_text
-from napari_rverdict._napari.state import get_state, model_label
+from napari_rverdict._napari.state import _unwrap, get_state, model_label
 from napari_rverdict.physics.models import FIT_NRMSE
 
 
@@ -260,6 +260,11 @@ class MapsWidget(QWidget):
             self._reset_progress()
             return
         layer = run["layer"]
+        if not any(_unwrap(ly) is _unwrap(layer) for ly in self.viewer.layers):  # deleted while the maps computed
+            self.message.warn(f"The DWI layer '{layer.name}' was removed while its maps were computed; nothing "
+                              "added.")
+            self._reset_progress()
+            return
         self.results, self.affine = dict(out["results"]), run["affine"]
         self.sd_spin.blockSignals(True)
         self.sd_spin.setValue(0.0)
