@@ -69,6 +69,10 @@ def test_self_supervised_without_a_model_adds_maps_fit_quality_and_a_loss_curve(
     assert maps.loss_plot.val_x == [1.0, 2.0, 3.0, 4.0] and len(maps.loss_plot.train_y) == 4
     assert maps.loss_section.isVisibleTo(maps) and maps.loss_section.isExpanded()
     assert maps.progress.value() == 100
+    # the loss axis names the loss the fit used (σ estimated from the phantom: Rician); epochs as whole numbers
+    maps.loss_plot.flush()
+    assert maps.loss_plot.ax.get_ylabel() == "Rician NLL (normalised signal)"
+    assert all(float(t).is_integer() for t in maps.loss_plot.ax.get_xticks())
     # exports include the fit quality, named after the method
     written = maps.export_maps(tmp_path / "out")
     names = sorted(p.name for p in written)
@@ -77,6 +81,19 @@ def test_self_supervised_without_a_model_adds_maps_fit_quality_and_a_loss_curve(
     # switching back to the network hides the self-supervised rows
     maps.method_combo.setCurrentText("network")
     assert not maps.ss_box.isVisibleTo(maps)
+
+
+def test_self_supervised_loss_axis_says_mse_when_sigma_cannot_be_estimated(viewer, qtbot, monkeypatch):
+    from napari_rverdict.maps import self_supervised
+
+    monkeypatch.setattr(self_supervised, "estimated_sigma", lambda *a, **k: None)  # as for a DWI without air
+    viewer.open_sample("napari-rverdict", "prostate_phantom")
+    _box_mask(viewer, "small mask", slice(3, 5), slice(None), slice(None))
+    maps = _self_supervised_dock(viewer, "small mask", epochs=2)
+    _run(qtbot, maps)
+    assert maps.maps is not None, maps.message.text()
+    maps.loss_plot.flush()
+    assert maps.loss_plot.ax.get_ylabel() == "MSE (normalised signal)"
 
 
 def test_stop_keeps_the_best_weights_and_adds_the_maps(viewer, qtbot):

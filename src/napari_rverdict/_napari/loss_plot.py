@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QSizePolicy, QVBoxLayout, QWidget
 
@@ -66,6 +67,7 @@ class LossPlot(QWidget):
         (self._best,) = self.ax.plot([], [], "*", color="#e63946", ms=12, label="best")
         self._best_vline = self.ax.axvline(np.nan, color="#e63946", lw=0.8, ls="--")
         self.ax.set_xlabel("epoch")
+        self.ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         self.ax.set_ylabel("MSE (scaled)")
         leg = self.ax.legend(fontsize=7, loc="upper right", facecolor=BG, edgecolor=FG)
         for t in leg.get_texts():
@@ -116,6 +118,13 @@ class LossPlot(QWidget):
             self.add_val(i, v)
         best = history.get("best_epoch")
         self.set_best(int(best) if best is not None else None)
+
+    def set_ylabel(self, text: str) -> None:
+        """Name the loss axis (the loss the run uses)."""
+        if self.ax.get_ylabel() != text:
+            self.ax.set_ylabel(text)
+            self.canvas.relayout()
+            self._schedule()
 
     # ------------------------------------------------------------------ drawing
     def _schedule(self) -> None:

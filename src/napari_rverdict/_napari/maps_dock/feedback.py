@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from napari.utils.notifications import show_warning
 
-from napari_rverdict._napari.maps_dock.job import NEEDS_BUNDLE, SELF_SUPERVISED
+from napari_rverdict._napari.maps_dock.job import LOSS_LABELS, NEEDS_BUNDLE, SELF_SUPERVISED
 from napari_rverdict._napari.state import model_label
 
 SNR_ADVICE = " (in napari: Simulate dock ▸ Match noise to this DWI, then train again)"
@@ -46,13 +46,16 @@ def start(dock, run: dict) -> None:
 
 
 def on_progress(dock, item) -> None:
-    """One report of the worker: a TrainProgress record (self-supervised), ("noise", line), or (stage, done,
-    total) voxels."""
+    """One report of the worker: a TrainProgress record (self-supervised), ("noise", line), ("loss", key) (the
+    self-supervised loss), or (stage, done, total) voxels."""
     if hasattr(item, "kind"):
         _on_record(dock, item)
         return
     if item[0] == "noise":
         show_snr_warning(dock, item[1])
+        return
+    if item[0] == "loss":  # the loss the self-supervised fit uses: the plot's y label
+        dock.loss_plot.set_ylabel(LOSS_LABELS[item[1]])
         return
     stage, done, total = item
     value = int(round(100 * done / max(total, 1)))

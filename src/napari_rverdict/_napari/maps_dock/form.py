@@ -65,7 +65,7 @@ def build(dock) -> None:
     dock.loss_plot = LossPlot()
     dock.loss_caption = hint("The self-supervised encoder's loss per epoch: on the voxels it trains on and on the "
                              "held-out voxels (validation) that choose the best weights (★).")
-    dock.loss_plot.ax.set_ylabel("MSE (normalised signal)")
+    dock.loss_plot.set_ylabel("loss (normalised signal)")  # named by the loss a run uses (feedback.on_progress)
     dock.loss_section = collapsible(layout, "Self-supervised loss", [dock.loss_caption, dock.loss_plot])
     dock.sd_box = sd_section(dock)
     dock.sd_section = collapsible(layout, "Uncertainty threshold", [dock.sd_box])

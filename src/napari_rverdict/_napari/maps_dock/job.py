@@ -28,6 +28,8 @@ METHODS = {
                      "weights)",
 }
 NEEDS_BUNDLE = ("network", "NLLS")  # the methods that use the current model's network
+# The self-supervised loss plot's y label, by the loss the fit used (reported as ("loss", key) and out["loss"]).
+LOSS_LABELS = {"rician": "Rician NLL (normalised signal)", "mse": "MSE (normalised signal)"}
 
 
 def noise_check(bundle, dwi, mask) -> str | None:
@@ -48,8 +50,8 @@ def compute_job(bundle, dwi, mask, device, uncertainty, method, progress, stop_e
     """The worker: the maps of ``method`` ({method: {map: (x, y, z)}}); no layers here. Reports through
     ``progress``: ``(stage, done, total)`` tuples (voxels), ``("noise", line)`` when the DWI's SNR lies outside
     the bundle's training range (the maps are still computed; also ``out["noise_warning"]``), and, for
-    self-supervised, each :class:`~napari_rverdict.learn.train.TrainProgress` record (EPOCH with the losses,
-    then DONE).
+    self-supervised, ``("loss", "rician" | "mse")`` (the loss the fit uses, :data:`LOSS_LABELS`) and then
+    each :class:`~napari_rverdict.learn.train.TrainProgress` record (EPOCH with the losses, then DONE).
 
     Setting ``stop_event`` (a :class:`threading.Event`) stops the run at the network's next chunk or inside the
     NLLS fit (``fit_volume(stop_event=...)`` raises ``FitCancelled``); the result is then
@@ -85,7 +87,7 @@ def compute_job(bundle, dwi, mask, device, uncertainty, method, progress, stop_e
 def self_supervised_job(model, dwi, mask, device, epochs, seed, progress, stop_event) -> dict:
     """:func:`~napari_rverdict.maps.self_supervised.fit_self_supervised` with every record passed on; a stop
     keeps the best weights, so the maps always come back."""
-    from napari_rverdict.maps.self_supervised import fit_self_supervised
+    from napari_rverdict.maps import self_supervised
 
     last: dict = {}
 
@@ -93,9 +95,14 @@ def self_supervised_job(model, dwi, mask, device, epochs, seed, progress, stop_e
         last["record"] = record
         progress(record)
 
-    maps = fit_self_supervised(model, dwi, mask=mask, device=device, epochs=int(epochs), seed=seed, progress=report,
-                               stop_event=stop_event, sigma="auto")  # Rician loss on the DWI's own σ
+    # the Rician loss on the DWI's own σ; the squared error (with a warning saying why) where σ cannot be estimated
+    sigma = self_supervised.estimated_sigma("auto", dwi, mask=mask)
+    loss = "mse" if sigma is None else "rician"
+    progress(("loss", loss))
+    maps = self_supervised.fit_self_supervised(model, dwi, mask=mask, device=device, epochs=int(epochs), seed=seed,
+                                               progress=report, stop_event=stop_event, sigma=sigma)
     rec = last.get("record")
     training = {"epoch": rec.epoch if rec else 0, "best_epoch": rec.best_epoch if rec else None,
                 "max_epochs": int(epochs), "stopped": stop_event is not None and stop_event.is_set()}
-    return {"results": {SELF_SUPERVISED: maps}, "stopped": False, "noise_warning": None, "training": training}
+    return {"results": {SELF_SUPERVISED: maps}, "stopped": False, "noise_warning": None, "training": training,
+            "loss": loss}
