@@ -135,3 +135,24 @@ def test_explore_dock_fits_a_1366x768_screen(viewer, qtbot):
     assert w.minimumSizeHint().height() < 600  # everything scrolls: the dock never forces a taller window
     assert w.width() <= 560 and w.scroll_area.widget().minimumSizeHint().width() <= w.scroll_area.viewport().width() + 2
     assert w.scroll_area.verticalScrollBar().maximum() > 0  # expanded sections scroll instead of overflowing
+
+
+def test_explore_plot_and_sliders_are_on_screen_together_at_1366x768(viewer, qtbot):
+    """As launched (tabbed on the right), a lecturer drags a slider and watches the whole plot, without scrolling."""
+    from qtpy.QtCore import QPoint, QRect
+
+    from napari_rverdict._napari.launch import open_viewer
+
+    _, widgets = open_viewer(viewer)
+    win = viewer.window._qt_window
+    win.setGeometry(QRect(0, 0, 1366, 768))
+    w = widgets["Explore"]
+    qtbot.wait(50)  # the launcher raises the Maps tab once the event loop runs
+    w.parentWidget().raise_()
+    qtbot.waitUntil(lambda: not w.visibleRegion().isEmpty(), timeout=5000)
+    qtbot.wait(100)
+    assert w.scroll_area.verticalScrollBar().value() == 0
+    viewport = w.scroll_area.viewport()
+    for item in [w.plot_canvas, *(s.native for s in w.sliders)]:
+        rect = QRect(item.mapTo(viewport, QPoint(0, 0)), item.size())
+        assert item.isVisible() and viewport.rect().contains(rect), f"{item}: {rect} outside {viewport.rect()}"
