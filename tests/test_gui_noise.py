@@ -76,9 +76,13 @@ def test_effective_snr_follows_the_reference(viewer, qtbot):
     assert _effective(qtbot, sim) == (20.0, 20.0, 20.0)
     _set(sim.model_combo, "rverdict")
     assert _effective(qtbot, sim)[0] < 10  # rVERDICT "s0" at SNR 20 again spreads below it
-    sim.snr_edit.setText("abc")  # an invalid SNR: no line rather than a stale one
+    sim.snr_edit.setText("abc")  # an invalid SNR: no line rather than a stale one, at once (not after the debounce)
+    assert sim.effective_label.text() == ""
     qtbot.waitUntil(lambda: not sim.noise.pending, timeout=10_000)
     assert sim.effective_label.text() == ""
+    sim.snr_edit.setText("15–60")  # a range as the dock prints them (en dash) is accepted
+    assert sim.generate_btn.isEnabled() and sim.settings()["snr"] == (15.0, 60.0)
+    assert _effective(qtbot, sim)[2] <= 60
 
 
 def test_match_noise_to_the_phantom_dwi(viewer, qtbot, tmp_path):

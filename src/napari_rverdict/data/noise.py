@@ -192,12 +192,13 @@ def _snr_per_sample(snr, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def parse_snr(text: str, what: str = "SNR"):
-    """``35`` → 35.0; ``15-60`` or ``15,60`` → (15.0, 60.0). SNRs are positive; a range needs low < high.
+    """``35`` → 35.0; ``15-60``, ``15–60`` (en or em dash, as ranges are printed) or ``15,60`` → (15.0, 60.0).
+    SNRs are positive; a range needs low < high.
 
     ``what`` names the setting in the message (``--snr`` on the command line, ``SNR`` in the dock).
     """
     number = r"(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
-    m = re.fullmatch(rf"\s*{number}\s*(?:[-,]\s*{number}\s*)?", str(text))
+    m = re.fullmatch(rf"\s*{number}\s*(?:[-–—,]\s*{number}\s*)?", str(text))
     if m is None:
         raise InputError(f"{what} expects a positive number or LOW-HIGH (e.g. 35 or 15-60), got '{text}'")
     low, high = m.group(1), m.group(2)

@@ -70,7 +70,10 @@ class NoiseControls(QObject):
 
     # ------------------------------------------------------------------ effective SNR
     def schedule(self, *_) -> None:
-        """Recompute the effective-SNR line once the inputs have been still for ``DEBOUNCE_MS``."""
+        """Recompute the effective-SNR line once the inputs have been still for ``DEBOUNCE_MS``; an invalid SNR
+        blanks it at once (no stale value beside the error)."""
+        if self.snr_problem():
+            self.dock.effective_label.setText("")
         self._timer.start()
 
     @property
