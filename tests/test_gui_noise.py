@@ -122,17 +122,19 @@ def test_match_noise_to_the_phantom_dwi(viewer, qtbot, tmp_path):
     assert np.all((data.snr >= lo) & (data.snr <= hi))
     assert abs(np.median(data.snr) / est.snr["peak"]["median"] - 1) < 0.1  # drawn from the DWI's own SNR
     np.testing.assert_allclose(data.peak_snr, data.snr, rtol=1e-9)
-    assert "matched to dwi.nii.gz" in sim.message.text()
-    assert "SNR matched to dwi.nii.gz" in tr.data_label.text()
+    # the docks name the layer the user chose; the file name stays in the provenance (data.matched.source)
+    assert "matched to 'phantom DWI'" in sim.message.text() and "dwi.nii.gz" not in sim.message.text()
+    assert "SNR matched to 'phantom DWI'" in tr.data_label.text() and "dwi.nii.gz" not in tr.data_label.text()
     # the Train dock trains at the match, and the saved bundle keeps it
     tr.epochs_spin.setValue(1)
     tr.device_combo.setCurrentText("cpu")
     _click(qtbot, tr.start_btn)
     qtbot.waitUntil(lambda: tr.worker is None and tr.table.rowCount() > 0, timeout=120_000)
-    assert "matched to dwi.nii.gz" in tr.table_caption.text()
+    assert "matched to 'phantom DWI'" in tr.table_caption.text()
     paths = tr.save_bundle(tmp_path / "matched.pt")
     loaded = load_bundle(paths[0])
     assert loaded.noise_match is not None and loaded.noise_match.source == "dwi.nii.gz"
+    assert loaded.noise_match.layer == "phantom DWI"
     assert loaded.noise_match.sigma == pytest.approx(est.sigma)
     # Clear: the typed SNR and reference come back
     _click(qtbot, sim.clear_match_btn)

@@ -137,7 +137,7 @@ class NoiseControls(QObject):
         except ValueError as exc:
             self._fail(str(exc))
             return
-        worker = create_worker(_estimate_job, dwi, mask, source, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(_estimate_job, dwi, mask, source, name, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda est: self._matched(est, name))
         worker.errored.connect(self._failed)
         worker.finished.connect(self._finished)
@@ -206,9 +206,9 @@ class NoiseControls(QObject):
             self._release()
 
 
-def _estimate_job(dwi, mask, source):
+def _estimate_job(dwi, mask, source, layer=""):
     from napari_rverdict.data.noise_estimate import estimate_noise
 
     est = estimate_noise(dwi, mask)
-    est.source = source
+    est.source, est.layer = source, layer  # the file (provenance) and the layer the docks name
     return est
