@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_rverdict._napari._common import Message, hint
+from napari_rverdict._napari._common import Message, compact, hint
 from napari_rverdict._napari.explore_dock.plot import CurveArtists
 from napari_rverdict._napari.mpl_style import style_axes
 from napari_rverdict.evaluate.explore import NOISE_REFERENCES
@@ -97,6 +97,7 @@ def build(dock) -> None:
     dock.whatif_box = section(layout, "Protocol what-if", expanded=False)
     dock.whatif_box.addWidget(_whatif_form(dock))
     layout.addStretch(1)
+    compact(dock)  # long combo entries elide: the dock is as narrow as the launcher asks (launch.DOCK_WIDTH)
 
 
 def _model_form(dock) -> QWidget:
