@@ -10,7 +10,7 @@ pytest.importorskip("napari")
 from conftest import add_dock, generate_in_dock
 from qtpy.QtCore import QPoint, QRect, Qt
 
-from napari_rverdict._napari.launch import DOCKS, open_viewer
+from napari_rverdict._napari.launch import DOCK_WIDTH, DOCKS, open_viewer
 from napari_rverdict._napari.state import get_state
 
 pytestmark = pytest.mark.gui
@@ -43,6 +43,13 @@ def _reachable(qtbot, widget, name) -> None:
     assert 0 <= corner.x() < SCREEN[0] and 0 <= corner.y() < SCREEN[1], f"{name}: off screen at {corner}"
 
 
+def _not_clipped(widget, name) -> None:
+    """Nothing of the dock's content lies beyond the scroll area's right edge (it scrolls only vertically)."""
+    body, viewport = widget.scroll_area.widget(), widget.scroll_area.viewport()
+    assert body.minimumSizeHint().width() <= viewport.width(), f"{name}: {body.minimumSizeHint()} > {viewport.width()}"
+    assert body.width() <= viewport.width() and widget.scroll_area.horizontalScrollBar().maximum() == 0, name
+
+
 def test_tabbed_docks_fit_a_laptop_screen(viewer, qtbot):
     _, widgets = open_viewer(viewer)
     win = _fit_window(qtbot, viewer)
@@ -51,15 +58,22 @@ def test_tabbed_docks_fit_a_laptop_screen(viewer, qtbot):
     assert hint.width() <= SCREEN[0] and hint.height() <= SCREEN[1]
     for name in DOCKS:
         _reachable(qtbot, widgets[name], name)
+        _not_clipped(widgets[name], name)
+    # the docks are as wide as the launcher asks: the canvas keeps the rest (no dock's content forces more)
+    assert all(w.parentWidget().width() <= DOCK_WIDTH + 2 for w in widgets.values()), \
+        {n: w.parentWidget().width() for n, w in widgets.items()}
     # with advanced settings, plots and tables open, the docks scroll instead of growing the window
     tr = widgets["Train"]
     tr.advanced_section.expand(animate=False)
     widgets["Simulate"].ranges_section.expand(animate=False)
     widgets["Simulate"].plot_section.expand(animate=False)
+    widgets["Explore"].voxel_box.expand(animate=False)
+    widgets["Explore"].whatif_box.expand(animate=False)
     qtbot.wait(50)
     assert win.minimumSizeHint().height() <= SCREEN[1]
     for name in DOCKS:
         _reachable(qtbot, widgets[name], name)
+        _not_clipped(widgets[name], name)
 
 
 def test_stacked_docks_fit_a_laptop_screen(viewer, qtbot):

@@ -107,7 +107,7 @@ def test_protocol_what_if_table_evaluate_and_save(viewer, qtbot, tmp_path):
     assert [p.name for p in written][:1] == ["edited.bval"]
     back = load_protocol(tmp_path / "edited.bval", direction_averaged=True)  # a row per acquired volume on disk
     assert len(back) == 11 and back.b[-1] == pytest.approx(2500)
-    assert wi.save_to(tmp_path / "edited.bval") == [] and "exists" in w.table_message.text()
+    assert wi.save_to(tmp_path / "edited.bval") == [] and "already exist" in w.table_message.text()
     w.plot_edited_check.setChecked(True)
     assert w.curves.protocol.b.max() == 3000 and len(w.curves.b) == 11
     w.plot_edited_check.setChecked(False)
@@ -135,3 +135,64 @@ def test_explore_dock_fits_a_1366x768_screen(viewer, qtbot):
     assert w.minimumSizeHint().height() < 600  # everything scrolls: the dock never forces a taller window
     assert w.width() <= 560 and w.scroll_area.widget().minimumSizeHint().width() <= w.scroll_area.viewport().width() + 2
     assert w.scroll_area.verticalScrollBar().maximum() > 0  # expanded sections scroll instead of overflowing
+
+
+def test_explore_plot_and_sliders_are_on_screen_together_at_1366x768(viewer, qtbot):
+    """As launched (tabbed on the right), a lecturer drags a slider and watches the whole plot, without scrolling."""
+    from qtpy.QtCore import QPoint, QRect
+
+    from napari_rverdict._napari.launch import open_viewer
+
+    _, widgets = open_viewer(viewer)
+    win = viewer.window._qt_window
+    win.setGeometry(QRect(0, 0, 1366, 768))
+    w = widgets["Explore"]
+    qtbot.wait(50)  # the launcher raises the Maps tab once the event loop runs
+    w.parentWidget().raise_()
+    qtbot.waitUntil(lambda: not w.visibleRegion().isEmpty(), timeout=5000)
+    qtbot.wait(100)
+    assert w.scroll_area.verticalScrollBar().value() == 0
+    viewport = w.scroll_area.viewport()
+    for item in [w.plot_canvas, *(s.native for s in w.sliders)]:
+        rect = QRect(item.mapTo(viewport, QPoint(0, 0)), item.size())
+        assert item.isVisible() and viewport.rect().contains(rect), f"{item}: {rect} outside {viewport.rect()}"
+
+
+def test_whatif_save_names_existing_sidecars_and_asks_before_replacing_them(viewer, qtbot, tmp_path, monkeypatch):
+    from napari_rverdict._napari.explore_dock import whatif as whatif_module
+
+    w = add_dock(viewer, "Explore")
+    wi = w.whatif
+    assert [p.name for p in wi.save_to(tmp_path / "edited.scheme")] == ["edited.scheme", "edited.tr"]
+    # a .bval beside it would replace the scheme's .tr: refused in GUI words (no "--overwrite" in a dock)
+    assert wi.save_to(tmp_path / "edited.bval") == []
+    text = w.table_message.text()
+    assert w.table_message.kind == "error" and "--overwrite" not in text
+    assert "edited.tr" in text and "choose another name" in text
+    # Save… : the file dialog asked only about the file chosen; replacing a sidecar the user did not choose is asked
+    asked = []
+
+    def no(parent, title, text, *args, **kwargs):
+        asked.append(text)
+        return whatif_module.QMessageBox.StandardButton.No
+
+    monkeypatch.setattr(whatif_module.QMessageBox, "question", staticmethod(no))
+    monkeypatch.setattr(whatif_module.QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (str(tmp_path / "edited.bval"), "")))
+    tr_before = (tmp_path / "edited.tr").read_text()
+    wi._choose_save_path()
+    assert len(asked) == 1 and "edited.tr" in asked[0]
+    assert not (tmp_path / "edited.bval").exists() and (tmp_path / "edited.tr").read_text() == tr_before
+    assert w.table_message.kind == "error" and "not saved" in w.table_message.text()
+    monkeypatch.setattr(whatif_module.QMessageBox, "question",
+                        staticmethod(lambda *a, **k: whatif_module.QMessageBox.StandardButton.Yes))
+    wi._choose_save_path()
+    assert (tmp_path / "edited.bval").exists() and w.table_message.kind == "ok"
+    # the chosen file alone existing (the dialog asked about it): replaced without a second question
+    asked.clear()
+    monkeypatch.setattr(whatif_module.QMessageBox, "question", staticmethod(no))
+    monkeypatch.setattr(whatif_module.QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (str(tmp_path / "other.scheme"), "")))
+    (tmp_path / "other.scheme").write_text("old")
+    wi._choose_save_path()
+    assert asked == [] and w.table_message.kind == "ok" and (tmp_path / "other.scheme").read_text() != "old"

@@ -243,8 +243,19 @@ def test_simulate_protocol_from_a_file(viewer, qtbot, tmp_path):
     sim.set_protocol_file(str(path))
     assert sim.protocol_combo.currentIndex() == sim.find_protocol(("file", str(path)))
     assert len(sim.protocol()) == 10 and sim.generate_btn.isEnabled()
+    from napari.utils.notifications import notification_manager
+
+    n_notes = len(notification_manager.records)
     sim.set_protocol_file(str(tmp_path / "missing.scheme"))
-    assert sim.message.kind == "error" and "cannot read protocol" in sim.message.text()
+    # as the Maps and Explore docks: the same words in the dock and in a napari notification
+    assert sim.message.kind == "error" and "Cannot read the protocol file" in sim.message.text()
+    assert [str(r.message) for r in notification_manager.records[n_notes:]] == [sim.message.text()]
+    ex, maps = add_dock(viewer, "Explore"), add_dock(viewer, "Maps")
+    for dock in (ex, maps):
+        n_notes = len(notification_manager.records)
+        dock.set_protocol_file(str(tmp_path / "missing.scheme"))
+        assert dock.message.kind == "error" and "Cannot read the protocol file" in dock.message.text()
+        assert [str(r.message) for r in notification_manager.records[n_notes:]] == [dock.message.text()]
 
 
 # ---------------------------------------------------------------------- NaN outside the mask

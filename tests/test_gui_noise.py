@@ -76,9 +76,13 @@ def test_effective_snr_follows_the_reference(viewer, qtbot):
     assert _effective(qtbot, sim) == (20.0, 20.0, 20.0)
     _set(sim.model_combo, "rverdict")
     assert _effective(qtbot, sim)[0] < 10  # rVERDICT "s0" at SNR 20 again spreads below it
-    sim.snr_edit.setText("abc")  # an invalid SNR: no line rather than a stale one
+    sim.snr_edit.setText("abc")  # an invalid SNR: no line rather than a stale one, at once (not after the debounce)
+    assert sim.effective_label.text() == ""
     qtbot.waitUntil(lambda: not sim.noise.pending, timeout=10_000)
     assert sim.effective_label.text() == ""
+    sim.snr_edit.setText("15–60")  # a range as the dock prints them (en dash) is accepted
+    assert sim.generate_btn.isEnabled() and sim.settings()["snr"] == (15.0, 60.0)
+    assert _effective(qtbot, sim)[2] <= 60
 
 
 def test_match_noise_to_the_phantom_dwi(viewer, qtbot, tmp_path):
@@ -118,17 +122,19 @@ def test_match_noise_to_the_phantom_dwi(viewer, qtbot, tmp_path):
     assert np.all((data.snr >= lo) & (data.snr <= hi))
     assert abs(np.median(data.snr) / est.snr["peak"]["median"] - 1) < 0.1  # drawn from the DWI's own SNR
     np.testing.assert_allclose(data.peak_snr, data.snr, rtol=1e-9)
-    assert "matched to dwi.nii.gz" in sim.message.text()
-    assert "SNR matched to dwi.nii.gz" in tr.data_label.text()
+    # the docks name the layer the user chose; the file name stays in the provenance (data.matched.source)
+    assert "matched to 'phantom DWI'" in sim.message.text() and "dwi.nii.gz" not in sim.message.text()
+    assert "SNR matched to 'phantom DWI'" in tr.data_label.text() and "dwi.nii.gz" not in tr.data_label.text()
     # the Train dock trains at the match, and the saved bundle keeps it
     tr.epochs_spin.setValue(1)
     tr.device_combo.setCurrentText("cpu")
     _click(qtbot, tr.start_btn)
     qtbot.waitUntil(lambda: tr.worker is None and tr.table.rowCount() > 0, timeout=120_000)
-    assert "matched to dwi.nii.gz" in tr.table_caption.text()
+    assert "matched to 'phantom DWI'" in tr.table_caption.text()
     paths = tr.save_bundle(tmp_path / "matched.pt")
     loaded = load_bundle(paths[0])
     assert loaded.noise_match is not None and loaded.noise_match.source == "dwi.nii.gz"
+    assert loaded.noise_match.layer == "phantom DWI"
     assert loaded.noise_match.sigma == pytest.approx(est.sigma)
     # Clear: the typed SNR and reference come back
     _click(qtbot, sim.clear_match_btn)

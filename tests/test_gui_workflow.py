@@ -140,6 +140,9 @@ def test_stop_keeps_weights_and_ui_responsive(viewer, qtbot, tmp_path):
     assert tr.state.value == "stopped"
     result = tr.result
     assert result is not None and result.stopped and result.epochs_run < 500
+    # the epoch bar says how far it got out of the epochs asked for, not a complete-looking "epoch 7 / 7"
+    assert tr.epoch_bar.maximum() == 500 and tr.epoch_bar.value() == result.epochs_run
+    assert tr.epoch_bar.text() == f"epoch {result.epochs_run} / 500"
     assert tr.session.bundle is result.bundle and tr.last_state_dict is not None
     # UI usable again: settings editable, Start enabled, the model saves (best and last weights)
     assert tr.start_btn.isEnabled() and tr.epochs_spin.isEnabled() and tr.save_btn.isEnabled()

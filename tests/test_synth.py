@@ -120,7 +120,7 @@ def test_cli_simulate_and_one_line_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text, expected", [("35", 35.0), ("15-60", (15.0, 60.0)), ("15,60", (15.0, 60.0)),
-                                            (" 2.5e1 ", 25.0)])
+                                            (" 2.5e1 ", 25.0), ("15–60", (15.0, 60.0)), ("15 — 60", (15.0, 60.0))])
 def test_parse_snr_accepts_numbers_and_ranges(text, expected):
     from napari_rverdict.data.noise import parse_snr
 

@@ -30,12 +30,23 @@ def open_viewer(viewer=None, *, sample: bool = True, show: bool = True):
     qt_window = viewer.window._qt_window  # one tab group: each dock keeps the full height
     for dock in docks[1:]:
         qt_window.tabifyDockWidget(docks[0], dock)
-    from qtpy.QtCore import Qt
+    from qtpy.QtCore import Qt, QTimer
 
     qt_window.resizeDocks(docks, [DOCK_WIDTH] * len(docks), Qt.Orientation.Horizontal)
     maps = widgets["Maps"]
     # with a model at hand (the phantom's pretrained bundle) the first thing to do is Compute maps
-    (docks[DOCKS.index("Maps")] if maps.session.bundle is not None else docks[0]).raise_()
+    # raise_() takes only once the event loop has laid out the tab group: called at once, another tab stayed in
+    # front. So raise it now and again when the loop runs (the viewer may be closed by then).
+    front = docks[DOCKS.index("Maps")] if maps.session.bundle is not None else docks[0]
+    front.raise_()
+
+    def raise_front():
+        try:
+            front.raise_()
+        except RuntimeError:  # the dock was deleted before the event loop ran
+            pass
+
+    QTimer.singleShot(0, raise_front)
     if sample:
         maps.labels_combo.select("lesion labels")
         maps.dwi_combo.select("phantom DWI")

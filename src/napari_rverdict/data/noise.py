@@ -117,12 +117,14 @@ class MatchedSnr:
         mask. On "peak" each training sample's SNR is drawn from it; on "s0" (rVERDICT) its 95th percentile sets
         one SNR on S0's scale (:func:`.synth.matched_s0_snr`).
     sigma : the DWI's σ (its intensity units).  source : the DWI's file name.  method : how σ was estimated.
+    layer : the napari layer it was measured on ("" outside napari): what the docks name, as the user chose it.
     """
 
     values: np.ndarray
     sigma: float
     source: str = ""
     method: str = ""
+    layer: str = ""
 
     def __post_init__(self):
         v = np.sort(np.asarray(self.values, dtype=float).reshape(-1))
@@ -146,18 +148,21 @@ class MatchedSnr:
 
     def to_dict(self) -> dict:
         return {"values": [float(x) for x in self.values], "sigma": float(self.sigma), "source": str(self.source),
-                "method": str(self.method), "percentiles": self.percentiles()}
+                "method": str(self.method), "layer": str(self.layer), "percentiles": self.percentiles()}
 
     @classmethod
     def from_dict(cls, d: dict) -> MatchedSnr:
-        return cls(np.asarray(d["values"], dtype=float), float(d["sigma"]), d.get("source", ""), d.get("method", ""))
+        return cls(np.asarray(d["values"], dtype=float), float(d["sigma"]), d.get("source", ""), d.get("method", ""),
+                   d.get("layer", ""))
 
 
 def describe_noise(snr, reference: str, matched: MatchedSnr | None = None) -> str:
     """``SNR 35 ("s0" reference)``, ``SNR 28.2 ("s0" reference) matched to dwi.nii.gz (its SNR at the brightest
-    b = 0: median …)`` or ``SNR matched to dwi.nii.gz (median 12.3 (5–95 %: …), "peak" reference)``."""
+    b = 0: median …)`` or ``SNR matched to dwi.nii.gz (median 12.3 (5–95 %: …), "peak" reference)``; matched in
+    napari, the layer is named (``matched to 'phantom DWI'``), as the user chose it."""
     if matched is not None:
-        source, pct = matched.source or "a DWI", format_snr_percentiles(matched.percentiles())
+        source = f"'{matched.layer}'" if matched.layer else (matched.source or "a DWI")
+        pct = format_snr_percentiles(matched.percentiles())
         if snr is not None and not isinstance(snr, tuple):
             return (f"SNR {snr:.3g} (\"{reference}\" reference) matched to {source} (its SNR at the brightest "
                     f"b = 0: {pct})")
@@ -192,12 +197,13 @@ def _snr_per_sample(snr, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def parse_snr(text: str, what: str = "SNR"):
-    """``35`` → 35.0; ``15-60`` or ``15,60`` → (15.0, 60.0). SNRs are positive; a range needs low < high.
+    """``35`` → 35.0; ``15-60``, ``15–60`` (en or em dash, as ranges are printed) or ``15,60`` → (15.0, 60.0).
+    SNRs are positive; a range needs low < high.
 
     ``what`` names the setting in the message (``--snr`` on the command line, ``SNR`` in the dock).
     """
     number = r"(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
-    m = re.fullmatch(rf"\s*{number}\s*(?:[-,]\s*{number}\s*)?", str(text))
+    m = re.fullmatch(rf"\s*{number}\s*(?:[-–—,]\s*{number}\s*)?", str(text))
     if m is None:
         raise InputError(f"{what} expects a positive number or LOW-HIGH (e.g. 35 or 15-60), got '{text}'")
     low, high = m.group(1), m.group(2)

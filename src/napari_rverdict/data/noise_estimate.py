@@ -55,6 +55,7 @@ class NoiseEstimate:
     source: str = ""
     n_voxels: int = 0
     notes: list = field(default_factory=list)
+    layer: str = ""  # the napari layer it was measured on ("" outside napari)
 
     def to_json(self, reference: str = "peak") -> dict:
         """``{"sigma", "snr": {"p5", "median", "p95"}, "reference", "method"}``."""
@@ -63,7 +64,7 @@ class NoiseEstimate:
 
     def matched(self) -> MatchedSnr:
         """The per-voxel "peak" SNR as a distribution to train at (``simulate(snr_from=...)``)."""
-        return MatchedSnr(self.voxel_snr["peak"], self.sigma, self.source, self.method)
+        return MatchedSnr(self.voxel_snr["peak"], self.sigma, self.source, self.method, self.layer)
 
     def describe(self) -> str:
         p, s = self.snr["peak"], self.snr["s0"]

@@ -148,6 +148,19 @@ def protocol_from_rows(rows: Sequence[Sequence], model=None, name: str = "edited
 
 
 # ---------------------------------------------------------------------- saving
+def protocol_output_files(protocol: Protocol, path) -> list[Path]:
+    """The files :func:`save_protocol` writes for ``path`` (the file itself first, then its sidecars); InputError
+    for a suffix other than ``.scheme`` / ``.bval``."""
+    from napari_rverdict.physics.protocol_files import fsl_files, scheme_files
+
+    path = Path(path)
+    if path.name.endswith(".scheme"):
+        return [Path(p) for p in scheme_files(protocol, path)]
+    if path.name.endswith(".bval"):
+        return [Path(p) for p in fsl_files(protocol, path.with_name(path.name[:-5]))]
+    raise InputError(f"save the protocol as a .scheme or a .bval file, not '{path.name}'")
+
+
 def save_protocol(protocol: Protocol, path, *, overwrite: bool = False) -> list[Path]:
     """Write ``protocol`` as a Camino ``.scheme`` (+ ``.tr`` in seconds when TR is known) or an FSL ``.bval`` +
     ``.bvec`` with per-volume ``.delta .smalldel .te .tr`` sidecars in seconds, all files at once and atomically, a
@@ -155,17 +168,12 @@ def save_protocol(protocol: Protocol, path, *, overwrite: bool = False) -> list[
     :func:`~napari_rverdict.physics.protocol_files.write_fsl`). Refuses (InputError) another suffix, and existing
     files unless ``overwrite``. Returns the paths written."""
     from napari_rverdict.files import check_output_file
-    from napari_rverdict.physics.protocol_files import fsl_files, scheme_files, write_fsl, write_scheme
+    from napari_rverdict.physics.protocol_files import write_fsl, write_scheme
 
     path = Path(path)
     name = path.name
-    if name.endswith(".scheme"):
-        targets, stale_tr = scheme_files(protocol, path), path.with_name(name[:-7] + ".tr")
-    elif name.endswith(".bval"):
-        stem = path.with_name(name[:-5])
-        targets, stale_tr = fsl_files(protocol, stem), path.with_name(name[:-5] + ".tr")
-    else:
-        raise InputError(f"save the protocol as a .scheme or a .bval file, not '{name}'")
+    targets = protocol_output_files(protocol, path)
+    stale_tr = path.with_name(name[: -len(path.suffix)] + ".tr")
     if not protocol.has_tr and stale_tr.exists():  # the readers would take its TR for this protocol's
         raise InputError(f"{stale_tr} exists and would give this protocol (TR unknown) its TR when read back; "
                          "fill in TR or remove that file")
@@ -173,7 +181,7 @@ def save_protocol(protocol: Protocol, path, *, overwrite: bool = False) -> list[
         check_output_file(target, overwrite=overwrite, what="protocol file")
     if name.endswith(".scheme"):
         return write_scheme(protocol, path)
-    return write_fsl(protocol, stem)
+    return write_fsl(protocol, path.with_name(name[:-5]))
 
 
 # ---------------------------------------------------------------------- comparison

@@ -160,8 +160,12 @@ class ExploreWidget(QWidget):
         """Use the protocol in ``path`` (a .scheme or .bval); a message if it cannot be read."""
         try:
             self._file_protocol = (str(path), load_protocol(path, direction_averaged=True))
-        except (InputError, OSError) as exc:
-            self.message.error(f"cannot read protocol: {exc}")
+        except (InputError, OSError) as exc:  # as the Maps dock: in the dock and as a napari notification
+            from napari.utils.notifications import show_warning
+
+            text = f"Cannot read the protocol file: {exc}"
+            self.message.error(text)
+            show_warning(text)
             return
         self._refresh_layers()
         for i in range(self.protocol_combo.count()):

@@ -1,6 +1,6 @@
 """The Explore dock's widgets and layout (no behaviour): a scroll area of collapsible sections so the dock fits a
 1366×768 screen — model and protocol, parameter sliders (a magicgui Container of FloatSliders), the plot with the
-noise band, voxel QA, and the protocol what-if."""
+noise band, voxel QA, and the protocol what-if. The plot and the sliders are on a 1366×768 screen together."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_rverdict._napari._common import Message, hint
+from napari_rverdict._napari._common import Message, compact, hint
 from napari_rverdict._napari.explore_dock.plot import CurveArtists
 from napari_rverdict._napari.mpl_style import style_axes
 from napari_rverdict.evaluate.explore import NOISE_REFERENCES
@@ -36,6 +36,7 @@ from napari_rverdict.evaluate.protocol_design import COLUMN_LABELS
 MODELS = (("rverdict", "rVERDICT (relaxation-VERDICT)"), ("verdict", "classic VERDICT"))
 REFERENCE_TEXT = {"s0": "σ fixed where S0 = 1 (scanner-like)", "peak": "σ on each voxel's brightest measurement"}
 PLOT_WIDTH_IN = 4.0
+PLOT_HEIGHT_IN = 2.7  # with the sliders below it, on a 768 px high screen
 
 
 def canvas(height_in: float, dpi: int = 90) -> FigureCanvasQTAgg:
@@ -49,6 +50,7 @@ def canvas(height_in: float, dpi: int = 90) -> FigureCanvasQTAgg:
 def section(layout: QVBoxLayout, title: str, expanded: bool = True) -> QCollapsible:
     box = QCollapsible(title)
     box.setDuration(0)
+    box.layout().setContentsMargins(0, 3, 0, 3)  # tight: the plot and the sliders share a 768 px high screen
     layout.addWidget(box)
     if expanded:
         box.expand(animate=False)
@@ -69,24 +71,33 @@ def build(dock) -> None:
     layout.setContentsMargins(4, 4, 4, 4)
     layout.addWidget(hint("Move a slider to see how the noise-free signal of each series (TE/TR) changes with "
                           "b, and each compartment's share of it. Click (or hover) a DWI voxel to compare."))
-    dock.model_box = section(layout, "Model and protocol")
+    # at 1366×768 the plot and every slider are on screen together (drag a slider, watch the plot): the model and
+    # protocol start collapsed, the plot comes before the sliders, its options after them
+    dock.model_box = section(layout, "Model and protocol", expanded=False)
     dock.model_box.addWidget(_model_form(dock))
+    _plot_section(dock, layout)
     dock.params_box = section(layout, "Parameters")
     dock.sliders = Container(widgets=[], labels=True)
     dock.sliders.native.layout().setContentsMargins(0, 0, 0, 0)
     dock.params_box.addWidget(dock.sliders.native)
     dock.reset_btn = QPushButton("Typical tissue")
     dock.reset_btn.setToolTip("every slider back to the protocol report's typical tissue")
-    dock.params_box.addWidget(hint("Each slider spans the parameter's training range (hover for the numbers)."))
     dock.fraction_info = hint("")
-    dock.params_box.addWidget(dock.fraction_info)
-    dock.params_box.addWidget(dock.reset_btn)
-    _plot_section(dock, layout)
+    row = QWidget()
+    row_layout = QHBoxLayout(row)
+    row_layout.setContentsMargins(0, 0, 0, 0)
+    row_layout.addWidget(dock.fraction_info, 1)
+    row_layout.addWidget(dock.reset_btn)
+    dock.params_box.addWidget(row)
+    dock.params_box.addWidget(hint("Each slider spans the parameter's training range (hover for the numbers)."))
+    dock.plot_options_box = section(layout, "Plot options")
+    dock.plot_options_box.addWidget(_plot_options_form(dock))
     dock.voxel_box = section(layout, "Voxel QA", expanded=False)
     dock.voxel_box.addWidget(_voxel_form(dock))
     dock.whatif_box = section(layout, "Protocol what-if", expanded=False)
     dock.whatif_box.addWidget(_whatif_form(dock))
     layout.addStretch(1)
+    compact(dock)  # long combo entries elide: the dock is as narrow as the launcher asks (launch.DOCK_WIDTH)
 
 
 def _model_form(dock) -> QWidget:
@@ -111,10 +122,15 @@ def _model_form(dock) -> QWidget:
 
 def _plot_section(dock, layout: QVBoxLayout) -> None:
     dock.plot_box = section(layout, "Signal against b")
-    dock.plot_canvas = canvas(3.3)
+    dock.plot_canvas = canvas(PLOT_HEIGHT_IN)
     dock.plot_ax = dock.plot_canvas.figure.add_subplot(111)
     dock.artists = CurveArtists(dock.plot_ax)
     dock.plot_box.addWidget(dock.plot_canvas)
+    dock.message = Message()
+    dock.plot_box.addWidget(dock.message)
+
+
+def _plot_options_form(dock) -> QWidget:
     w = QWidget()
     form = QFormLayout(w)
     form.setContentsMargins(0, 0, 0, 0)
@@ -132,9 +148,7 @@ def _plot_section(dock, layout: QVBoxLayout) -> None:
     form.addRow(dock.noise_check)
     form.addRow("SNR", dock.snr_spin)
     form.addRow("noise on", dock.reference_combo)
-    dock.message = Message()
-    form.addRow(dock.message)
-    dock.plot_box.addWidget(w)
+    return w
 
 
 def _voxel_form(dock) -> QWidget:

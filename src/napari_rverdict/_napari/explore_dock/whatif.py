@@ -4,12 +4,13 @@ protocol report of the starting and the edited protocol, drawn as bars per map) 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtGui import QBrush, QColor
-from qtpy.QtWidgets import QFileDialog, QTableWidgetItem
+from qtpy.QtWidgets import QFileDialog, QMessageBox, QTableWidgetItem
 
 from napari_rverdict._napari._common import with_napari_threads
 from napari_rverdict._napari.explore_dock.plot import draw_comparison
@@ -19,6 +20,7 @@ from napari_rverdict.evaluate.protocol_design import (
     check_rows,
     compare_protocols,
     protocol_from_rows,
+    protocol_output_files,
     protocol_rows,
     save_protocol,
 )
@@ -226,16 +228,49 @@ class WhatIf:
         path, _ = QFileDialog.getSaveFileName(self.dock, "Save protocol", "protocol.scheme",
                                               "Camino scheme (*.scheme);;FSL b-values + timings (*.bval)")
         if path:
-            self.save_to(path, overwrite=True)  # the dialog has asked about replacing
+            self.save_to(path, ask=True)  # the dialog asked about the chosen file; the sidecars are asked here
 
-    def save_to(self, path, overwrite: bool = False) -> list:
-        """Write the edited protocol (``.scheme`` or ``.bval`` + sidecars); a message either way."""
+    def save_to(self, path, overwrite: bool = False, ask: bool = False) -> list:
+        """Write the edited protocol (``.scheme`` or ``.bval`` + sidecars); a message either way.
+
+        Existing files are replaced only with ``overwrite``; with ``ask`` (the Save… dialog, which has asked about
+        the chosen file) the chosen file is replaced and a question names the existing sidecars first."""
         d = self.dock
+        path = Path(path)
         try:
-            written = save_protocol(protocol_from_rows(self.rows(), d.model, name="edited"), path,
-                                    overwrite=overwrite)
+            protocol = protocol_from_rows(self.rows(), d.model, name="edited")
+            existing = [p for p in protocol_output_files(protocol, path) if p.exists()]
+        except (InputError, OSError) as exc:
+            d.table_message.error(f"not saved: {exc}")
+            return []
+        if ask:
+            others = [p for p in existing if p.resolve() != path.resolve()]
+            if others and not self._confirm_replace(path, others):
+                d.table_message.error(f"not saved: {_names(others)} in {path.parent} (kept); "
+                                      "choose another name")
+                return []
+            overwrite = True
+        elif existing and not overwrite:
+            d.table_message.error(f"not saved: {_names(existing)} in {path.parent}; choose another name")
+            return []
+        try:
+            written = save_protocol(protocol, path, overwrite=overwrite)
         except (InputError, OSError) as exc:
             d.table_message.error(f"not saved: {exc}")
             return []
         d.table_message.ok("saved " + ", ".join(p.name for p in written))
         return written
+
+    def _confirm_replace(self, path: Path, others: list) -> bool:
+        """Ask before replacing files the user did not choose (sidecars, maybe of another protocol's format)."""
+        answer = QMessageBox.question(
+            self.dock, "Replace files?",
+            f"Saving {path.name} also writes {', '.join(p.name for p in others)}, which already "
+            f"exist in {path.parent} (perhaps from another protocol). Replace them?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+
+def _names(paths) -> str:
+    names = [p.name for p in paths]
+    return (names[0] + " already exists") if len(names) == 1 else (", ".join(names) + " already exist")

@@ -146,8 +146,12 @@ class SimulateWidget(QWidget):
         """Use the protocol in ``path`` (a .scheme or .bval); shows a message if it cannot be read."""
         try:
             protocol = load_protocol(path)
-        except (ValueError, OSError) as exc:
-            self.message.error(f"cannot read protocol: {exc}")
+        except (ValueError, OSError) as exc:  # as the Maps dock: in the dock and as a napari notification
+            from napari.utils.notifications import show_warning
+
+            text = f"Cannot read the protocol file: {exc}"
+            self.message.error(text)
+            show_warning(text)
             return
         self._file_protocol = (str(path), protocol)
         self._refresh_protocols()

@@ -70,7 +70,10 @@ class NoiseControls(QObject):
 
     # ------------------------------------------------------------------ effective SNR
     def schedule(self, *_) -> None:
-        """Recompute the effective-SNR line once the inputs have been still for ``DEBOUNCE_MS``."""
+        """Recompute the effective-SNR line once the inputs have been still for ``DEBOUNCE_MS``; an invalid SNR
+        blanks it at once (no stale value beside the error)."""
+        if self.snr_problem():
+            self.dock.effective_label.setText("")
         self._timer.start()
 
     @property
@@ -134,7 +137,7 @@ class NoiseControls(QObject):
         except ValueError as exc:
             self._fail(str(exc))
             return
-        worker = create_worker(_estimate_job, dwi, mask, source, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(_estimate_job, dwi, mask, source, name, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda est: self._matched(est, name))
         worker.errored.connect(self._failed)
         worker.finished.connect(self._finished)
@@ -203,9 +206,9 @@ class NoiseControls(QObject):
             self._release()
 
 
-def _estimate_job(dwi, mask, source):
+def _estimate_job(dwi, mask, source, layer=""):
     from napari_rverdict.data.noise_estimate import estimate_noise
 
     est = estimate_noise(dwi, mask)
-    est.source = source
+    est.source, est.layer = source, layer  # the file (provenance) and the layer the docks name
     return est

@@ -333,9 +333,8 @@ class TrainWidget(QWidget):
         if self.state != TrainState.CRASHED:
             stopped = self.result is not None and self.result.stopped
             self._set_state(TrainState.STOPPED if stopped else TrainState.DONE)
-            if stopped:  # no stale "epoch 2/100 · ETA 28:58"
-                self.epoch_bar.setRange(0, max(self.result.epochs_run, 1))
-                self.epoch_bar.setValue(self.result.epochs_run)
+            if stopped:  # no stale "ETA 28:58"; the epoch bar keeps its total: "epoch 7 / 50", not a full "7 / 7"
+                self.epoch_bar.setValue(min(self.result.epochs_run, self.epoch_bar.maximum()))
                 self.batch_bar.setRange(0, 1)
                 self.batch_bar.setValue(0)
                 self.eta_label.setText(f"stopped after {self.result.epochs_run} epoch(s), "
