@@ -89,6 +89,7 @@ def test_sample_opens_with_a_model_contours_and_a_named_bright_volume(viewer, qt
     from napari_rverdict._napari.sample_data import pretrained_bundle_path
 
     maps = add_dock(viewer, "Maps")
+    train = add_dock(viewer, "Train")
     viewer.open_sample("napari-rverdict", "prostate_phantom")
     qtbot.wait(50)
     labels, dwi = viewer.layers["lesion labels"], viewer.layers["phantom DWI"]
@@ -111,6 +112,7 @@ def test_sample_opens_with_a_model_contours_and_a_named_bright_volume(viewer, qt
     assert bundle is not None and bundle.has_uncertainty and bundle.model.name == "rverdict"
     assert "validation" in bundle.extra
     assert maps.model_label.text().startswith("rVERDICT")
+    assert train.plot.ax.get_ylabel() == "β-NLL (scaled)"  # the loss the sample model was trained with
 
 
 def test_first_maps_from_the_pretrained_model(viewer, qtbot):

@@ -127,6 +127,7 @@ class TrainWidget(QWidget):
     def _restore(self, bundle, settings: bool = True) -> None:
         """Show a loaded bundle's settings (unless ``settings`` is False: the sample's model keeps the dock's
         device-sized defaults), loss curves and validation table."""
+        self.plot.set_ylabel(loss_label(bundle.has_uncertainty))
         self.plot.set_history(bundle.history)
         self.plot.flush()
         self.show_validation((bundle.extra or {}).get("validation"))
@@ -198,6 +199,7 @@ class TrainWidget(QWidget):
         self.show_validation(None)
         if init_state is None:
             self.plot.clear()
+        self.plot.set_ylabel(loss_label(cfg.uncertainty))
         self.epoch_bar.setRange(0, cfg.epochs)
         self.epoch_bar.setValue(0)
         self.batch_bar.setRange(0, 1)
@@ -393,3 +395,8 @@ class TrainWidget(QWidget):
         self.message.setToolTip(bundle.describe())
         show_info(f"Loaded model bundle {Path(path).name}")
         return bundle
+
+
+def loss_label(uncertainty: bool) -> str:
+    """The Train dock's loss axis: MSE on the scaled targets, or the β-NLL a run with uncertainty minimises."""
+    return "β-NLL (scaled)" if uncertainty else "MSE (scaled)"
