@@ -136,6 +136,53 @@ class LayerWatch:
             self._unfollow(layer)
 
 
+def show_bad_input(message, text: str) -> None:
+    """A bad input: ``text`` in the dock's :class:`Message` line and as a napari notification; nothing else
+    changes."""
+    from napari.utils.notifications import show_warning
+
+    message.error(text)
+    show_warning(text)
+
+
+def find_data(combo: QComboBox, data) -> int:
+    """Index of the entry whose data is ``data`` (a tuple such as ``("layer", name)``), or -1: QComboBox.findData
+    cannot compare Python tuples."""
+    if data is None:
+        return -1
+    for i in range(combo.count()):
+        item = combo.itemData(i)
+        if item is not None and tuple(item) == tuple(data):
+            return i
+    return -1
+
+
+def fill_protocol_sources(combo: QComboBox, layers, file_protocol, renamed: dict | None = None) -> bool:
+    """List where a protocol can come from in ``combo``: the INNOVATE preset ``("preset", "innovate")``, every image
+    layer with a protocol ``("layer", name)``, the file chosen (``file_protocol``: (path, protocol) or None)
+    ``("file", path)``; keep the current choice (across a rename: ``renamed`` {old: new name}), else the preset.
+    Signals are blocked while filling; returns whether the choice changed (its entry is gone)."""
+    import napari
+
+    from napari_rverdict._napari.reader import layer_protocol
+
+    current = combo.currentData()
+    if current is not None and current[0] == "layer":
+        current = ("layer", (renamed or {}).get(current[1], current[1]))
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItem("INNOVATE preset (10 direction-averaged)", ("preset", "innovate"))
+    for layer in reversed(list(layers)):  # top of the layer list first, as napari shows it
+        if isinstance(layer, napari.layers.Image) and layer_protocol(layer) is not None:
+            combo.addItem(f"from layer '{layer.name}'", ("layer", layer.name))
+    if file_protocol is not None:
+        combo.addItem(f"file {file_protocol[0]}", ("file", file_protocol[0]))
+    index = find_data(combo, current)
+    combo.setCurrentIndex(max(index, 0))
+    combo.blockSignals(False)
+    return current is not None and index < 0
+
+
 class LayerCombo(QComboBox):
     """A combo box listing the viewer's layers that pass ``accept``, kept in sync with the layer list and with the
     layers' names (:class:`LayerWatch`: a renamed layer stays chosen under its new name).

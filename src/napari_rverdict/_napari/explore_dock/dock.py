@@ -12,7 +12,7 @@ import numpy as np
 from magicgui.widgets import FloatSlider
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from napari_rverdict._napari._common import LayerWatch, LifetimeGuard
+from napari_rverdict._napari._common import LayerWatch, LifetimeGuard, fill_protocol_sources, find_data, show_bad_input
 from napari_rverdict._napari.explore_dock import form
 from napari_rverdict._napari.explore_dock.plot import ALL_SERIES
 from napari_rverdict._napari.explore_dock.whatif import WhatIf
@@ -133,22 +133,7 @@ class ExploreWidget(QWidget):
         if current in dwis:
             self.dwi_combo.setCurrentText(current)
         self.dwi_combo.blockSignals(False)
-        current = self.protocol_combo.currentData()
-        if current is not None and current[0] == "layer" and current[1] in renamed:
-            current = ("layer", renamed[current[1]])
-        self.protocol_combo.blockSignals(True)
-        self.protocol_combo.clear()
-        self.protocol_combo.addItem("INNOVATE preset (10 direction-averaged)", ("preset", "innovate"))
-        for ly in reversed(layers):
-            if isinstance(ly, napari.layers.Image) and layer_protocol(ly) is not None:
-                self.protocol_combo.addItem(f"from layer '{ly.name}'", ("layer", ly.name))
-        if self._file_protocol is not None:
-            self.protocol_combo.addItem(f"file {self._file_protocol[0]}", ("file", self._file_protocol[0]))
-        for i in range(self.protocol_combo.count()):
-            if current is not None and tuple(self.protocol_combo.itemData(i)) == tuple(current):
-                self.protocol_combo.setCurrentIndex(i)
-        self.protocol_combo.blockSignals(False)
-        if current is not None and tuple(self.protocol_combo.currentData()) != tuple(current):
+        if fill_protocol_sources(self.protocol_combo, layers, self._file_protocol, renamed):
             self._protocol_changed()
 
     def _choose_protocol_file(self) -> None:
@@ -160,17 +145,13 @@ class ExploreWidget(QWidget):
         """Use the protocol in ``path`` (a .scheme or .bval); a message if it cannot be read."""
         try:
             self._file_protocol = (str(path), load_protocol(path, direction_averaged=True))
-        except (InputError, OSError) as exc:  # as the Maps dock: in the dock and as a napari notification
-            from napari.utils.notifications import show_warning
-
-            text = f"Cannot read the protocol file: {exc}"
-            self.message.error(text)
-            show_warning(text)
+        except (InputError, OSError) as exc:
+            show_bad_input(self.message, f"Cannot read the protocol file: {exc}")
             return
         self._refresh_layers()
-        for i in range(self.protocol_combo.count()):
-            if tuple(self.protocol_combo.itemData(i)) == ("file", str(path)):
-                self.protocol_combo.setCurrentIndex(i)
+        index = find_data(self.protocol_combo, ("file", str(path)))
+        if index >= 0:
+            self.protocol_combo.setCurrentIndex(index)
 
     def chosen_protocol(self):
         """The direction-averaged protocol chosen in the combo box (raises InputError)."""

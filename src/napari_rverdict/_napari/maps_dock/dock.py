@@ -24,11 +24,11 @@ import napari
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from napari_rverdict._napari import viewer_hooks
-from napari_rverdict._napari._common import LayerWatch, LifetimeGuard, Relay, release_worker
+from napari_rverdict._napari._common import LayerWatch, LifetimeGuard, Relay, release_worker, show_bad_input
 from napari_rverdict._napari.maps_dock import exports, feedback, form, inputs, tables
 from napari_rverdict._napari.maps_dock.job import compute_job
 from napari_rverdict._napari.maps_dock.layers import (
@@ -183,8 +183,7 @@ class MapsWidget(QWidget):
 
     def _fail(self, text: str) -> None:
         """A bad input: a message in the dock and a napari notification; nothing else changes."""
-        self.message.error(text)
-        show_warning(text)
+        show_bad_input(self.message, text)
 
     def check_inputs(self) -> dict:
         """Everything the worker needs, checked on the GUI thread; raises ValueError with a message for the user."""

@@ -22,7 +22,10 @@ from napari_rverdict._napari._common import (
     LayerWatch,
     LifetimeGuard,
     Relay,
+    fill_protocol_sources,
+    find_data,
     release_worker,
+    show_bad_input,
     stoppable,
     with_napari_threads,
 )
@@ -105,20 +108,7 @@ class SimulateWidget(QWidget):
 
     def _refresh_protocols(self, renamed: dict | None = None) -> None:
         """List the protocol sources again; ``renamed`` ({old: new layer name}) keeps a renamed layer chosen."""
-        current = self.protocol_combo.currentData()
-        if current is not None and current[0] == "layer" and current[1] in (renamed or {}):
-            current = ("layer", renamed[current[1]])
-        self.protocol_combo.blockSignals(True)
-        self.protocol_combo.clear()
-        self.protocol_combo.addItem("INNOVATE preset (10 direction-averaged)", ("preset", "innovate"))
-        for layer in reversed(list(self.viewer.layers)):
-            if isinstance(layer, napari.layers.Image) and layer_protocol(layer) is not None:
-                self.protocol_combo.addItem(f"from layer '{layer.name}'", ("layer", layer.name))
-        if self._file_protocol is not None:
-            self.protocol_combo.addItem(f"file {self._file_protocol[0]}", ("file", self._file_protocol[0]))
-        idx = self.find_protocol(current) if current is not None else -1
-        self.protocol_combo.setCurrentIndex(max(idx, 0))
-        self.protocol_combo.blockSignals(False)
+        fill_protocol_sources(self.protocol_combo, self.viewer.layers, self._file_protocol, renamed)
         self._validate()
 
     def _follow_protocol_layer(self, *_) -> None:
@@ -128,14 +118,8 @@ class SimulateWidget(QWidget):
             self.match_dwi_combo.select(value)
 
     def find_protocol(self, data) -> int:
-        """Index of the protocol entry ``("preset" | "layer" | "file", name)``, or -1 (QComboBox.findData cannot
-        compare Python tuples)."""
-        data = tuple(data) if data is not None else None
-        for i in range(self.protocol_combo.count()):
-            item = self.protocol_combo.itemData(i)
-            if item is not None and tuple(item) == data:
-                return i
-        return -1
+        """Index of the protocol entry ``("preset" | "layer" | "file", name)``, or -1."""
+        return find_data(self.protocol_combo, data)
 
     def _choose_protocol_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Protocol file", "", "Protocols (*.scheme *.bval);;All files (*)")
@@ -146,12 +130,8 @@ class SimulateWidget(QWidget):
         """Use the protocol in ``path`` (a .scheme or .bval); shows a message if it cannot be read."""
         try:
             protocol = load_protocol(path)
-        except (ValueError, OSError) as exc:  # as the Maps dock: in the dock and as a napari notification
-            from napari.utils.notifications import show_warning
-
-            text = f"Cannot read the protocol file: {exc}"
-            self.message.error(text)
-            show_warning(text)
+        except (ValueError, OSError) as exc:
+            show_bad_input(self.message, f"Cannot read the protocol file: {exc}")
             return
         self._file_protocol = (str(path), protocol)
         self._refresh_protocols()
