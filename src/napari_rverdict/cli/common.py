@@ -6,10 +6,7 @@ import argparse
 from pathlib import Path
 
 from napari_rverdict.errors import InputError
-from napari_rverdict.physics.protocol_files import PRESETS, load_protocol, protocol_stem
-
-# The files a protocol is read from beside its stem (physics.protocol_files: FSL with its timings, or Camino).
-_PROTOCOL_SIDECARS = (".bval", ".bvec", ".json", ".delta", ".smalldel", ".te", ".tr", ".scheme")
+from napari_rverdict.physics.protocol_files import PRESETS, SIDECAR_SUFFIXES, load_protocol, protocol_stem
 
 
 class CliError(InputError):
@@ -63,7 +60,7 @@ def protocol_inputs(*specs) -> list[Path]:
             continue
         path = Path(spec)
         stem = protocol_stem(path)
-        out += [path, *(stem.with_name(stem.name + suffix) for suffix in _PROTOCOL_SIDECARS)]
+        out += [path, *(stem.with_name(stem.name + suffix) for suffix in SIDECAR_SUFFIXES)]
     return out
 
 

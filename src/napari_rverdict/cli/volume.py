@@ -95,12 +95,9 @@ def _maps_of_volume(args, what: str, model, make) -> int:
 
     device = cli_device(args.device)
     dwi = load_dwi_as_named(args.dwi, args.protocol, tr=args.tr)  # --protocol innovate on 20 volumes: innovate-20
-    mask = args.mask
-    if mask is not None and not Path(mask).exists():
-        raise CliError(f"mask file not found: {mask}")
-    bar, progress = _bar(0, f"{what} on {device}", args.quiet)
+    bar, progress = _bar(0, f"{what} on {device}", args.quiet)  # the mask's existence: _check_out, before any work
     try:
-        maps = make(dwi, mask, str(device), progress)
+        maps = make(dwi, args.mask, str(device), progress)
     finally:
         bar.close()
     _report_written(save_maps(maps, args.out, dwi.affine, model=model), args.out)
@@ -185,6 +182,7 @@ def _sigma_of(text):
 
 
 def cmd_compare(args) -> int:
+    from napari_rverdict.data.phantom import label_names_file
     from napari_rverdict.files import check_distinct_outputs, check_output_file
 
     for d in (args.dir_a, args.dir_b):
@@ -195,7 +193,7 @@ def cmd_compare(args) -> int:
             raise CliError(f"{option} file not found: {path}")
     inputs = [args.labels, args.mask, *sorted(Path(args.dir_a).iterdir()), *sorted(Path(args.dir_b).iterdir())]
     if args.labels is not None:
-        inputs.append(Path(args.labels).parent / "phantom.json")  # the label names beside it
+        inputs.append(label_names_file(args.labels))  # the label names beside it
     outputs = [("--csv", args.csv)]
     if args.roi_csv is not None:
         outputs += [(f"--roi-csv (of {d})", _roi_csv_path(args.roi_csv, d)) for d in (args.dir_a, args.dir_b)]

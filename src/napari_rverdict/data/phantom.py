@@ -37,6 +37,7 @@ from napari_rverdict.physics.protocol import Protocol
 VOXEL_SIZE_MM = (1.25, 1.25, 5.0)
 S0_RAW = 1000.0  # raw scanner units
 
+PHANTOM_JSON = "phantom.json"  # the phantom's settings and its label names, beside its label image
 LABEL_NAMES = {0: "background", 1: "transition zone", 2: "peripheral zone", 3: "lesion (PZ)", 4: "lesion (TZ)"}
 NORMAL_LABELS = (1, 2)
 LESION_LABELS = (3, 4)
@@ -261,7 +262,7 @@ def save_phantom(phantom: Phantom, out_dir) -> list[Path]:
 
 
 PHANTOM_FILES = ("dwi.nii.gz", "dwi.bval", "dwi.bvec", "dwi.delta", "dwi.smalldel", "dwi.te", "dwi.tr",
-                 "labels.nii.gz", "mask.nii.gz", "truth", "phantom.json")
+                 "labels.nii.gz", "mask.nii.gz", "truth", PHANTOM_JSON)
 
 
 def _save_phantom(phantom, out, files, save_dwi, save_labels, save_map, save_maps, write_text) -> list[Path]:
@@ -297,7 +298,7 @@ def _save_phantom(phantom, out, files, save_dwi, save_labels, save_map, save_map
                       + ("" if phantom.snr_reference == "peak" else f" --snr-reference {phantom.snr_reference}")
                       + ("" if phantom.tissue == "anatomy" else f" --tissue {phantom.tissue}"),
     }
-    written.append(write_text(out / "phantom.json", json.dumps(meta, indent=2) + "\n", files))
+    written.append(write_text(out / PHANTOM_JSON, json.dumps(meta, indent=2) + "\n", files))
     return written
 
 
@@ -326,13 +327,18 @@ def load_phantom(directory) -> SavedPhantom:
     return SavedPhantom(dwi, labels, mask, truth, label_names_beside(d / "labels.nii.gz") or dict(LABEL_NAMES))
 
 
+def label_names_file(labels_path) -> Path:
+    """Where the names of a label image's labels are read from: the ``phantom.json`` beside it."""
+    return Path(labels_path).parent / PHANTOM_JSON
+
+
 def label_names_beside(labels_path) -> dict[int, str] | None:
     """{label: name} from the ``phantom.json`` beside a label image (as :func:`save_phantom` writes it), or None
     where there is none, it names no labels or it cannot be read (names are optional: callers fall back to their
     own, e.g. "label N")."""
-    meta = Path(labels_path).parent / "phantom.json"
     try:
-        names = {int(k): str(v) for k, v in json.loads(meta.read_text(encoding="utf-8"))["labels"].items()}
+        text = label_names_file(labels_path).read_text(encoding="utf-8")
+        names = {int(k): str(v) for k, v in json.loads(text)["labels"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, not JSON, not {label: name}
         return None
     return names or None

@@ -205,6 +205,8 @@ def _json_timings(path: Path, n: int) -> dict[str, np.ndarray]:
 
 
 _TEXT_SIDECARS = {"small_delta": ".smalldel", "big_delta": ".delta", "te": ".te", "tr": ".tr"}
+# every file a protocol may be read from beside its stem: FSL with its JSON and per-volume timings, or Camino
+SIDECAR_SUFFIXES = (".bval", ".bvec", ".json", *_TEXT_SIDECARS.values(), ".scheme")
 _SETTING_NAMES = {"small_delta": "δ", "big_delta": "Δ", "te": "TE", "tr": "TR"}
 
 
