@@ -17,6 +17,9 @@ from napari_rverdict.errors import InputError
 
 GAMMA = 2.6751525e8  # proton gyromagnetic ratio, rad s⁻¹ T⁻¹
 B0_THRESHOLD = 50.0  # s/mm²: measurements below this count as b = 0 when grouping and matching
+# each measurement's settings: attribute → (its name in messages, its unit)
+SETTINGS = {"b": ("b", "s/mm²"), "small_delta": ("δ", "ms"), "big_delta": ("Δ", "ms"), "te": ("TE", "ms"),
+            "tr": ("TR", "ms")}
 B_MAX_PLAUSIBLE = 100_000.0  # s/mm²: above any diffusion MRI (clinical ≤ 10⁴, preclinical ≤ 5 × 10⁴); s/m² if larger
 
 # INNOVATE (Philips Achieva 3 T, PGSE): b, δ, Δ, TE, TR per series, in acquisition order of the rVERDICT examples.
@@ -427,10 +430,10 @@ class Protocol:
                          + ", ".join(f"{j} ({self.settings_of(j)})" for j in unused)
                          + (" match none of the model's and are" if unused.size > 1 else
                             " matches none of the model's and is") + " not used")
-        keys = ("b", "small_delta", "big_delta", "te", "tr") if use_tr else ("b", "small_delta", "big_delta", "te")
+        keys = [key for key in SETTINGS if use_tr or key != "tr"]
         for i, j in enumerate(index):
             for key in keys:
-                unit = "s/mm²" if key == "b" else "ms"
+                unit = SETTINGS[key][1]
                 if key in ("small_delta", "big_delta") and reference.is_b0[i]:
                     continue
                 want, got = getattr(reference, key)[i], getattr(self, key)[j]
@@ -460,12 +463,10 @@ class Protocol:
                     "(fewer of them in the data than in the model's protocol)")
         best = min(range(same_kind.size), key=lambda k: (n_fail[k], cost[i, same_kind[k]]))
         j = int(same_kind[best])
-        names = {"b": ("b", "s/mm²"), "small_delta": ("δ", "ms"), "big_delta": ("Δ", "ms"), "te": ("TE", "ms"),
-                 "tr": ("TR", "ms")}
         diffs = []
         for key, f in failing.items():
             if f[i, j]:
-                label, unit = names[key]
+                label, unit = SETTINGS[key]
                 got, want = getattr(self, key)[j], getattr(reference, key)[i]
                 diffs.append(f"{label} {got:g} {unit} vs the model's {want:g} {unit}")
         return f": the nearest, the data's measurement {j}, differs in " + ", ".join(diffs)

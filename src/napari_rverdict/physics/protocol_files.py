@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_rverdict.physics.protocol import B0_THRESHOLD, GAMMA, Protocol, ProtocolError, _vec
+from napari_rverdict.physics.protocol import B0_THRESHOLD, GAMMA, SETTINGS, Protocol, ProtocolError, _vec
 
 
 # ---------------------------------------------------------------------- readers and writers
@@ -207,7 +207,6 @@ def _json_timings(path: Path, n: int) -> dict[str, np.ndarray]:
 _TEXT_SIDECARS = {"small_delta": ".smalldel", "big_delta": ".delta", "te": ".te", "tr": ".tr"}
 # every file a protocol may be read from beside its stem: FSL with its JSON and per-volume timings, or Camino
 SIDECAR_SUFFIXES = (".bval", ".bvec", ".json", *_TEXT_SIDECARS.values(), ".scheme")
-_SETTING_NAMES = {"small_delta": "δ", "big_delta": "Δ", "te": "TE", "tr": "TR"}
 
 
 def _merge_timings(b, json_path: Path, from_json: dict, stem: Path, from_text: dict, json_wins: bool,
@@ -229,7 +228,7 @@ def _merge_timings(b, json_path: Path, from_json: dict, stem: Path, from_text: d
             if not json_wins:
                 used, ignored = ignored, used
             warnings.warn(f"{bval_name}: {json_path.name} and {_sidecar(stem, suffix).name} disagree on "
-                          f"{_SETTING_NAMES[key]} (volume {k}: {j[k]:g} vs {t[k]:g} ms); {used} is used, {ignored} "
+                          f"{SETTINGS[key][0]} (volume {k}: {j[k]:g} vs {t[k]:g} ms); {used} is used, {ignored} "
                           "ignored", stacklevel=3)
         out[key] = j if json_wins else t
     return out
@@ -272,10 +271,10 @@ def read_fsl(bval_path, bvec_path=None, timings=None, tr=None) -> Protocol:
     t = _merge_timings(b, json_path, from_json, stem, from_text, timings is not None, bval_path.name)
     missing = [k for k in ("small_delta", "big_delta", "te") if t[k] is None]
     if missing:
-        where = (f"{json_path.name} has no {', '.join(_SETTING_NAMES[k] for k in missing)}"
+        where = (f"{json_path.name} has no {', '.join(SETTINGS[k][0] for k in missing)}"
                  if json_path.exists() else f"no JSON sidecar {json_path.name}")
         raise ProtocolError(
-            f"{bval_path}: no timings found for {', '.join(_SETTING_NAMES[k] for k in missing)}: {where} and there "
+            f"{bval_path}: no timings found for {', '.join(SETTINGS[k][0] for k in missing)}: {where} and there "
             f"is no {', '.join(_sidecar(stem, _TEXT_SIDECARS[k]).name for k in missing)} beside it"
         )
     if t["tr"] is None:
