@@ -50,7 +50,8 @@ def _as_tensors(*arrays):
     """
     use_numpy = not any(isinstance(a, torch.Tensor) for a in arrays)
     if use_numpy:
-        return [torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in arrays], True
+        # a read-only array (a Protocol's) is copied: torch cannot share it and warns that writes would be undefined
+        return [torch.as_tensor(np.require(a, dtype=np.float64, requirements="W")) for a in arrays], True
     ref = next(a for a in arrays if isinstance(a, torch.Tensor))
     dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
     out = [a.to(dtype) if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=dtype, device=ref.device) for a in arrays]
