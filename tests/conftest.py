@@ -1,8 +1,12 @@
-"""Shared test fixtures: one torch thread for batched-fit tests; a napari viewer with the plugin's docks (GUI tests)."""
+"""Shared test fixtures: one torch thread for batched-fit tests; a napari viewer with the plugin's docks (GUI tests);
+a fresh Python interpreter on this checkout (what a command line start or a first import does)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +50,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fresh_python():
+    """``fresh_python(*args, env=None, **kw)``: ``python *args`` in a new interpreter that imports this checkout's
+    package (``src`` first on PYTHONPATH; ``env`` adds variables), output captured as text → CompletedProcess."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+
+    def run(*args, env=None, **kw):
+        full = dict(os.environ, **(env or {}))
+        full["PYTHONPATH"] = os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])
+        return subprocess.run([sys.executable, *args], check=False, capture_output=True, text=True, env=full,
+                              timeout=120, **kw)
+
+    return run

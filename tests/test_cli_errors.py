@@ -1,10 +1,6 @@
 """`rverdict` failure lines: bad input (our InputError, OSError) → one `error:` line and exit 2; anything else is a bug
 → one `bug:` line and exit 1; `--debug` re-raises; `python -m napari_rverdict` goes through the same `main`."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -68,22 +64,17 @@ def test_debug_reraises(monkeypatch):
         main(["--debug", "protocol-report", "--snr", "abc"])
 
 
-def test_python_dash_m_exit_2_on_bad_option_value():
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "-m", "napari_rverdict", "protocol-report", "--snr", "abc"],
-                       check=False, capture_output=True, text=True, env=env, timeout=120)
+def test_python_dash_m_exit_2_on_bad_option_value(fresh_python):
+    r = fresh_python("-m", "napari_rverdict", "protocol-report", "--snr", "abc")
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("rverdict protocol-report: error: --snr expects a positive number")
     assert lines[0].endswith("got 'abc'")
 
 
-def test_help_and_usage_errors_do_not_wait_for_torch():
+def test_help_and_usage_errors_do_not_wait_for_torch(fresh_python):
     """The parser (every command's options) and ``import napari_rverdict`` import neither torch nor SciPy: ``--help``
     and a usage error answer at once; the package's names still resolve on first use."""
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
     code = ("import sys, napari_rverdict\n"
             "from napari_rverdict.cli.main import build_parser\n"
             "build_parser()\n"
@@ -93,11 +84,9 @@ def test_help_and_usage_errors_do_not_wait_for_torch():
             "from napari_rverdict.physics import get_model\n"
             "assert len(Protocol.innovate()) == 10 and callable(simulate) and get_model('verdict').name == 'verdict'\n"
             "assert 'torch' in sys.modules\n")
-    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = fresh_python("-c", code)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "napari_rverdict", "train", "--epochs", "0"], check=False,
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = fresh_python("-m", "napari_rverdict", "train", "--epochs", "0")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
@@ -111,11 +100,9 @@ def test_tr_nan_or_not_positive_is_bad_input(value, capsys, tmp_path):
     assert not (tmp_path / "ph").exists()
 
 
-def test_a_refused_output_answers_without_loading_torch(tmp_path):
+def test_a_refused_output_answers_without_loading_torch(tmp_path, fresh_python):
     """An existing output (or a folder holding other files) is refused before the commands' heavy imports, and the
     CLI sets torch's threads only once torch is imported: the refusal is one line at once."""
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
     for name in ("m.pt", "s.npz", "t.csv"):
         (tmp_path / name).write_text("x")
     (tmp_path / "full").mkdir()
@@ -129,18 +116,14 @@ def test_a_refused_output_answers_without_loading_torch(tmp_path):
             f"rcs = [main(c) for c in {commands!r}]\n"
             "assert rcs == [2] * len(rcs), rcs\n"
             "assert 'torch' not in sys.modules\n")
-    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = fresh_python("-c", code)
     assert r.returncode == 0, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == len(commands) and all(" error: " in ln for ln in lines), r.stderr
 
 
-def test_torch_threads_are_set_when_a_command_imports_torch(tmp_path):
+def test_torch_threads_are_set_when_a_command_imports_torch(tmp_path, fresh_python):
     """The thread count main() chooses applies to the torch work of a command that imports torch itself."""
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
     code = ("import importlib\nm = importlib.import_module('napari_rverdict.cli.main')\n"
             "import napari_rverdict.cli.simulate as s\n"
             "m.torch_threads = lambda context: 2\n"
@@ -148,7 +131,6 @@ def test_torch_threads_are_set_when_a_command_imports_torch(tmp_path):
             "s.cmd_simulate = cmd\n"
             "assert m.main(['simulate', '--out', 'x.npz']) == 0\n"
             "import torch\nprint(torch.get_num_threads())\n")
-    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
-                       timeout=120, cwd=tmp_path)
+    r = fresh_python("-c", code, env={"OMP_NUM_THREADS": "1"}, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["2", "1"]  # the command's count inside, torch's own restored after

@@ -130,20 +130,13 @@ def test_sphere_table_matches_the_exact_series():
         SphereTable(p.b, p.small_delta, p.big_delta, 2.0, (5.0, 5.0))
 
 
-def test_read_only_inputs_such_as_a_protocols_give_no_torch_warning():
+def test_read_only_inputs_such_as_a_protocols_give_no_torch_warning(fresh_python):
     """A Protocol's arrays are read-only; torch warned (once, at napari's launch) that sharing them is undefined."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
     code = ("import warnings, numpy as np\n"
             "warnings.simplefilter('error')\n"
             "from napari_rverdict.physics import Protocol, ball\n"
             "b = Protocol.innovate().b\n"
             "assert not b.flags.writeable\n"
             "assert np.allclose(ball(b, 2.0), np.exp(-b * 1e-3 * 2.0))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    r = fresh_python("-c", code)
     assert r.returncode == 0, r.stderr
