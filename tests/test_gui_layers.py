@@ -107,6 +107,14 @@ def test_maps_of_a_second_dwi_do_not_replace_the_first(viewer, qtbot):
     assert viewer.layers[F_IC] is f_ic and len(_map_layers(viewer)) == 2 * n_first
     assert second in viewer.layers
 
+    # renaming the second DWI renames the maps named after it; a new Compute of it still replaces them
+    second.name = "follow-up DWI"
+    assert viewer.layers[F_IC + " (follow-up DWI)"] is other and F_IC + " (second DWI)" not in viewer.layers
+    assert other.metadata["source_layer"] == "follow-up DWI"
+    maps.dwi_combo.select("follow-up DWI")
+    _run(qtbot, maps)
+    assert viewer.layers[F_IC + " (follow-up DWI)"] is other and len(_map_layers(viewer)) == 2 * n_first
+
 
 def test_a_dwi_deleted_while_its_maps_compute_gets_none(viewer, qtbot):
     viewer.open_sample("napari-rverdict", "prostate_phantom")

@@ -102,11 +102,19 @@ def remove_stale(viewer, source_name: str, keep) -> None:
 
 def follow_renamed_sources(viewer, renamed: dict) -> None:
     """A DWI layer was renamed ({old: new name}): its map layers say the new name as their source, so a new
-    Compute of it still replaces them (and the Explore dock still finds them)."""
-    for layer in viewer.layers:
+    Compute of it still replaces them (and the Explore dock still finds them), and those named after it
+    (``f_ic [fraction] (old)``, :func:`layer_name_for`) take its new name, unless a layer already has that name."""
+    for layer in list(viewer.layers):
         meta = layer.metadata or {}
-        if meta.get("rverdict_map") and meta.get("source_layer") in renamed:
-            meta["source_layer"] = renamed[meta["source_layer"]]
+        old = meta.get("source_layer")
+        if not (meta.get("rverdict_map") and old in renamed):
+            continue
+        meta["source_layer"] = renamed[old]
+        tail = f" ({old})"
+        if layer.name.endswith(tail):
+            name = f"{layer.name[:-len(tail)]} ({renamed[old]})"
+            if name not in viewer.layers:
+                layer.name = name
 
 
 def add_map_layers(viewer, results: dict, model, dwi_layer, affine) -> dict:
