@@ -114,7 +114,7 @@ def part_train(args, state) -> None:
     row("b", f"simulate {args.n:,} rVERDICT signals (CPU), s", f"{time.perf_counter() - t0:.2f}")
     for net, depth, width in (("mlp", None, None), ("resnetreg", 31, 128)):
         name = f"{net} {depth or 3}/{width or 150}"
-        cfg = dict(net=net, depth=depth, width=width, batch_size=100, patience=None, seed=0)
+        cfg = {"net": net, "depth": depth, "width": width, "batch_size": 100, "patience": None, "seed": 0}
         dev_times, result = _epoch_times(data, TrainConfig(epochs=args.epochs, device=args.device, **cfg))
         cpu_times, _ = _epoch_times(data, TrainConfig(epochs=1, device="cpu", **cfg))
         val = result.history["val_loss"][-1]
