@@ -206,6 +206,7 @@ def test_cli_errors_before_any_work_exit_2(ws, tmp_path, capsys, monkeypatch):
           str(tmp_path / "o")], "--sigma must be 'auto', 'mse' or a positive number"),
         (["cohort", "fit", str(ws / "dwis"), "--sigma", "mse", "--out", str(tmp_path / "o")],
          "--epochs and --sigma are options of --method self-supervised"),
+        (["cohort", "fit", str(ws / "dwis"), "--device", "tpu", "--out", str(tmp_path / "o")], "unknown device 'tpu'"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -13,6 +13,7 @@ from napari_rverdict.cli.common import (
     CliError,
     add_prediction_options,
     cli_bundle,
+    cli_device,
     cli_model,
     positive_int,
     self_supervised_sigma,
@@ -28,6 +29,8 @@ def _subjects(args):
 def _run(args, task) -> int:
     from napari_rverdict.cohort import run_cohort
 
+    if args.scheduler is None:  # local workers see this machine's devices: "cuda" without CUDA is bad input now,
+        cli_device(args.device)  # not one failure per subject (another scheduler's workers may have GPUs)
     subjects = _subjects(args)
     result = run_cohort(subjects, task, args.out, scheduler=args.scheduler, n_workers=args.workers,
                         threads_per_worker=args.threads, overwrite=args.overwrite, progress=not args.quiet)

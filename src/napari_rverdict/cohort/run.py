@@ -127,6 +127,17 @@ def _gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def task_gpus(task) -> int:
+    """The GPUs a task's subjects would spread over on this machine: every visible one for "auto" / "cuda" (one
+    worker each, :func:`.tasks.device_here` pins them), one for an explicit "cuda:N" (every task on it), none for
+    "cpu" / "mps" (CPU workers: one per GPU would leave most of the CPUs idle)."""
+    device = str(getattr(task, "device", "cpu")).lower().strip()
+    if device not in ("auto", "cuda") and not device.startswith("cuda:"):
+        return 0
+    n = _gpus()
+    return min(n, 1) if device.startswith("cuda:") else n
+
+
 def run_cohort(subjects: list[Subject], task, out, *, scheduler: str | None = None, n_workers: int | None = None,
                threads_per_worker: int | None = None, processes: bool = True, overwrite: bool = False,
                progress: bool = True) -> CohortResult:
@@ -154,7 +165,7 @@ def run_cohort(subjects: list[Subject], task, out, *, scheduler: str | None = No
         threads = threads_per_worker
         if scheduler is None:
             cpus = available_cpus(respect_env=False)  # OMP_NUM_THREADS limits a process's threads, not the workers
-            layout = worker_layout(cpus, n_gpus=_gpus(), n_tasks=len(todo))
+            layout = worker_layout(cpus, n_gpus=task_gpus(task), n_tasks=len(todo))
             n_workers = n_workers or layout[0]
             threads = threads or max(1, cpus // n_workers)
             result.layout = (n_workers, threads)

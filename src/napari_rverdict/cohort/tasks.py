@@ -106,9 +106,10 @@ def _threads_here() -> int:
     return torch_threads("dask", n_workers=int(n_tasks), cpus=None) if worker is not None else torch_threads()
 
 
-def _device_here(device: str) -> str:
-    """``device``, with "auto" / "cuda" pinned to one GPU per worker when there are several (workers named 0, 1, …)."""
-    if device not in ("auto", "cuda"):
+def device_here(device: str) -> str:
+    """``device``, with "auto" / "cuda" (any case) pinned to one GPU per worker when there are several (workers
+    named 0, 1, …, as a LocalCluster names them; another name picks by its characters)."""
+    if str(device).lower().strip() not in ("auto", "cuda"):
         return device
     import torch
 
@@ -208,7 +209,7 @@ def run_subject(task, subject: Subject, out_root, threads: int | None = None) ->
     with using_torch_threads(threads or _threads_here()) as n_threads, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dwi = load_dwi_as_named(subject.dwi, subject.protocol)  # "innovate" on 20 volumes: as `rverdict predict`
-        maps, model = task.make_maps(dwi, str(subject.mask) if subject.mask else None, _device_here(task.device))
+        maps, model = task.make_maps(dwi, str(subject.mask) if subject.mask else None, device_here(task.device))
         written = save_maps(maps, out, dwi.affine, model=model)
         rows = _roi_rows(maps, subject, dwi)
     record = {"subject": subject.name, "status": "done", "method": task.method, "task": identity, "inputs": stamps,

@@ -251,7 +251,9 @@ def posterior_from_dictionary(observed, dictionary: PriorDictionary, sigma, like
         raise InputError("sigma (1/SNR) must be positive and finite")
     chunk = positive_int(chunk, "chunk")
     dev = _device(device)
-    acc = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
+    from napari_rverdict.learn.device import accumulation_dtype
+
+    acc = accumulation_dtype(dev)  # float64 (MPS: float32)
     root_n = np.ones(m) if n_volumes is None else np.sqrt(np.asarray(n_volumes, dtype=float).reshape(-1))
     if root_n.size != m:
         raise InputError(f"n_volumes has {root_n.size} entries but the signals have {m} measurements")

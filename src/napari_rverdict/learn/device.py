@@ -49,6 +49,13 @@ def resolve_device(device="auto") -> torch.device:
     raise InputError(f"unsupported device '{device}'; use auto, cpu, cuda, cuda:N or mps")
 
 
+def accumulation_dtype(device) -> torch.dtype:
+    """The dtype sums and float64 work use on ``device``: float64, except on MPS, which has no float64 (a float64
+    tensor there, or ``.double()`` of one, raises TypeError). Results leave a device as ``.cpu().double()``, in
+    that order, for the same reason."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 CPU_NETWORK_CHUNK = 4096
 
 

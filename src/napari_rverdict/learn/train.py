@@ -26,7 +26,7 @@ from torch import nn
 from napari_rverdict.data.noise import LEGACY_SNR_REFERENCE, check_snr_reference
 from napari_rverdict.errors import InputError, positive_int
 from napari_rverdict.learn.bundle import Bundle
-from napari_rverdict.learn.device import _synchronize, resolve_device
+from napari_rverdict.learn.device import _synchronize, accumulation_dtype, resolve_device
 from napari_rverdict.learn.nets import (
     available_networks,
     build_network,
@@ -219,11 +219,12 @@ def _evaluate_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean squared error over every element, in chunks, in eval mode (one host sync)."""
     was_training = net.training
     net.eval()
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    acc = accumulation_dtype(x.device)  # float64 (MPS: float32)
+    total = torch.zeros((), dtype=acc, device=x.device)
     with torch.inference_mode():
         for s in range(0, x.shape[0], VAL_CHUNK):
             d = net(x[s:s + VAL_CHUNK])[:, :y.shape[1]] - y[s:s + VAL_CHUNK]  # uncertainty nets: the means
-            total += (d.double() ** 2).sum()
+            total += (d.to(acc) ** 2).sum()
     net.train(was_training)
     return float(total) / y.numel()
 
@@ -511,8 +512,9 @@ def calibration_data(data):
                     fraction_sampler=data.fraction_sampler, seed=calibration_seed(data.seed))
 
 
-def _calibrate(bundle: Bundle, data) -> None:
-    """Conformal interval quantiles per map from a fresh calibration set (uncertainty networks)."""
+def _calibrate(bundle: Bundle, data, device) -> None:
+    """Conformal interval quantiles per map from a fresh calibration set (uncertainty networks), the network run on
+    the training's ``device``."""
     n_val = len(data.val_index)
     if n_val < MIN_CALIBRATION:  # too few to fit anything (as calibrate_bundle decides): no set to draw
         cal_signals, cal_truth, seed = data.signals[data.val_index], {
@@ -520,7 +522,7 @@ def _calibrate(bundle: Bundle, data) -> None:
     else:
         cal = calibration_data(data)
         cal_signals, cal_truth, seed = cal.signals, cal.params, cal.seed
-    calibrate_bundle(bundle, cal_signals, cal_truth)
+    calibrate_bundle(bundle, cal_signals, cal_truth, device=device)
     bundle.extra["calibration"] = {"method": "normalised split conformal quantiles of |y - mean| / sd on a fresh "
                                              "synthetic calibration set drawn like the training data, "
                                              "levels 0.05-0.99",
@@ -569,7 +571,7 @@ def _iter_training(data, config: TrainConfig | None = None, stop_event: threadin
             break
     bundle, last_state, elapsed = _hand_back(run, data)
     if run.config.uncertainty:
-        _calibrate(bundle, data)
+        _calibrate(bundle, data, run.device)
     result = TrainResult(bundle, last_state, run.history, run.stopped, run.epochs_run, run.n_steps, elapsed,
                          str(run.device))
     yield _done_record(run, result)

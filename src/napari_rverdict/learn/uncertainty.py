@@ -91,7 +91,9 @@ def beta_nll_loss(out: torch.Tensor, y: torch.Tensor, beta: float = BETA) -> tor
 def gaussian_nll_value(out: torch.Tensor, y: torch.Tensor) -> float:
     """Mean Gaussian NLL per element (without the ½ log 2π constant), for reporting."""
     mean, logvar = split_output(out, y.shape[-1])
-    return float((0.5 * (logvar + (y - mean) ** 2 / torch.exp(logvar))).double().mean())
+    from napari_rverdict.learn.device import accumulation_dtype
+
+    return float((0.5 * (logvar + (y - mean) ** 2 / torch.exp(logvar))).to(accumulation_dtype(out.device)).mean())
 
 
 # ---------------------------------------------------------------------- coverage and calibration

@@ -180,9 +180,8 @@ def make_starts(problem: FitProblem, y: np.ndarray, n_starts: int, n_candidates:
     if n_starts > 0:
         cand_u = _candidates(problem, max(n_candidates, n_starts), seed)
         with torch.no_grad():
-            s = problem.signal(problem.to_params(torch.as_tensor(cand_u, dtype=torch.float64)
-                                                 .to(problem.device, problem.dtype)))
-        s = s.double().cpu().numpy()
+            s = problem.signal(problem.to_params(torch.as_tensor(cand_u, dtype=problem.dtype, device=problem.device)))
+        s = s.cpu().double().numpy()  # to the CPU first: MPS has no float64
         s_norm2 = (s * s).sum(1)
         chosen = np.empty((n, n_starts), dtype=np.int64)
         step = max(1, 2_000_000 // max(1, len(cand_u)))
@@ -267,7 +266,7 @@ def _init_params(init, signals_raw, protocol, problem: FitProblem, index=None) -
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            values = init.predict_signals(signals_raw, protocol=protocol)
+            values = init.predict_signals(signals_raw, protocol=protocol, device=problem.device)  # the fit's device
     elif isinstance(init, Mapping):
         values = {}
         for k, v in init.items():
@@ -310,7 +309,7 @@ def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, i
 
     Returns {map: float64 (n,)} for every map of ``model.map_names`` (fractions, R, cellularity, …).
     """
-    from napari_rverdict.learn.device import resolve_device
+    from napari_rverdict.learn.device import accumulation_dtype, resolve_device
 
     model = get_model(model)
     protocol = load_protocol(protocol)
@@ -326,7 +325,7 @@ def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, i
         raise InputError(f"chunk must be ≥ 1, got {chunk}")
     _check_stop(stop_event)
     dev = resolve_device(device)
-    dtype = torch.float64 if dev.type != "mps" else torch.float32
+    dtype = accumulation_dtype(dev)  # float64 (MPS: float32)
     problem = FitProblem(model, protocol, ranges, dev, dtype)
     y_all = problem.normalise(raw)
     init_u = _init_params(init, raw, protocol, problem)
@@ -357,8 +356,8 @@ def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, i
         with torch.no_grad():
             u, cost, _ = levenberg_marquardt(problem, yt, ut, max_iter=max_iter, stop_event=stop_event,
                                              on_iter=None if progress is None else on_iter)
-        u = u.double().cpu().numpy().reshape(nv, ns, k)
-        cost = cost.double().cpu().numpy().reshape(nv, ns)
+        u = u.cpu().double().numpy().reshape(nv, ns, k)  # to the CPU first: MPS has no float64
+        cost = cost.cpu().double().numpy().reshape(nv, ns)
         cost = np.where(np.isfinite(cost), cost, np.inf)
         pick = cost.argmin(1)
         best_u[a:a + nv] = u[np.arange(nv), pick]

@@ -291,7 +291,7 @@ def _maps(problem: FitProblem, enc: Encoder, y, raw: np.ndarray, protocol) -> di
     parts = []
     with torch.no_grad():
         for a in range(0, y.shape[0], EVAL_CHUNK):
-            parts.append(enc(y[a:a + EVAL_CHUNK]).double().cpu().numpy())
+            parts.append(enc(y[a:a + EVAL_CHUNK]).cpu().double().numpy())  # CPU first: MPS has no float64
     u = np.concatenate(parts)
     params = problem.to_params(u, np)
     derived = problem.model.derived_maps(params)
