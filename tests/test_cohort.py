@@ -83,6 +83,10 @@ def test_cli_predict_on_a_process_cluster_reports_the_broken_subject_and_resumes
     assert rc == 1 and "0 done, 2 skipped (complete before), 1 failed" in text.out
     assert (out / "sub-01" / DONE_FILE).stat().st_mtime_ns == stamp
     assert [r["status"] for r in _table(out) if r["subject"] == "sub-01"][0] == "skipped"
+    # the same folder for another task (another chunk size) is refused before any work
+    with pytest.raises(InputError, match="another task"):
+        run_cohort(read_subjects([ws / "dwis"]), PredictTask(str(ws / "m.pt"), chunk=7), out,
+                   processes=False, progress=False)
 
 
 def test_fit_cohort_from_a_csv_gives_roi_statistics_near_the_truth(ws):
@@ -217,9 +221,6 @@ def test_cli_errors_before_any_work_exit_2(ws, tmp_path, capsys, monkeypatch):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert main(["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis"), "--out", str(tmp_path / "busy")]) == 2
     assert "not this cohort's" in capsys.readouterr().err
-    with pytest.raises(InputError, match="another task"):
-        run_cohort(read_subjects([ws / "dwis"]), PredictTask(str(ws / "m.pt"), chunk=7), ws / "out_predict",
-                   processes=False, progress=False)
 
 
 def test_a_rerun_after_the_bundle_or_a_dwi_changed_is_refused_not_skipped(ws, tmp_path):
