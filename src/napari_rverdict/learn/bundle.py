@@ -176,6 +176,8 @@ class Bundle:
         """Write the bundle atomically through :func:`napari_rverdict.files.atomic_path` (a temporary file beside
         it, then ``os.replace``; an existing file keeps its permissions, a new one gets ``0o666 & ~umask``)."""
         path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{path} is a folder: give the bundle a file name (e.g. model.pt)")
         payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "meta": self.metadata(),
                    "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
