@@ -164,6 +164,9 @@ def test_predict_direction_resolved_signals_are_averaged(rv):
     want = b.predict_signals(averaged)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
+    by_name = b.predict_signals(x20, protocol="innovate-20")  # a preset name, as predict_volume takes
+    for k in want:
+        np.testing.assert_allclose(by_name[k], want[k], rtol=1e-6, atol=1e-6)
 
 def test_predict_bad_inputs(rv):
     data, b = rv

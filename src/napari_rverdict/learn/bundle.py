@@ -310,7 +310,7 @@ class Bundle:
         ----------
         signals : (n, n_measurements) raw (un-normalised) signals, in the bundle protocol's order, or in
             ``protocol``'s order when it is given.
-        protocol : the acquisition of ``signals``; its measurements are matched to the bundle's
+        protocol : the acquisition of ``signals`` (a Protocol, preset name or file); its measurements are matched to the bundle's
             (``protocol.match_to``), reordered, and any differences are reported with ``warnings.warn``. A
             direction-resolved acquisition (20-volume INNOVATE) is first direction-averaged, as
             :func:`.predict.predict_volume` does.
@@ -331,8 +331,9 @@ class Bundle:
         if uncertainty:
             self._check_uncertainty()
         if protocol is not None:
-            if not isinstance(protocol, Protocol):
-                raise InputError(f"protocol must be a Protocol, got {type(protocol).__name__}")
+            from napari_rverdict.physics.protocol_files import load_protocol
+
+            protocol = load_protocol(protocol)  # a Protocol, a preset name or a protocol file, as predict_volume
             s = self._check_signals(signals, len(protocol))
             if averages_directions(protocol, self.protocol):  # as predict_volume does: never one direction alone
                 s, protocol = direction_average(s, protocol)
