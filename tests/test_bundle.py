@@ -145,6 +145,29 @@ def test_predict_with_reordered_protocol(rv):
         b.predict_signals(x, protocol=b.protocol)  # same order: no warning
 
 
+
+def test_predict_direction_resolved_signals_are_averaged(rv):
+    """Raw signals of the 20 acquired INNOVATE volumes with their protocol give the maps of their direction average
+    (as predict_volume does), not of one direction per shell with the others called unmatched."""
+    from napari_rverdict.physics.protocol import Protocol, direction_average
+
+    data, b = rv
+    p20 = Protocol.innovate(direction_averaged=False)
+    x10 = noise_free_signals("rverdict", {k: v[:50] for k, v in data.params.items()}, b.protocol)
+    rows = np.repeat(np.arange(len(b.protocol)), b.protocol.n_volumes)  # 20 volumes, each of its measurement
+    tilt = np.where(p20.b > 0, 1.0 + 0.3 * (np.arange(20) % 4 - 2), 1.0)  # anisotropic: directions differ
+    x20 = x10[:, rows] * tilt
+    averaged, _ = direction_average(x20, p20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the averaged shells match the model's: nothing to report
+        got = b.predict_signals(x20, protocol=p20)
+    want = b.predict_signals(averaged)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
+    by_name = b.predict_signals(x20, protocol="innovate-20")  # a preset name, as predict_volume takes
+    for k in want:
+        np.testing.assert_allclose(by_name[k], want[k], rtol=1e-6, atol=1e-6)
+
 def test_predict_bad_inputs(rv):
     data, b = rv
     with pytest.raises(ValueError, match="10 measurements but the model's protocol has|has 10"):

@@ -240,6 +240,39 @@ def test_save_maps_is_one_set_and_names_stay_in_the_folder(tmp_path):
     assert [p.name for p in save_maps({"a": good}, tmp_path / "out", np.eye(4))] == ["a.nii.gz"]
 
 
+def test_writers_refuse_a_bad_affine_or_target_before_touching_the_disk(tmp_path):
+    """A NaN or 3 × 3 affine was nibabel's traceback, a file where the folder goes a FileExistsError, a folder
+    where the bundle goes an IsADirectoryError, and a map that is not 3D left the new, empty output folder."""
+    import pytest as _pytest
+
+    from napari_rverdict.data.nifti import load_dwi, save_map, save_maps
+    from napari_rverdict.data.synth import simulate
+    from napari_rverdict.errors import InputError
+    from napari_rverdict.learn.train import TrainConfig, train
+
+    good = np.ones((2, 2, 2), np.float32)
+    for affine, match in ((np.full((4, 4), np.nan), "NaN"), (np.eye(3), "4 × 4"), (None, "4 × 4")):
+        with _pytest.raises(InputError, match=match):
+            save_maps({"a": good}, tmp_path / "out", affine)
+        with _pytest.raises(InputError, match=match):
+            save_map(good, tmp_path / "a.nii.gz", affine, "a")
+    with _pytest.raises(InputError, match="3D"):
+        save_maps({"a": good, "b": good[0]}, tmp_path / "out", np.eye(4))
+    (tmp_path / "file").write_text("keep")
+    with _pytest.raises(InputError, match="is a file, not a folder"):
+        save_maps({"a": good}, tmp_path / "file", np.eye(4))
+    assert (tmp_path / "file").read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    bundle = train(simulate("verdict", n=200, seed=0), TrainConfig(epochs=1, device="cpu")).bundle
+    (tmp_path / "models").mkdir()
+    with _pytest.raises(InputError, match="is a folder"):
+        bundle.save(tmp_path / "models")
+    assert list((tmp_path / "models").iterdir()) == []
+    # the INNOVATE preset named for a 20-volume DWI says which one fits
+    save_dwi(np.ones((2, 2, 2, 20), np.float32), np.eye(4), tmp_path / "dwi.nii.gz")
+    with _pytest.raises(InputError, match="give protocol 'innovate-20'"):
+        load_dwi(tmp_path / "dwi.nii.gz", "innovate")
+
+
 def test_sidecars_belong_to_the_full_stem(tmp_path):
     """Issue 11: dwi.sorted.nii.gz must never read dwi.bval / dwi.delta."""
     import pytest as _pytest

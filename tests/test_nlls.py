@@ -122,6 +122,11 @@ def test_init_is_an_extra_start(phantom):
         fit_volume("rverdict", dwi, phantom.protocol, mask=phantom.mask, init={"f_ic": phantom.truth["f_ic"]})
     with pytest.raises(ValueError, match="n_starts"):
         fit_signals("rverdict", np.ones((3, 10)), "innovate", n_starts=0)
+    for seed in (-1, 0.5, "0"):  # NumPy's own refusal was a traceback from inside the start screening
+        with pytest.raises(InputError, match="seed must be a whole number"):
+            fit_signals("rverdict", np.ones((3, 10)), "innovate", seed=seed)
+        with pytest.raises(InputError, match="seed must be a whole number"):
+            fit_volume("rverdict", dwi, phantom.protocol, mask=phantom.mask, seed=seed)
 
 
 def test_bundle_init_and_errors():

@@ -133,6 +133,19 @@ def test_a_dwi_without_background_or_repeats_is_one_clear_error():
     assert "background" in text and "repeated volumes" in text and "MP-PCA needs" in text and "\n" not in text
 
 
+def test_an_array_is_refused_and_a_float_mask_reads_nan_as_outside(scanner_phantom):
+    """A bare array was a TypeError from pathlib; a mask of numbers with NaN outside (a map used as a mask) took
+    every NaN voxel, the air included, as inside (NumPy's bool(NaN) is True), as no other method's mask does."""
+    ph = scanner_phantom
+    with pytest.raises(InputError, match="Dwi.from_array"):
+        estimate_noise(ph.dwi)
+    as_map = np.where(ph.mask, 0.5, np.nan)
+    want = estimate_noise(ph.to_dwi(), ph.mask, method="repeats")
+    got = estimate_noise(ph.to_dwi(), as_map, method="repeats")
+    assert got.n_voxels == want.n_voxels == int(ph.mask.sum())
+    assert got.sigma == want.sigma and got.snr == want.snr
+
+
 def test_identical_repeats_are_no_noise_estimate_and_warn_nothing(scanner_phantom):
     """Every volume a copy of the first b = 0 (a noise-free or duplicated series): σ ≈ 1e-6 from float rounding was
     reported as SNR 3e7, and DIPY's MP-PCA leaked NumPy's 'Mean of empty slice'."""

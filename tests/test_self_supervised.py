@@ -143,6 +143,9 @@ def test_bad_input():
         fit_self_supervised("verdict", dwi, ACQUIRED, every, device="cpu", epochs=0)
     with pytest.raises(InputError, match="device"):
         fit_self_supervised("verdict", dwi, ACQUIRED, every, device="tpu")
+    for seed in (-1, 0.5, "0"):  # NumPy's own refusal was a traceback from inside the split
+        with pytest.raises(InputError, match="seed must be a whole number"):
+            fit_self_supervised("verdict", dwi, ACQUIRED, every, device="cpu", seed=seed)
 
 
 # ---------------------------------------------------------------------- CLI

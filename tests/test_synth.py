@@ -108,6 +108,26 @@ def test_bad_simulate_arguments(bad):
         simulate(**kwargs)
 
 
+def test_snr_as_text_is_read_as_the_command_line_reads_it():
+    text = simulate("verdict", n=300, snr="15-60", seed=0)
+    pair = simulate("verdict", n=300, snr=(15, 60), seed=0)
+    assert text.snr_setting == (15.0, 60.0) and text.noise_settings()["snr"] == (15.0, 60.0)
+    np.testing.assert_array_equal(text.signals, pair.signals)
+    assert simulate("verdict", n=50, snr="35", seed=0).snr_setting == 35.0
+
+
+@pytest.mark.parametrize("bad, match", [(dict(seed=-1), "seed"), (dict(seed=1.5), "seed"), (dict(seed="0"), "seed"),
+                                        (dict(snr=True), "SNR"), (dict(snr="high"), "SNR"), (dict(snr="60-15"), "SNR")])
+def test_bad_seed_or_snr_is_one_input_error(bad, match):
+    from napari_rverdict.data.synth import effective_snr
+    from napari_rverdict.errors import InputError
+
+    with pytest.raises(InputError, match=match):
+        simulate("verdict", n=100, **bad)
+    with pytest.raises(InputError, match=match):
+        effective_snr("verdict", n=100, **bad)
+
+
 def test_cli_simulate_and_one_line_errors(tmp_path, capsys):
     out = tmp_path / "sim.npz"
     assert cli_main(["simulate", "--model", "verdict", "--n", "200", "--snr", "20-40", "--out", str(out)]) == 0

@@ -206,6 +206,24 @@ def test_denormals_flushed_only_while_training(data, monkeypatch):
     assert float(tiny * 1.0) > 0  # nor afterwards
 
 
+def test_config_as_a_dict_and_bad_config_data_or_seed(data):
+    from napari_rverdict.errors import InputError
+
+    a = train(data, {"epochs": 1, "seed": 3})
+    b = train(data, TrainConfig(epochs=1, seed=3))
+    for x, y in zip(a.bundle.network.state_dict().values(), b.bundle.network.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    with pytest.raises(InputError, match="unknown training setting.*epoch"):
+        train(data, {"epoch": 1})
+    with pytest.raises(InputError, match="config must be a TrainConfig"):
+        train(data, "mlp")
+    with pytest.raises(InputError, match="must be a SyntheticData"):
+        train("sim.npz", TrainConfig(epochs=1))
+    for seed in ("x", -1, 0.5, None):
+        with pytest.raises(InputError, match="seed must be a whole number"):
+            train(data, TrainConfig(epochs=1, seed=seed))
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, 0.0])
 def test_config_refuses_bad_lr_and_weight_decay(bad):
     from napari_rverdict.errors import InputError

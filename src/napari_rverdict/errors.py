@@ -20,3 +20,17 @@ def positive_int(value, label: str) -> int:
     if not ok:
         raise InputError(f"{label} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_seed(value, label: str = "seed", *, allow_none: bool = True) -> int | None:
+    """A random seed as an int ≥ 0 (``3`` or ``3.0``; None where ``allow_none``: fresh entropy); else an InputError
+    naming ``label`` (NumPy's own refusal of a negative, fractional or text seed is an internal traceback)."""
+    if value is None and allow_none:
+        return None
+    try:
+        ok = not isinstance(value, (bool, str, bytes)) and int(value) == value and value >= 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise InputError(f"{label} must be a whole number ≥ 0{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)

@@ -110,8 +110,14 @@ def _size_text(n_bytes: float) -> str:
 def check_affine(affine, what: str) -> np.ndarray:
     """The (4, 4) voxel → world transform, or one InputError line when it is NaN / infinite or singular (maps
     computed on such an image could not be placed in space, nor written)."""
-    affine = np.asarray(affine, dtype=float)
-    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+    try:
+        affine = np.asarray(affine, dtype=float)
+    except (TypeError, ValueError):
+        affine = np.empty(0)
+    if affine.shape != (4, 4):
+        raise InputError(f"{what}: its voxel-to-world transform (affine) must be a 4 × 4 matrix, got shape "
+                         f"{affine.shape}")
+    if not np.isfinite(affine).all():
         raise InputError(f"{what}: its voxel-to-world transform (affine) has NaN or infinite entries; fix the "
                          "header's sform / qform first")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
@@ -271,7 +277,10 @@ class Dwi:
 def _check_count(n_volumes: int, protocol: Protocol, what: str) -> None:
     if n_volumes != len(protocol):
         name = f" ({protocol.name})" if protocol.name else ""
-        raise InputError(f"{what} has {n_volumes} volumes but its protocol{name} has {len(protocol)} measurements")
+        preset = innovate_preset_for(n_volumes) if protocol.name.startswith("INNOVATE") else None
+        hint = f"; for INNOVATE's {n_volumes} volumes give protocol '{preset}'" if preset else ""
+        raise InputError(f"{what} has {n_volumes} volumes but its protocol{name} has {len(protocol)} measurements"
+                         + hint)
 
 
 def find_sidecar(path) -> Path | None:
@@ -400,8 +409,11 @@ def save_map(array, path, affine, name: str, unit: str = "", display: tuple | No
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 3:
         raise InputError(f"map '{name}' must be 3D (x, y, z), got shape {array.shape}")
+    affine = check_affine(affine, f"map '{name}'")
     path = Path(path)
-    img = nib.Nifti1Image(array, np.asarray(affine, dtype=float))
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: give the map a file name")
+    img = nib.Nifti1Image(array, affine)
     hdr = img.header
     hdr.set_xyzt_units("mm")
     hdr["descrip"] = map_descrip(name, unit)
@@ -427,6 +439,13 @@ def save_maps(maps: dict, out_dir, affine, model=None, prefix: str = "", suffix:
 
     for name in maps:
         check_name(f"{prefix}{name}{suffix}", "map file name")
+    # bad input is refused before anything is made on disk (not even the folder)
+    for name, array in maps.items():
+        if np.ndim(array) != 3:
+            raise InputError(f"map '{name}' must be 3D (x, y, z), got shape {np.shape(array)}")
+    check_affine(affine, "the maps")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError(f"{out_dir} is a file, not a folder: give save_maps a folder")
     if fileset is None:
         with FileSet() as files:
             return save_maps(maps, out_dir, affine, model, prefix, suffix, fileset=files)

@@ -206,6 +206,17 @@ def noise_settings(snr, reference: str, matched: MatchedSnr | None = None) -> di
     return {"snr": snr, "snr_reference": reference}
 
 
+def snr_setting(snr, what: str = "SNR"):
+    """An SNR setting as the simulator takes it: text as the command line and the docks read it (``"35"``,
+    ``"15-60"``: :func:`parse_snr`) becomes a number or a (low, high) pair; True / False, which NumPy would read as
+    SNR 1 / 0, is refused; anything else is returned as given (checked where it is drawn)."""
+    if isinstance(snr, (str, np.str_)):
+        return parse_snr(snr, what)
+    if isinstance(snr, (bool, np.bool_)):
+        raise InputError(f"{what} must be a positive number or a (low, high) pair, got {snr!r}")
+    return snr
+
+
 def _snr_per_sample(snr, n: int, rng: np.random.Generator) -> np.ndarray:
     if isinstance(snr, MatchedSnr):
         return snr.draw(n, rng)

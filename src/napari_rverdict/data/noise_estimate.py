@@ -175,19 +175,25 @@ def _voxel_snr(data, protocol, mask, sigma) -> dict:
 
 def estimate_noise(dwi, mask=None, method: str = "auto") -> NoiseEstimate:
     """σ of the scanner's noise in ``dwi`` (a :class:`.nifti.Dwi` or a DWI path, direction-resolved as acquired)
-    and the per-voxel SNR inside ``mask`` (a boolean array or mask path; default: mean b = 0 above 4σ)."""
+    and the per-voxel SNR inside ``mask`` (a boolean array or mask path; default: mean b = 0 above 4σ). A mask of
+    numbers counts its non-zero voxels as inside and NaN as outside, as every method's mask does."""
     from napari_rverdict.data.nifti import Dwi, load_dwi, load_mask
 
     if method not in METHODS:
         raise InputError(f"unknown noise estimator '{method}'; choose one of: {', '.join(METHODS)}")
+    if not isinstance(dwi, (Dwi, str, Path)):
+        raise InputError(f"estimate_noise needs a Dwi or a DWI path, got {type(dwi).__name__}: wrap an array with "
+                         "its protocol, Dwi.from_array(data, affine, protocol)")
     if not isinstance(dwi, Dwi):
         dwi = load_dwi(dwi)
     source = Path(dwi.path).name if dwi.path is not None else ""
     data = dwi.data
-    if mask is not None and not isinstance(mask, np.ndarray):
+    if isinstance(mask, (str, Path)):
         mask = load_mask(mask, dwi)
     if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
+        mask = np.asarray(mask)
+        if mask.dtype != bool:  # as every other mask: non-zero is inside, NaN outside (NumPy's bool(NaN) is True)
+            mask = np.nan_to_num(mask.astype(np.float64)) != 0
         if mask.shape != data.shape[:3]:
             raise InputError(f"the mask has shape {mask.shape} but the DWI's voxels are {data.shape[:3]}")
         if mask.sum() < MIN_MASK:

@@ -28,9 +28,10 @@ from napari_rverdict.data.noise import (
     reference_sigma,
     scanner_noise,
     snr_percentiles,
+    snr_setting,
 )
 from napari_rverdict.data.prior import resolve_ranges, sample_parameters
-from napari_rverdict.errors import InputError
+from napari_rverdict.errors import InputError, check_seed
 from napari_rverdict.physics.models import SignalModel, get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
@@ -175,7 +176,7 @@ def resolve_snr(snr, snr_from):
         raise InputError("give either an SNR or a DWI to match its noise (snr_from), not both")
     if snr_from is not None:
         return None, _matched(snr_from)
-    return (35.0 if snr is None else snr), None
+    return (35.0 if snr is None else snr_setting(snr)), None
 
 
 def _reference(snr_reference) -> str:
@@ -230,7 +231,7 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
     protocol : a Protocol, a preset name or a protocol file (see :func:`load_protocol`).
     n : number of samples (≥ 2).
     snr : a number (default 35), or (low, high) drawn uniformly per sample: σ = 1/SNR on the scale
-        ``snr_reference`` names.
+        ``snr_reference`` names; text as the command line takes it (``"35"``, ``"15-60"``) is read the same way.
     snr_reference : "s0" (default: σ = 1/SNR where S0 = 1, before T1 / T2; the seed paper's convention) or
         "peak" (σ = the sample's brightest noise-free measurement / SNR). See :mod:`napari_rverdict.data.noise`.
     snr_from : match a DWI's noise instead of ``snr`` (not both): ``estimate_noise(dwi, mask)``
@@ -240,7 +241,7 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
         per-voxel SNR at the brightest b = 0.
     ranges : {name: (low, high)} overriding the model's default training ranges.
     fraction_sampler : "dirichlet" (uniform on the simplex) or "tissue" (p1 = 1 − f_vasc, p2 = f_ic / p1 uniform).
-    seed : makes parameters, noise and split reproducible.
+    seed : a whole number ≥ 0 (or None: fresh entropy) that makes parameters, noise and split reproducible.
     progress : optional callable(fraction_done: float) called as chunks finish.
     """
     model = get_model(model)
@@ -248,6 +249,7 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
     model.check_protocol(protocol)
     snr, matched = resolve_snr(snr, snr_from)
     reference = _reference(snr_reference)
+    seed = check_seed(seed)
     if int(n) != n or n < 2:
         raise InputError(f"n must be an integer ≥ 2, got {n!r}")
     n = int(n)
@@ -293,7 +295,7 @@ def effective_snr(model, protocol="innovate", snr=None, snr_reference: str | Non
     model.check_protocol(protocol)
     snr, matched = resolve_snr(snr, snr_from)
     reference = _reference(snr_reference)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     ranges = resolve_ranges(model, ranges)
     params = sample_parameters(model, int(n), ranges, fraction_sampler, rng)
     snr_values = _noise_snr(model, protocol, snr, matched, reference, ranges, fraction_sampler, int(n), rng)

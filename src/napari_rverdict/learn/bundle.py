@@ -49,7 +49,7 @@ from napari_rverdict.learn.uncertainty import (
     split_output,
 )
 from napari_rverdict.physics.models import get_model
-from napari_rverdict.physics.protocol import Protocol
+from napari_rverdict.physics.protocol import Protocol, averages_directions, direction_average
 
 BUNDLE_FORMAT = "napari-rverdict-bundle"
 BUNDLE_VERSION = 1
@@ -176,6 +176,8 @@ class Bundle:
         """Write the bundle atomically through :func:`napari_rverdict.files.atomic_path` (a temporary file beside
         it, then ``os.replace``; an existing file keeps its permissions, a new one gets ``0o666 & ~umask``)."""
         path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{path} is a folder: give the bundle a file name (e.g. model.pt)")
         payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "meta": self.metadata(),
                    "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -308,8 +310,10 @@ class Bundle:
         ----------
         signals : (n, n_measurements) raw (un-normalised) signals, in the bundle protocol's order, or in
             ``protocol``'s order when it is given.
-        protocol : the acquisition of ``signals``; its measurements are matched to the bundle's
-            (``protocol.match_to``), reordered, and any differences are reported with ``warnings.warn``.
+        protocol : the acquisition of ``signals`` (a Protocol, preset name or file); its measurements are matched to the bundle's
+            (``protocol.match_to``), reordered, and any differences are reported with ``warnings.warn``. A
+            direction-resolved acquisition (20-volume INNOVATE) is first direction-averaged, as
+            :func:`.predict.predict_volume` does.
         device : "cpu", "cuda[:i]", "mps" or "auto".  chunk : voxels at a time (bounds memory;
             on the CPU the network takes at most :data:`.device.CPU_NETWORK_CHUNK` of them a call).
         return_all : True: every map (``model.map_names`` order: estimated parameters, the dependent fraction,
@@ -327,10 +331,14 @@ class Bundle:
         if uncertainty:
             self._check_uncertainty()
         if protocol is not None:
-            if not isinstance(protocol, Protocol):
-                raise InputError(f"protocol must be a Protocol, got {type(protocol).__name__}")
+            from napari_rverdict.physics.protocol_files import load_protocol
+
+            protocol = load_protocol(protocol)  # a Protocol, a preset name or a protocol file, as predict_volume
+            s = self._check_signals(signals, len(protocol))
+            if averages_directions(protocol, self.protocol):  # as predict_volume does: never one direction alone
+                s, protocol = direction_average(s, protocol)
             index, notes = protocol.match_to(self.protocol, use_tr=self.model.requires_tr)
-            s = self._check_signals(signals, len(protocol))[:, index]
+            s = s[:, index]
             if notes:
                 warnings.warn("data protocol differs from the model's: " + "; ".join(notes), stacklevel=2)
         else:

@@ -16,15 +16,15 @@ import copy
 import enum
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 from torch import nn
 
 from napari_rverdict.data.noise import LEGACY_SNR_REFERENCE, check_snr_reference
-from napari_rverdict.errors import InputError, positive_int
+from napari_rverdict.errors import InputError, check_seed, positive_int
 from napari_rverdict.learn.bundle import Bundle
 from napari_rverdict.learn.device import _synchronize, accumulation_dtype, resolve_device
 from napari_rverdict.learn.nets import (
@@ -101,6 +101,7 @@ class TrainConfig:
         if str(self.net).lower() not in available_networks():
             raise InputError(f"unknown network '{self.net}'; choose one of: {', '.join(available_networks())}")
         positive_int(self.epochs, "epochs")
+        check_seed(self.seed, "seed", allow_none=False)
         if int(self.batch_size) != self.batch_size or self.batch_size < 2:
             raise InputError(f"batch_size must be an integer >= 2 (BatchNorm needs 2 samples), got {self.batch_size!r}")
         if not (_is_number(self.lr) and np.isfinite(self.lr) and self.lr > 0):
@@ -177,6 +178,9 @@ class TrainResult:
 
 # ---------------------------------------------------------------------- data
 def _check_data(data) -> None:
+    if not all(hasattr(data, a) for a in ("model", "protocol", "signals", "params", "train_index", "val_index")):
+        raise InputError(f"the training data must be a SyntheticData (napari_rverdict.simulate(...)), got "
+                         f"{type(data).__name__}")
     n = len(data)
     if n == 0:
         raise InputError("the training data is empty (0 signals)")
@@ -347,10 +351,26 @@ def _load_init_state(net: nn.Module, init_state, config: TrainConfig, depth: int
                          f"for these signals: {str(exc).splitlines()[0]}") from None
 
 
+def _config(config) -> TrainConfig:
+    """A TrainConfig from None (the defaults), a TrainConfig, or a mapping of its fields (``{"epochs": 3}``)."""
+    if config is None:
+        return TrainConfig()
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, Mapping):
+        names = {f.name for f in fields(TrainConfig)}
+        unknown = [str(k) for k in config if k not in names]
+        if unknown:
+            raise InputError(f"unknown training setting(s) {', '.join(unknown)}; TrainConfig has "
+                             f"{', '.join(sorted(names))}")
+        return TrainConfig(**config)
+    raise InputError(f"config must be a TrainConfig (or a dict of its settings), got {type(config).__name__}")
+
+
 def _set_up(data, config: TrainConfig | None, init_state=None) -> _Run:
     """Check the inputs, put the data on the device, build the network (from ``init_state`` when given),
     optimiser, scheduler and loss."""
-    config = TrainConfig() if config is None else config
+    config = _config(config)
     config.validate()
     _check_data(data)
     _check_noise_reference(data, config)
@@ -545,7 +565,7 @@ def _iter_training(data, config: TrainConfig | None = None, stop_event: threadin
     Parameters
     ----------
     data : :class:`~napari_rverdict.data.synth.SyntheticData` (normalised signals, params, split, ranges).
-    config : :class:`TrainConfig` (default settings when None).
+    config : :class:`TrainConfig` (default settings when None), or a dict of its settings (``{"epochs": 3}``).
     stop_event : checked before every batch; once set, training stops within one batch and the best weights so
         far (or, before the first validation, the current ones, then validated) are returned.
 

@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from napari_rverdict.errors import InputError
+from napari_rverdict.errors import InputError, check_seed
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import load_protocol
@@ -323,6 +323,7 @@ def fit_signals(model, signals, protocol, *, device="auto", n_starts: int = 4, i
     chunk = int(chunk)
     if chunk < 1:
         raise InputError(f"chunk must be ≥ 1, got {chunk}")
+    seed = check_seed(seed, allow_none=False)
     _check_stop(stop_event)
     dev = resolve_device(device)
     dtype = accumulation_dtype(dev)  # float64 (MPS: float32)
@@ -391,6 +392,8 @@ def fit_volume(model, dwi, protocol=None, mask=None, *, device="auto", init=None
     from napari_rverdict.maps.voxels import prepare_voxels, scatter_maps
 
     model = get_model(model)
+    if "seed" in fit_kw:
+        check_seed(fit_kw["seed"], allow_none=False)  # before any voxel is read
     vox = prepare_voxels(dwi, protocol, mask, model=model)
     init_values = init
     if isinstance(init, Mapping):

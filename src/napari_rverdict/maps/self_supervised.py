@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_rverdict.errors import InputError
+from napari_rverdict.errors import InputError, check_seed
 from napari_rverdict.learn.device import resolve_device
 from napari_rverdict.learn.train import ProgressKind, TrainProgress
 from napari_rverdict.maps.fit_quality import FIT_NRMSE, fit_nrmse, least_squares_scale
@@ -188,6 +188,7 @@ def fit_signals_self_supervised(model, signals, protocol, *, device="auto", epoc
     opts = SelfSupervisedOptions.from_keywords(options)
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
         raise InputError(f"epochs must be a positive integer, got {epochs!r}")
+    seed = check_seed(seed, allow_none=False)
     raw = np.asarray(signals, dtype=np.float64)
     if raw.ndim != 2 or raw.shape[1] != len(protocol):
         raise InputError(f"signals must be (n_voxels, {len(protocol)}), got shape {raw.shape}")
@@ -327,6 +328,7 @@ def fit_self_supervised(model, dwi, protocol=None, mask=None, *, device="auto", 
     """
     model = get_model(model)
     SelfSupervisedOptions.from_keywords(options)  # bad input before any voxel is read
+    seed = check_seed(seed, allow_none=False)
     if isinstance(sigma, str):
         dwi, protocol = resolve_dwi(dwi, protocol), None  # read once: for σ and for the voxels
         sigma = estimated_sigma(sigma, dwi, mask=mask)

@@ -12,7 +12,8 @@ import numpy as np
 
 from napari_rverdict.data.nifti import Dwi, load_dwi, load_mask
 from napari_rverdict.errors import InputError
-from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average, missing_tr_advice
+from napari_rverdict.physics.protocol import (Protocol, ProtocolError, averages_directions, direction_average,
+                                              missing_tr_advice)
 
 
 # ---------------------------------------------------------------------- mask
@@ -175,7 +176,7 @@ def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int, mode
     if not m.any():
         raise InputError("the mask is empty: no voxel to estimate")
     prot = d.protocol
-    average = d.is_direction_resolved and (reference is None or len(d.protocol) != len(reference))
+    average = averages_directions(d.protocol, reference)
     if average:
         prot = prot.direction_averaged()
         notes.append(f"direction-averaged {d.n_volumes} → {len(prot)} volumes")

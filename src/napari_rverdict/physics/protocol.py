@@ -509,6 +509,15 @@ def missing_tr_advice(protocol: Protocol) -> str:
 
 
 # ---------------------------------------------------------------------- direction averaging of data
+def averages_directions(protocol: Protocol, reference: Protocol | None = None) -> bool:
+    """Whether data acquired with ``protocol`` are direction-averaged before they are matched to ``reference`` (an
+    estimator's protocol; None: no reference): when some of its measurements differ only in gradient direction
+    (the 20-volume INNOVATE) and it has another length than ``reference`` (a model trained on the direction-resolved
+    protocol itself takes the volumes as they are)."""
+    resolved = len(protocol.shells()) < len(protocol)
+    return resolved and (reference is None or len(protocol) != len(reference))
+
+
 def direction_average(data, protocol: Protocol, axis: int = -1):
     """Average the volumes of ``data`` that differ only in gradient direction.
 
