@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks: Xvfb + Mesa (napari needs OpenGL), a .venv,
-# the CPU build of torch (pinned first so no CUDA wheels are pulled), then this package with its extras.
+# the CPU build of torch (first, so no CUDA wheels are pulled), then this package with its extras.
 # Usage: bash scripts/install.sh [extra]   (extra: all | testing; default testing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +21,14 @@ fi
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# CPU torch first: an unpinned torch would download several GB of CUDA packages.
-.venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+# CPU torch first: torch from PyPI on Linux brings several GB of CUDA packages. The CPU build: a local wheel where
+# pip is configured with one (--find-links), else PyTorch's CPU index; then its pure-Python dependencies.
+torch_pin="torch==2.13.0"
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q --no-deps --no-index "$torch_pin" 2>/dev/null ||
+    .venv/bin/python -m pip install -q --no-deps --index-url https://download.pytorch.org/whl/cpu "$torch_pin"
+fi
+.venv/bin/python -m pip install -q "$torch_pin" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import torch" 
 .venv/bin/python -m pip install -q -e ".[${extra}]" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import napari_rverdict" 
