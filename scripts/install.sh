@@ -24,7 +24,7 @@ python="${PYTHON:-python3}"
 # CPU torch first: torch from PyPI on Linux brings several GB of CUDA packages. The CPU build: a local wheel where
 # pip is configured with one (--find-links), else PyTorch's CPU index; then its pure-Python dependencies.
 torch_pin="torch==2.13.0"
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+if ! .venv/bin/python -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
   .venv/bin/python -m pip install -q --no-deps --no-index "$torch_pin" 2>/dev/null ||
     .venv/bin/python -m pip install -q --no-deps --index-url https://download.pytorch.org/whl/cpu "$torch_pin"
 fi
