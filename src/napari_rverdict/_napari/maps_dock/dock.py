@@ -393,7 +393,7 @@ class MapsWidget(QWidget):
             self._fail(f"{len(clash)} file(s) exist in {directory} (e.g. {clash[0].name}): nothing written.")
             return []
         try:
-            written = exports.write_maps(self, directory)
+            written = exports.write_maps(self, directory, overwrite=overwrite)
         except (OSError, ValueError) as exc:
             self._fail(f"Could not export the maps: {exc}")
             return []

@@ -360,13 +360,13 @@ class TrainWidget(QWidget):
         if path.suffix != ".pt":
             path = path.with_name(path.name + ".pt")
         try:
-            written = [bundle.save(path)]
+            written = [bundle.save(path, overwrite=True)]  # as before: the Save dialog asked
             if self.last_state_dict is not None and self.result is not None and self.result.bundle is bundle:
                 from napari_rverdict.learn.bundle import Bundle
 
                 last = Bundle.from_payload({"meta": bundle.metadata(), "state_dict": self.last_state_dict})
                 last.extra = dict(last.extra, weights="last")
-                written.append(last.save(path.with_name(path.stem + "-last.pt")))
+                written.append(last.save(path.with_name(path.stem + "-last.pt"), overwrite=True))
         except (OSError, ValueError, RuntimeError) as exc:
             self.message.error(f"Could not save: {exc}")
             show_error(f"Could not save the bundle: {exc}")
