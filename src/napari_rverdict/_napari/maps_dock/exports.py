@@ -57,10 +57,19 @@ def write_maps(dock, directory, *, overwrite: bool = False) -> list[Path]:
     return written
 
 
-def write_csv(roi_table, comparison, path) -> Path:
-    """The ROI statistics (long format, true units) and, with NLLS, ``<stem>_vs_nlls.csv`` beside it."""
+def csv_files(comparison, path) -> list[Path]:
+    """The files :func:`write_csv` writes: ``path`` and, with NLLS, ``<stem>_vs_nlls.csv`` beside it."""
     path = Path(path)
-    roi_table.to_csv(path, overwrite=True)  # as before: the Save dialog asked about the chosen file
+    return [path] + ([] if comparison is None else [path.with_name(path.stem + "_vs_nlls.csv")])
+
+
+def write_csv(roi_table, comparison, path, *, overwrite: bool = False) -> Path:
+    """The ROI statistics (long format, true units) and, with NLLS, ``<stem>_vs_nlls.csv`` beside it; existing
+    files only with ``overwrite`` (both checked before either is written)."""
+    from napari_rverdict.files import check_output_files
+
+    targets = check_output_files(csv_files(comparison, path), overwrite=overwrite, what="CSV file")
+    roi_table.to_csv(targets[0], overwrite=overwrite)
     if comparison is not None:
-        comparison.to_csv(path.with_name(path.stem + "_vs_nlls.csv"), overwrite=True)
-    return path
+        comparison.to_csv(targets[1], overwrite=overwrite)
+    return targets[0]
