@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     bundle.extra = dict(bundle.extra or {}, validation={"n": 2000, "snr": str(getattr(report, "snr", sim["snr"])),
                                                         "rows": rows},
                         made_by="scripts/make_pretrained_bundle.py", simulate_extra=dict(SIMULATE_EXTRA))
-    bundle.save(args.out)
+    bundle.save(args.out, overwrite=args.overwrite)  # checked above, before the training
     size = args.out.stat().st_size
     print(f"wrote {args.out} ({size / 1e6:.2f} MB) in {time.perf_counter() - t0:.0f} s: {result.epochs_run} epochs")
     for name, unit, rmse, mape, crlb in rows:

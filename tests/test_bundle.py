@@ -10,6 +10,7 @@ import torch
 
 from napari_rverdict import load_bundle as lazy_load_bundle
 from napari_rverdict.data.synth import noise_free_signals, simulate
+from napari_rverdict.errors import InputError
 from napari_rverdict.learn.bundle import BUNDLE_FORMAT, Bundle, load_bundle
 from napari_rverdict.learn.train import TrainConfig, train
 
@@ -53,8 +54,13 @@ def test_file_is_weights_only_and_marked(rv, tmp_path):
     payload = torch.load(path, weights_only=True)
     assert payload["format"] == BUNDLE_FORMAT and payload["version"] == 1
     assert isinstance(payload["meta"], dict) and "state_dict" in payload
-    # overwriting is atomic and keeps a valid bundle
-    b.save(path)
+    # an existing bundle is refused, untouched; overwrite=True replaces it atomically with a valid bundle
+    before = path.read_bytes()
+    with pytest.raises(InputError, match=r"m\.pt exists; pass overwrite=True"):
+        b.save(path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    path.write_bytes(b"old")
+    b.save(path, overwrite=True)
     assert load_bundle(path).net_name == "mlp"
 
 
@@ -63,7 +69,7 @@ def test_save_keeps_permissions_and_new_file_not_private(rv, tmp_path):
     path = tmp_path / "m.pt"
     path.write_bytes(b"old")
     os.chmod(path, 0o644)
-    b.save(path)
+    b.save(path, overwrite=True)
     assert os.stat(path).st_mode & 0o777 == 0o644
     assert load_bundle(path).net_name == "mlp"
     old = os.umask(0o022)

@@ -246,7 +246,7 @@ def test_a_rerun_after_the_bundle_or_a_dwi_changed_is_refused_not_skipped(ws, tm
     assert run_cohort(subjects, PredictTask(str(bundle)), out, processes=False, progress=False).status == {
         "sub-01": "skipped"}  # unchanged: resumed
     data = simulate("rverdict", Protocol.innovate(), n=600, seed=1)  # retrained under the same name
-    train(data, TrainConfig(net="mlp", epochs=2, seed=1, device="cpu")).bundle.save(bundle)
+    train(data, TrainConfig(net="mlp", epochs=2, seed=1, device="cpu")).bundle.save(bundle, overwrite=True)
     with pytest.raises(InputError, match="another version of the model bundle m.pt"):
         run_cohort(subjects, PredictTask(str(bundle)), out, processes=False, progress=False)
     redo = run_cohort(subjects, PredictTask(str(bundle)), out, processes=False, progress=False, overwrite=True)

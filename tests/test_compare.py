@@ -71,6 +71,14 @@ def test_compare_from_directories_and_csv(tmp_path):
     path = t.to_csv(tmp_path / "c.csv")
     rows = list(csv.DictReader(open(path)))
     assert len(rows) == 3 and rows[0]["map"] in ("f_ic", "T1", "other") and float(rows[0]["n"]) == 6
+    # an existing CSV is refused and left as it was (this table's and the ROI table's); overwrite=True replaces it
+    roi = roi_statistics(a, labels)
+    for table in (t, roi):
+        path.write_text("kept")
+        with pytest.raises(ValueError, match=r"c\.csv exists; pass overwrite=True to replace it"):
+            table.to_csv(path)
+        assert path.read_text() == "kept"
+        assert table.to_csv(path, overwrite=True).read_text().startswith(",".join(table.columns))
 
 
 def test_roi_statistics_by_hand(tmp_path):

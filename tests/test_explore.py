@@ -211,7 +211,7 @@ def test_save_and_read_back(tmp_path, suffix):
     np.testing.assert_allclose(np.c_[back.small_delta, back.big_delta, back.te, back.tr],
                                np.c_[protocol.small_delta, protocol.big_delta, protocol.te, protocol.tr], rtol=1e-6)
     before = {p: p.read_bytes() for p in written}
-    with pytest.raises(InputError, match="exists"):
+    with pytest.raises(InputError, match="exist; pass overwrite=True"):  # every existing file named in one error
         save_protocol(protocol, path)
     assert {p: p.read_bytes() for p in written} == before
     save_protocol(protocol, path, overwrite=True)
@@ -242,6 +242,11 @@ def test_adding_a_b_value_never_raises_the_crlb(name, tmp_path):
     assert "INNOVATE + b 2500" in table and "f_ic" in table
     csv = cmp.to_csv(tmp_path / "cmp.csv").read_text().splitlines()
     assert csv[0].startswith("map,unit,sqrt_crlb_a") and len(csv) == 1 + len(cmp.maps)
+    (tmp_path / "cmp.csv").write_text("kept")
+    with pytest.raises(InputError, match=r"cmp\.csv exists; pass overwrite=True to replace it"):
+        cmp.to_csv(tmp_path / "cmp.csv")
+    assert (tmp_path / "cmp.csv").read_text() == "kept"
+    assert cmp.to_csv(tmp_path / "cmp.csv", overwrite=True).read_text().splitlines() == csv
 
 
 def test_protocol_object_passes_through():

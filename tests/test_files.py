@@ -13,6 +13,7 @@ from napari_rverdict.files import (
     check_distinct_outputs,
     check_output_dir,
     check_output_file,
+    check_output_files,
     write_text,
 )
 
@@ -110,3 +111,19 @@ def test_check_distinct_outputs(tmp_path):
     os.link(tmp_path / "a.csv", tmp_path / "b.csv")  # one file under two names
     with pytest.raises(InputError, match="one file"):
         check_distinct_outputs([("--csv", tmp_path / "a.csv"), ("--plot", tmp_path / "b.csv")])
+
+
+def test_check_output_files_names_every_existing_file_and_says_overwrite_true(tmp_path):
+    """The Python API writers' check: one error naming the existing files (a set is refused whole)."""
+    new, a, b = tmp_path / "new.csv", tmp_path / "a.csv", tmp_path / "b.csv"
+    assert check_output_files([new]) == [new]
+    a.write_text("mine")
+    with pytest.raises(InputError, match=r"^CSV file .*a\.csv exists; pass overwrite=True to replace it$"):
+        check_output_files([new, a], what="CSV file")
+    b.write_text("mine too")
+    with pytest.raises(InputError, match=r"CSV files .*a\.csv, .*b\.csv exist; pass overwrite=True to replace them"):
+        check_output_files([a, new, b], what="CSV file")
+    assert check_output_files([a, b], overwrite=True) == [a, b]
+    with pytest.raises(InputError, match="is a folder"):  # refused even with overwrite
+        check_output_files([tmp_path], overwrite=True)
+    assert a.read_text() == "mine" and not new.exists()

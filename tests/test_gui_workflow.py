@@ -93,6 +93,9 @@ def test_end_to_end_generate_train_maps(viewer, qtbot, tmp_path):
     assert maps.roi_table_widget.rowCount() == len({r["name"] for r in rows})  # one row per region
     csv = maps.export_csv(tmp_path / "roi.csv")
     assert csv is not None and csv.read_text().count("\n") >= len(rows)
+    csv.write_text("kept")  # never replaced unasked; with overwrite (the dialog asked) it is
+    assert maps.export_csv(csv) is None and "roi.csv" in maps.message.text() and csv.read_text() == "kept"
+    assert maps.export_csv(csv, overwrite=True) == csv and csv.read_text() != "kept"
 
     # export: NIfTI maps with the DWI's affine, equal to the layers
     from napari_rverdict.data.nifti import load_maps
@@ -146,7 +149,10 @@ def test_stop_keeps_weights_and_ui_responsive(viewer, qtbot, tmp_path):
     assert tr.session.bundle is result.bundle and tr.last_state_dict is not None
     # UI usable again: settings editable, Start enabled, the model saves (best and last weights)
     assert tr.start_btn.isEnabled() and tr.epochs_spin.isEnabled() and tr.save_btn.isEnabled()
-    written = tr.save_bundle(tmp_path / "model.pt")
+    (tmp_path / "model-last.pt").write_bytes(b"kept")  # one of the two exists: neither is written unasked
+    assert tr.save_bundle(tmp_path / "model.pt") == [] and not (tmp_path / "model.pt").exists()
+    assert "model-last.pt" in tr.message.text() and (tmp_path / "model-last.pt").read_bytes() == b"kept"
+    written = tr.save_bundle(tmp_path / "model.pt", overwrite=True)
     assert [p.name for p in written] == ["model.pt", "model-last.pt"]
 
     # a fresh dock loads the bundle back: settings and curves restored

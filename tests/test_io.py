@@ -311,3 +311,59 @@ def test_dcm2niix_json_beside_per_volume_files_keeps_them(tmp_path, data):
     with pytest.warns(UserWarning, match="dwi.json and dwi.te disagree on TE"):
         dwi = load_dwi(tmp_path / "dwi.nii.gz")  # δ and Δ are not in the JSON: they come from the text files
     _close(dwi.protocol, prot)
+
+
+def _files(root) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("writer", ["save_map", "save_labels"])
+def test_single_file_nifti_writers_refuse_an_existing_file_unless_overwrite(tmp_path, writer):
+    from napari_rverdict.errors import InputError
+
+    good = np.ones((2, 2, 2), np.float32)
+
+    def write(**kw):
+        if writer == "save_map":
+            return save_map(good, tmp_path / "a.nii.gz", AFFINE, "a", **kw)
+        return save_labels(good, tmp_path / "a.nii.gz", AFFINE, **kw)
+
+    (tmp_path / "a.nii.gz").write_bytes(b"the user's file")
+    with pytest.raises(InputError, match=r"a\.nii\.gz exists; pass overwrite=True to replace it"):
+        write()
+    assert _files(tmp_path) == {"a.nii.gz": b"the user's file"}  # untouched, no temporary file left
+    write(overwrite=True)
+    assert nib.load(tmp_path / "a.nii.gz").shape == (2, 2, 2) and list(_files(tmp_path)) == ["a.nii.gz"]
+
+
+def test_save_maps_refuses_existing_maps_before_writing_any(tmp_path):
+    from napari_rverdict.errors import InputError
+
+    out = tmp_path / "maps"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a map")  # other files in the folder are no clash
+    (out / "b.nii.gz").write_bytes(b"old b")
+    (out / "c.nii.gz").write_bytes(b"old c")
+    before = _files(out)
+    maps = {k: np.full((2, 2, 2), i, np.float32) for i, k in enumerate("abc")}
+    with pytest.raises(InputError, match=r"map files .*b\.nii\.gz, .*c\.nii\.gz exist; pass overwrite=True"):
+        save_maps(maps, out, AFFINE)
+    assert _files(out) == before  # a.nii.gz not written either: the set is refused whole
+    assert [p.name for p in save_maps({"a": maps["a"]}, out, AFFINE)] == ["a.nii.gz"]  # a new map beside them
+    save_maps(maps, out, AFFINE, overwrite=True)
+    assert _files(out)["notes.txt"] == b"not a map"
+    for i, k in enumerate("abc"):
+        assert np.asarray(nib.load(out / f"{k}.nii.gz").dataobj).max() == i
+
+
+def test_save_dwi_refuses_when_one_sidecar_exists_and_writes_nothing(tmp_path, data):
+    from napari_rverdict.errors import InputError
+
+    prot = Protocol.innovate(direction_averaged=False)
+    (tmp_path / "dwi.te").write_text("0.05\n")
+    with pytest.raises(InputError, match=r"dwi\.te exists; pass overwrite=True"):
+        save_dwi(data, AFFINE, tmp_path / "dwi.nii.gz", prot)
+    assert _files(tmp_path) == {"dwi.te": b"0.05\n"}  # neither the NIfTI nor the other sidecars
+    written = save_dwi(data, AFFINE, tmp_path / "dwi.nii.gz", prot, overwrite=True)
+    assert {p.name for p in written} == set(_files(tmp_path)) and (tmp_path / "dwi.te").read_bytes() != b"0.05\n"
+    _close(load_dwi(tmp_path / "dwi.nii.gz").protocol, prot)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from napari_rverdict.data.synth import noise_free_signals, simulate
+from napari_rverdict.errors import InputError
 from napari_rverdict.evaluate.crlb import crlb, crlb_from_function
 from napari_rverdict.evaluate.metrics import EvaluationReport, evaluate, evaluation_seed, regression_metrics
 from napari_rverdict.evaluate.plots import plot_predicted_vs_true
@@ -216,6 +217,14 @@ def test_evaluate_every_parameter(bundle, tmp_path):
     assert len(csv_text.splitlines()) == 1 + len(names)
     png = plot_predicted_vs_true(rep, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # an existing file is refused and left as it was; overwrite=True replaces it
+    for path, write in ((tmp_path / "t.csv", rep.to_csv), (png, lambda p, **kw: plot_predicted_vs_true(rep, p, **kw))):
+        path.write_bytes(b"kept")
+        with pytest.raises(InputError, match=rf"{path.name} exists; pass overwrite=True to replace it"):
+            write(path)
+        assert path.read_bytes() == b"kept"
+        assert write(path, overwrite=True).read_bytes() != b"kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png", "t.csv"]
 
 
 def test_evaluate_never_reuses_training_or_calibration_data(bundle):

@@ -158,3 +158,24 @@ def test_prior_tissue_is_drawn_from_the_training_prior(tmp_path):
     assert meta["tissue"] == "prior" and meta["regenerate"].endswith("--tissue prior")
     with pytest.raises(ValueError, match="tissue"):
         make_phantom((12, 12, 1), tissue="brain")
+
+
+def test_save_phantom_refuses_existing_files_before_writing_any(tmp_path):
+    from napari_rverdict.data.phantom import phantom_files
+    from napari_rverdict.errors import InputError
+
+    ph = make_phantom((8, 8, 1), snr=35, seed=2)
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "truth" / "f_ic.nii.gz").write_bytes(b"my f_ic")
+    (tmp_path / "notes.txt").write_text("kept")  # not a phantom file: no clash
+    with pytest.raises(InputError, match=r"f_ic\.nii\.gz exists; pass overwrite=True to replace it"):
+        save_phantom(ph, tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "notes.txt", "truth", "truth/f_ic.nii.gz"]  # nothing else written, not even a temporary file
+    assert (tmp_path / "truth" / "f_ic.nii.gz").read_bytes() == b"my f_ic"
+    written = save_phantom(ph, tmp_path, overwrite=True)
+    assert written == phantom_files(ph, tmp_path)
+    np.testing.assert_array_equal(load_phantom(tmp_path).truth["f_ic"], ph.truth["f_ic"])
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+    with pytest.raises(InputError, match=r"files .*dwi\.nii\.gz, .* and \d+ more exist"):  # all of them now
+        save_phantom(ph, tmp_path)

@@ -375,3 +375,18 @@ def test_match_uses_the_matching_measurements_of_a_longer_protocol_and_refuses_a
                for n in notes), notes
     with pytest.raises(ProtocolError, match="the data has 9 measurements but the model's protocol has 10"):
         ref.subset(range(9)).match_to(ref)
+
+
+@pytest.mark.parametrize("fmt", ["scheme", "fsl"])
+def test_protocol_writers_refuse_existing_files_before_writing_any(tmp_path, fmt):
+    from napari_rverdict.errors import InputError
+
+    p = Protocol.innovate(direction_averaged=False)
+    sidecar = tmp_path / ("p.tr" if fmt == "scheme" else "p.delta")  # one file of the set
+    sidecar.write_text("mine\n")
+    with pytest.raises(InputError, match=rf"{sidecar.name} exists; pass overwrite=True to replace it"):
+        _write(fmt, p, tmp_path)
+    assert [f.name for f in tmp_path.iterdir()] == [sidecar.name] and sidecar.read_text() == "mine\n"
+    written = _write(fmt, p, tmp_path, overwrite=True)
+    assert sidecar in written and sidecar.read_text() != "mine\n"
+    assert load_protocol(written[0]) == p

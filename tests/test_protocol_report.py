@@ -19,6 +19,18 @@ def report():
                            snr_reference="peak")
 
 
+def test_to_csv_refuses_an_existing_file_unless_overwrite(report, tmp_path):
+    from napari_rverdict.errors import InputError
+
+    path = tmp_path / "r.csv"
+    path.write_text("kept")
+    with pytest.raises(InputError, match=r"r\.csv exists; pass overwrite=True to replace it"):
+        report.to_csv(path)
+    assert path.read_text() == "kept"
+    rows = list(csv.DictReader(open(report.to_csv(path, overwrite=True))))
+    assert [r["map"] for r in rows] == list(report.rows)
+
+
 def test_crlb_is_the_evaluation_modules(report):
     model = get_model("rverdict")
     typical = typical_parameters(model)

@@ -183,3 +183,16 @@ def test_huge_requests_are_refused_before_allocating(tmp_path, capsys):
     assert cli_main(["simulate", "--n", str(10**12), "--out", str(tmp_path / "big.npz")]) == 2
     assert "GiB" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_save_refuses_an_existing_file_unless_overwrite(tmp_path):
+    from napari_rverdict.errors import InputError
+
+    data = simulate("verdict", n=50, seed=0)
+    path = tmp_path / "sim.npz"
+    path.write_bytes(b"someone's data")
+    with pytest.raises(InputError, match=r"sim\.npz exists; pass overwrite=True to replace it"):
+        data.save(tmp_path / "sim")  # the name it would get (.npz added) is the one checked
+    assert path.read_bytes() == b"someone's data" and [p.name for p in tmp_path.iterdir()] == ["sim.npz"]
+    assert data.save(path, overwrite=True) == path
+    np.testing.assert_array_equal(np.load(path)["signals"], data.signals)

@@ -10,6 +10,8 @@ that appear whole or not at all, and checks of an output before long work starts
 * :func:`check_output_file` / :func:`check_output_dir` — refuse, before any work, an empty or unwritable output
   (probed by creating a file), a directory where a file is expected, an existing file without ``overwrite``, an
   output that is an input; :func:`check_distinct_outputs` — two outputs of one command that are one file.
+* :func:`check_output_files` — the Python API's writers' check: :func:`check_output_file` for every file one call
+  writes, before anything is written; the existing ones (without ``overwrite=True``) named in one InputError.
 """
 
 from __future__ import annotations
@@ -214,6 +216,24 @@ def check_output_file(path, *, overwrite: bool = False, inputs: Iterable = (), w
         raise InputError(f"{what} {path} exists; pass --overwrite to replace it")
     _check_writable_dir(path.parent if str(path.parent) else Path("."), what)
     return path
+
+
+def check_output_files(paths, *, overwrite: bool = False, what: str = "file") -> list[Path]:
+    """The check of the Python API's writers (``overwrite`` keyword-only, default False), before anything is
+    written: :func:`check_output_file` for each of ``paths`` (the files one call writes together: a set is refused
+    whole, so nothing is half-written), with every existing one named in a single InputError that says
+    ``overwrite=True`` replaces them. Returns the paths."""
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        check_output_file(p, overwrite=True, what=what)  # empty, a folder, an unwritable place
+    existing = [] if overwrite else [p for p in paths if p.exists()]
+    if len(existing) == 1:
+        raise InputError(f"{what} {existing[0]} exists; pass overwrite=True to replace it")
+    if existing:
+        shown = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more"
+                                                           if len(existing) > 3 else "")
+        raise InputError(f"{what}s {shown} exist; pass overwrite=True to replace them")
+    return paths
 
 
 def check_output_dir(directory, names: Iterable[str] = (), *, overwrite: bool = False, inputs: Iterable = (),

@@ -59,8 +59,9 @@ def write_nifti(path, data, meta: dict) -> str:
         if factor != 1.0:
             arr = arr / np.float32(factor)
         spec_display = md.get("display")
+        # napari's writer contract: File ▸ Save Layers replaces (napari asked before, where it asks at all)
         return str(save_map(arr, path, affine, md["map_name"], md.get("unit") or "",
-                            tuple(spec_display) if spec_display is not None else None))
+                            tuple(spec_display) if spec_display is not None else None, overwrite=True))
     header = md.get("nifti_header")
     header = header.copy() if header is not None else None
     img = nib.Nifti1Image(arr, affine, header=header)

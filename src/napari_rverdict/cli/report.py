@@ -49,7 +49,7 @@ def cmd_protocol_report(args) -> int:
                              snr_reference=args.snr_reference or "s0")
     print(report.format_table())
     if args.csv:
-        print(f"wrote {report.to_csv(args.csv)}")
+        print(f"wrote {report.to_csv(args.csv, overwrite=args.overwrite)}")
     return 0
 
 
@@ -71,7 +71,7 @@ def _compare(args, model, snr) -> int:
                             fraction_sampler=args.sampler, seed=args.seed, device=args.device)
     print(cmp.format_table())
     if args.csv:
-        print(f"wrote {cmp.to_csv(args.csv)}")
+        print(f"wrote {cmp.to_csv(args.csv, overwrite=args.overwrite)}")
     return 0
 
 

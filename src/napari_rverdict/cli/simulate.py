@@ -25,7 +25,7 @@ def cmd_simulate(args) -> int:
     print_effective_snr(args.model, protocol, noise, ranges, args.sampler)
     data = simulate(args.model, protocol, n=args.n, ranges=ranges, fraction_sampler=args.sampler, seed=args.seed,
                     **noise)
-    path = data.save(args.out)
+    path = data.save(args.out, overwrite=args.overwrite)
     print(f"wrote {len(data)} {data.model.name} signals × {len(protocol)} measurements to {path}")
     return 0
 

@@ -96,7 +96,7 @@ def cmd_train(args) -> int:
     if not h["val_loss"]:  # Ctrl-C before the first batch: there are no trained weights to save
         print("rverdict train: stopped before any training step; no bundle written", file=sys.stderr)
         return 130
-    path = result.bundle.save(args.out)
+    path = result.bundle.save(args.out, overwrite=args.overwrite)
     how = "stopped by Ctrl-C" if result.stopped else (
         "early stopping" if result.epochs_run < config.epochs else "all epochs")
     best = h["val_loss"][h["best_epoch"] - 1] if h["best_epoch"] else float("nan")
@@ -123,9 +123,9 @@ def cmd_evaluate(args) -> int:
                       bayes=args.bayes, n_bayes_test=args.bayes_signals, snr_reference=args.snr_reference)
     print(report.format_table())
     if args.csv:
-        print(f"wrote {report.to_csv(args.csv)}")
+        print(f"wrote {report.to_csv(args.csv, overwrite=args.overwrite)}")
     if args.plot:
-        print(f"wrote {plot_predicted_vs_true(report, args.plot)}")
+        print(f"wrote {plot_predicted_vs_true(report, args.plot, overwrite=args.overwrite)}")
     return 0
 
 

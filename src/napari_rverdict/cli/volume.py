@@ -60,7 +60,7 @@ def cmd_phantom(args) -> int:
         raise CliError(f"--snr must be positive, got {args.snr:g}")
     ph = make_phantom(tuple(args.shape), snr=args.snr, seed=args.seed, protocol=protocol,
                       snr_reference=args.snr_reference, tissue=args.tissue)
-    written = save_phantom(ph, args.out)
+    written = save_phantom(ph, args.out, overwrite=args.overwrite)  # --out checked above, before the work
     n_les = int(ph.lesion_mask.sum())
     print(f"wrote the {'×'.join(map(str, ph.shape))} prostate phantom (SNR {args.snr:g}, seed {args.seed}; "
           f"{int(ph.mask.sum())} gland voxels, {n_les} lesion voxels) to {args.out}: {len(written)} files")
@@ -100,7 +100,8 @@ def _maps_of_volume(args, what: str, model, make) -> int:
         maps = make(dwi, args.mask, str(device), progress)
     finally:
         bar.close()
-    _report_written(save_maps(maps, args.out, dwi.affine, model=model), args.out)
+    # _check_out refused, before the work, a folder holding files without --overwrite (with it, only the maps)
+    _report_written(save_maps(maps, args.out, dwi.affine, model=model, overwrite=args.overwrite), args.out)
     return 0
 
 
@@ -221,12 +222,12 @@ def cmd_compare(args) -> int:
         print(f"\nROI statistics of {d}")
         print(roi.format_table())
     if args.csv:
-        table.to_csv(args.csv)
+        table.to_csv(args.csv, overwrite=args.overwrite)
         print(f"wrote {args.csv}")
     if args.roi_csv:
         for d, roi in rois:
             path = _roi_csv_path(args.roi_csv, d)
-            roi.to_csv(path)
+            roi.to_csv(path, overwrite=args.overwrite)
             print(f"wrote {path}")
     return 0
 

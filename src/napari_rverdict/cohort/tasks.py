@@ -210,7 +210,7 @@ def run_subject(task, subject: Subject, out_root, threads: int | None = None) ->
         warnings.simplefilter("always")
         dwi = load_dwi_as_named(subject.dwi, subject.protocol)  # "innovate" on 20 volumes: as `rverdict predict`
         maps, model = task.make_maps(dwi, str(subject.mask) if subject.mask else None, device_here(task.device))
-        written = save_maps(maps, out, dwi.affine, model=model)
+        written = save_maps(maps, out, dwi.affine, model=model, overwrite=True)  # a redo replaces them
         rows = _roi_rows(maps, subject, dwi)
     record = {"subject": subject.name, "status": "done", "method": task.method, "task": identity, "inputs": stamps,
               "dwi": str(subject.dwi), "maps": [p.name for p in written], "seconds": round(time.perf_counter() - t0, 3),

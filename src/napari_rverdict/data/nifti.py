@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from napari_rverdict.errors import InputError
-from napari_rverdict.files import FileSet, check_name, writing
+from napari_rverdict.files import FileSet, check_name, check_output_files, writing
 from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average
 from napari_rverdict.physics.protocol_files import (
     _sidecar,
+    fsl_files,
     innovate_preset_for,
     load_protocol,
     protocol_stem,
@@ -355,13 +356,21 @@ def load_dwi_as_named(path, protocol=None, tr=None) -> Dwi:
     return load_dwi(path, protocol, tr)
 
 
-def save_dwi(data, affine, path, protocol: Protocol | None = None, *, fileset: FileSet | None = None) -> list[Path]:
+def dwi_files(path, protocol: Protocol | None = None) -> list[Path]:
+    """The paths :func:`save_dwi` writes: the NIfTI and, given ``protocol``, its sidecars."""
+    path = Path(path)
+    return [path] + ([] if protocol is None else fsl_files(protocol, protocol_stem(path), per_measurement=True))
+
+
+def save_dwi(data, affine, path, protocol: Protocol | None = None, *, overwrite: bool = False,
+             fileset: FileSet | None = None) -> list[Path]:
     """Write a 4D float32 NIfTI and, given ``protocol``, FSL-style sidecars beside it (``.bval``, ``.bvec``,
     ``.delta``, ``.smalldel``, ``.te``, ``.tr`` in seconds), all as one :class:`.files.FileSet` (whole or not at
-    all; or as part of ``fileset``). Returns the paths written."""
+    all; or as part of ``fileset``). Existing files (:func:`dwi_files`) are refused, all named in one InputError
+    before anything is written, unless ``overwrite=True``. Returns the paths written."""
     if fileset is None:
         with FileSet() as files:
-            return save_dwi(data, affine, path, protocol, fileset=files)
+            return save_dwi(data, affine, path, protocol, overwrite=overwrite, fileset=files)
     nib = _nib()
     path = Path(path)
     data = np.asarray(data, dtype=np.float32)
@@ -369,6 +378,7 @@ def save_dwi(data, affine, path, protocol: Protocol | None = None, *, fileset: F
         raise InputError(f"save_dwi needs a 4D array (x, y, z, volumes), got shape {data.shape}")
     if protocol is not None:
         _check_count(data.shape[-1], protocol, "the array")
+    check_output_files(dwi_files(path, protocol), overwrite=overwrite)
     img = nib.Nifti1Image(data, np.asarray(affine, dtype=float))
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = b"napari-rverdict DWI"
@@ -376,7 +386,8 @@ def save_dwi(data, affine, path, protocol: Protocol | None = None, *, fileset: F
     written = [path]
     if protocol is not None:
         # one row per volume of the file (a direction-averaged DWI holds one per measurement)
-        written += write_fsl(protocol, protocol_stem(path), per_measurement=True, fileset=fileset)
+        written += write_fsl(protocol, protocol_stem(path), per_measurement=True, overwrite=overwrite,
+                             fileset=fileset)
     return written
 
 
@@ -401,10 +412,10 @@ def parse_descrip(descrip) -> tuple[str, str] | None:
 
 
 def save_map(array, path, affine, name: str, unit: str = "", display: tuple | None = None, *,
-             fileset: FileSet | None = None) -> Path:
+             overwrite: bool = False, fileset: FileSet | None = None) -> Path:
     """Write one 3D float32 map with ``affine``; ``descrip`` names the map and its unit; ``display`` (low, high)
     becomes the header's cal_min / cal_max (a display-range hint for viewers). Written atomically, or as part of
-    ``fileset``."""
+    ``fileset``. An existing file is refused (InputError) unless ``overwrite=True``."""
     nib = _nib()
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 3:
@@ -413,6 +424,7 @@ def save_map(array, path, affine, name: str, unit: str = "", display: tuple | No
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder: give the map a file name")
+    check_output_files([path], overwrite=overwrite, what="map file")
     img = nib.Nifti1Image(array, affine)
     hdr = img.header
     hdr.set_xyzt_units("mm")
@@ -426,10 +438,11 @@ def save_map(array, path, affine, name: str, unit: str = "", display: tuple | No
 
 
 def save_maps(maps: dict, out_dir, affine, model=None, prefix: str = "", suffix: str = ".nii.gz", *,
-              fileset: FileSet | None = None) -> list[Path]:
+              overwrite: bool = False, fileset: FileSet | None = None) -> list[Path]:
     """Write every map of ``maps`` as ``<out_dir>/<prefix><name>.nii.gz`` (3D float32, the DWI's affine), as one
     :class:`.files.FileSet`: all maps or none (or as part of ``fileset``). A name that would leave ``out_dir`` is
-    refused (InputError) before anything is written.
+    refused (InputError) before anything is written, and so are existing map files (all named in one error) unless
+    ``overwrite=True``; other files in ``out_dir`` are left alone.
 
     ``model`` (a SignalModel or its name) supplies each map's unit and display range; ``fit_nrmse`` (every
     method's fit-quality map) has its own; other maps are written without a unit. Returns the paths in the order of
@@ -446,10 +459,11 @@ def save_maps(maps: dict, out_dir, affine, model=None, prefix: str = "", suffix:
     check_affine(affine, "the maps")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise InputError(f"{out_dir} is a file, not a folder: give save_maps a folder")
+    out_dir = Path(out_dir)
+    check_output_files([out_dir / f"{prefix}{name}{suffix}" for name in maps], overwrite=overwrite, what="map file")
     if fileset is None:
         with FileSet() as files:
-            return save_maps(maps, out_dir, affine, model, prefix, suffix, fileset=files)
-    out_dir = Path(out_dir)
+            return save_maps(maps, out_dir, affine, model, prefix, suffix, overwrite=overwrite, fileset=files)
     model = get_model(model) if model is not None else None
     written = []
     for name, array in maps.items():
@@ -459,7 +473,7 @@ def save_maps(maps: dict, out_dir, affine, model=None, prefix: str = "", suffix:
         if spec is not None:
             unit, display = spec.unit, spec.display
         written.append(save_map(array, out_dir / f"{prefix}{name}{suffix}", affine, name, unit, display,
-                                fileset=fileset))
+                                overwrite=overwrite, fileset=fileset))
     return written
 
 
@@ -550,11 +564,13 @@ def load_mask(path, like=None) -> np.ndarray:
     return np.nan_to_num(raw) != 0
 
 
-def save_labels(labels, path, affine, descrip: str = "napari-rverdict labels", *,
+def save_labels(labels, path, affine, descrip: str = "napari-rverdict labels", *, overwrite: bool = False,
                 fileset: FileSet | None = None) -> Path:
-    """Write an integer label (or mask) image as int16 with ``affine`` (atomically, or as part of ``fileset``)."""
+    """Write an integer label (or mask) image as int16 with ``affine`` (atomically, or as part of ``fileset``). An
+    existing file is refused (InputError) unless ``overwrite=True``."""
     nib = _nib()
     path = Path(path)
+    check_output_files([path], overwrite=overwrite, what="label file")
     img = nib.Nifti1Image(np.asarray(labels).astype(np.int16), np.asarray(affine, dtype=float))
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = descrip.encode("ascii", "replace")[:79]
@@ -564,6 +580,6 @@ def save_labels(labels, path, affine, descrip: str = "napari-rverdict labels", *
 
 
 __all__ = [
-    "Dwi", "ProtocolError", "ascii_unit", "find_sidecar", "load_dwi", "load_dwi_as_named", "load_labels", "load_maps",
-    "load_mask", "map_descrip", "parse_descrip", "save_dwi", "save_labels", "save_map", "save_maps",
+    "Dwi", "ProtocolError", "ascii_unit", "dwi_files", "find_sidecar", "load_dwi", "load_dwi_as_named", "load_labels",
+    "load_maps", "load_mask", "map_descrip", "parse_descrip", "save_dwi", "save_labels", "save_map", "save_maps",
 ]

@@ -245,19 +245,32 @@ def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
                    float(sigma[0, 0]) if snr_reference == "s0" else None, tissue)
 
 
-def save_phantom(phantom: Phantom, out_dir) -> list[Path]:
-    """Write the phantom as NIfTI with its protocol and truth. Returns the paths written.
+def phantom_files(phantom: Phantom, out_dir) -> list[Path]:
+    """The paths :func:`save_phantom` writes for ``phantom`` in ``out_dir``."""
+    from napari_rverdict.data.nifti import dwi_files
+
+    out = Path(out_dir)
+    return [*dwi_files(out / "dwi.nii.gz", phantom.protocol), out / "labels.nii.gz", out / "mask.nii.gz",
+            *(out / "truth" / f"{name}.nii.gz" for name in (*phantom.truth, "S0")), out / PHANTOM_JSON]
+
+
+def save_phantom(phantom: Phantom, out_dir, *, overwrite: bool = False) -> list[Path]:
+    """Write the phantom as NIfTI with its protocol and truth, as one set of files (the whole phantom or nothing).
+    Existing files (:func:`phantom_files`) are refused, all named in one InputError before anything is written,
+    unless ``overwrite=True``; other files in ``out_dir`` are left alone. Returns the paths written.
 
     ``dwi.nii.gz`` (x, y, z, 20) with ``dwi.bval``, ``dwi.bvec``, ``dwi.delta`` (Δ), ``dwi.smalldel`` (δ),
     ``dwi.te``, ``dwi.tr`` (seconds); ``labels.nii.gz``, ``mask.nii.gz``; ``truth/<map>.nii.gz`` for every
     rVERDICT map and ``truth/S0.nii.gz``; ``phantom.json`` naming the labels and the settings.
     """
     from napari_rverdict.data.nifti import save_dwi, save_labels, save_map, save_maps
-    from napari_rverdict.files import FileSet, write_text
+    from napari_rverdict.files import FileSet, check_output_files, write_text
 
     out = Path(out_dir)
+    check_output_files(phantom_files(phantom, out), overwrite=overwrite)
     with FileSet() as files:  # the whole phantom or nothing
-        written = _save_phantom(phantom, out, files, save_dwi, save_labels, save_map, save_maps, write_text)
+        written = _save_phantom(phantom, out, files, save_dwi, save_labels, save_map, save_maps, write_text,
+                                overwrite)
     return written
 
 
@@ -265,15 +278,15 @@ PHANTOM_FILES = ("dwi.nii.gz", "dwi.bval", "dwi.bvec", "dwi.delta", "dwi.smallde
                  "labels.nii.gz", "mask.nii.gz", "truth", PHANTOM_JSON)
 
 
-def _save_phantom(phantom, out, files, save_dwi, save_labels, save_map, save_maps, write_text) -> list[Path]:
-    written = save_dwi(phantom.dwi, phantom.affine, out / "dwi.nii.gz", phantom.protocol, fileset=files)
+def _save_phantom(phantom, out, files, save_dwi, save_labels, save_map, save_maps, write_text,
+                  overwrite: bool) -> list[Path]:
+    ow = {"overwrite": overwrite, "fileset": files}  # each writer checks its own files again: a net, not the check
+    written = save_dwi(phantom.dwi, phantom.affine, out / "dwi.nii.gz", phantom.protocol, **ow)
     written.append(save_labels(phantom.labels, out / "labels.nii.gz", phantom.affine,
-                               "labels: " + ", ".join(f"{k} {v}" for k, v in phantom.label_names.items()),
-                               fileset=files))
-    written.append(save_labels(phantom.mask, out / "mask.nii.gz", phantom.affine, "mask: prostate gland",
-                               fileset=files))
-    written += save_maps(phantom.truth, out / "truth", phantom.affine, model="rverdict", fileset=files)
-    written.append(save_map(phantom.s0, out / "truth" / "S0.nii.gz", phantom.affine, "S0", "a.u.", fileset=files))
+                               "labels: " + ", ".join(f"{k} {v}" for k, v in phantom.label_names.items()), **ow))
+    written.append(save_labels(phantom.mask, out / "mask.nii.gz", phantom.affine, "mask: prostate gland", **ow))
+    written += save_maps(phantom.truth, out / "truth", phantom.affine, model="rverdict", **ow)
+    written.append(save_map(phantom.s0, out / "truth" / "S0.nii.gz", phantom.affine, "S0", "a.u.", **ow))
     meta = {
         "description": "napari-rverdict digital prostate phantom (rVERDICT forward model, INNOVATE acquisition)",
         "labels": {str(k): v for k, v in phantom.label_names.items()},

@@ -81,16 +81,17 @@ class SyntheticData:
         names = self.model.estimated_names if names is None else names
         return np.stack([self.params[n] for n in names], axis=1)
 
-    def save(self, path) -> Path:
+    def save(self, path, *, overwrite: bool = False) -> Path:
         """Write an ``.npz`` with signals, params (``param_<name>``), snr, split and the settings, atomically.
 
         NumPy would append ``.npz`` to any other name, so ``.npz`` is added here when missing and the real path
-        returned."""
-        from napari_rverdict.files import atomic_path
+        returned. An existing file is refused (InputError) unless ``overwrite=True``."""
+        from napari_rverdict.files import atomic_path, check_output_files
 
         path = Path(path)
         if not path.name.endswith(".npz"):
             path = path.with_name(path.name + ".npz")
+        check_output_files([path], overwrite=overwrite, what="data file")
         arrays = {f"param_{k}": v for k, v in self.params.items()}
         with atomic_path(path) as tmp:
             np.savez_compressed(

@@ -95,10 +95,13 @@ class EvaluationReport:
         lines.append(f"mean MAPE {mean_mape:.3f}")
         return "\n".join(lines)
 
-    def to_csv(self, path) -> Path:
-        from napari_rverdict.files import atomic_path
+    def to_csv(self, path, *, overwrite: bool = False) -> Path:
+        """Write the table as CSV (atomically); an existing file is refused (InputError) unless ``overwrite=True``.
+        Returns the path."""
+        from napari_rverdict.files import atomic_path, check_output_files
 
         path = Path(path)
+        check_output_files([path], overwrite=overwrite, what="CSV file")
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             bayes = ["bayes_limit_rmse"] if self.has_bayes else []

@@ -9,10 +9,17 @@ import numpy as np
 from napari_rverdict.evaluate.metrics import EvaluationReport
 
 
-def plot_predicted_vs_true(report: EvaluationReport, path, max_points: int = 5000) -> Path:
-    """A PNG of predicted vs true scatter plots, one panel per parameter (matplotlib, Agg backend)."""
+def plot_predicted_vs_true(report: EvaluationReport, path, max_points: int = 5000, *, overwrite: bool = False
+                           ) -> Path:
+    """A PNG of predicted vs true scatter plots, one panel per parameter (matplotlib, Agg backend). An existing file
+    is refused (InputError, before drawing) unless ``overwrite=True``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg without touching the global backend
     from matplotlib.figure import Figure
+
+    from napari_rverdict.files import atomic_path, check_output_files
+
+    path = Path(path)
+    check_output_files([path], overwrite=overwrite, what="plot file")
 
     names = list(report.rows)
     ncol = min(4, len(names))
@@ -31,9 +38,6 @@ def plot_predicted_vs_true(report: EvaluationReport, path, max_points: int = 500
         ax.set_ylabel(f"predicted {unit}".strip(), fontsize=8)
     fig.suptitle(report.description, fontsize=9)
     fig.tight_layout()
-    from napari_rverdict.files import atomic_path
-
-    path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp)
     return path

@@ -167,7 +167,7 @@ def save_protocol(protocol: Protocol, path, *, overwrite: bool = False) -> list[
     row per acquired volume (:func:`~napari_rverdict.physics.protocol_files.write_scheme` /
     :func:`~napari_rverdict.physics.protocol_files.write_fsl`). Refuses (InputError) another suffix, and existing
     files unless ``overwrite``. Returns the paths written."""
-    from napari_rverdict.files import check_output_file
+    from napari_rverdict.files import check_output_files
     from napari_rverdict.physics.protocol_files import write_fsl, write_scheme
 
     path = Path(path)
@@ -177,11 +177,10 @@ def save_protocol(protocol: Protocol, path, *, overwrite: bool = False) -> list[
     if not protocol.has_tr and stale_tr.exists():  # the readers would take its TR for this protocol's
         raise InputError(f"{stale_tr} exists and would give this protocol (TR unknown) its TR when read back; "
                          "fill in TR or remove that file")
-    for target in targets:
-        check_output_file(target, overwrite=overwrite, what="protocol file")
+    check_output_files(targets, overwrite=overwrite, what="protocol file")
     if name.endswith(".scheme"):
-        return write_scheme(protocol, path)
-    return write_fsl(protocol, path.with_name(name[:-5]))
+        return write_scheme(protocol, path, overwrite=overwrite)
+    return write_fsl(protocol, path.with_name(name[:-5]), overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------- comparison
@@ -225,12 +224,15 @@ class ProtocolComparison:
                          f"{r['bayes_b']:>10.4g}{r['ratio_a']:>11.2f}{r['ratio_b']:>11.2f}")
         return "\n".join(lines)
 
-    def to_csv(self, path) -> Path:
+    def to_csv(self, path, *, overwrite: bool = False) -> Path:
+        """Write the table as CSV (atomically); an existing file is refused (InputError) unless ``overwrite=True``.
+        Returns the path."""
         import csv
 
-        from napari_rverdict.files import atomic_path
+        from napari_rverdict.files import atomic_path, check_output_files
 
         path = Path(path)
+        check_output_files([path], overwrite=overwrite, what="CSV file")
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["map", "unit", "sqrt_crlb_a", "sqrt_crlb_b", "bayes_rmse_a", "bayes_rmse_b",

@@ -70,13 +70,16 @@ class ProtocolReport:
                          f"{r['prior_rmse']:>12.4g}{r['ratio']:>13.2f}")
         return "\n".join(lines)
 
-    def to_csv(self, path):
+    def to_csv(self, path, *, overwrite: bool = False):
+        """Write the table as CSV (atomically); an existing file is refused (InputError) unless ``overwrite=True``.
+        Returns the path."""
         import csv
         from pathlib import Path
 
-        from napari_rverdict.files import atomic_path
+        from napari_rverdict.files import atomic_path, check_output_files
 
         path = Path(path)
+        check_output_files([path], overwrite=overwrite, what="CSV file")
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["map", "unit", "typical", "sqrt_crlb", "bayes_rmse", "prior_rmse", "bayes_over_prior"])

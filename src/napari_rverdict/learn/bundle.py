@@ -37,7 +37,7 @@ from napari_rverdict.data.noise import (
     noise_settings,
 )
 from napari_rverdict.errors import InputError, positive_int
-from napari_rverdict.files import atomic_path
+from napari_rverdict.files import atomic_path, check_output_files
 from napari_rverdict.learn.bundle_meta import _check_finite, _plain, normalisation_description
 from napari_rverdict.learn.device import network_chunk, resolve_device
 from napari_rverdict.threads import capped_torch_threads
@@ -172,12 +172,14 @@ class Bundle:
             "interval_quantiles": {"levels": list(self.interval_levels), "q": self.interval_quantiles},
         })
 
-    def save(self, path) -> Path:
+    def save(self, path, *, overwrite: bool = False) -> Path:
         """Write the bundle atomically through :func:`napari_rverdict.files.atomic_path` (a temporary file beside
-        it, then ``os.replace``; an existing file keeps its permissions, a new one gets ``0o666 & ~umask``)."""
+        it, then ``os.replace``; a replaced file keeps its permissions, a new one gets ``0o666 & ~umask``). An
+        existing file is refused (InputError) unless ``overwrite=True``."""
         path = Path(path)
         if path.is_dir():
             raise InputError(f"{path} is a folder: give the bundle a file name (e.g. model.pt)")
+        check_output_files([path], overwrite=overwrite, what="bundle file")
         payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "meta": self.metadata(),
                    "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -130,10 +130,11 @@ def _fmt(x) -> str:
     return f"{x:.4g}"
 
 
-def _write_csv(rows: list[dict], columns: list[str], path) -> Path:
-    from napari_rverdict.files import atomic_path
+def _write_csv(rows: list[dict], columns: list[str], path, overwrite: bool) -> Path:
+    from napari_rverdict.files import atomic_path, check_output_files
 
     path = Path(path)
+    check_output_files([path], overwrite=overwrite, what="CSV file")
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
@@ -195,8 +196,9 @@ class ComparisonTable:
                                                      for reg in regions))
         return "\n".join(lines)
 
-    def to_csv(self, path) -> Path:
-        return _write_csv(self.rows, list(self.columns), path)
+    def to_csv(self, path, *, overwrite: bool = False) -> Path:
+        """Write the rows as CSV (atomically); an existing file is refused (InputError) unless ``overwrite=True``."""
+        return _write_csv(self.rows, list(self.columns), path, overwrite)
 
 
 def compare_maps(maps_a, maps_b, mask=None, labels=None, model=None, *, label_names=None,
@@ -302,8 +304,9 @@ class RoiTable:
                          + (f"{_fmt(r['mean_sd']):>12}" if has_sd else ""))
         return "\n".join(lines)
 
-    def to_csv(self, path) -> Path:
-        return _write_csv(self.rows, list(self.columns), path)
+    def to_csv(self, path, *, overwrite: bool = False) -> Path:
+        """Write the rows as CSV (atomically); an existing file is refused (InputError) unless ``overwrite=True``."""
+        return _write_csv(self.rows, list(self.columns), path, overwrite)
 
 
 def roi_statistics(maps, labels, label_names=None, *, mask=None) -> RoiTable:

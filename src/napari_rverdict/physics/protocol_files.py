@@ -124,20 +124,23 @@ def scheme_files(protocol: Protocol, path, write_tr: bool = True, *, per_measure
 
 
 def write_scheme(protocol: Protocol, path, write_tr: bool = True, *, per_measurement: bool = False,
-                 fileset=None) -> list[Path]:
+                 overwrite: bool = False, fileset=None) -> list[Path]:
     """Write a Camino STEJSKALTANNER scheme (and ``<stem>.tr`` in seconds when TR is known) as one set of files
-    (or as part of ``fileset``). Returns the paths.
+    (or as part of ``fileset``). Existing files are refused, all named in one InputError before anything is
+    written, unless ``overwrite=True``. Returns the paths.
 
     One row per acquired volume (:meth:`Protocol.acquired_volumes`): a measurement averaging n volumes is written
     as n rows with distinct directions, which :func:`load_protocol` with ``direction_averaged=True`` counts back.
     ``per_measurement=True`` writes one row per measurement instead (for a DWI holding one volume per measurement).
     """
-    from napari_rverdict.files import FileSet, write_text
+    from napari_rverdict.files import FileSet, check_output_files, write_text
 
     if fileset is None:
         with FileSet() as files:
-            return write_scheme(protocol, path, write_tr, per_measurement=per_measurement, fileset=files)
+            return write_scheme(protocol, path, write_tr, per_measurement=per_measurement, overwrite=overwrite,
+                                fileset=files)
     texts = _scheme_texts(protocol, Path(path), write_tr, per_measurement)
+    check_output_files(texts, overwrite=overwrite, what="protocol file")
     for target, text in texts.items():
         write_text(target, text, fileset)
     return list(texts)
@@ -304,22 +307,25 @@ def fsl_files(protocol: Protocol, stem, *, per_measurement: bool = False) -> lis
     return list(_fsl_texts(protocol, Path(stem), per_measurement))
 
 
-def write_fsl(protocol: Protocol, stem, *, per_measurement: bool = False, fileset=None) -> list[Path]:
+def write_fsl(protocol: Protocol, stem, *, per_measurement: bool = False, overwrite: bool = False,
+              fileset=None) -> list[Path]:
     """Write ``<stem>.bval``, ``.bvec``, and per-volume ``.delta .smalldel .te .tr`` (seconds; ``.tr`` when TR is
     known), as one set of files (or as part of ``fileset``). ``stem`` is the full stem: ``a/dwi.sorted`` →
-    ``a/dwi.sorted.bval``. Returns the paths.
+    ``a/dwi.sorted.bval``. Existing files are refused, all named in one InputError before anything is written,
+    unless ``overwrite=True``. Returns the paths.
 
     One row per acquired volume (:meth:`Protocol.acquired_volumes`): a measurement averaging n volumes is written
     as n rows with distinct directions in ``.bvec``, which :func:`load_protocol` with ``direction_averaged=True``
     counts back. ``per_measurement=True`` writes one row per measurement instead, for a DWI holding one volume per
     measurement (``.bvec`` only when the protocol has directions).
     """
-    from napari_rverdict.files import FileSet, write_text
+    from napari_rverdict.files import FileSet, check_output_files, write_text
 
     if fileset is None:
         with FileSet() as files:
-            return write_fsl(protocol, stem, per_measurement=per_measurement, fileset=files)
+            return write_fsl(protocol, stem, per_measurement=per_measurement, overwrite=overwrite, fileset=files)
     texts = _fsl_texts(protocol, Path(stem), per_measurement)
+    check_output_files(texts, overwrite=overwrite, what="protocol file")
     for target, text in texts.items():
         write_text(target, text, fileset)
     return list(texts)

@@ -354,17 +354,29 @@ class MapsWidget(QWidget):
 
     def _csv_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export ROI statistics", "roi_statistics.csv", "CSV (*.csv)")
-        if path:
-            self.export_csv(path)
+        if not path:
+            return
+        # the dialog asked about the chosen file; the NLLS comparison beside it is asked about here
+        others = [p for p in exports.csv_files(self.comparison, path)[1:] if p.exists()]
+        if others and QMessageBox.question(
+                self, "Overwrite?", f"{others[0].name} also exists in {others[0].parent}. Overwrite it?"
+        ) != QMessageBox.StandardButton.Yes:
+            return
+        self.export_csv(path, overwrite=True)
 
-    def export_csv(self, path) -> Path | None:
-        """Write the ROI statistics table (and, beside it, ``<stem>_vs_nlls.csv`` when NLLS ran)."""
+    def export_csv(self, path, overwrite: bool = False) -> Path | None:
+        """Write the ROI statistics table (and, beside it, ``<stem>_vs_nlls.csv`` when NLLS ran); existing files
+        only with ``overwrite``."""
         if self.roi_table is None:
             self._fail("No ROI statistics yet: compute maps with a lesion labels layer chosen.")
             return None
+        clash = [p for p in exports.csv_files(self.comparison, path) if p.exists()]
+        if clash and not overwrite:
+            self._fail(f"{', '.join(p.name for p in clash)} already in {clash[0].parent}: nothing written.")
+            return None
         try:
-            path = exports.write_csv(self.roi_table, self.comparison, path)
-        except OSError as exc:
+            path = exports.write_csv(self.roi_table, self.comparison, path, overwrite=overwrite)
+        except (OSError, ValueError) as exc:
             self._fail(f"Could not write {path}: {exc}")
             return None
         self.message.ok(f"Wrote {path}")
@@ -393,7 +405,7 @@ class MapsWidget(QWidget):
             self._fail(f"{len(clash)} file(s) exist in {directory} (e.g. {clash[0].name}): nothing written.")
             return []
         try:
-            written = exports.write_maps(self, directory)
+            written = exports.write_maps(self, directory, overwrite=overwrite)
         except (OSError, ValueError) as exc:
             self._fail(f"Could not export the maps: {exc}")
             return []

@@ -34,9 +34,10 @@ def existing(dock, directory) -> list[Path]:
     return [p for p in planned(dock, directory) if p.exists()]
 
 
-def write_maps(dock, directory) -> list[Path]:
+def write_maps(dock, directory, *, overwrite: bool = False) -> list[Path]:
     """Every method's maps (network: also the sd maps, with their map's unit; every method: ``fit_nrmse``) as
-    one FileSet: all written or none."""
+    one FileSet: all written or none; existing files (:func:`existing`) only with ``overwrite`` (the dock asks
+    first)."""
     from napari_rverdict.data.nifti import save_map, save_maps
     from napari_rverdict.files import FileSet
 
@@ -47,18 +48,28 @@ def write_maps(dock, directory) -> list[Path]:
         for method_prefix, maps in _methods(dock):
             plain = {k: v for k, v in maps.items() if not k.endswith(SD_SUFFIX)}
             written += save_maps(plain, directory, dock.affine, model=model, prefix=pre + method_prefix,
-                                 fileset=files)
+                                 overwrite=overwrite, fileset=files)
             for key in (k for k in maps if k.endswith(SD_SUFFIX)):
                 spec = map_spec_for(key[: -len(SD_SUFFIX)], model)
                 written.append(save_map(maps[key], Path(directory) / f"{pre}{method_prefix}{key}.nii.gz",
-                                        dock.affine, key, spec.unit if spec else "", fileset=files))
+                                        dock.affine, key, spec.unit if spec else "", overwrite=overwrite,
+                                        fileset=files))
     return written
 
 
-def write_csv(roi_table, comparison, path) -> Path:
-    """The ROI statistics (long format, true units) and, with NLLS, ``<stem>_vs_nlls.csv`` beside it."""
+def csv_files(comparison, path) -> list[Path]:
+    """The files :func:`write_csv` writes: ``path`` and, with NLLS, ``<stem>_vs_nlls.csv`` beside it."""
     path = Path(path)
-    roi_table.to_csv(path)
+    return [path] + ([] if comparison is None else [path.with_name(path.stem + "_vs_nlls.csv")])
+
+
+def write_csv(roi_table, comparison, path, *, overwrite: bool = False) -> Path:
+    """The ROI statistics (long format, true units) and, with NLLS, ``<stem>_vs_nlls.csv`` beside it; existing
+    files only with ``overwrite`` (both checked before either is written)."""
+    from napari_rverdict.files import check_output_files
+
+    targets = check_output_files(csv_files(comparison, path), overwrite=overwrite, what="CSV file")
+    roi_table.to_csv(targets[0], overwrite=overwrite)
     if comparison is not None:
-        comparison.to_csv(path.with_name(path.stem + "_vs_nlls.csv"))
-    return path
+        comparison.to_csv(targets[1], overwrite=overwrite)
+    return targets[0]

@@ -16,7 +16,7 @@ import napari
 import torch
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
+from qtpy.QtWidgets import QFileDialog, QMessageBox, QTableWidgetItem, QWidget
 
 from napari_rverdict._napari._common import LifetimeGuard, format_number, release_worker
 from napari_rverdict._napari.state import get_state, model_label
@@ -347,26 +347,51 @@ class TrainWidget(QWidget):
     # ------------------------------------------------------------------ bundles
     def _save_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save model bundle", "verdict-model.pt", "Model bundle (*.pt)")
-        if path:
-            self.save_bundle(path)
+        if not path:
+            return
+        # the dialog asked about the chosen file; the others written (".pt" added, the last weights) are asked here
+        others = [p for p in self.bundle_files(path) if p.exists() and p != Path(path)]
+        if others and QMessageBox.question(
+                self, "Overwrite?", f"{', '.join(p.name for p in others)} also exist(s) in {others[0].parent}. "
+                "Overwrite?") != QMessageBox.StandardButton.Yes:
+            return
+        self.save_bundle(path, overwrite=True)
 
-    def save_bundle(self, path) -> list[Path]:
-        """Write the current (best) model to ``path``; after a run also its last weights to ``<stem>-last.pt``."""
+    def _has_last(self, bundle) -> bool:
+        return self.last_state_dict is not None and self.result is not None and self.result.bundle is bundle
+
+    def bundle_files(self, path) -> list[Path]:
+        """The files :meth:`save_bundle` writes: ``path`` (``.pt`` added when missing) and, after a run, the last
+        weights as ``<stem>-last.pt``."""
+        path = Path(path)
+        if path.suffix != ".pt":
+            path = path.with_name(path.name + ".pt")
+        bundle = self.session.bundle
+        return [path] + ([path.with_name(path.stem + "-last.pt")] if bundle is not None and self._has_last(bundle)
+                         else [])
+
+    def save_bundle(self, path, overwrite: bool = False) -> list[Path]:
+        """Write the current (best) model to ``path``; after a run also its last weights to ``<stem>-last.pt``.
+        Existing files are replaced only with ``overwrite`` (both checked before either is written)."""
         bundle = self.session.bundle
         if bundle is None:
             self.message.error("Nothing to save: train or load a model first.")
             return []
-        path = Path(path)
-        if path.suffix != ".pt":
-            path = path.with_name(path.name + ".pt")
+        targets = self.bundle_files(path)
+        path = targets[0]
+        clash = [p for p in targets if p.exists()]
+        if clash and not overwrite:
+            self.message.error(f"Not saved: {', '.join(p.name for p in clash)} already in {clash[0].parent}; "
+                               "choose another name.")
+            return []
         try:
-            written = [bundle.save(path)]
-            if self.last_state_dict is not None and self.result is not None and self.result.bundle is bundle:
+            written = [bundle.save(path, overwrite=overwrite)]
+            if len(targets) > 1:
                 from napari_rverdict.learn.bundle import Bundle
 
                 last = Bundle.from_payload({"meta": bundle.metadata(), "state_dict": self.last_state_dict})
                 last.extra = dict(last.extra, weights="last")
-                written.append(last.save(path.with_name(path.stem + "-last.pt")))
+                written.append(last.save(targets[1], overwrite=overwrite))
         except (OSError, ValueError, RuntimeError) as exc:
             self.message.error(f"Could not save: {exc}")
             show_error(f"Could not save the bundle: {exc}")
