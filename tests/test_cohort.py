@@ -176,6 +176,17 @@ def test_subjects_from_paths_folders_and_repeated_stems(ws, tmp_path):
     assert [(s.name, s.protocol) for s in named] == [("pat1", "innovate-20"), ("pat2", "innovate-20")]
 
 
+def test_a_folder_lists_its_dwis_not_the_masks_labels_and_maps_beside_them(ws):
+    """A phantom's folder (dwi, mask, labels; truth/ of maps): one subject per folder, named after it, not a
+    subject per NIfTI (the mask and labels failed as 3D DWIs, and their stems repeated across folders)."""
+    subjects = read_subjects([ws / "ph1", ws / "ph2"])
+    assert [(s.name, s.dwi) for s in subjects] == [("ph1", ws / "ph1" / "dwi.nii.gz"),
+                                                   ("ph2", ws / "ph2" / "dwi.nii.gz")]
+    with pytest.raises(InputError, match=r"no DWI .* in the folder .*truth \(only single-volume images"):
+        read_subjects([ws / "ph1" / "truth"])
+    assert [s.name for s in read_subjects([ws / "dwis"])] == ["sub-01", "sub-02", "sub-03"]  # truncated: kept
+
+
 @pytest.mark.parametrize("items, message", [
     (["nothing.nii.gz"], "DWI not found"),
     (["notes.txt"], "neither a DWI"),

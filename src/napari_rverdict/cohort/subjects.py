@@ -45,6 +45,18 @@ def _is_nifti(path: Path) -> bool:
     return path.is_file() and path.name.endswith(NIFTI_ENDINGS) and not path.name.startswith(".")
 
 
+def _is_volume_series(path: Path) -> bool:
+    """False for a NIfTI whose header says it is one volume (a mask, a label image, a map: 3D or x × y × z × 1);
+    True for a series of volumes and for a file whose header cannot be read (its task reports why)."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).header.get_data_shape()
+    except Exception:  # noqa: BLE001 - unreadable here: left to the subject's own task, which says why
+        return True
+    return len(shape) >= 4 and shape[3] > 1
+
+
 def _optional_path(text: str | None, base: Path, column: str, row: int) -> Path | None:
     if text is None or not text.strip():
         return None
@@ -90,10 +102,13 @@ def _expand(items) -> list[tuple[str | None, Path, Path | None, Path | None, str
     entries = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if _is_nifti(q))
+        if p.is_dir():  # its 4D images: masks, label images and maps beside the DWIs are no subjects
+            images = sorted(q for q in p.iterdir() if _is_nifti(q))
+            found = [q for q in images if _is_volume_series(q)]
             if not found:
-                raise InputError(f"no DWI (.nii / .nii.gz) in the folder {p}")
+                single = f" (only single-volume images: {', '.join(q.name for q in images[:3])}" \
+                    f"{', …' if len(images) > 3 else ''})" if images else ""
+                raise InputError(f"no DWI (4D .nii / .nii.gz) in the folder {p}{single}")
             entries += [(None, q, None, None, None) for q in found]
         elif p.suffix.lower() == ".csv":
             if not p.is_file():
