@@ -311,3 +311,56 @@ def test_an_existing_scheduler_is_used_as_given(ws):
         assert len(cluster.workers) == 2  # it was not closed by the cohort
     assert result.layout is None and result.status == {"sub-01": "done", "sub-02": "done"}
     assert all(r["torch_threads"] >= 1 for r in result.records.values())
+
+
+@pytest.mark.parametrize("reply", [None, b"HTTP/1.0 400 Bad request\r\n\r\n<html>not dask</html>\r\n"])
+def test_a_scheduler_address_that_is_no_dask_scheduler_is_bad_input_in_time(ws, tmp_path, capsys, monkeypatch,
+                                                                             reply):
+    """--scheduler at a server that is no Dask scheduler (one that never answers; one that answers as a web server
+    does, e.g. the dashboard's port): one line, exit 2, nothing written, within the timeout. Before, the client's
+    handshake waited for good on the first and raised MemoryError (a 'bug', exit 1) on the second."""
+    import socket
+    import threading
+    import time
+
+    from napari_rverdict.cohort import run as run_module
+
+    monkeypatch.setattr(run_module, "SCHEDULER_TIMEOUT_S", 2.0)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if reply is not None:
+                conn.recv(65536)
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    out = tmp_path / "o"
+    t0 = time.monotonic()
+    try:
+        rc = main(["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis" / "sub-01.nii.gz"), "--out", str(out),
+                   "--scheduler", f"tcp://127.0.0.1:{server.getsockname()[1]}", "--quiet"])
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Dask scheduler" in err, err
+    assert time.monotonic() - t0 < 15 and not out.exists()
+
+
+def test_an_empty_scheduler_address_is_refused_not_replaced_by_a_local_cluster(ws, tmp_path, capsys):
+    """--scheduler "" (an unset variable): refused, where it ran on a local cluster and its summary said 'no
+    cluster (nothing to run)'."""
+    out = tmp_path / "o"
+    assert main(["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis" / "sub-01.nii.gz"), "--out", str(out),
+                 "--scheduler", "", "--quiet"]) == 2
+    assert "--scheduler is empty" in capsys.readouterr().err and not out.exists()

@@ -110,10 +110,46 @@ def check_cohort_out(out, subjects: list[Subject], task, *, overwrite: bool = Fa
     return out
 
 
-def _client(dd, scheduler, n_workers, threads, processes: bool):
-    if scheduler:
+SCHEDULER_TIMEOUT_S = 20.0
+
+
+def _check_scheduler(dd, scheduler: str) -> None:
+    """Connect to ``scheduler`` and read its handshake within SCHEDULER_TIMEOUT_S, in a thread of its own (this may be
+    called where an event loop runs). ``dd.Client`` waits for the handshake without a limit: pointed at a server
+    that is no Dask scheduler (the dashboard's port, another service) it hung for good, or read that server's
+    reply as a frame length and raised MemoryError."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    seconds = SCHEDULER_TIMEOUT_S
+
+    async def handshake():
+        comm = await asyncio.wait_for(dd.comm.connect(scheduler, timeout=seconds), seconds)
         try:
-            return dd.Client(scheduler, timeout="20s"), None
+            if not isinstance(getattr(comm, "remote_info", None), dict):
+                raise ValueError("its handshake was not a Dask one")
+        finally:
+            comm.abort()
+
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            pool.submit(asyncio.run, handshake()).result()
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            text = " ".join(str(exc).split())
+            raise InputError(f"cannot reach the Dask scheduler at {scheduler}: " + (text or f"no Dask handshake "
+                             f"within {seconds:g} s (is it a Dask scheduler's address, tcp://host:8786?)")) from None
+        except (OSError, ValueError) as exc:  # refused, unreachable, or not an address
+            raise InputError(f"cannot reach the Dask scheduler at {scheduler}: {one_line_reason(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - a server that answered, but not as Dask does (MemoryError, …)
+            raise InputError(f"the server at {scheduler} is no Dask scheduler: it answered, but not as Dask does "
+                             f"({one_line_reason(exc)[:120]}); give the scheduler's address, tcp://host:8786") from None
+
+
+def _client(dd, scheduler, n_workers, threads, processes: bool):
+    if scheduler is not None:
+        _check_scheduler(dd, scheduler)
+        try:
+            return dd.Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S:g}s"), None
         except (OSError, TimeoutError, ValueError) as exc:  # unreachable, or not an address
             raise InputError(f"cannot reach the Dask scheduler at {scheduler}: {one_line_reason(exc)}") from None
     cluster = dd.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
@@ -140,6 +176,9 @@ def run_cohort(subjects: list[Subject], task, out, *, scheduler: str | None = No
 
     Returns a :class:`CohortResult`; ``<out>/cohort.csv`` is written in every case once the tasks have ended.
     """
+    if scheduler is not None and not str(scheduler).strip():  # an unset variable: not a local cluster instead
+        raise InputError("--scheduler is empty: give the scheduler's address (tcp://host:8786) or leave it out "
+                         "for a local cluster")
     out = check_cohort_out(out, subjects, task, overwrite=overwrite)
     result = CohortResult()
     todo = []
