@@ -204,6 +204,30 @@ def test_bad_subject_lists_are_one_line_errors(ws, items, message):
         read_subjects([ws / i for i in items])
 
 
+def test_messy_cohort_csvs(ws, tmp_path):
+    """A spreadsheet's CSV: ';'-separated (a comma-decimal locale's export) is read; a column given twice, a row
+    with more cells than the header, subject names that differ only in case, a hidden name and one that is the
+    cohort table's are refused before any work (they were read silently: the first dwi column's paths and a row's
+    cut-off rest dropped, two subjects sharing one folder on macOS, the table's write failing after every task)."""
+    from napari_rverdict.cohort.run import check_cohort_out
+
+    d1, d2 = ws / "dwis" / "sub-01.nii.gz", ws / "dwis" / "sub-02.nii.gz"
+    (tmp_path / "semi.csv").write_text(f"subject;dwi;mask\np1;{d1};{ws / 'ph1' / 'mask.nii.gz'}\n")
+    assert [(s.name, s.dwi, s.mask) for s in read_subjects([tmp_path / "semi.csv"])] == [
+        ("p1", d1, ws / "ph1" / "mask.nii.gz")]
+    cases = {"dwi,DWI\n{d1},{d2}\n": "has the column.s. dwi twice",
+             "dwi\n{d1},{d2}\n": "row 2 has more cells than the header",
+             "subject,dwi\nP1,{d1}\np1,{d2}\n": "P1, p1 repeat",
+             "subject,dwi\n.p1,{d1}\n": "starts with '.'"}
+    for k, (text, message) in enumerate(cases.items()):
+        (tmp_path / f"{k}.csv").write_text(text.format(d1=d1, d2=d2))
+        with pytest.raises(InputError, match=message):
+            read_subjects([tmp_path / f"{k}.csv"])
+    (tmp_path / "table.csv").write_text(f"subject,dwi\nCohort.csv,{d1}\n")
+    with pytest.raises(InputError, match="may not be named cohort.csv"):
+        check_cohort_out(tmp_path / "out", read_subjects([tmp_path / "table.csv"]), FitTask())
+
+
 def test_cli_errors_before_any_work_exit_2(ws, tmp_path, capsys, monkeypatch):
     (tmp_path / "a_file").write_text("x")
     cases = [

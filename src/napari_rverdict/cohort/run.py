@@ -76,6 +76,9 @@ def check_cohort_out(out, subjects: list[Subject], task, *, overwrite: bool = Fa
         raise InputError("--out is empty: give a folder")
     out = Path(out)
     names = {s.name for s in subjects}
+    if any(n.casefold() == COHORT_CSV.casefold() for n in names):  # its folder would take the table's place
+        raise InputError(f"a subject may not be named {COHORT_CSV} (the cohort's table); rename it in the CSV's "
+                         "'subject' column")
     bundle = getattr(task, "bundle", None)  # PredictTask's model bundle: an input of every subject
     check_output_dir(out, [COHORT_CSV, *names], overwrite=True,
                      inputs=[bundle, *(p for s in subjects for p in (s.dwi, s.mask, s.labels))])
