@@ -388,3 +388,20 @@ def test_an_empty_scheduler_address_is_refused_not_replaced_by_a_local_cluster(w
     assert main(["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis" / "sub-01.nii.gz"), "--out", str(out),
                  "--scheduler", "", "--quiet"]) == 2
     assert "--scheduler is empty" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_rerun_with_other_settings_names_what_differs(ws, tmp_path):
+    """The refusal names the setting that differs (it printed the old task's whole settings dict)."""
+    from napari_rverdict.cohort.run import check_cohort_out
+    from napari_rverdict.cohort.tasks import input_stamps, task_identity
+
+    subjects = read_subjects([ws / "dwis" / "sub-01.nii.gz"])
+    (tmp_path / "sub-01").mkdir()
+    (tmp_path / "sub-01" / DONE_FILE).write_text(json.dumps(
+        {"status": "done", "method": "nlls", "maps": [], "task": task_identity(FitTask(max_iter=200)),
+         "inputs": input_stamps(subjects[0])}))
+    with pytest.raises(InputError, match=r"mapped by another task \(max_iter 200, now 1000\); choose"):
+        check_cohort_out(tmp_path, subjects, FitTask(max_iter=1000))
+    with pytest.raises(InputError, match=r"mapped by another task \(nlls, now self-supervised\)"):
+        check_cohort_out(tmp_path, subjects, FitTask(method="self-supervised"))
+    assert check_cohort_out(tmp_path, subjects, FitTask(max_iter=200)) == tmp_path  # the same: resumed

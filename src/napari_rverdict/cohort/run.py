@@ -105,8 +105,9 @@ def check_cohort_out(out, subjects: list[Subject], task, *, overwrite: bool = Fa
                                  f"bundle {Path(task.bundle).name} (its file changed since); choose another folder "
                                  "or pass --overwrite to redo it")
             if then != wanted:
-                raise InputError(f"--out {out}: subject {s.name} was mapped by another task ({record.get('method')}"
-                                 f" {then}); choose another folder or pass --overwrite to redo it")
+                raise InputError(f"--out {out}: subject {s.name} was mapped by another task "
+                                 f"({_differences(then, wanted, record.get('method'), task.method)}); choose "
+                                 "another folder or pass --overwrite to redo it")
             if changed := changed_inputs(record, s):
                 raise InputError(f"--out {out}: subject {s.name}'s {' and '.join(changed)} changed since it was "
                                  "mapped; choose another folder or pass --overwrite to redo it")
@@ -146,6 +147,14 @@ def _check_scheduler(dd, scheduler: str) -> None:
         except Exception as exc:  # noqa: BLE001 - a server that answered, but not as Dask does (MemoryError, …)
             raise InputError(f"the server at {scheduler} is no Dask scheduler: it answered, but not as Dask does "
                              f"({one_line_reason(exc)[:120]}); give the scheduler's address, tcp://host:8786") from None
+
+
+def _differences(then, now: dict, then_method, now_method) -> str:
+    """What differs between a completed subject's task and this one, as ``max_iter 200, now 1000; …``."""
+    if then_method != now_method or not isinstance(then, dict):
+        return f"{then_method}, now {now_method}"
+    keys = [k for k in {**then, **now} if k != "bundle_sha256" and then.get(k) != now.get(k)]
+    return "; ".join(f"{k} {then.get(k)!r}, now {now.get(k)!r}" for k in keys) or "its settings differ"
 
 
 def _client(dd, scheduler, n_workers, threads, processes: bool):
