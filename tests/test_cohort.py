@@ -180,6 +180,17 @@ def test_subjects_from_paths_folders_and_repeated_stems(ws, tmp_path):
     assert [(s.name, s.protocol) for s in named] == [("pat1", "innovate-20"), ("pat2", "innovate-20")]
 
 
+def test_a_folder_lists_its_dwis_not_the_masks_labels_and_maps_beside_them(ws):
+    """A phantom's folder (dwi, mask, labels; truth/ of maps): one subject per folder, named after it, not a
+    subject per NIfTI (the mask and labels failed as 3D DWIs, and their stems repeated across folders)."""
+    subjects = read_subjects([ws / "ph1", ws / "ph2"])
+    assert [(s.name, s.dwi) for s in subjects] == [("ph1", ws / "ph1" / "dwi.nii.gz"),
+                                                   ("ph2", ws / "ph2" / "dwi.nii.gz")]
+    with pytest.raises(InputError, match=r"no DWI .* in the folder .*truth \(only single-volume images"):
+        read_subjects([ws / "ph1" / "truth"])
+    assert [s.name for s in read_subjects([ws / "dwis"])] == ["sub-01", "sub-02", "sub-03"]  # truncated: kept
+
+
 @pytest.mark.parametrize("items, message", [
     (["nothing.nii.gz"], "DWI not found"),
     (["notes.txt"], "neither a DWI"),
@@ -195,6 +206,30 @@ def test_bad_subject_lists_are_one_line_errors(ws, items, message):
     (ws / "bad_preset.csv").write_text("dwi,protocol\ndwis/sub-01.nii.gz,innovat\n")
     with pytest.raises(InputError, match=message):
         read_subjects([ws / i for i in items])
+
+
+def test_messy_cohort_csvs(ws, tmp_path):
+    """A spreadsheet's CSV: ';'-separated (a comma-decimal locale's export) is read; a column given twice, a row
+    with more cells than the header, subject names that differ only in case, a hidden name and one that is the
+    cohort table's are refused before any work (they were read silently: the first dwi column's paths and a row's
+    cut-off rest dropped, two subjects sharing one folder on macOS, the table's write failing after every task)."""
+    from napari_rverdict.cohort.run import check_cohort_out
+
+    d1, d2 = ws / "dwis" / "sub-01.nii.gz", ws / "dwis" / "sub-02.nii.gz"
+    (tmp_path / "semi.csv").write_text(f"subject;dwi;mask\np1;{d1};{ws / 'ph1' / 'mask.nii.gz'}\n")
+    assert [(s.name, s.dwi, s.mask) for s in read_subjects([tmp_path / "semi.csv"])] == [
+        ("p1", d1, ws / "ph1" / "mask.nii.gz")]
+    cases = {"dwi,DWI\n{d1},{d2}\n": "has the column.s. dwi twice",
+             "dwi\n{d1},{d2}\n": "row 2 has more cells than the header",
+             "subject,dwi\nP1,{d1}\np1,{d2}\n": "P1, p1 repeat",
+             "subject,dwi\n.p1,{d1}\n": "starts with '.'"}
+    for k, (text, message) in enumerate(cases.items()):
+        (tmp_path / f"{k}.csv").write_text(text.format(d1=d1, d2=d2))
+        with pytest.raises(InputError, match=message):
+            read_subjects([tmp_path / f"{k}.csv"])
+    (tmp_path / "table.csv").write_text(f"subject,dwi\nCohort.csv,{d1}\n")
+    with pytest.raises(InputError, match="may not be named cohort.csv"):
+        check_cohort_out(tmp_path / "out", read_subjects([tmp_path / "table.csv"]), FitTask())
 
 
 def test_cli_errors_before_any_work_exit_2(ws, tmp_path, capsys, monkeypatch):
@@ -302,3 +337,73 @@ def test_an_existing_scheduler_is_used_as_given(ws):
         assert len(cluster.workers) == 2  # it was not closed by the cohort
     assert result.layout is None and result.status == {"sub-01": "done", "sub-02": "done"}
     assert all(r["torch_threads"] >= 1 for r in result.records.values())
+
+
+@pytest.mark.parametrize("reply", [None, b"HTTP/1.0 400 Bad request\r\n\r\n<html>not dask</html>\r\n"])
+def test_a_scheduler_address_that_is_no_dask_scheduler_is_bad_input_in_time(ws, tmp_path, capsys, monkeypatch,
+                                                                             reply):
+    """--scheduler at a server that is no Dask scheduler (one that never answers; one that answers as a web server
+    does, e.g. the dashboard's port): one line, exit 2, nothing written, within the timeout. Before, the client's
+    handshake waited for good on the first and raised MemoryError (a 'bug', exit 1) on the second."""
+    import socket
+    import threading
+    import time
+
+    from napari_rverdict.cohort import run as run_module
+
+    monkeypatch.setattr(run_module, "SCHEDULER_TIMEOUT_S", 2.0)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if reply is not None:
+                conn.recv(65536)
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    out = tmp_path / "o"
+    t0 = time.monotonic()
+    try:
+        rc = main(["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis" / "sub-01.nii.gz"), "--out", str(out),
+                   "--scheduler", f"tcp://127.0.0.1:{server.getsockname()[1]}", "--quiet"])
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Dask scheduler" in err, err
+    assert time.monotonic() - t0 < 15 and not out.exists()
+
+
+def test_an_empty_scheduler_address_is_refused_not_replaced_by_a_local_cluster(ws, tmp_path, capsys):
+    """--scheduler "" (an unset variable): refused, where it ran on a local cluster and its summary said 'no
+    cluster (nothing to run)'."""
+    out = tmp_path / "o"
+    assert main(["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis" / "sub-01.nii.gz"), "--out", str(out),
+                 "--scheduler", "", "--quiet"]) == 2
+    assert "--scheduler is empty" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_rerun_with_other_settings_names_what_differs(ws, tmp_path):
+    """The refusal names the setting that differs (it printed the old task's whole settings dict)."""
+    from napari_rverdict.cohort.run import check_cohort_out
+    from napari_rverdict.cohort.tasks import input_stamps, task_identity
+
+    subjects = read_subjects([ws / "dwis" / "sub-01.nii.gz"])
+    (tmp_path / "sub-01").mkdir()
+    (tmp_path / "sub-01" / DONE_FILE).write_text(json.dumps(
+        {"status": "done", "method": "nlls", "maps": [], "task": task_identity(FitTask(max_iter=200)),
+         "inputs": input_stamps(subjects[0])}))
+    with pytest.raises(InputError, match=r"mapped by another task \(max_iter 200, now 1000\); choose"):
+        check_cohort_out(tmp_path, subjects, FitTask(max_iter=1000))
+    with pytest.raises(InputError, match=r"mapped by another task \(nlls, now self-supervised\)"):
+        check_cohort_out(tmp_path, subjects, FitTask(method="self-supervised"))
+    assert check_cohort_out(tmp_path, subjects, FitTask(max_iter=200)) == tmp_path  # the same: resumed

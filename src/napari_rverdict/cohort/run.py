@@ -76,6 +76,9 @@ def check_cohort_out(out, subjects: list[Subject], task, *, overwrite: bool = Fa
         raise InputError("--out is empty: give a folder")
     out = Path(out)
     names = {s.name for s in subjects}
+    if any(n.casefold() == COHORT_CSV.casefold() for n in names):  # its folder would take the table's place
+        raise InputError(f"a subject may not be named {COHORT_CSV} (the cohort's table); rename it in the CSV's "
+                         "'subject' column")
     bundle = getattr(task, "bundle", None)  # PredictTask's model bundle: an input of every subject
     check_output_dir(out, [COHORT_CSV, *names], overwrite=True,
                      inputs=[bundle, *(p for s in subjects for p in (s.dwi, s.mask, s.labels))])
@@ -102,18 +105,59 @@ def check_cohort_out(out, subjects: list[Subject], task, *, overwrite: bool = Fa
                                  f"bundle {Path(task.bundle).name} (its file changed since); choose another folder "
                                  "or pass --overwrite to redo it")
             if then != wanted:
-                raise InputError(f"--out {out}: subject {s.name} was mapped by another task ({record.get('method')}"
-                                 f" {then}); choose another folder or pass --overwrite to redo it")
+                raise InputError(f"--out {out}: subject {s.name} was mapped by another task "
+                                 f"({_differences(then, wanted, record.get('method'), task.method)}); choose "
+                                 "another folder or pass --overwrite to redo it")
             if changed := changed_inputs(record, s):
                 raise InputError(f"--out {out}: subject {s.name}'s {' and '.join(changed)} changed since it was "
                                  "mapped; choose another folder or pass --overwrite to redo it")
     return out
 
 
-def _client(dd, scheduler, n_workers, threads, processes: bool):
-    if scheduler:
+SCHEDULER_TIMEOUT_S = 20.0
+
+
+def _check_scheduler(dd, scheduler: str) -> None:
+    """Connect to ``scheduler`` and read its handshake within SCHEDULER_TIMEOUT_S, in a thread of its own (this may be
+    called where an event loop runs). ``dd.Client`` waits for the handshake without a limit: pointed at a server
+    that is no Dask scheduler (the dashboard's port, another service) it hung for good, or read that server's
+    reply as a frame length and raised MemoryError."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    seconds = SCHEDULER_TIMEOUT_S
+
+    async def handshake():
+        comm = await asyncio.wait_for(dd.comm.connect(scheduler, timeout=seconds), seconds)  # reads the handshake
+        comm.abort()
+
+    with ThreadPoolExecutor(1) as pool:
         try:
-            return dd.Client(scheduler, timeout="20s"), None
+            pool.submit(asyncio.run, handshake()).result()
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            text = " ".join(str(exc).split())
+            raise InputError(f"cannot reach the Dask scheduler at {scheduler}: " + (text or f"no Dask handshake "
+                             f"within {seconds:g} s (is it a Dask scheduler's address, tcp://host:8786?)")) from None
+        except (OSError, ValueError) as exc:  # refused, unreachable, or not an address
+            raise InputError(f"cannot reach the Dask scheduler at {scheduler}: {one_line_reason(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - a server that answered, but not as Dask does (MemoryError, …)
+            raise InputError(f"the server at {scheduler} is no Dask scheduler: it answered, but not as Dask does "
+                             f"({one_line_reason(exc)[:120]}); give the scheduler's address, tcp://host:8786") from None
+
+
+def _differences(then, now: dict, then_method, now_method) -> str:
+    """What differs between a completed subject's task and this one, as ``max_iter 200, now 1000; …``."""
+    if then_method != now_method or not isinstance(then, dict):
+        return f"{then_method}, now {now_method}"
+    keys = [k for k in {**then, **now} if k != "bundle_sha256" and then.get(k) != now.get(k)]
+    return "; ".join(f"{k} {then.get(k)!r}, now {now.get(k)!r}" for k in keys) or "its settings differ"
+
+
+def _client(dd, scheduler, n_workers, threads, processes: bool):
+    if scheduler is not None:
+        _check_scheduler(dd, scheduler)
+        try:
+            return dd.Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S:g}s"), None
         except (OSError, TimeoutError, ValueError) as exc:  # unreachable, or not an address
             raise InputError(f"cannot reach the Dask scheduler at {scheduler}: {one_line_reason(exc)}") from None
     cluster = dd.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
@@ -151,6 +195,9 @@ def run_cohort(subjects: list[Subject], task, out, *, scheduler: str | None = No
 
     Returns a :class:`CohortResult`; ``<out>/cohort.csv`` is written in every case once the tasks have ended.
     """
+    if scheduler is not None and not str(scheduler).strip():  # an unset variable: not a local cluster instead
+        raise InputError("--scheduler is empty: give the scheduler's address (tcp://host:8786) or leave it out "
+                         "for a local cluster")
     out = check_cohort_out(out, subjects, task, overwrite=overwrite)
     result = CohortResult()
     todo = []

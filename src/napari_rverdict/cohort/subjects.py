@@ -10,6 +10,7 @@ before any work starts; a DWI that cannot be read is found by its own task later
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from napari_rverdict.files import check_name
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 CSV_COLUMNS = ("subject", "dwi", "mask", "labels", "protocol")
+_EXTRA = "\0extra"  # the reader's key for the cells of a row beyond the header's columns
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,18 @@ def _is_nifti(path: Path) -> bool:
     return path.is_file() and path.name.endswith(NIFTI_ENDINGS) and not path.name.startswith(".")
 
 
+def _is_volume_series(path: Path) -> bool:
+    """False for a NIfTI whose header says it is one volume (a mask, a label image, a map: 3D or x × y × z × 1);
+    True for a series of volumes and for a file whose header cannot be read (its task reports why)."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).header.get_data_shape()
+    except Exception:  # noqa: BLE001 - unreadable here: left to the subject's own task, which says why
+        return True
+    return len(shape) >= 4 and shape[3] > 1
+
+
 def _optional_path(text: str | None, base: Path, column: str, row: int) -> Path | None:
     if text is None or not text.strip():
         return None
@@ -58,10 +72,18 @@ def _optional_path(text: str | None, base: Path, column: str, row: int) -> Path 
 def _from_csv(path: Path) -> list[tuple[str | None, Path, Path | None, Path | None, str | None]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the cohort CSV {path}: {exc}") from None
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    # a spreadsheet's export in a comma-decimal locale separates by ';' (or a tab): its header names no column
+    # with a comma, so the separator is the one the header holds
+    delimiter = next((d for d in ",;\t" if d in header), ",")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, restkey=_EXTRA)
+        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+        rows = list(reader)
+    except csv.Error as exc:
         raise InputError(f"cannot read the cohort CSV {path}: {exc}") from None
     if "dwi" not in columns:
         raise InputError(f"the cohort CSV {path.name} needs a 'dwi' column (optional: subject, mask, labels, "
@@ -70,9 +92,16 @@ def _from_csv(path: Path) -> list[tuple[str | None, Path, Path | None, Path | No
     if unknown:
         raise InputError(f"the cohort CSV {path.name} has unknown column(s) {', '.join(unknown)}; "
                          f"use {', '.join(CSV_COLUMNS)}")
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:  # the reader keeps the last one's cells: the other column's paths were dropped without a word
+        raise InputError(f"the cohort CSV {path.name} has the column(s) {', '.join(twice)} twice")
     base, out = path.parent, []
-    for i, raw in enumerate(rows, start=2):  # row 1 is the header
-        row = {str(k).strip().lower(): (v or "") for k, v in raw.items() if k is not None}
+    for i, raw in enumerate(rows, start=2):  # row 1 is the header (a blank line before a row: counted as one)
+        extra = [v for v in raw.get(_EXTRA) or [] if v.strip()]
+        if extra:  # e.g. a path with an unquoted separator: its cut-off rest was dropped without a word
+            raise InputError(f"cohort CSV row {i} has more cells than the header has columns ({extra[0]!r} …); "
+                             "quote cells that hold the separator")
+        row = {str(k).strip().lower(): (v or "") for k, v in raw.items() if k is not None and k != _EXTRA}
         if not any(v.strip() for v in row.values()):
             continue
         dwi = _optional_path(row.get("dwi"), base, "dwi", i)
@@ -90,10 +119,13 @@ def _expand(items) -> list[tuple[str | None, Path, Path | None, Path | None, str
     entries = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if _is_nifti(q))
+        if p.is_dir():  # its 4D images: masks, label images and maps beside the DWIs are no subjects
+            images = sorted(q for q in p.iterdir() if _is_nifti(q))
+            found = [q for q in images if _is_volume_series(q)]
             if not found:
-                raise InputError(f"no DWI (.nii / .nii.gz) in the folder {p}")
+                single = f" (only single-volume images: {', '.join(q.name for q in images[:3])}" \
+                    f"{', …' if len(images) > 3 else ''})" if images else ""
+                raise InputError(f"no DWI (4D .nii / .nii.gz) in the folder {p}{single}")
             entries += [(None, q, None, None, None) for q in found]
         elif p.suffix.lower() == ".csv":
             if not p.is_file():
@@ -131,8 +163,11 @@ def read_subjects(items, protocol: str | None = None) -> list[Subject]:
                  for e in entries]
     repeated = _repeated(names)
     if repeated:
-        raise InputError(f"subject name(s) {', '.join(sorted(repeated))} repeat; name the subjects in a CSV "
-                         "'subject' column")
+        raise InputError(f"subject name(s) {', '.join(sorted(repeated))} repeat (case aside); name the subjects "
+                         "in a CSV 'subject' column")
+    hidden = [n for n in names if n.startswith(".")]
+    if hidden:  # a hidden folder: left out of listings, and of the check of --out for other files
+        raise InputError(f"subject name '{hidden[0]}' starts with '.'; name the subject in a CSV 'subject' column")
     def absolute(p):  # workers may run elsewhere (another folder, another machine sharing the file system)
         return None if p is None else Path(p).absolute()
 
@@ -163,5 +198,8 @@ def _check_protocols(subjects: list[Subject]) -> None:
 
 
 def _repeated(names: list[str]) -> set[str]:
-    return {n for n in names if names.count(n) > 1}
+    """The names given more than once, ignoring case: ``Sub-01`` and ``sub-01`` are one folder on the case-insensitive
+    file systems of macOS and Windows (one subject's maps and record would replace the other's)."""
+    folded = [n.casefold() for n in names]
+    return {n for n, f in zip(names, folded) if folded.count(f) > 1}
 
