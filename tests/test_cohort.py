@@ -34,7 +34,8 @@ def _copy_dwi(src_dir: Path, dst: Path, stem: str, truncate: bool = False) -> Pa
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    """Three 12 × 12 × 2 phantoms (SNR 200) as sub-01, sub-02 and a truncated sub-03 in ``dwis/``; a tiny bundle."""
+    """Three 12 × 12 × 2 phantoms (SNR 200 on each voxel's brightest measurement, "peak": nearly noise-free, so
+    the fits' ROI means sit near the truth) as sub-01, sub-02 and a truncated sub-03 in ``dwis/``; a tiny bundle."""
     from napari_rverdict.data.phantom import make_phantom, save_phantom
     from napari_rverdict.data.synth import simulate
     from napari_rverdict.learn.train import TrainConfig, train
@@ -42,7 +43,7 @@ def ws(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cohort")
     for i in (1, 2, 3):
-        save_phantom(make_phantom((12, 12, 2), snr=200.0, seed=i), root / f"ph{i}")
+        save_phantom(make_phantom((12, 12, 2), snr=200.0, seed=i, snr_reference="peak"), root / f"ph{i}")
         _copy_dwi(root / f"ph{i}", root / "dwis", f"sub-0{i}", truncate=(i == 3))
     data = simulate("rverdict", Protocol.innovate(), n=600, seed=0)
     train(data, TrainConfig(net="mlp", epochs=2, seed=0, device="cpu")).bundle.save(root / "m.pt")

@@ -79,13 +79,19 @@ def test_signal_and_rician_noise():
     expected = noise_free_signals(model, inside, clean.protocol)
     np.testing.assert_allclose(clean.dwi[sel], expected, rtol=1e-4)
     assert 900 < np.median(clean.s0[sel]) < 1100
-    noisy = make_phantom((16, 16, 2), snr=20, seed=2)
+    noisy = make_phantom((16, 16, 2), snr=20, seed=2, snr_reference="peak")  # σ = each voxel's brightest / SNR
     resid = (noisy.dwi[sel] - expected) / expected.max(1, keepdims=True)
     bright = expected / expected.max(1, keepdims=True) > 0.5  # Rician ≈ Gaussian where the signal is high
     assert resid[bright].std() == pytest.approx(1 / 20, rel=0.15)
     assert np.all(noisy.dwi >= 0)
     bg = noisy.dwi[~noisy.mask]
     assert 0 < bg.mean() < 0.2 * np.median(noisy.dwi[sel][:, 0])  # Rician floor of zero signal
+    # the default is the scanner's convention ("s0", as simulate): one σ = 1000 / SNR on every volume, air included
+    scanner = make_phantom((16, 16, 2), snr=20, seed=2)
+    assert scanner.snr_reference == "s0" and scanner.sigma == pytest.approx(1000 / 20)
+    raw = scanner.dwi[sel] - expected
+    assert raw[bright].std() == pytest.approx(50.0, rel=0.15)
+    assert scanner.dwi[~scanner.mask].mean() == pytest.approx(50.0 * np.sqrt(np.pi / 2), rel=0.05)  # Rayleigh mean
 
 
 def test_seeded_and_errors():

@@ -272,9 +272,9 @@ def register(sub) -> None:
     p = sub.add_parser("phantom", help="write the digital prostate phantom (NIfTI DWI, protocol, labels, truth)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--snr", type=float, default=35.0, help="SNR on --snr-reference's scale (default: %(default)s)")
-    p.add_argument("--snr-reference", default="peak", choices=("peak", "s0"),
-                   help="peak: σ = each voxel's brightest / SNR; s0: one σ = 1000 / SNR on every volume and in "
-                        "the air, as a scanner (the shipped sample) (default: %(default)s)")
+    p.add_argument("--snr-reference", default="s0", choices=("s0", "peak"),
+                   help="s0: one σ = 1000 / SNR on every volume and in the air, as a scanner and the shipped sample; "
+                        "peak: σ = each voxel's brightest / SNR, no signal in the air (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tissue", default="anatomy", choices=TISSUES,
                    help="anatomy: each region's tissue, varying smoothly; prior: every gland voxel drawn from the "

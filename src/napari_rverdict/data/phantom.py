@@ -79,7 +79,7 @@ class Phantom:
     s0: np.ndarray
     snr: float
     seed: int | None
-    snr_reference: str = "peak"
+    snr_reference: str = "peak"  # what a phantom.json written before the setting existed was made on
     sigma: float | None = None
     tissue: str = "anatomy"
     label_names: dict = field(default_factory=lambda: dict(LABEL_NAMES))
@@ -182,15 +182,16 @@ def _prior_parameters(model, mask, rng) -> dict:
 
 
 def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
-                 protocol: Protocol | None = None, snr_reference: str = "peak", tissue: str = "anatomy") -> Phantom:
+                 protocol: Protocol | None = None, snr_reference: str = "s0", tissue: str = "anatomy") -> Phantom:
     """Simulate the prostate phantom.
 
     Parameters
     ----------
     shape : (x, y, z) voxels (each ≥ 8 in-plane and ≥ 1 slice); voxels are 1.25 × 1.25 × 5 mm.
     snr : the SNR setting on ``snr_reference``'s scale, Rician.
-    snr_reference : "peak" (σ = the voxel's brightest noise-free measurement / SNR) or "s0" (one σ = S0_RAW / SNR
-        everywhere, as a scanner makes it; :attr:`Phantom.sigma` holds it).
+    snr_reference : "s0" (default: one σ = S0_RAW / SNR on every volume and in the air, as a scanner makes it and
+        as ``simulate`` defines the SNR; :attr:`Phantom.sigma` holds it) or "peak" (σ = the voxel's brightest
+        noise-free measurement / SNR, air without signal: this project's convention before "s0").
     seed : reproducible fields and noise.
     protocol : the acquisition (default: the 20-volume INNOVATE, ``Protocol.innovate(direction_averaged=False)``);
         it needs TR (rVERDICT).
@@ -308,7 +309,7 @@ def _save_phantom(phantom, out, files, save_dwi, save_labels, save_map, save_map
                   "cellularity": "um^-3", "S0": "raw scanner units"},
         "regenerate": f"rverdict phantom --out DIR --snr {phantom.snr:g} --seed {phantom.seed} "
                       f"--shape {' '.join(str(s) for s in phantom.shape)}"
-                      + ("" if phantom.snr_reference == "peak" else f" --snr-reference {phantom.snr_reference}")
+                      + f" --snr-reference {phantom.snr_reference}"
                       + ("" if phantom.tissue == "anatomy" else f" --tissue {phantom.tissue}"),
     }
     written.append(write_text(out / PHANTOM_JSON, json.dumps(meta, indent=2) + "\n", files))
