@@ -408,3 +408,38 @@ def test_a_rerun_with_other_settings_names_what_differs(ws, tmp_path):
     with pytest.raises(InputError, match=r"mapped by another task \(nlls, now self-supervised\)"):
         check_cohort_out(tmp_path, subjects, FitTask(method="self-supervised"))
     assert check_cohort_out(tmp_path, subjects, FitTask(max_iter=200)) == tmp_path  # the same: resumed
+
+
+def test_a_subject_folder_the_cohort_did_not_write_is_refused_and_the_table_keeps_earlier_subjects(ws, tmp_path):
+    """Maps of a plain `rverdict fit` in a subject's folder are the user's, not a crashed task's: refused without
+    overwrite (they were replaced). A crashed task's folder (its start marker, no record) is redone. A second run
+    into the same folder with other subjects keeps the first run's in cohort.csv (they were dropped from it)."""
+    from napari_rverdict.cohort.tasks import STARTED_FILE
+
+    sub1, sub2 = read_subjects([ws / "dwis" / "sub-01.nii.gz"]), read_subjects([ws / "dwis" / "sub-02.nii.gz"])
+    task = PredictTask(str(ws / "m.pt"))
+    mine = tmp_path / "user" / "sub-01" / "f_ic.nii.gz"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own map")
+    with pytest.raises(InputError, match="not this cohort's.*sub-01/"):
+        run_cohort(sub1, task, tmp_path / "user", processes=False, progress=False)
+    assert mine.read_bytes() == b"the user's own map"
+    assert run_cohort(sub1, task, tmp_path / "user", processes=False, progress=False,
+                      overwrite=True).status == {"sub-01": "done"}
+
+    crashed = tmp_path / "crashed" / "sub-01"
+    crashed.mkdir(parents=True)
+    (crashed / STARTED_FILE).write_text("{}")
+    (crashed / "f_ic.nii.gz").write_bytes(b"half")
+    assert run_cohort(sub1, task, tmp_path / "crashed", processes=False, progress=False).status == {"sub-01": "done"}
+
+    out = tmp_path / "grown"
+    run_cohort(sub1, task, out, processes=False, progress=False)
+    first = [r for r in _table(out) if r["subject"] == "sub-01"]
+    result = run_cohort(sub2, task, out, processes=False, progress=False)
+    assert result.status == {"sub-02": "done"}
+    rows = _table(out)
+    assert {r["status"] for r in rows if r["subject"] == "sub-02"} == {"done"}
+    kept = [r for r in rows if r["subject"] == "sub-01"]
+    assert kept and {r["status"] for r in kept} == {"skipped"} and "not listed in this run" in kept[0]["reason"]
+    assert [(r["map"], r["mean"]) for r in kept] == [(r["map"], r["mean"]) for r in first]

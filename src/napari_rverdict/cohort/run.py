@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_rverdict.cohort.subjects import Subject
-from napari_rverdict.cohort.tasks import DONE_FILE, changed_inputs, completed_record, run_subject, task_identity
+from napari_rverdict.cohort.tasks import (DONE_FILE, changed_inputs, completed_record, run_subject, task_identity,
+                                           written_by_a_cohort)
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import write_text
 from napari_rverdict.threads import available_cpus, worker_layout
@@ -90,12 +91,14 @@ def check_cohort_out(out, subjects: list[Subject], task, *, overwrite: bool = Fa
     if out.is_dir() and not overwrite:
         foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != COHORT_CSV
                          and p.name not in names and not (p / DONE_FILE).is_file())  # other subjects of a cohort
+        foreign += sorted(f"{n}/" for n in names if (out / n).is_dir() and any(
+            not p.name.startswith(".") for p in (out / n).iterdir()) and not written_by_a_cohort(out / n))
         if foreign:
             raise InputError(f"--out {out} holds files that are not this cohort's ({', '.join(foreign[:3])}"
                              f"{', …' if len(foreign) > 3 else ''}); choose another folder or pass --overwrite")
         wanted = task_identity(task)
         for s in subjects:
-            record = completed_record(out, s)
+            record = completed_record(out, s.name)
             if record is None:
                 continue
             then = record.get("task")
@@ -202,7 +205,7 @@ def run_cohort(subjects: list[Subject], task, out, *, scheduler: str | None = No
     result = CohortResult()
     todo = []
     for s in subjects:
-        record = None if overwrite else completed_record(out, s)
+        record = None if overwrite else completed_record(out, s.name)
         if record is not None:
             result.status[s.name], result.records[s.name] = "skipped", record
         else:
@@ -217,8 +220,19 @@ def run_cohort(subjects: list[Subject], task, out, *, scheduler: str | None = No
             threads = threads or max(1, cpus // n_workers)
             result.layout = (n_workers, threads)
         _run(dd, todo, task, out, result, scheduler, n_workers, threads, processes, progress)
-    result.csv = write_cohort_csv(out, subjects, result)
+    result.csv = write_cohort_csv(out, subjects, result, earlier_subjects(out, subjects, task))
     return result
+
+
+def earlier_subjects(out: Path, subjects: list[Subject], task) -> dict[str, dict]:
+    """{name: record} of the subjects completed in ``out`` by the same task that this run does not list (a cohort
+    extended by a second run into the same folder): ``cohort.csv`` keeps them, in name order."""
+    names, wanted, found = {s.name for s in subjects}, task_identity(task), {}
+    for folder in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in names):
+        record = completed_record(out, folder.name)
+        if record is not None and record.get("task") == wanted:
+            found[folder.name] = record
+    return found
 
 
 def _run(dd, todo, task, out, result, scheduler, n_workers, threads, processes, progress) -> None:
@@ -250,17 +264,20 @@ def _run(dd, todo, task, out, result, scheduler, n_workers, threads, processes, 
             cluster.close()
 
 
-def write_cohort_csv(out: Path, subjects: list[Subject], result: CohortResult) -> Path:
+def write_cohort_csv(out: Path, subjects: list[Subject], result: CohortResult,
+                     earlier: dict[str, dict] | None = None) -> Path:
     """``<out>/cohort.csv``: one row per subject × label × map (done and skipped subjects), one row per failed
-    subject with its reason; in the subjects' order."""
+    subject with its reason; in the subjects' order, then ``earlier`` ({name: record}: subjects of the same task
+    completed in ``out`` by an earlier run and not listed in this one, status "skipped")."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    for s in subjects:
-        status = result.status.get(s.name, "failed")
-        record = result.records.get(s.name) or {}
-        base = {"subject": s.name, "status": status, "reason": result.reasons.get(s.name, ""),
-                "seconds": record.get("seconds", "")}
+    rows_of = [(s.name, result.status.get(s.name, "failed"), result.reasons.get(s.name, ""),
+                result.records.get(s.name) or {}) for s in subjects]
+    rows_of += [(name, "skipped", "complete before; not listed in this run", record)
+                for name, record in (earlier or {}).items()]
+    for name, status, reason, record in rows_of:
+        base = {"subject": name, "status": status, "reason": reason, "seconds": record.get("seconds", "")}
         rows = record.get("roi") or []
         if not rows:
             w.writerow(base)

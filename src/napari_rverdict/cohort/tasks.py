@@ -27,6 +27,7 @@ from napari_rverdict.errors import InputError
 from napari_rverdict.threads import torch_threads, using_torch_threads
 
 DONE_FILE = "done.json"
+STARTED_FILE = ".cohort-task.json"  # written when a subject's task starts: its folder is this cohort's from then on
 METHODS = ("nlls", "self-supervised")
 @dataclass(frozen=True)
 class PredictTask:
@@ -204,6 +205,7 @@ def run_subject(task, subject: Subject, out_root, threads: int | None = None) ->
     marker = out / DONE_FILE
     marker.unlink(missing_ok=True)  # a redo: the old record no longer describes the maps
     identity, stamps = task_identity(task), input_stamps(subject)  # before reading: what these maps are made from
+    write_text(out / STARTED_FILE, json.dumps({"task": identity}, indent=1) + "\n")  # a crash leaves it: a redo
     _restore_malloc_defaults()
     t0 = time.perf_counter()
     with using_torch_threads(threads or _threads_here()) as n_threads, warnings.catch_warnings(record=True) as caught:
@@ -220,10 +222,17 @@ def run_subject(task, subject: Subject, out_root, threads: int | None = None) ->
     return record
 
 
-def completed_record(out_root, subject: Subject) -> dict | None:
-    """The completion record of ``subject`` under ``out_root`` if it is complete (record readable, every map in
-    it present), else None."""
-    out = Path(out_root) / subject.name
+def written_by_a_cohort(folder) -> bool:
+    """Whether a subject's ``folder`` holds a cohort task's files (its start marker or its completion record):
+    those a cohort may redo; anything else there (maps of a plain ``rverdict fit``) is the user's."""
+    folder = Path(folder)
+    return (folder / STARTED_FILE).is_file() or (folder / DONE_FILE).is_file()
+
+
+def completed_record(out_root, name: str) -> dict | None:
+    """The completion record of subject ``name`` under ``out_root`` if it is complete (record readable, every map
+    in it present), else None."""
+    out = Path(out_root) / name
     try:
         record = json.loads((out / DONE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
