@@ -296,24 +296,29 @@ def test_rician_noise_takes_the_broadcast_shape():
         assert abs(np.corrcoef(out[:, 0], out[:, 1])[0, 1]) < 0.02
 
 
-def test_noise_drawn_on_two_threads_is_the_same_for_any_thread_count_and_still_rician():
-    """simulate draws n1 and n2 from two spawned streams, on two threads where two CPUs are free: the numbers must
-    depend on the seed only, and the noise must still be Rician (a shared or correlated stream would not be)."""
+def test_noise_from_torchs_generator_is_reproducible_on_any_thread_count_and_rician():
+    """simulate draws its normals with torch's generator seeded from the NumPy one: the numbers must depend on the
+    seed only (not on torch's threads, which the load decides), and the noise must be Rician with independent real
+    and imaginary parts (a shared or correlated stream would not be)."""
     from napari_rverdict.threads import using_torch_threads
 
     sigma, s = 0.5, 1.0
-    one = add_rician_noise(np.full(200_000, s), sigma, rng=7, dtype=np.float32, threads=1)
-    two = add_rician_noise(np.full(200_000, s), sigma, rng=7, dtype=np.float32, threads=2)
+    with using_torch_threads(1):
+        one = add_rician_noise(np.full(200_000, s), sigma, rng=7, dtype=np.float32, normals="torch")
+    with using_torch_threads(2):
+        two = add_rician_noise(np.full(200_000, s), sigma, rng=7, dtype=np.float32, normals="torch")
     np.testing.assert_array_equal(one, two)
     # Rician moments: E[M²] = S² + 2σ², E[M⁴] = S⁴ + 8σ²S² + 8σ⁴ (independent n1, n2 of variance σ² each)
     m2, m4 = np.mean(one.astype(float) ** 2), np.mean(one.astype(float) ** 4)
     assert m2 == pytest.approx(s**2 + 2 * sigma**2, rel=0.01)
     assert m4 == pytest.approx(s**4 + 8 * sigma**2 * s**2 + 8 * sigma**4, rel=0.02)
     rng = np.random.default_rng(3)
-    again = [add_rician_noise(np.zeros(1000), 1.0, rng=rng, threads=2) for _ in range(2)]
+    again = [add_rician_noise(np.zeros(1000), 1.0, rng=rng, normals="torch") for _ in range(2)]
     assert not np.array_equal(*again)  # each call draws new numbers
     with using_torch_threads(1):
         a = simulate("rverdict", n=2000, seed=5)
     with using_torch_threads(2):
         b = simulate("rverdict", n=2000, seed=5)
     np.testing.assert_array_equal(a.signals, b.signals)
+    with pytest.raises(InputError, match="normals"):
+        add_rician_noise(np.zeros(3), 1.0, normals="scipy")

@@ -19,7 +19,6 @@ averages a scanner's direction-resolved volumes (:func:`scanner_noise`, shared b
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,16 +27,16 @@ from napari_rverdict.errors import InputError
 
 
 def add_rician_noise(signals, sigma, rng: np.random.Generator | int | None = None, dtype=np.float64, *,
-                     threads: int | None = None):
+                     normals: str = "numpy"):
     """S_noisy = sqrt((S + σ n1)² + (σ n2)²), n1, n2 ~ N(0, 1). ``sigma`` broadcasts against ``signals``.
 
     ``dtype``: of the normal draws, the arithmetic and the result — float64 (default; the phantom's noise) or
     float32 (≈ 1.3× faster here, half the memory: ``simulate``, whose signals are float32 anyway). The two draw
     different numbers from the same seed.
 
-    ``threads``: None (default) draws n1, then n2, from ``rng`` itself. A number ≥ 1 draws them from two streams
-    spawned from ``rng`` (:func:`normal_pair`), at once on two threads when it is ≥ 2: the drawing, most of the
-    cost, takes half the time, and the numbers depend on the seed only, not on ``threads``."""
+    ``normals``: "numpy" (default) draws n1, then n2, from ``rng`` itself; "torch" draws both with torch's
+    vectorised generator seeded from ``rng`` (:func:`normal_pair`; ≈ 1.6× faster, the drawing being most of the
+    cost: ``simulate``). Each is reproducible from the seed, on any number of threads; they draw different numbers."""
     rng = np.random.default_rng(rng)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -45,11 +44,13 @@ def add_rician_noise(signals, sigma, rng: np.random.Generator | int | None = Non
     s = np.asarray(signals, dtype=dtype)
     sigma = np.asarray(sigma, dtype=dtype)
     shape = np.broadcast_shapes(s.shape, sigma.shape)  # the result's, as (s + σ n1) broadcasts
-    if threads is None:
+    if normals == "numpy":
         real = rng.standard_normal(shape, dtype=dtype)
         imag = rng.standard_normal(shape, dtype=dtype)
+    elif normals == "torch":
+        real, imag = normal_pair(rng, shape, dtype)
     else:
-        real, imag = normal_pair(rng, shape, dtype, threads)
+        raise InputError(f"normals must be 'numpy' or 'torch', got {normals!r}")
     real *= sigma
     real += s
     real *= real
@@ -59,23 +60,17 @@ def add_rician_noise(signals, sigma, rng: np.random.Generator | int | None = Non
     return np.sqrt(real, out=real)
 
 
-def normal_pair(rng: np.random.Generator, shape, dtype=np.float64, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Two arrays of standard normals from two child streams of ``rng`` (``Generator.spawn``), filled at once on two
-    threads when ``threads`` ≥ 2 (NumPy releases the GIL while it fills an array). Each call spawns new streams, so
-    repeated calls draw new numbers; which numbers depends on ``rng``'s seed, not on ``threads``."""
-    streams = rng.spawn(2)
-    pair = (np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype))
+def normal_pair(rng: np.random.Generator, shape, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """Two arrays of standard normals from torch's vectorised generator (Box–Muller over a Mersenne Twister; the
+    same numbers on any number of threads), seeded by one draw from ``rng``: repeated calls draw new numbers and
+    ``rng``'s seed makes them reproducible. Faster than NumPy's ziggurat here (4 M float32 normals: ≈ 24 ms
+    against 39 ms)."""
+    import torch
 
-    def fill(i: int) -> None:
-        streams[i].standard_normal(out=pair[i], dtype=dtype)
-
-    if int(threads) >= 2:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            list(pool.map(fill, (0, 1)))
-    else:
-        fill(0)
-        fill(1)
-    return pair
+    generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+    pair = torch.randn((2, *shape), generator=generator,
+                       dtype=torch.float32 if np.dtype(dtype) == np.float32 else torch.float64).numpy()
+    return pair[0], pair[1]
 
 
 SNR_REFERENCES = ("s0", "peak")
@@ -103,21 +98,21 @@ def reference_sigma(clean, snr, reference: str, s0_scale: float = 1.0) -> np.nda
 
 
 def scanner_noise(clean, sigma, n_volumes=None, rng: np.random.Generator | int | None = None,
-                  dtype=np.float64, *, threads: int | None = None) -> np.ndarray:
+                  dtype=np.float64, *, normals: str = "numpy") -> np.ndarray:
     """Rician noise drawn on every acquired volume, magnitudes averaged per measurement.
 
     ``clean`` (..., m) noise-free signals; ``sigma`` broadcasts against them (one σ per acquired volume);
     ``n_volumes`` (m,) how many acquired volumes measurement i averages (None or all 1: plain Rician noise).
     At high SNR an average of n has mean ≈ S and sd σ/√n; at low SNR it keeps the Rician floor of each volume.
-    ``dtype`` and ``threads`` as :func:`add_rician_noise`.
+    ``dtype`` and ``normals`` as :func:`add_rician_noise`.
     """
     s = np.asarray(clean, dtype=dtype)
     counts = None if n_volumes is None else np.asarray(n_volumes, dtype=int).reshape(-1)
     if counts is None or np.all(counts == 1):
-        return add_rician_noise(s, sigma, rng, dtype, threads=threads)
+        return add_rician_noise(s, sigma, rng, dtype, normals=normals)
     if counts.size != s.shape[-1] or np.any(counts < 1):
         raise InputError(f"n_volumes needs one positive count per measurement ({s.shape[-1]}), got {counts.tolist()}")
-    volumes = add_rician_noise(np.repeat(s, counts, axis=-1), sigma, rng, dtype, threads=threads)
+    volumes = add_rician_noise(np.repeat(s, counts, axis=-1), sigma, rng, dtype, normals=normals)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     return np.add.reduceat(volumes, starts, axis=-1) / counts.astype(dtype)
 

@@ -265,7 +265,7 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
     peak_snr, b0_snr = np.empty(n), np.empty(n)
     b0 = protocol.snr_b0
     chunk = 32768
-    with capped_torch_threads() as threads:  # CPUs that other processes keep busy are not waited for
+    with capped_torch_threads():  # CPUs that other processes keep busy are not waited for
         sphere = sphere_for(model, params, protocol)  # one table for every chunk
         for start in range(0, n, chunk):
             sl = slice(start, min(start + chunk, n))
@@ -273,8 +273,8 @@ def simulate(model, protocol="innovate", n: int = 100_000, snr=None, ranges: Map
             sigma = reference_sigma(clean, snr_values[sl], reference)
             peak_snr[sl] = clean.max(axis=1) / sigma[:, 0]
             b0_snr[sl] = clean[:, b0].max(axis=1) / sigma[:, 0]
-            # float32 (how the signals are stored), n1 and n2 drawn on two threads where two CPUs are free
-            noisy = scanner_noise(clean, sigma, protocol.n_volumes, rng, dtype=np.float32, threads=threads)
+            # float32 (how the signals are stored), the normals from torch's faster generator (seeded from rng)
+            noisy = scanner_noise(clean, sigma, protocol.n_volumes, rng, dtype=np.float32, normals="torch")
             signals[sl] = model.normalise(noisy, protocol)
             if progress is not None:
                 progress(sl.stop / n)
