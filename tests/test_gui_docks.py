@@ -271,3 +271,15 @@ def test_cellularity_is_shown_scaled_and_written_in_its_true_unit(tmp_path):
     written = write_single_image(str(tmp_path / "cell.nii.gz"), data, kwargs)[0]
     np.testing.assert_allclose(np.asarray(nib.load(written).dataobj), true, rtol=1e-6)
     assert list(tmp_path.iterdir()) == [tmp_path / "cell.nii.gz"]  # no temporary file left beside it
+
+
+@pytest.mark.parametrize("dock", ["Explore", "Simulate", "Train"])
+def test_any_dock_alone_gives_the_viewer_its_conventions(viewer, qtbot, dock):
+    """In plain napari a user may open only the Explore (or Simulate, Train) dock: the axis names, the lesion
+    contours and the DWI's bright volume came only with the Maps dock (the Explore screenshot showed axes -4, -3)."""
+    viewer.open_sample("napari-rverdict", "prostate_phantom")
+    add_dock(viewer, dock)
+    qtbot.wait(50)
+    assert tuple(viewer.dims.axis_labels) == ("volume", "z", "y", "x")
+    assert viewer.layers["lesion labels"].contour == 1
+    assert viewer.canvas.overlays["text"].visible and "b = 0 s/mm²" in viewer.canvas.overlays["text"].text

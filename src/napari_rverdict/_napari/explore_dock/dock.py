@@ -12,6 +12,7 @@ import numpy as np
 from magicgui.widgets import FloatSlider
 from qtpy.QtWidgets import QFileDialog, QWidget
 
+from napari_rverdict._napari import viewer_hooks
 from napari_rverdict._napari._common import LayerWatch, LifetimeGuard, fill_protocol_sources, find_data, show_bad_input
 from napari_rverdict._napari.explore_dock import form
 from napari_rverdict._napari.explore_dock.plot import ALL_SERIES
@@ -44,6 +45,7 @@ class ExploreWidget(QWidget):
         form.build(self)
         self.whatif = WhatIf(self)
         self._connect()
+        viewer_hooks.install(napari_viewer)  # axis names, contours, bright volume: whichever dock opens first
         self._refresh_layers()
         self._model_changed()
 

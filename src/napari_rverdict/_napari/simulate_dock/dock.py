@@ -17,6 +17,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QBrush
 from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 
+from napari_rverdict._napari import viewer_hooks
 from napari_rverdict._napari._common import (
     JobStopped,
     LayerWatch,
@@ -56,6 +57,7 @@ class SimulateWidget(QWidget):
         form.build(self)
         self.noise = NoiseControls(self)  # SNR / matched noise, the noise reference, the effective-SNR line
         self._connect()
+        viewer_hooks.install(napari_viewer)  # axis names, contours, bright volume: whichever dock opens first
         self._refresh_protocols()
         self._model_changed()
 

@@ -18,6 +18,7 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QTableWidgetItem, QWidget
 
+from napari_rverdict._napari import viewer_hooks
 from napari_rverdict._napari._common import LifetimeGuard, format_number, release_worker
 from napari_rverdict._napari.state import get_state, model_label
 from napari_rverdict._napari.train_dock import form
@@ -52,6 +53,7 @@ class TrainWidget(QWidget):
         self._t_start = 0.0
         form.build(self)
         self._connect()
+        viewer_hooks.install(napari_viewer)  # axis names, contours, bright volume: whichever dock opens first
         self._data_changed(self.session.data)
         self._bundle_changed(self.session.bundle)
         self._set_state(TrainState.IDLE)
