@@ -443,3 +443,17 @@ def test_a_subject_folder_the_cohort_did_not_write_is_refused_and_the_table_keep
     kept = [r for r in rows if r["subject"] == "sub-01"]
     assert kept and {r["status"] for r in kept} == {"skipped"} and "not listed in this run" in kept[0]["reason"]
     assert [(r["map"], r["mean"]) for r in kept] == [(r["map"], r["mean"]) for r in first]
+
+
+def test_a_redo_that_fails_leaves_no_earlier_maps_beside_its_failure(ws, tmp_path):
+    """--overwrite redoes a completed subject; when the redo fails (its DWI broke since), the earlier task's maps
+    must not stay in the folder to be read as the current result (only the files its record listed go)."""
+    dwi = _copy_dwi(ws / "ph1", tmp_path / "in", "sub-09")
+    subject, task, out = read_subjects([dwi]), PredictTask(str(ws / "m.pt")), tmp_path / "out"
+    assert run_cohort(subject, task, out, processes=False, progress=False).status == {"sub-09": "done"}
+    (out / "sub-09" / "notes.txt").write_text("mine")
+    _copy_dwi(ws / "ph1", tmp_path / "in", "sub-09", truncate=True)
+    result = run_cohort(subject, task, out, processes=False, progress=False, overwrite=True)
+    assert result.status == {"sub-09": "failed"}
+    assert not list((out / "sub-09").glob("*.nii.gz")) and not (out / "sub-09" / DONE_FILE).exists()
+    assert (out / "sub-09" / "notes.txt").read_text() == "mine"

@@ -203,7 +203,7 @@ def run_subject(task, subject: Subject, out_root, threads: int | None = None) ->
 
     out = Path(out_root) / subject.name
     marker = out / DONE_FILE
-    marker.unlink(missing_ok=True)  # a redo: the old record no longer describes the maps
+    _forget_earlier_maps(out)  # a redo: neither the old record nor its maps may stand beside a failure
     identity, stamps = task_identity(task), input_stamps(subject)  # before reading: what these maps are made from
     write_text(out / STARTED_FILE, json.dumps({"task": identity}, indent=1) + "\n")  # a crash leaves it: a redo
     _restore_malloc_defaults()
@@ -220,6 +220,19 @@ def run_subject(task, subject: Subject, out_root, threads: int | None = None) ->
               "roi": rows}
     write_text(marker, json.dumps(record, indent=1) + "\n")  # last: the subject is complete once this exists
     return record
+
+
+def _forget_earlier_maps(folder: Path) -> None:
+    """Remove an earlier completion record and the map files it lists (only those: files this cohort wrote), so
+    a redo that fails leaves no maps of another task to be read as this one's."""
+    try:
+        listed = json.loads((folder / DONE_FILE).read_text(encoding="utf-8")).get("maps") or []
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    for name in listed:
+        if isinstance(name, str) and Path(name).name == name:  # a bare file name in the folder, nothing else
+            (folder / name).unlink(missing_ok=True)
+    (folder / DONE_FILE).unlink(missing_ok=True)
 
 
 def written_by_a_cohort(folder) -> bool:
