@@ -88,7 +88,8 @@ def test_profile_scale_is_calibrated_for_noisy_reference():
     rng = np.random.default_rng(5)
     d_true = rng.uniform(D_LO, D_HI, 300)
     clean = np.exp(-np.outer(d_true, b))
-    x = np.sqrt((clean + sigma * rng.standard_normal(clean.shape)) ** 2 + (sigma * rng.standard_normal(clean.shape)) ** 2)
+    x = np.sqrt((clean + sigma * rng.standard_normal(clean.shape)) ** 2
+                + (sigma * rng.standard_normal(clean.shape)) ** 2)
     y = x / x.max(1, keepdims=True)
     z2 = {}
     for scale in ("profile", "fixed"):
@@ -181,7 +182,9 @@ def test_reference_posterior_rverdict(rv_dictionary):
     assert np.allclose(post.mean["f_ic"] + post.mean["f_ees"] + post.mean["f_vasc"], 1.0, atol=1e-6)
     assert (post.ess >= 1).all() and (post.ess <= len(rv_dictionary)).all()
     # raw (un-normalised) signals give the same answer once normalised
-    raw = reference_posterior(model, "innovate", data.signals * 123.0, 35, dictionary=rv_dictionary, raw=True)
+    # (in float64: float32 rounding of the scaled signals moves a low-ESS posterior mean by ~1e-4 on its own)
+    raw = reference_posterior(model, "innovate", data.signals.astype(np.float64) * 123.0, 35,
+                              dictionary=rv_dictionary, raw=True)
     np.testing.assert_allclose(raw.mean["R"], post.mean["R"], rtol=1e-4)
 
 
@@ -189,7 +192,9 @@ def test_bayes_limit_beats_the_prior_mean(rv_dictionary):
     rmse, det = bayes_limit("rverdict", "innovate", snr=35, n_test=150, dictionary=rv_dictionary,
                             return_details=True)
     truth = det["truth"]
-    for k in ("f_ic", "f_ees", "R", "D_ees", "T2_ic", "T1"):
+    # not T2_ic: INNOVATE barely informs it (Bayes / prior RMSE ≈ 0.99, README), far inside the Monte-Carlo error
+    # of 150 test signals, so which of the two is lower is a coin toss of the draws
+    for k in ("f_ic", "f_ees", "R", "D_ees", "T1"):
         prior_rmse = np.sqrt(np.mean((truth[k] - rv_dictionary.values[:, rv_dictionary.names.index(k)].mean()) ** 2))
         assert rmse[k] < prior_rmse, (k, rmse[k], prior_rmse)
     # PHYSICS.md (2 M entries, 400 signals): f_ic 0.19, R 3.9 µm at SNR 35 — loose with 30 k entries, 150 signals
