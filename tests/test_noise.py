@@ -322,3 +322,18 @@ def test_noise_from_torchs_generator_is_reproducible_on_any_thread_count_and_ric
     np.testing.assert_array_equal(a.signals, b.signals)
     with pytest.raises(InputError, match="normals"):
         add_rician_noise(np.zeros(3), 1.0, normals="scipy")
+
+
+def test_a_crop_with_no_air_is_not_read_as_noise(scanner_phantom):
+    """PIESNO on a DWI cropped inside the body (no air) takes the dimmest tissue for noise (σ ≈ 10× the truth);
+    "auto" must see that no voxel then stands above 4σ and go on to the next estimator, not give up or keep it."""
+    from napari_rverdict.data.nifti import Dwi
+
+    ph = scanner_phantom
+    inside = np.argwhere(ph.mask.all(2))
+    cx, cy = inside.mean(0).astype(int)
+    crop = (slice(cx - 5, cx + 5), slice(cy - 5, cy + 5))
+    assert ph.mask[crop].mean() > 0.8  # (almost) no air in the crop
+    est = estimate_noise(Dwi.from_array(ph.dwi[crop], ph.affine, ph.protocol))
+    assert est.method != "piesno" and est.sigma == pytest.approx(ph.sigma, rel=0.15)
+    assert any("tissue taken for noise" in note for note in est.notes)

@@ -14,7 +14,9 @@ intensity units) by one of:
     mask where the signal is high enough for Rician ≈ Gaussian. Needs repeated volumes; tissue anisotropy adds
     to the spread (a slight over-estimate in anisotropic tissue).
 
-``"auto"`` tries them in that order. A DWI none applies to gets one InputError saying what is missing.
+``"auto"`` tries them in that order; without a mask, a σ that leaves fewer than ``MIN_MASK`` voxels with a mean
+b = 0 above 4σ counts as failed (PIESNO on a crop with no air takes the dimmest tissue for noise). A DWI none
+applies to gets one InputError saying what is missing.
 
 The per-voxel SNR inside the mask (default: voxels whose mean b = 0 exceeds 4 σ) is given on both noise
 references (:mod:`napari_rverdict.data.noise`): "peak": the voxel's b = 0 of the brightest b = 0 volume
@@ -173,6 +175,11 @@ def _voxel_snr(data, protocol, mask, sigma) -> dict:
     return {"peak": peak, "s0": s0}
 
 
+def _above(data, protocol, finite, sigma) -> np.ndarray:
+    """The default mask: finite voxels whose mean b = 0 exceeds 4σ."""
+    return finite & (data[..., protocol.snr_b0].mean(-1) > 4 * sigma)
+
+
 def estimate_noise(dwi, mask=None, method: str = "auto") -> NoiseEstimate:
     """σ of the scanner's noise in ``dwi`` (a :class:`.nifti.Dwi` or a DWI path, direction-resolved as acquired)
     and the per-voxel SNR inside ``mask`` (a boolean array or mask path; default: mean b = 0 above 4σ). A mask of
@@ -218,16 +225,19 @@ def estimate_noise(dwi, mask=None, method: str = "auto") -> NoiseEstimate:
         else:
             sigma, why = _repeats(data, dwi.protocol, work_mask)
         if sigma is not None and np.isfinite(sigma) and sigma > 0:
-            used = m
-            break
+            n_above = MIN_MASK if mask is not None else int(_above(data, dwi.protocol, finite, sigma).sum())
+            if n_above >= MIN_MASK:
+                used = m
+                break
+            # no voxel stands out of such noise: a σ read off tissue (a crop with no air), not the scanner's
+            why = f"σ {sigma:.4g} leaves {n_above} voxels with a mean b = 0 above 4σ (tissue taken for noise?)"
+            sigma, smap = None, None
         tried.append(f"{m}: {why}")
     if used is None:
-        raise InputError("cannot estimate the noise of this DWI: " + "; ".join(tried))
+        raise InputError("cannot estimate the noise of this DWI: " + "; ".join(tried) +
+                         ("" if mask is not None else "; a mask of the tissue (e.g. the gland) may help"))
     if mask is None:
-        b0 = dwi.protocol.snr_b0
-        mask = finite & (data[..., b0].mean(-1) > 4 * sigma)
-        if mask.sum() < MIN_MASK:
-            raise InputError(f"only {int(mask.sum())} voxels have a mean b = 0 above 4σ; give a mask")
+        mask = _above(data, dwi.protocol, finite, sigma)
     vox = _voxel_snr(data, dwi.protocol, mask, sigma)
     return NoiseEstimate(sigma, used, {k: snr_percentiles(v) for k, v in vox.items()}, vox, smap, source,
                          int(mask.sum()), tried)
