@@ -50,16 +50,16 @@ def test_nlls_runs_its_bundle_init_on_the_fits_device(data, bundle, monkeypatch)
 
 
 def test_uncertainty_calibration_runs_on_the_training_device(data, monkeypatch):
-    from napari_rverdict.learn import train as train_module
+    from napari_rverdict.learn import uncertainty as uncertainty_module
 
     seen = []
-    original = train_module.calibrate_bundle
+    original = uncertainty_module.calibrate_bundle
 
     def spy(*args, **kw):
         seen.append(kw.get("device"))
         return original(*args, **kw)
 
-    monkeypatch.setattr(train_module, "calibrate_bundle", spy)
+    monkeypatch.setattr(uncertainty_module, "calibrate_bundle", spy)
     train(data, TrainConfig(epochs=1, seed=0, device="cpu", uncertainty=True))
     assert seen == [torch.device("cpu")]
 

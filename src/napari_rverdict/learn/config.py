@@ -47,8 +47,8 @@ class TrainConfig:
     weight_decay : Adam L2 weight decay.
     uncertainty : the network also predicts a variance per target (2k outputs), trained with the β-NLL
         (β = ``uncertainty_beta``, Seitzer et al. 2022), then the intervals of every map are calibrated on a fresh
-        synthetic set (:func:`calibration_data`) by normalised split conformal prediction (see
-        :mod:`napari_rverdict.learn.uncertainty`).
+        synthetic set (:func:`~napari_rverdict.learn.uncertainty.calibration_data`) by normalised split conformal
+        prediction (see :mod:`napari_rverdict.learn.uncertainty`).
         Losses reported and early stopping stay the MSE of the means; the validation Gaussian NLL is added to
         the history as ``val_nll``.
     snr_reference : the noise reference the training data must be on ("s0" or "peak",
