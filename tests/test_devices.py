@@ -9,8 +9,9 @@ import torch
 
 from napari_rverdict.data.phantom import make_phantom
 from napari_rverdict.data.synth import simulate
+from napari_rverdict.learn.config import TrainConfig
 from napari_rverdict.learn.device import accumulation_dtype
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

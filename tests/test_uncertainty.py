@@ -6,7 +6,8 @@ import torch
 
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.learn.bundle import load_bundle
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import train
 from napari_rverdict.learn.uncertainty import (
     QUANTILE_LEVELS,
     SD_LEVEL,
