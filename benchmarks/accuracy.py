@@ -38,7 +38,8 @@ from napari_rverdict.data.synth import simulate
 from napari_rverdict.evaluate.metrics import evaluate
 from napari_rverdict.data.noise import DEFAULT_SNR_REFERENCE, SNR_REFERENCES
 from napari_rverdict.evaluate.posterior import bayes_limit
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import train
 
 NETS = ("mlp", "resnetreg", "resnetreg-st")
 MODELS = ("rverdict", "verdict")

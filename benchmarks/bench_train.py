@@ -34,9 +34,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from napari_rverdict.data.synth import simulate
+from napari_rverdict.learn.config import ProgressKind, TrainConfig
 from napari_rverdict.learn.nets import build_network
 from napari_rverdict.learn.scaling import scale_targets
-from napari_rverdict.learn.train import ProgressKind, TrainConfig, iter_training
+from napari_rverdict.learn.train import iter_training
 
 
 def baseline_epochs(data, net_name: str, epochs: int, seed: int):

@@ -53,7 +53,8 @@ def main(argv=None) -> int:
     from napari_rverdict.data.noise import add_rician_noise
     from napari_rverdict.data.phantom import make_phantom
     from napari_rverdict.data.synth import noise_free_signals, simulate
-    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.learn.config import TrainConfig
+    from napari_rverdict.learn.train import train
     from napari_rverdict.maps.nlls import fit_signals
     from napari_rverdict.maps.nlls_scipy import fit_signals_scipy
     from napari_rverdict.maps.predict import predict_volume

@@ -33,7 +33,8 @@ import torch
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.data.noise import DEFAULT_SNR_REFERENCE, SNR_REFERENCES
 from napari_rverdict.evaluate.posterior import build_dictionary, posterior_from_dictionary
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import train
 from napari_rverdict.learn.uncertainty import coverage, interval_factor
 
 OUT = Path(__file__).resolve().parent / "results"

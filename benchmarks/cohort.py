@@ -96,7 +96,8 @@ def main(argv=None) -> int:
         subjects = read_subjects([make_cohort(root, args.subjects, args.shape)])
         if args.task == "predict":
             from napari_rverdict.data.synth import simulate
-            from napari_rverdict.learn.train import TrainConfig, train
+            from napari_rverdict.learn.config import TrainConfig
+            from napari_rverdict.learn.train import train
             from napari_rverdict.physics import Protocol
 
             data = simulate("rverdict", Protocol.innovate(), n=5000, seed=0)

@@ -156,8 +156,9 @@ def part_simulate(args, model, protocol) -> None:
 def part_volume(args, model, protocol) -> None:
     from napari_rverdict.data.synth import simulate
     from napari_rverdict.learn import nets
+    from napari_rverdict.learn.config import TrainConfig
     from napari_rverdict.learn.device import CPU_NETWORK_CHUNK
-    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.learn.train import train
     from napari_rverdict.maps.predict import predict_volume
     from napari_rverdict.threads import capped_torch_threads, torch_threads, using_torch_threads
 

@@ -88,7 +88,8 @@ def part_machine(args) -> None:
 
 # ---------------------------------------------------------------------- (b)
 def _epoch_times(data, config) -> tuple[list[float], object]:
-    from napari_rverdict.learn.train import ProgressKind, iter_training
+    from napari_rverdict.learn.config import ProgressKind
+    from napari_rverdict.learn.train import iter_training
 
     times, last, result = [], 0.0, None
     for rec in iter_training(data, config):
@@ -107,7 +108,7 @@ def _fmt_epochs(times: list[float]) -> str:
 
 def part_train(args, state) -> None:
     from napari_rverdict.data.synth import simulate
-    from napari_rverdict.learn.train import TrainConfig
+    from napari_rverdict.learn.config import TrainConfig
 
     t0 = time.perf_counter()
     data = simulate("rverdict", n=args.n, seed=1)
@@ -132,7 +133,8 @@ def part_predict(args, state) -> None:
 
     bundle = state.get("bundle")
     if bundle is None:  # (b) failed: a freshly initialised ResNetReg shows the same device paths
-        from napari_rverdict.learn.train import TrainConfig, train
+        from napari_rverdict.learn.config import TrainConfig
+        from napari_rverdict.learn.train import train
 
         bundle = train(simulate("rverdict", n=2000, seed=1),
                        TrainConfig(net="resnetreg", depth=31, width=128, epochs=1, device="cpu")).bundle

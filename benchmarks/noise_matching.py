@@ -40,7 +40,8 @@ from napari_rverdict.data.noise_estimate import estimate_noise
 from napari_rverdict.data.phantom import TISSUES, make_phantom
 from napari_rverdict.data.prior import parse_ranges
 from napari_rverdict.data.synth import simulate
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import train
 from napari_rverdict.maps.predict import predict_volume
 
 OUT = Path(__file__).resolve().parent / "results"

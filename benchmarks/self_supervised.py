@@ -41,7 +41,8 @@ import torch
 from napari_rverdict.data.noise import add_rician_noise
 from napari_rverdict.data.phantom import make_phantom
 from napari_rverdict.data.synth import noise_free_signals, simulate
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import train
 from napari_rverdict.maps.nlls import fit_volume
 from napari_rverdict.maps.predict import predict_volume
 from napari_rverdict.maps.self_supervised import DEFAULT_OPTIONS, fit_self_supervised, fit_signals_self_supervised

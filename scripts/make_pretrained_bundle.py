@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     from napari_rverdict.errors import InputError
     from napari_rverdict.evaluate.metrics import evaluate
     from napari_rverdict.files import check_output_file
-    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.learn.config import TrainConfig
+    from napari_rverdict.learn.train import train
 
     torch.set_num_threads(1)
     try:

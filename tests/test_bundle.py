@@ -12,7 +12,8 @@ from napari_rverdict import load_bundle as lazy_load_bundle
 from napari_rverdict.data.synth import noise_free_signals, simulate
 from napari_rverdict.errors import InputError
 from napari_rverdict.learn.bundle import BUNDLE_FORMAT, Bundle, load_bundle
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import train
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from napari_rverdict.cli import main
 
 from napari_rverdict.data.nifti import load_maps, save_labels
 from napari_rverdict.data.synth import simulate
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

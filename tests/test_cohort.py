@@ -38,7 +38,8 @@ def ws(tmp_path_factory):
     the fits' ROI means sit near the truth) as sub-01, sub-02 and a truncated sub-03 in ``dwis/``; a tiny bundle."""
     from napari_rverdict.data.phantom import make_phantom, save_phantom
     from napari_rverdict.data.synth import simulate
-    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.learn.config import TrainConfig
+    from napari_rverdict.learn.train import train
     from napari_rverdict.physics.protocol import Protocol
 
     root = tmp_path_factory.mktemp("cohort")
@@ -265,7 +266,8 @@ def test_a_rerun_after_the_bundle_or_a_dwi_changed_is_refused_not_skipped(ws, tm
     import os
 
     from napari_rverdict.data.synth import simulate
-    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.learn.config import TrainConfig
+    from napari_rverdict.learn.train import train
     from napari_rverdict.physics.protocol import Protocol
 
     from napari_rverdict.data.phantom import make_phantom, save_phantom

@@ -9,8 +9,9 @@ import torch
 
 from napari_rverdict.data.phantom import make_phantom
 from napari_rverdict.data.synth import simulate
+from napari_rverdict.learn.config import TrainConfig
 from napari_rverdict.learn.device import accumulation_dtype
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -50,16 +51,16 @@ def test_nlls_runs_its_bundle_init_on_the_fits_device(data, bundle, monkeypatch)
 
 
 def test_uncertainty_calibration_runs_on_the_training_device(data, monkeypatch):
-    from napari_rverdict.learn import train as train_module
+    from napari_rverdict.learn import uncertainty as uncertainty_module
 
     seen = []
-    original = train_module.calibrate_bundle
+    original = uncertainty_module.calibrate_bundle
 
     def spy(*args, **kw):
         seen.append(kw.get("device"))
         return original(*args, **kw)
 
-    monkeypatch.setattr(train_module, "calibrate_bundle", spy)
+    monkeypatch.setattr(uncertainty_module, "calibrate_bundle", spy)
     train(data, TrainConfig(epochs=1, seed=0, device="cpu", uncertainty=True))
     assert seen == [torch.device("cpu")]
 

@@ -154,7 +154,8 @@ def test_nlls_returns_it_as_its_own_cost(phantom):
 
 def test_network_maps_carry_it_in_memory_and_streamed(phantom, tmp_path):
     from napari_rverdict.data.nifti import load_dwi, save_dwi
-    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.learn.config import TrainConfig
+    from napari_rverdict.learn.train import train
     from napari_rverdict.maps.predict import predict_volume
 
     bundle = train(simulate("rverdict", n=2000, seed=6), TrainConfig(epochs=1, seed=0, device="cpu")).bundle

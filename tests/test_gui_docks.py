@@ -217,7 +217,8 @@ def test_init_state_starts_training_from_given_weights():
 
     from napari_rverdict.data.synth import simulate
     from napari_rverdict.errors import InputError
-    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.learn.config import TrainConfig
+    from napari_rverdict.learn.train import train
 
     data = simulate("verdict", "innovate", n=600, snr=35, seed=1)
     first = train(data, TrainConfig(epochs=1, device="cpu", seed=0)).bundle

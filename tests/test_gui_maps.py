@@ -18,7 +18,8 @@ pytestmark = pytest.mark.gui
 def unc_bundle():
     """A tiny rVERDICT MLP trained with uncertainty (seconds on CPU)."""
     from napari_rverdict.data.synth import simulate
-    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.learn.config import TrainConfig
+    from napari_rverdict.learn.train import train
 
     data = simulate("rverdict", "innovate", n=1500, snr=35, seed=0)
     return train(data, TrainConfig(epochs=2, device="cpu", uncertainty=True)).bundle

@@ -248,7 +248,8 @@ def test_writers_refuse_a_bad_affine_or_target_before_touching_the_disk(tmp_path
     from napari_rverdict.data.nifti import load_dwi, save_map, save_maps
     from napari_rverdict.data.synth import simulate
     from napari_rverdict.errors import InputError
-    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.learn.config import TrainConfig
+    from napari_rverdict.learn.train import train
 
     good = np.ones((2, 2, 2), np.float32)
     for affine, match in ((np.full((4, 4), np.nan), "NaN"), (np.eye(3), "4 × 4"), (None, "4 × 4")):

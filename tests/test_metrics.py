@@ -11,7 +11,8 @@ from napari_rverdict.evaluate.crlb import crlb, crlb_from_function
 from napari_rverdict.evaluate.metrics import EvaluationReport, evaluate, evaluation_seed, regression_metrics
 from napari_rverdict.evaluate.plots import plot_predicted_vs_true
 from napari_rverdict.evaluate.report import typical_parameters
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import train
 from napari_rverdict.physics.compartments import ball
 from napari_rverdict.physics.models import get_model
 from napari_rverdict.physics.protocol import Protocol

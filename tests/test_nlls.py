@@ -131,7 +131,8 @@ def test_init_is_an_extra_start(phantom):
 
 def test_bundle_init_and_errors():
     from napari_rverdict.data.synth import simulate
-    from napari_rverdict.learn.train import TrainConfig, train
+    from napari_rverdict.learn.config import TrainConfig
+    from napari_rverdict.learn.train import train
 
     data = simulate("rverdict", n=2000, seed=2)
     b = train(data, TrainConfig(epochs=1, seed=0, device="cpu")).bundle

@@ -14,7 +14,8 @@ from napari_rverdict.data.synth import effective_snr, simulate
 from napari_rverdict.errors import InputError
 from napari_rverdict.evaluate.metrics import evaluate
 from napari_rverdict.learn.bundle import load_bundle
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import train
 from napari_rverdict.physics.protocol import Protocol, direction_average
 
 FAST = TrainConfig(epochs=1, batch_size=64, device="cpu", patience=None)

@@ -9,7 +9,8 @@ from napari_rverdict import predict_volume as lazy_predict_volume
 from napari_rverdict.data.nifti import Dwi, load_dwi, save_dwi, save_labels
 from napari_rverdict.data.phantom import LESION_LABELS, NORMAL_LABELS, make_phantom
 from napari_rverdict.data.synth import simulate
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import train
 from napari_rverdict.maps.predict import predict_volume
 from napari_rverdict.maps.voxels import default_mask, prepare_voxels
 from napari_rverdict.physics.protocol import Protocol

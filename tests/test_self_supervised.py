@@ -10,7 +10,7 @@ from napari_rverdict.data.noise import add_rician_noise
 from napari_rverdict.data.phantom import make_phantom
 from napari_rverdict.data.synth import noise_free_signals
 from napari_rverdict.errors import InputError
-from napari_rverdict.learn.train import ProgressKind
+from napari_rverdict.learn.config import ProgressKind
 from napari_rverdict.maps.fit_quality import FIT_NRMSE
 from napari_rverdict.maps.self_supervised import MIN_VOXELS, fit_self_supervised, fit_signals_self_supervised
 from napari_rverdict.physics import Protocol, get_model

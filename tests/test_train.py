@@ -9,8 +9,9 @@ import torch
 
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.learn import train as train_mod
+from napari_rverdict.learn.config import ProgressKind, TrainConfig
 from napari_rverdict.learn.device import resolve_device
-from napari_rverdict.learn.train import ProgressKind, TrainConfig, batch_bounds, iter_training, train
+from napari_rverdict.learn.train import batch_bounds, iter_training, train
 
 SMALL = {"mlp": {}, "resnetreg": {"depth": 11, "width": 32}, "resnetreg-st": {"depth": 11, "width": 32}}
 
@@ -237,7 +238,7 @@ def test_config_refuses_bad_lr_and_weight_decay(bad):
 
 def test_diverged_training_raises(data):
     from napari_rverdict.errors import InputError
-    from napari_rverdict.learn.train import TrainingDiverged
+    from napari_rverdict.learn.config import TrainingDiverged
 
     small = simulate("rverdict", n=400, seed=0)
     with pytest.raises(TrainingDiverged, match=r"diverged at epoch 1.*lower learning rate") as info:
@@ -246,7 +247,7 @@ def test_diverged_training_raises(data):
 
 
 def test_nonfinite_final_weights_refused(data, monkeypatch):
-    from napari_rverdict.learn.train import TrainingDiverged
+    from napari_rverdict.learn.config import TrainingDiverged
 
     real = train_mod._state_copy
 

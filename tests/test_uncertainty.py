@@ -6,7 +6,8 @@ import torch
 
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.learn.bundle import load_bundle
-from napari_rverdict.learn.train import TrainConfig, train
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import train
 from napari_rverdict.learn.uncertainty import (
     QUANTILE_LEVELS,
     SD_LEVEL,
@@ -349,18 +350,18 @@ def test_cli_train_uncertainty_flag(tmp_path, capsys):
 
 
 def test_calibration_set_is_fresh_not_validation(monkeypatch):
-    from napari_rverdict.learn import train as train_mod
+    from napari_rverdict.learn import uncertainty as uncertainty_mod
 
     data = simulate("rverdict", protocol="innovate", n=200, snr=(20, 50), seed=7, fraction_sampler="tissue",
                     ranges={"R": (1.0, 12.0)})
     seen = {}
-    real = train_mod.calibrate_bundle
+    real = uncertainty_mod.calibrate_bundle
 
     def spy(bundle, signals, truth, *a, **k):
         seen["signals"], seen["truth"] = np.asarray(signals), truth
         return real(bundle, signals, truth, *a, **k)
 
-    monkeypatch.setattr(train_mod, "calibrate_bundle", spy)
+    monkeypatch.setattr(uncertainty_mod, "calibrate_bundle", spy)
     b = train(data, TrainConfig(epochs=1, uncertainty=True, device="cpu")).bundle
     val = data.signals[data.val_index]
     cal = seen["signals"]
@@ -369,8 +370,8 @@ def test_calibration_set_is_fresh_not_validation(monkeypatch):
                        data.signals.view(np.void(cal.dtype.itemsize * cal.shape[1])).ravel()).any()
     assert b.extra["calibration"]["n"] == len(val) and b.interval_quantiles
     # drawn like the training data, from a derived seed that is reproducible and not the training seed
-    again = train_mod.calibration_data(data)
+    again = uncertainty_mod.calibration_data(data)
     np.testing.assert_array_equal(again.signals, cal)
-    assert again.seed == train_mod.calibration_seed(7) != 7 and b.extra["calibration"]["seed"] == again.seed
+    assert again.seed == uncertainty_mod.calibration_seed(7) != 7 and b.extra["calibration"]["seed"] == again.seed
     assert again.ranges == data.ranges and again.snr_setting == (20.0, 50.0) and again.fraction_sampler == "tissue"
     assert again.protocol == data.protocol and ((again.snr >= 20) & (again.snr <= 50)).all()

@@ -39,8 +39,9 @@ def cmd_train(args) -> int:
 
     from napari_rverdict.data.prior import FRACTION_SAMPLERS, parse_ranges, resolve_ranges
     from napari_rverdict.data.synth import simulate
+    from napari_rverdict.learn.config import ProgressKind, TrainConfig
     from napari_rverdict.learn.device import resolve_device
-    from napari_rverdict.learn.train import ProgressKind, TrainConfig, iter_training
+    from napari_rverdict.learn.train import iter_training
     from napari_rverdict.physics.models import get_model
 
     device = resolve_device(args.device)  # fail before simulating

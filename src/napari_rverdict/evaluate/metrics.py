@@ -117,10 +117,10 @@ EVALUATION_SALT = 0xE7A1
 
 def evaluation_seed(seed: int, bundle=None) -> int:
     """The seed of the evaluation signals for the user's ``seed``: derived through a ``SeedSequence`` with its own
-    salt (:func:`..learn.train.derived_seed`), so it is never a seed a user types and never the stream of the
+    salt (:func:`..learn.uncertainty.derived_seed`), so it is never a seed a user types and never the stream of the
     training data or of the calibration set, whatever seed those were made with; checked against ``bundle``'s
     recorded data and calibration seeds (re-derived in the astronomically unlikely case of a match)."""
-    from napari_rverdict.learn.train import derived_seed
+    from napari_rverdict.learn.uncertainty import derived_seed
 
     if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed must be an integer ≥ 0, got {seed!r}")

@@ -299,6 +299,51 @@ def calibrate_bundle(bundle, signals: np.ndarray, truth: Mapping, levels: Sequen
     return dict(bundle.interval_quantiles)
 
 
-__all__ = ["BETA", "QUANTILE_LEVELS", "SD_LEVEL", "beta_nll_loss", "calibrate_bundle", "conformal_quantiles",
-           "coverage", "derived_sd", "interval_factor", "interval_halfwidth", "interval_quantile", "split_output",
-           "z_of_level"]
+# ---------------------------------------------------------------------- the calibration set after training
+CALIBRATION_SALT = 0xCA11B
+
+
+def derived_seed(seed, salt: int):
+    """A seed derived from ``seed`` through a ``SeedSequence`` with a fixed ``salt`` (one salt per purpose), so
+    the data drawn with it never repeat the stream of ``seed`` itself (None or not a seed: None = fresh entropy)."""
+    if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        return None
+    return int(np.random.SeedSequence([int(seed), int(salt)]).generate_state(1, dtype=np.uint64)[0])
+
+
+def calibration_seed(seed):
+    """The seed of the calibration set for training data made with ``seed`` (:func:`derived_seed`)."""
+    return derived_seed(seed, CALIBRATION_SALT)
+
+
+def calibration_data(data):
+    """A fresh synthetic calibration set drawn like ``data`` (model, protocol, ranges, fraction sampler, SNR) with
+    :func:`calibration_seed` of its seed, as many signals as its validation set. The validation set picked the
+    best epoch, so conformal quantiles from it would be optimistic; these signals were seen by nothing."""
+    from napari_rverdict.data.synth import simulate
+
+    n = max(len(data.val_index), 2)
+    return simulate(data.model, data.protocol, n=n, **data.noise_settings(), ranges=data.ranges,
+                    fraction_sampler=data.fraction_sampler, seed=calibration_seed(data.seed))
+
+
+def calibrate_after_training(bundle, data, device) -> None:
+    """Conformal interval quantiles per map from a fresh calibration set (uncertainty networks), the network run on
+    the training's ``device``."""
+    n_val = len(data.val_index)
+    if n_val < MIN_CALIBRATION:  # too few to fit anything (as calibrate_bundle decides): no set to draw
+        cal_signals, cal_truth, seed = data.signals[data.val_index], {
+            k: np.asarray(v)[data.val_index] for k, v in data.params.items()}, None
+    else:
+        cal = calibration_data(data)
+        cal_signals, cal_truth, seed = cal.signals, cal.params, cal.seed
+    calibrate_bundle(bundle, cal_signals, cal_truth, device=device)
+    bundle.extra["calibration"] = {"method": "normalised split conformal quantiles of |y - mean| / sd on a fresh "
+                                             "synthetic calibration set drawn like the training data, "
+                                             "levels 0.05-0.99",
+                                   "n": n_val, "seed": seed}
+
+
+__all__ = ["BETA", "QUANTILE_LEVELS", "SD_LEVEL", "beta_nll_loss", "calibrate_after_training", "calibrate_bundle",
+           "calibration_data", "calibration_seed", "conformal_quantiles", "coverage", "derived_sd", "derived_seed",
+           "interval_factor", "interval_halfwidth", "interval_quantile", "split_output", "z_of_level"]

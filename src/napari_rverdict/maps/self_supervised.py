@@ -18,7 +18,7 @@ from the anchor's code, on purpose:
   either way on the model's signal times its per-voxel least-squares scale (variable projection, as NLLS), so the
   noisy reference of the normalisation does not bias the fit;
 * seeded (weights, dropout, split and batches), any device (one ``device`` argument), progress records like the
-  training engine (:class:`.train.TrainProgress`, kinds EPOCH then DONE) so a loss plot can follow.
+  training engine (:class:`.config.TrainProgress`, kinds EPOCH then DONE) so a loss plot can follow.
 
 Encoder defaults (:data:`DEFAULT_OPTIONS`), chosen by measurement on classic VERDICT as a scanner gives it
 (``benchmarks/self_supervised.py --sweep``, README): 3 hidden PReLU layers of 64, input dropout 0.05, Adam 1e-3,
@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 from napari_rverdict.errors import InputError, check_seed
+from napari_rverdict.learn.config import ProgressKind, TrainProgress
 from napari_rverdict.learn.device import resolve_device
-from napari_rverdict.learn.train import ProgressKind, TrainProgress
 from napari_rverdict.maps.fit_quality import FIT_NRMSE, fit_nrmse, least_squares_scale
 from napari_rverdict.maps.nlls import FitProblem
 from napari_rverdict.maps.voxels import prepare_voxels, resolve_dwi, scatter_maps
@@ -178,7 +178,7 @@ def fit_signals_self_supervised(model, signals, protocol, *, device="auto", epoc
     """Self-supervised fit of raw signals (n, m) acquired with ``protocol`` (at least :data:`MIN_VOXELS` rows).
 
     ``sigma`` : noise level in the signals' units, a number or one per row (Rician loss), or None (MSE).
-    ``progress(record)`` : a :class:`.train.TrainProgress` after every epoch (EPOCH: train and held-out loss,
+    ``progress(record)`` : a :class:`.config.TrainProgress` after every epoch (EPOCH: train and held-out loss,
     best so far) and a last one (DONE, ``result`` None). ``stop_event`` : checked between batches; once set, the
     epoch under way is validated and the best weights make the maps. Other keywords: :class:`SelfSupervisedOptions`.
     """
@@ -315,7 +315,7 @@ def fit_self_supervised(model, dwi, protocol=None, mask=None, *, device="auto", 
         (Otsu on the mean b = 0); it must hold at least :data:`MIN_VOXELS` usable voxels.
     device : "auto", "cpu", "cuda", "mps".  epochs : at most (early stopping on held-out voxels usually ends
         sooner).  seed : weights, split, batches and dropout.
-    progress : called with a :class:`.train.TrainProgress` record after every epoch and at the end.
+    progress : called with a :class:`.config.TrainProgress` record after every epoch and at the end.
     stop_event : a ``threading.Event``: once set, training ends and the best weights so far make the maps.
     sigma : the noise level in the DWI's units (a number, or a 3D map on the DWI's grid): the loss becomes the
         Rician likelihood. "auto": σ estimated from the DWI itself (:func:`estimated_sigma`; the CLI's, the

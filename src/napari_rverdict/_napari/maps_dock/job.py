@@ -51,7 +51,7 @@ def compute_job(bundle, dwi, mask, device, uncertainty, method, progress, stop_e
     ``progress``: ``(stage, done, total)`` tuples (voxels), ``("noise", line)`` when the DWI's SNR lies outside
     the bundle's training range (the maps are still computed; also ``out["noise_warning"]``), and, for
     self-supervised, ``("loss", "rician" | "mse")`` (the loss the fit uses, :data:`LOSS_LABELS`) and then
-    each :class:`~napari_rverdict.learn.train.TrainProgress` record (EPOCH with the losses, then DONE).
+    each :class:`~napari_rverdict.learn.config.TrainProgress` record (EPOCH with the losses, then DONE).
 
     Setting ``stop_event`` (a :class:`threading.Event`) stops the run at the network's next chunk or inside the
     NLLS fit (``fit_volume(stop_event=...)`` raises ``FitCancelled``); the result is then

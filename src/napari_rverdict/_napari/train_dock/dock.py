@@ -32,8 +32,8 @@ from napari_rverdict._napari.train_dock.job import (
     validation_record,
 )
 from napari_rverdict.data.noise import describe_noise
+from napari_rverdict.learn.config import TrainConfig
 from napari_rverdict.learn.nets import default_hyperparameters
-from napari_rverdict.learn.train import TrainConfig
 
 
 class TrainWidget(QWidget):

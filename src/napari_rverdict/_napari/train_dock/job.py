@@ -14,7 +14,8 @@ import torch
 from napari.qt.threading import thread_worker
 
 from napari_rverdict._napari._common import with_napari_threads
-from napari_rverdict.learn.train import TrainConfig, iter_training
+from napari_rverdict.learn.config import TrainConfig
+from napari_rverdict.learn.train import iter_training
 
 EVAL_N = 2000  # synthetic test signals for the validation table
 
