@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from napari_rverdict.cli import main
 
-from napari_rverdict.data.nifti import load_maps, save_labels
+from napari_rverdict.data.label_files import save_labels
+from napari_rverdict.data.map_files import load_maps
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.learn.config import TrainConfig
 from napari_rverdict.learn.train import train
@@ -111,7 +112,7 @@ def test_one_line_errors(workdir, tmp_path, capsys):
 
 def test_phantom_with_the_users_protocol(tmp_path, capsys):
     """`rverdict phantom --protocol FILE [--tr]`: the DWI is made with that acquisition, as acquired."""
-    from napari_rverdict.data.nifti import load_dwi
+    from napari_rverdict.data.dwi import load_dwi
     from napari_rverdict.physics.protocol import Protocol
     from napari_rverdict.physics.protocol_files import write_scheme
 

@@ -94,7 +94,8 @@ def test_cli_predict_on_a_process_cluster_reports_the_broken_subject_and_resumes
 def test_fit_cohort_from_a_csv_gives_roi_statistics_near_the_truth(ws):
     """NLLS on two SNR-200 phantoms listed in a CSV with their labels and masks: the ROI means of f_ic per label
     come out near the phantom's true ROI means; the truncated third fails with its reason."""
-    from napari_rverdict.data.nifti import load_labels, load_maps
+    from napari_rverdict.data.label_files import load_labels
+    from napari_rverdict.data.map_files import load_maps
     from napari_rverdict.data.phantom import LABEL_NAMES
 
     lines = ["subject,dwi,mask,labels"]
@@ -130,7 +131,9 @@ def test_roi_rows_are_named_from_the_phantom_json_beside_the_labels(tmp_path):
     and "label N" where there is none or it cannot be read; the statistics are those of the maps in each label."""
     from napari_rverdict.cohort.subjects import Subject
     from napari_rverdict.cohort.tasks import _roi_rows
-    from napari_rverdict.data.nifti import load_dwi, load_labels, load_maps
+    from napari_rverdict.data.dwi import load_dwi
+    from napari_rverdict.data.label_files import load_labels
+    from napari_rverdict.data.map_files import load_maps
     from napari_rverdict.data.phantom import LABEL_NAMES, make_phantom, save_phantom
 
     save_phantom(make_phantom((12, 12, 2), snr=200.0, seed=1), tmp_path / "ph")
@@ -159,7 +162,7 @@ def test_a_cohort_reads_innovate_on_20_volumes_as_rverdict_predict_does(ws, tmp_
     """--protocol innovate (or a CSV protocol cell 'innovate') on a 20-volume DWI is the 20-volume acquisition, as
     for `rverdict predict`: the subject's maps are those of innovate-20, not a volume-count error."""
     from napari_rverdict.cohort.tasks import run_subject
-    from napari_rverdict.data.nifti import load_maps
+    from napari_rverdict.data.map_files import load_maps
 
     task = PredictTask(str(ws / "m.pt"))
     for protocol in ("innovate", "innovate-20"):
@@ -313,7 +316,7 @@ def test_without_dask_a_clear_error(ws, tmp_path, monkeypatch, capsys):
 def test_self_supervised_cohort_maps_each_subject_with_fit_quality(tmp_path):
     """--method self-supervised: each subject's own encoder (a few epochs), its maps and fit_nrmse written, NaN
     outside the mask, and the subject marked done."""
-    from napari_rverdict.data.nifti import load_maps
+    from napari_rverdict.data.map_files import load_maps
     from napari_rverdict.data.phantom import make_phantom, save_phantom
 
     save_phantom(make_phantom((24, 24, 2), snr=100.0, seed=5), tmp_path / "ph")

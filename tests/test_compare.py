@@ -5,7 +5,8 @@ import csv
 import numpy as np
 import pytest
 
-from napari_rverdict.data.nifti import save_labels, save_maps
+from napari_rverdict.data.label_files import save_labels
+from napari_rverdict.data.map_files import save_maps
 from napari_rverdict.maps.compare import compare_maps, roi_statistics
 
 

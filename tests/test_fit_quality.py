@@ -153,7 +153,7 @@ def test_nlls_returns_it_as_its_own_cost(phantom):
 
 
 def test_network_maps_carry_it_in_memory_and_streamed(phantom, tmp_path):
-    from napari_rverdict.data.nifti import load_dwi, save_dwi
+    from napari_rverdict.data.dwi import load_dwi, save_dwi
     from napari_rverdict.learn.config import TrainConfig
     from napari_rverdict.learn.train import train
     from napari_rverdict.maps.predict import predict_volume
@@ -175,7 +175,7 @@ def test_network_maps_carry_it_in_memory_and_streamed(phantom, tmp_path):
 def test_written_with_its_spec_and_read_back(tmp_path):
     import nibabel as nib
 
-    from napari_rverdict.data.nifti import load_maps, save_maps
+    from napari_rverdict.data.map_files import load_maps, save_maps
     from napari_rverdict.physics.models import find_map_spec
 
     q = np.full((3, 3, 1), 0.02, np.float32)

@@ -65,7 +65,7 @@ def test_uncertainty_layers_threshold_and_roi_mean_sd(viewer, qtbot, unc_bundle,
     np.testing.assert_array_equal(viewer.layers["R [µm]"].data, maps.maps["R"].transpose(2, 1, 0))
 
     # export: maps and sd maps, the sd with its map's unit
-    from napari_rverdict.data.nifti import load_maps
+    from napari_rverdict.data.map_files import load_maps
 
     written = maps.export_maps(tmp_path / "maps")
     assert len(written) == len(maps.maps)  # every map and every sd map

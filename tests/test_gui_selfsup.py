@@ -132,7 +132,8 @@ def phantom_bundles():
     voxel at SNR 200, far above the scanner-like phantom's gland, median ≈ 22), and the same network with its noise
     matched to the phantom's own SNR distribution (as `--snr-from` stores it)."""
     from napari_rverdict._napari.sample_data import pretrained_bundle_path
-    from napari_rverdict.data.nifti import load_dwi, load_mask
+    from napari_rverdict.data.dwi import load_dwi
+    from napari_rverdict.data.label_files import load_mask
     from napari_rverdict.data.noise_estimate import estimate_noise
     from napari_rverdict.learn.bundle import load_bundle
 

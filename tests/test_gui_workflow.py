@@ -98,7 +98,7 @@ def test_end_to_end_generate_train_maps(viewer, qtbot, tmp_path):
     assert maps.export_csv(csv, overwrite=True) == csv and csv.read_text() != "kept"
 
     # export: NIfTI maps with the DWI's affine, equal to the layers
-    from napari_rverdict.data.nifti import load_maps
+    from napari_rverdict.data.map_files import load_maps
 
     written = maps.export_maps(tmp_path / "maps")
     assert len(written) == len(model.map_names) + 1  # with fit_nrmse

@@ -6,22 +6,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_rverdict.data.nifti import (
-    Dwi,
-    ascii_unit,
-    find_sidecar,
-    load_dwi,
-    load_dwi_as_named,
-    load_labels,
-    load_maps,
-    load_mask,
-    map_descrip,
-    parse_descrip,
-    save_dwi,
-    save_labels,
-    save_map,
-    save_maps,
-)
+from napari_rverdict.data.dwi import Dwi, find_sidecar, load_dwi, load_dwi_as_named, save_dwi
+from napari_rverdict.data.label_files import load_labels, load_mask, save_labels
+from napari_rverdict.data.map_files import load_maps, map_descrip, parse_descrip, save_map, save_maps
+from napari_rverdict.data.nifti import ascii_unit
 from napari_rverdict.physics.protocol import Protocol
 from napari_rverdict.physics.protocol_files import write_scheme
 
@@ -227,7 +215,7 @@ def test_labels_and_masks_on_the_dwi_grid(tmp_path, data):
 def test_save_maps_is_one_set_and_names_stay_in_the_folder(tmp_path):
     import pytest as _pytest
 
-    from napari_rverdict.data.nifti import save_maps
+    from napari_rverdict.data.map_files import save_maps
     from napari_rverdict.errors import InputError
 
     good = np.ones((2, 2, 2), np.float32)
@@ -245,7 +233,8 @@ def test_writers_refuse_a_bad_affine_or_target_before_touching_the_disk(tmp_path
     where the bundle goes an IsADirectoryError, and a map that is not 3D left the new, empty output folder."""
     import pytest as _pytest
 
-    from napari_rverdict.data.nifti import load_dwi, save_map, save_maps
+    from napari_rverdict.data.dwi import load_dwi
+    from napari_rverdict.data.map_files import save_map, save_maps
     from napari_rverdict.data.synth import simulate
     from napari_rverdict.errors import InputError
     from napari_rverdict.learn.config import TrainConfig
@@ -278,7 +267,7 @@ def test_sidecars_belong_to_the_full_stem(tmp_path):
     """Issue 11: dwi.sorted.nii.gz must never read dwi.bval / dwi.delta."""
     import pytest as _pytest
 
-    from napari_rverdict.data.nifti import find_sidecar, load_dwi, save_dwi
+    from napari_rverdict.data.dwi import find_sidecar, load_dwi, save_dwi
     from napari_rverdict.errors import InputError
     from napari_rverdict.physics.protocol import Protocol
     from napari_rverdict.physics.protocol_files import load_protocol, write_fsl

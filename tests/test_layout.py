@@ -78,7 +78,7 @@ def _report(violations: list[str]) -> str:
 
 def test_graph_sees_module_level_and_function_local_imports():
     g = _graph()
-    assert f"{PKG}.physics.protocol" in g[f"{PKG}.data.nifti"]  # module level
+    assert f"{PKG}.physics.protocol" in g[f"{PKG}.data.dwi"]  # module level
     assert f"{PKG}.maps.predict" in g[f"{PKG}.cli.volume"]  # inside a command function
 
 

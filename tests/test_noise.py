@@ -126,7 +126,7 @@ def test_a_dwi_without_background_or_repeats_is_one_clear_error():
     rng = np.random.default_rng(0)
     proto = Protocol.innovate().subset(range(6))  # 6 distinct measurements: no repeats, too few for MP-PCA
     data = 500 + 20 * rng.standard_normal((6, 6, 2, 6))  # tissue everywhere: no air
-    from napari_rverdict.data.nifti import Dwi
+    from napari_rverdict.data.dwi import Dwi
 
     with pytest.raises(InputError, match="cannot estimate the noise") as err:
         estimate_noise(Dwi.from_array(data, np.eye(4), proto))
@@ -152,7 +152,7 @@ def test_identical_repeats_are_no_noise_estimate_and_warn_nothing(scanner_phanto
     reported as SNR 3e7, and DIPY's MP-PCA leaked NumPy's 'Mean of empty slice'."""
     import warnings
 
-    from napari_rverdict.data.nifti import Dwi
+    from napari_rverdict.data.dwi import Dwi
 
     ph = scanner_phantom
     copies = np.repeat(ph.dwi[..., :1], len(ph.protocol), axis=-1).astype(np.float32)
@@ -328,7 +328,7 @@ def test_noise_from_torchs_generator_is_reproducible_on_any_thread_count_and_ric
 def test_a_crop_with_no_air_is_not_read_as_noise(scanner_phantom):
     """PIESNO on a DWI cropped inside the body (no air) takes the dimmest tissue for noise (σ ≈ 10× the truth);
     "auto" must see that no voxel then stands above 4σ and go on to the next estimator, not give up or keep it."""
-    from napari_rverdict.data.nifti import Dwi
+    from napari_rverdict.data.dwi import Dwi
 
     ph = scanner_phantom
     inside = np.argwhere(ph.mask.all(2))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from napari_rverdict import predict_volume as lazy_predict_volume
-from napari_rverdict.data.nifti import Dwi, load_dwi, save_dwi, save_labels
+from napari_rverdict.data.dwi import Dwi, load_dwi, save_dwi
+from napari_rverdict.data.label_files import save_labels
 from napari_rverdict.data.phantom import LESION_LABELS, NORMAL_LABELS, make_phantom
 from napari_rverdict.data.synth import simulate
 from napari_rverdict.learn.config import TrainConfig

@@ -13,7 +13,8 @@ nib = pytest.importorskip("nibabel")
 
 from napari_rverdict._napari.reader import layer_to_xyz, napari_get_reader, xyz_to_layer
 from napari_rverdict._napari.writer import write_multiple, write_single_image
-from napari_rverdict.data.nifti import load_maps, save_dwi
+from napari_rverdict.data.dwi import save_dwi
+from napari_rverdict.data.map_files import load_maps
 from napari_rverdict.physics.protocol_files import load_protocol
 
 

@@ -164,7 +164,7 @@ def _err(capsys):
 
 def test_cli_fit_self_supervised(phantom_dir, tmp_path, capsys):
     from napari_rverdict.cli import main
-    from napari_rverdict.data.nifti import load_maps
+    from napari_rverdict.data.map_files import load_maps
 
     out = tmp_path / "ss"
     assert main(["fit", str(phantom_dir / "dwi.nii.gz"), "--method", "self-supervised", "--epochs", "2",
@@ -176,7 +176,7 @@ def test_cli_fit_self_supervised(phantom_dir, tmp_path, capsys):
     # a noise map (σ per voxel, the DWI's units) for the Rician loss
     import nibabel as nib
 
-    from napari_rverdict.data.nifti import save_map
+    from napari_rverdict.data.map_files import save_map
 
     affine = nib.load(str(phantom_dir / "dwi.nii.gz")).affine
     save_map(np.full((24, 24, 2), 25.0), tmp_path / "sigma.nii.gz", affine, "sigma")
@@ -190,7 +190,7 @@ def test_cli_bad_input_exits_2(phantom_dir, tmp_path, capsys):
     import nibabel as nib
 
     from napari_rverdict.cli import main
-    from napari_rverdict.data.nifti import save_labels
+    from napari_rverdict.data.label_files import save_labels
 
     dwi = str(phantom_dir / "dwi.nii.gz")
     tiny = np.zeros((24, 24, 2))

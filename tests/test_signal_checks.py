@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_rverdict.data.nifti import Dwi, load_dwi
+from napari_rverdict.data.dwi import Dwi, load_dwi
 from napari_rverdict.data.phantom import make_phantom
 from napari_rverdict.maps.voxels import implausible_fraction, prepare_voxels
 from napari_rverdict.physics.protocol import Protocol

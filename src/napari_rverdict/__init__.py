@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Protocol": "physics.protocol", "get_model": "physics.models", "simulate": "data.synth",
     "load_bundle": "learn.bundle", "TrainConfig": "learn.config", "train": "learn.train",
-    "load_dwi": "data.nifti", "predict_volume": "maps.predict", "fit_volume": "maps.nlls",
+    "load_dwi": "data.dwi", "predict_volume": "maps.predict", "fit_volume": "maps.nlls",
     "fit_self_supervised": "maps.self_supervised",
     "evaluate": "evaluate.metrics",
 }

@@ -194,7 +194,7 @@ def volume_layer_data(data_xyz, affine, header=None, name="volume", extra_meta=N
 
 
 def read_nifti(path) -> list[tuple]:
-    """Read one NIfTI file into napari layer data tuples (a DWI through :func:`napari_rverdict.data.nifti.load_dwi`)."""
+    """Read one NIfTI file into napari layer data tuples (a DWI through :func:`napari_rverdict.data.dwi.load_dwi`)."""
     import nibabel as nib
 
     path = _single_path(path)
@@ -203,7 +203,7 @@ def read_nifti(path) -> list[tuple]:
     shape = img.shape
     source = {"source_path": str(path)}
     if len(shape) == 4 or (len(shape) == 5 and shape[3] == 1):
-        from napari_rverdict.data.nifti import load_dwi
+        from napari_rverdict.data.dwi import load_dwi
 
         try:
             dwi = load_dwi(path)

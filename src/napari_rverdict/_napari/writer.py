@@ -53,7 +53,7 @@ def write_nifti(path, data, meta: dict) -> str:
     affine = affine_from_meta(meta)
     md = meta.get("metadata") or {}
     if md.get("map_name") and arr.ndim == 3 and np.issubdtype(arr.dtype, np.floating):
-        from napari_rverdict.data.nifti import save_map
+        from napari_rverdict.data.map_files import save_map
 
         factor = float(md.get("display_factor") or 1.0)  # layers show some maps scaled; files keep the true unit
         if factor != 1.0:

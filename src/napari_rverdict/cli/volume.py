@@ -91,7 +91,8 @@ def _check_out(args, map_names, inputs) -> None:
 def _maps_of_volume(args, what: str, model, make) -> int:
     """What ``predict`` and ``fit`` share: the device, the DWI, the mask, a progress bar, and writing the maps.
     ``make(dwi, mask, device, progress)`` makes the maps; ``what`` names the method on the bar."""
-    from napari_rverdict.data.nifti import load_dwi_as_named, save_maps
+    from napari_rverdict.data.dwi import load_dwi_as_named
+    from napari_rverdict.data.map_files import save_maps
 
     device = cli_device(args.device)
     dwi = load_dwi_as_named(args.dwi, args.protocol, tr=args.tr)  # --protocol innovate on 20 volumes: innovate-20
@@ -172,7 +173,7 @@ def _sigma_inputs(args) -> list:
 def _sigma_of(text):
     """``--sigma``: as :func:`.common.self_supervised_sigma`, or a 3D NIfTI noise map read on the DWI's grid."""
     if text is not None and Path(text).exists():
-        from napari_rverdict.data.nifti import _load_on_grid
+        from napari_rverdict.data.label_files import _load_on_grid
 
         return lambda dwi: _load_on_grid(text, dwi, "sigma map")
     try:
@@ -202,7 +203,8 @@ def cmd_compare(args) -> int:
     for what, path in outputs:
         if path is not None:
             check_output_file(path, overwrite=args.overwrite, inputs=inputs, what=what.split()[0])
-    from napari_rverdict.data.nifti import load_labels, load_maps, load_mask
+    from napari_rverdict.data.label_files import load_labels, load_mask
+    from napari_rverdict.data.map_files import load_maps
     from napari_rverdict.data.phantom import label_names_beside
     from napari_rverdict.maps.compare import compare_maps, roi_statistics
 

@@ -147,7 +147,7 @@ _malloc_restored = False
 def _roi_rows(maps: dict, subject: Subject, dwi) -> list[dict]:
     """ROI statistics of the maps: per label of the subject's label image (named by a ``phantom.json`` beside it
     where there is one, else "label N"), or over the mapped voxels (label 1, "mapped") when it has none."""
-    from napari_rverdict.data.nifti import load_labels, load_mask
+    from napari_rverdict.data.label_files import load_labels, load_mask
     from napari_rverdict.data.phantom import label_names_beside
     from napari_rverdict.maps.compare import roi_statistics
 
@@ -198,7 +198,8 @@ def run_subject(task, subject: Subject, out_root, threads: int | None = None) ->
 
     ``threads``: torch threads for the task (None: the worker's share of its CPUs). Raises whatever the task
     raises (the cohort runner reports it as the subject's one-line reason)."""
-    from napari_rverdict.data.nifti import load_dwi_as_named, save_maps
+    from napari_rverdict.data.dwi import load_dwi_as_named
+    from napari_rverdict.data.map_files import save_maps
     from napari_rverdict.files import write_text
 
     out = Path(out_root) / subject.name

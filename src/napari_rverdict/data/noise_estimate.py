@@ -181,10 +181,11 @@ def _above(data, protocol, finite, sigma) -> np.ndarray:
 
 
 def estimate_noise(dwi, mask=None, method: str = "auto") -> NoiseEstimate:
-    """σ of the scanner's noise in ``dwi`` (a :class:`.nifti.Dwi` or a DWI path, direction-resolved as acquired)
+    """σ of the scanner's noise in ``dwi`` (a :class:`.dwi.Dwi` or a DWI path, direction-resolved as acquired)
     and the per-voxel SNR inside ``mask`` (a boolean array or mask path; default: mean b = 0 above 4σ). A mask of
     numbers counts its non-zero voxels as inside and NaN as outside, as every method's mask does."""
-    from napari_rverdict.data.nifti import Dwi, load_dwi, load_mask
+    from napari_rverdict.data.dwi import Dwi, load_dwi
+    from napari_rverdict.data.label_files import load_mask
 
     if method not in METHODS:
         raise InputError(f"unknown noise estimator '{method}'; choose one of: {', '.join(METHODS)}")

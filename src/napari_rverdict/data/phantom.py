@@ -98,7 +98,7 @@ class Phantom:
 
     def to_dwi(self):
         """The acquisition as an :class:`.io.Dwi` (in memory)."""
-        from napari_rverdict.data.nifti import Dwi
+        from napari_rverdict.data.dwi import Dwi
 
         return Dwi.from_array(self.dwi, self.affine, self.protocol, notes=["digital prostate phantom"])
 
@@ -248,7 +248,7 @@ def make_phantom(shape=(64, 64, 8), snr: float = 35.0, seed: int | None = 0,
 
 def phantom_files(phantom: Phantom, out_dir) -> list[Path]:
     """The paths :func:`save_phantom` writes for ``phantom`` in ``out_dir``."""
-    from napari_rverdict.data.nifti import dwi_files
+    from napari_rverdict.data.dwi import dwi_files
 
     out = Path(out_dir)
     return [*dwi_files(out / "dwi.nii.gz", phantom.protocol), out / "labels.nii.gz", out / "mask.nii.gz",
@@ -264,7 +264,9 @@ def save_phantom(phantom: Phantom, out_dir, *, overwrite: bool = False) -> list[
     ``dwi.te``, ``dwi.tr`` (seconds); ``labels.nii.gz``, ``mask.nii.gz``; ``truth/<map>.nii.gz`` for every
     rVERDICT map and ``truth/S0.nii.gz``; ``phantom.json`` naming the labels and the settings.
     """
-    from napari_rverdict.data.nifti import save_dwi, save_labels, save_map, save_maps
+    from napari_rverdict.data.dwi import save_dwi
+    from napari_rverdict.data.label_files import save_labels
+    from napari_rverdict.data.map_files import save_map, save_maps
     from napari_rverdict.files import FileSet, check_output_files, write_text
 
     out = Path(out_dir)
@@ -329,7 +331,9 @@ class SavedPhantom:
 
 def load_phantom(directory) -> SavedPhantom:
     """Read a directory written by :func:`save_phantom` (e.g. ``sample_data/phantom``)."""
-    from napari_rverdict.data.nifti import load_dwi, load_labels, load_maps, load_mask
+    from napari_rverdict.data.dwi import load_dwi
+    from napari_rverdict.data.label_files import load_labels, load_mask
+    from napari_rverdict.data.map_files import load_maps
 
     d = Path(directory)
     if not (d / "dwi.nii.gz").exists():

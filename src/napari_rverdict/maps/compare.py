@@ -28,7 +28,7 @@ SD_SUFFIX = "_sd"
 def _as_maps(maps, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """({name: float64 array}, {name: unit}) from a dict of arrays or a directory of NIfTI maps."""
     if isinstance(maps, (str, Path)):
-        from napari_rverdict.data.nifti import load_maps
+        from napari_rverdict.data.map_files import load_maps
 
         loaded, units = load_maps(maps, with_units=True)
         return {k: np.asarray(v, dtype=np.float64) for k, v in loaded.items()}, dict(units)
@@ -50,7 +50,7 @@ def _shape(maps: dict) -> tuple:
 
 def _as_labels(labels, shape) -> np.ndarray:
     if isinstance(labels, (str, Path)):
-        from napari_rverdict.data.nifti import load_labels
+        from napari_rverdict.data.label_files import load_labels
 
         lab = load_labels(labels)
     else:
@@ -70,7 +70,7 @@ def _as_mask(mask, shape) -> np.ndarray | None:
     if mask is None:
         return None
     if isinstance(mask, (str, Path)):
-        from napari_rverdict.data.nifti import load_mask
+        from napari_rverdict.data.label_files import load_mask
 
         m = load_mask(mask)
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_rverdict.data.nifti import Dwi
+from napari_rverdict.data.dwi import Dwi
 from napari_rverdict.errors import InputError, positive_int
 from napari_rverdict.maps.fit_quality import FIT_NRMSE, fit_nrmse
 from napari_rverdict.maps.voxels import (_NO_USABLE, _plan, _warn_excluded, _warn_implausible, implausible_fraction,

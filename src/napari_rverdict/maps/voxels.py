@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_rverdict.data.nifti import Dwi, load_dwi, load_mask
+from napari_rverdict.data.dwi import Dwi, load_dwi
+from napari_rverdict.data.label_files import load_mask
 from napari_rverdict.errors import InputError
 from napari_rverdict.physics.protocol import (Protocol, ProtocolError, averages_directions, direction_average,
                                               missing_tr_advice)

@@ -38,7 +38,7 @@ def write_maps(dock, directory, *, overwrite: bool = False) -> list[Path]:
     """Every method's maps (network: also the sd maps, with their map's unit; every method: ``fit_nrmse``) as
     one FileSet: all written or none; existing files (:func:`existing`) only with ``overwrite`` (the dock asks
     first)."""
-    from napari_rverdict.data.nifti import save_map, save_maps
+    from napari_rverdict.data.map_files import save_map, save_maps
     from napari_rverdict.files import FileSet
 
     model = dock._run["model"].name if dock._run else None

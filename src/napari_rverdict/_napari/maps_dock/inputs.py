@@ -38,7 +38,7 @@ def chosen_protocol(dock, layer):
 
 def check_inputs(dock) -> dict:
     """Everything the worker needs, checked on the GUI thread; raises ValueError with a message for the user."""
-    from napari_rverdict.data.nifti import Dwi
+    from napari_rverdict.data.dwi import Dwi
     from napari_rverdict.maps.self_supervised import MIN_VOXELS
     from napari_rverdict.maps.voxels import check_b_values
     from napari_rverdict.physics.models import get_model

@@ -98,7 +98,7 @@ class NoiseControls(QObject):
     # ------------------------------------------------------------------ match a DWI
     def _inputs(self):
         """(Dwi, mask or None, layer name, source name) of the chosen DWI layer; ValueError saying what is wrong."""
-        from napari_rverdict.data.nifti import Dwi
+        from napari_rverdict.data.dwi import Dwi
 
         layer = self.dock.match_dwi_combo.layer()
         if layer is None:
