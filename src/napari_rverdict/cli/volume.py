@@ -173,9 +173,9 @@ def _sigma_inputs(args) -> list:
 def _sigma_of(text):
     """``--sigma``: as :func:`.common.self_supervised_sigma`, or a 3D NIfTI noise map read on the DWI's grid."""
     if text is not None and Path(text).exists():
-        from napari_rverdict.data.label_files import _load_on_grid
+        from napari_rverdict.data.label_files import load_on_grid
 
-        return lambda dwi: _load_on_grid(text, dwi, "sigma map")
+        return lambda dwi: load_on_grid(text, dwi, "sigma map")
     try:
         return self_supervised_sigma(text)
     except CliError:

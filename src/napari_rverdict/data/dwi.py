@@ -100,7 +100,7 @@ class Dwi:
         return self._data is not None or self._image is None
 
     def with_protocol(self, protocol, note: str | None = None) -> Dwi:
-        """The same voxels (still unread if they are) with another protocol; ValueError if its length differs."""
+        """The same voxels (still unread if they are) with another protocol; InputError if its length differs."""
         protocol = load_protocol(protocol)
         _check_count(self.n_volumes, protocol, self.path.name if self.path else "the DWI")
         notes = [*self.notes, note] if note else list(self.notes)
@@ -186,7 +186,7 @@ def load_dwi(path, protocol=None, tr=None, *, direction_averaged: bool = False) 
     tr : TR in ms (one value or one per volume) for protocols that carry none (Camino scheme).
     direction_averaged : if True, return :meth:`Dwi.direction_averaged` (reads the data).
 
-    Raises ValueError (one line) when the file is not 4D, no protocol is found, or the volume count differs from
+    Raises InputError (one line) when the file is not 4D, no protocol is found, or the volume count differs from
     the protocol's.
     """
     nib = _nib()

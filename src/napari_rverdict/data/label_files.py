@@ -31,7 +31,9 @@ def _grid_of(like) -> tuple[tuple, np.ndarray, str]:
     raise TypeError(f"like must be a Dwi, an image or a (shape, affine) pair, got {type(like).__name__}")
 
 
-def _load_on_grid(path, like, what: str) -> np.ndarray:
+def load_on_grid(path, like, what: str) -> np.ndarray:
+    """A 3D image (a trailing axis of 1 dropped) checked to lie on ``like``'s grid (a Dwi, an image or a (shape,
+    affine) pair; None: no check): a mask, a label image, a σ map. ``what`` names it in the InputError."""
     path = Path(path)
     img = open_image(path, what)
     shape = tuple(int(s) for s in img.shape)
@@ -54,9 +56,9 @@ def _load_on_grid(path, like, what: str) -> np.ndarray:
 def load_labels(path, like=None) -> np.ndarray:
     """Integer label image (0 = unlabelled) on the grid of ``like`` (a Dwi, image or (shape, affine)).
 
-    Raises ValueError when shape or affine (atol 1e-3 mm) differ from ``like``'s, or values are not integers.
+    Raises InputError when shape or affine (atol 1e-3 mm) differ from ``like``'s, or values are not integers.
     """
-    raw = _load_on_grid(path, like, "label image")
+    raw = load_on_grid(path, like, "label image")
     values = np.asarray(raw, dtype=np.float64)
     if not np.isfinite(values).all() or not np.allclose(values, np.round(values)):
         raise InputError(f"label image {Path(path).name} has non-integer values; labels must be whole numbers")
@@ -65,7 +67,7 @@ def load_labels(path, like=None) -> np.ndarray:
 
 def load_mask(path, like=None) -> np.ndarray:
     """Boolean mask (non-zero = inside) on the grid of ``like``; same checks as :func:`load_labels`."""
-    raw = np.asarray(_load_on_grid(path, like, "mask"), dtype=np.float64)
+    raw = np.asarray(load_on_grid(path, like, "mask"), dtype=np.float64)
     return np.nan_to_num(raw) != 0
 
 
@@ -84,4 +86,4 @@ def save_labels(labels, path, affine, descrip: str = "napari-rverdict labels", *
     return path
 
 
-__all__ = ["load_labels", "load_mask", "save_labels"]
+__all__ = ["load_labels", "load_mask", "load_on_grid", "save_labels"]

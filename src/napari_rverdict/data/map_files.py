@@ -109,7 +109,7 @@ def load_maps(directory, prefix: str = "", *, with_units: bool = False):
 
     Files written by :func:`save_maps` (recognised by their header) are read, named as their header says; if
     there are none, every 3D NIfTI file is read and named after its file (``f_ic.nii.gz`` → ``f_ic``), minus
-    ``prefix``. ``with_units=True`` returns ``(maps, units)``. Raises ValueError when nothing is found or the
+    ``prefix``. ``with_units=True`` returns ``(maps, units)``. Raises InputError when nothing is found or the
     maps' shapes differ.
     """
     nib = _nib()
