@@ -65,8 +65,9 @@ def check_inputs(dock) -> dict:
     spatial = data.shape[:3]
     affine = layer_affine(layer)
     dwi = Dwi.from_array(data, affine, protocol)
+    own_affine = (layer.metadata or {}).get("affine")  # the DWI file's grid: a mask or labels file must share it
     mask_layer = dock.mask_combo.layer()
-    mask = on_dwi_grid(mask_layer, spatial, "mask")
+    mask = on_dwi_grid(mask_layer, spatial, "mask", own_affine)
     if mask is not None:
         mask = np.nan_to_num(mask.astype(np.float64)) != 0
         if not mask.any():
@@ -76,7 +77,7 @@ def check_inputs(dock) -> dict:
                              f"fitting learns from the voxels it maps and needs at least {MIN_VOXELS} (use NLLS "
                              "for so few).")
     labels_layer = dock.labels_combo.layer()
-    labels = on_dwi_grid(labels_layer, spatial, "labels")
+    labels = on_dwi_grid(labels_layer, spatial, "labels", own_affine)
     uncertainty = dock.uncertainty_check.isChecked() and dock.uncertainty_check.isEnabled()
     return dict(layer=layer, bundle=bundle, model=model, dwi=dwi, mask=mask, labels=labels,
                 labels_layer=labels_layer, affine=affine, device=dock.device_combo.currentText(),
