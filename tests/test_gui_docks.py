@@ -178,6 +178,48 @@ def test_protocol_chooser_and_the_readers_reason(viewer, qtbot, tmp_path):
     assert len(maps.protocol(viewer.layers["no sidecar"])) == 20
 
 
+def test_a_patient_export_says_what_differs_from_the_model(viewer, qtbot, tmp_path):
+    """A scanner export, not the phantom: series interleaved, b = 2006 where the model has 2000, and a dcm2niix
+    JSON whose one EchoTime (the first series') disagrees with the per-volume .te. Before Compute the dock says
+    what the reader chose and what differs from the model's protocol; the closing message says it again (the
+    library's warnings, raised in the worker, reached neither the dock nor a notification)."""
+    import json
+
+    from napari_rverdict._napari.sample_data import pretrained_bundle_path
+    from napari_rverdict.data.nifti import load_dwi, save_dwi
+    from napari_rverdict.data.phantom import sample_data_dir
+    from napari_rverdict.physics.protocol import Protocol
+
+    bundle_path = pretrained_bundle_path()
+    if bundle_path is None:
+        pytest.skip("no pretrained bundle in sample_data/pretrained")
+    src = load_dwi(sample_data_dir() / "dwi.nii.gz")
+    p = src.protocol
+    order = [16, 12, 8, 4, 0] + [i for k in (1, 2, 3) for i in (16 + k, 12 + k, 4 + k, 8 + k, k)]
+    b = p.b[order].copy()
+    b[np.isclose(b, 2000)] = 2006.0
+    patient = Protocol(b, p.small_delta[order], p.big_delta[order], p.te[order], p.tr[order], p.directions[order])
+    save_dwi(src.data[..., order], src.affine, tmp_path / "ep2d diff.nii.gz", patient)
+    (tmp_path / "ep2d diff.json").write_text(json.dumps({"EchoTime": 0.08, "Manufacturer": "Siemens"}))
+    maps = add_dock(viewer, "Maps")
+    maps.load_bundle(bundle_path)
+    viewer.open(str(tmp_path / "ep2d diff.nii.gz"), plugin="napari-rverdict")
+    maps.dwi_combo.select("ep2d diff")
+    info = maps.dwi_info.text()
+    assert "b = 2006 s/mm² where the model expects 2000 s/mm²" in info, info
+    assert "different order" in info
+    assert "ep2d diff.json and ep2d diff.te disagree on TE" in info and "ep2d diff.te is used" in info
+    maps.device_combo.setCurrentText("cpu")
+    maps.uncertainty_check.setChecked(False)
+    qtbot.mouseClick(maps.compute_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: maps.worker is None, timeout=120_000)
+    assert maps.maps is not None, maps.message.text()
+    assert "b = 2006 s/mm² where the model expects 2000 s/mm²" in maps.message.text()
+    # the preset chosen instead: it is the model's protocol, nothing read from files, nothing differs
+    maps.protocol_combo.setCurrentIndex(maps.protocol_combo.findText("INNOVATE preset"))
+    assert "Differs" not in maps.dwi_info.text() and "warning" not in maps.dwi_info.text()
+
+
 def test_missing_b_values_are_named():
     from napari_rverdict.errors import InputError
     from napari_rverdict.maps.voxels import check_b_values, missing_b_values

@@ -9,6 +9,7 @@ in the layer's ``metadata``; the writer and the Maps dock use them.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -221,9 +222,14 @@ def read_nifti(path) -> list[tuple]:
         from napari_rverdict.data.nifti import load_dwi
 
         try:
-            dwi = load_dwi(path)
+            with warnings.catch_warnings(record=True) as caught:  # e.g. a JSON and a .te that disagree on TE
+                warnings.simplefilter("always")
+                dwi = load_dwi(path)
+            for w in caught:  # still warned (command line, log), and kept for the Maps dock to show
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             return [dwi_layer_data(dwi.data, dwi.affine, dwi.header, dwi.protocol, name,
-                                   dict(source, protocol_notes=list(dwi.notes)))]
+                                   dict(source, protocol_notes=list(dwi.notes),
+                                        protocol_warnings=[str(w.message) for w in caught]))]
         except ValueError as exc:  # no sidecar, or one that does not fit: open the image without a protocol
             data = np.asanyarray(img.dataobj)
             if data.ndim == 5:

@@ -89,6 +89,7 @@ class MapsWidget(QWidget):
         self.compute_btn.clicked.connect(self.compute)
         self.stop_btn.clicked.connect(self.stop)
         self.method_combo.currentIndexChanged.connect(self._method_changed)
+        self.method_combo.currentIndexChanged.connect(self._dwi_changed)
         self.csv_btn.clicked.connect(self._csv_dialog)
         self.export_btn.clicked.connect(self._export_dialog)
         self.sd_map_combo.currentIndexChanged.connect(self._sd_map_changed)
@@ -137,9 +138,18 @@ class MapsWidget(QWidget):
             self.dwi_info.setText(str(exc))
             self.dwi_info.setStyleSheet("color: #ff6b6b; font-size: 11px;")
             return
-        self.dwi_info.setStyleSheet("color: #9aa0a6; font-size: 11px;")
         b = np.unique(np.round(prot.b))
-        self.dwi_info.setText(f"{len(prot)} volumes, b = {', '.join(f'{x:g}' for x in b)} s/mm²")
+        text = f"{len(prot)} volumes, b = {', '.join(f'{x:g}' for x in b)} s/mm²"
+        kind = (self.protocol_combo.currentData() or ("layer", None))[0]
+        read = [str(w) for w in (layer.metadata or {}).get("protocol_warnings") or []] if kind == "layer" else []
+        diffs = inputs.model_differences(self, prot)
+        if read:
+            text += ". Read with a warning: " + "; ".join(read)
+        if diffs:
+            text += ". Differs from the model's protocol (the maps use it as matched): " + "; ".join(diffs)
+        self.dwi_info.setStyleSheet("color: #e5a50a; font-size: 11px;" if read or diffs
+                                    else "color: #9aa0a6; font-size: 11px;")
+        self.dwi_info.setText(text)
 
     def _bundle_changed(self, bundle) -> None:
         if bundle is None:
@@ -159,6 +169,7 @@ class MapsWidget(QWidget):
         feedback.follow_bundle(self, bundle)
         self._method_changed()
         self._update_buttons()
+        self._dwi_changed()  # what differs from this model's protocol
 
     def _method_changed(self, *_) -> None:
         feedback.method_changed(self)
@@ -282,6 +293,9 @@ class MapsWidget(QWidget):
         self._update_outputs()
         n_maps = sum(1 for k in self.maps if not k.endswith(SD_SUFFIX) and k != FIT_NRMSE)
         text = feedback.closing_message(run, out, n_maps, self.nlls_maps is not None)
+        if run.get("differences"):
+            notes.insert(0, "The DWI's protocol differs from the model's (matched by settings): "
+                         + "; ".join(run["differences"]) + ".")
         full = text + "." + "".join(" " + n for n in notes)
         if out.get("noise_warning"):
             self.message.warn(f"{full} SNR warning: {out['noise_warning']}{feedback.SNR_ADVICE}.")

@@ -36,6 +36,24 @@ def chosen_protocol(dock, layer):
     return prot
 
 
+def model_differences(dock, protocol) -> list[str]:
+    """What differs between the DWI's ``protocol`` and the current model's, as the maps will be computed (matched by
+    settings, :meth:`~napari_rverdict.physics.protocol.Protocol.match_to`: reordered volumes, b = 2006 where 2000 is
+    expected, …); [] without a model, for self-supervised, or when they cannot be matched (Compute maps says why)."""
+    from napari_rverdict.physics.protocol import averages_directions
+
+    bundle = dock.session.bundle
+    if bundle is None or dock.method_combo.currentText() not in NEEDS_BUNDLE:
+        return []
+    reference = bundle.protocol
+    prot = protocol.direction_averaged() if averages_directions(protocol, reference) else protocol
+    try:
+        _, diffs = prot.match_to(reference, use_tr=bundle.model.requires_tr)
+    except ValueError:
+        return []
+    return list(diffs)
+
+
 def check_inputs(dock) -> dict:
     """Everything the worker needs, checked on the GUI thread; raises ValueError with a message for the user."""
     from napari_rverdict.data.nifti import Dwi
@@ -80,6 +98,7 @@ def check_inputs(dock) -> dict:
     labels = on_dwi_grid(labels_layer, spatial, "labels", own_affine)
     uncertainty = dock.uncertainty_check.isChecked() and dock.uncertainty_check.isEnabled()
     return dict(layer=layer, bundle=bundle, model=model, dwi=dwi, mask=mask, labels=labels,
+                differences=model_differences(dock, protocol),
                 labels_layer=labels_layer, affine=affine, device=dock.device_combo.currentText(),
                 uncertainty=uncertainty and method in NEEDS_BUNDLE, method=method,
                 epochs=int(dock.epochs_spin.value()))
