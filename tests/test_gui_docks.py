@@ -85,6 +85,33 @@ def test_stacked_docks_fit_a_laptop_screen(viewer, qtbot):
         _reachable(qtbot, widgets[name], name)
 
 
+def test_maps_dock_from_the_plugins_menu_is_not_cut_off(viewer, qtbot):
+    """The Maps dock alone, added from the Plugins menu (napari makes it ≈ 290 px wide on a 1366 px screen), with
+    a model with uncertainty, its sd and ROI sections shown and a long protocol line: no button ends beyond the
+    window's right edge (Stop, Load…, File… and Export maps did, by up to 35 px)."""
+    from qtpy.QtWidgets import QPushButton
+
+    from napari_rverdict._napari.sample_data import pretrained_bundle_path
+
+    maps = add_dock(viewer, "Maps")
+    win = _fit_window(qtbot, viewer)
+    if pretrained_bundle_path() is not None:
+        maps.load_bundle(pretrained_bundle_path())
+    maps.uncertainty_check.setEnabled(True)
+    maps.sd_section.setVisible(True)
+    maps.sd_section.expand(animate=False)
+    maps.roi_section.setVisible(True)
+    maps.dwi_info.setText("20 volumes, b = 0, 90, 500, 1500, 2006, 3000 s/mm². Differs from the model's protocol "
+                          "(the maps use it as matched): measurements are in a different order than the model's "
+                          "protocol; reordered to match; measurement 7: b = 2006 s/mm² where the model expects 2000")
+    qtbot.wait(100)
+    _not_clipped(maps, "Maps")
+    for button in maps.findChildren(QPushButton):
+        if button.isVisibleTo(maps):
+            right = button.mapTo(win, QPoint(button.width() - 1, 0)).x()
+            assert right < SCREEN[0], f"{button.text()!r} ends at x = {right}"
+
+
 def test_sample_opens_with_a_model_contours_and_a_named_bright_volume(viewer, qtbot):
     from napari_rverdict._napari.sample_data import pretrained_bundle_path
 
