@@ -142,6 +142,7 @@ class MapsWidget(QWidget):
         text = f"{len(prot)} volumes, b = {', '.join(f'{x:g}' for x in b)} s/mm²"
         kind = (self.protocol_combo.currentData() or ("layer", None))[0]
         read = [str(w) for w in (layer.metadata or {}).get("protocol_warnings") or []] if kind == "layer" else []
+        read = [w.split(".bval: ", 1)[-1] for w in read]  # "<stem>.bval: " names the DWI's sidecar: said once
         diffs = inputs.model_differences(self, prot)
         if read:
             text += ". Read with a warning: " + "; ".join(read)
