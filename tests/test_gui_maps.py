@@ -229,6 +229,34 @@ def test_mask_and_labels_files_on_another_grid_are_refused(viewer, qtbot, unc_bu
     assert maps.maps is not None, maps.message.text()
 
 
+def test_what_the_library_warns_about_is_said_with_the_maps(viewer, qtbot, unc_bundle):
+    """A DWI whose volumes are not in the order its sidecar says (each series' b = 0 swapped with its first
+    diffusion-weighted volume): the library warns that the b = 0 lies below the diffusion-weighted signal in most
+    voxels, in the worker. The maps came with a green 'done' and no notification; now the message is a warning
+    that says it, and a notification too."""
+    from napari.utils.notifications import notification_manager
+
+    viewer.open_sample("napari-rverdict", "prostate_phantom_dwi")
+    dwi = viewer.layers["phantom DWI"]
+    swap = [i for s in range(0, 20, 4) for i in (s + 1, s, s + 2, s + 3)]
+    viewer.add_image(np.asarray(dwi.data)[swap], name="swapped", scale=dwi.scale, translate=dwi.translate,
+                     metadata=dict(dwi.metadata))
+    maps = add_dock(viewer, "Maps")
+    get_state(viewer).bundle = unc_bundle
+    maps.dwi_combo.select("swapped")
+    maps.device_combo.setCurrentText("cpu")
+    n_notes = len(notification_manager.records)
+    _run(qtbot, maps)
+    assert maps.maps is not None, maps.message.text()
+    assert maps.message.kind == "warning", maps.message.text()
+    assert "b = 0 signal is below the diffusion-weighted signal" in maps.message.text()
+    assert any("b = 0 signal is below" in str(n.message) for n in notification_manager.records[n_notes:])
+    # the same DWI in its own order: a plain 'done', nothing to warn about
+    maps.dwi_combo.select("phantom DWI")
+    _run(qtbot, maps)
+    assert maps.message.kind == "ok" and "below" not in maps.message.text(), maps.message.text()
+
+
 def test_simulate_rejects_invalid_ranges_and_snr(viewer, qtbot):
     sim = add_dock(viewer, "Simulate")
     assert sim.generate_btn.isEnabled()

@@ -24,7 +24,7 @@ import napari
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from napari_rverdict._napari import viewer_hooks
@@ -60,6 +60,7 @@ class MapsWidget(QWidget):
         self.comparison = None
         self._file_protocol = None  # (path, Protocol) chosen with File…
         self._run = None  # what the running worker was given
+        self._warnings: list = []  # what the library warned about during the run (worker.warned)
         self._relay = None
         self._pbar = None
         self.stop_event = threading.Event()  # set when the dock or the viewer closes: the running job stops
@@ -219,6 +220,8 @@ class MapsWidget(QWidget):
                                run["uncertainty"], run["method"], self._relay.value.emit, self.stop_event,
                                model=run["model"].name, epochs=run["epochs"],
                                _start_thread=False, _ignore_errors=True)  # errors go to _failed (dock + notification)
+        self._warnings = []  # the library's warnings of this run (worker.warned, queued before returned)
+        worker.warned.connect(self._on_warned)
         worker.returned.connect(self._done)
         worker.errored.connect(self._failed)
         worker.finished.connect(self._finished)
@@ -244,6 +247,12 @@ class MapsWidget(QWidget):
         self._layer_watch.close()
         if self.worker is not None:
             release_worker(self)
+
+    def _on_warned(self, args) -> None:
+        """A warning the library raised in the worker (superqt passes ``warnings.showwarning``'s arguments)."""
+        text = " ".join(str(args[0]).split()) if args else ""
+        if text and text not in self._warnings:
+            self._warnings.append(text)
 
     def _failed(self, exc) -> None:
         text = f"Computing maps failed: {exc}"
@@ -298,8 +307,16 @@ class MapsWidget(QWidget):
             notes.insert(0, "The DWI's protocol differs from the model's (matched by settings): "
                          + "; ".join(run["differences"]) + ".")
         full = text + "." + "".join(" " + n for n in notes)
+        # what the library warned about in the worker (volumes in another order than the protocol says, voxels
+        # left out, …): said with the maps, never a green "done"; the protocol differences are said above already
+        warned = [w for w in self._warnings if not w.startswith(feedback.PROTOCOL_DIFFERS)]
+        if warned:
+            full += " Warning: " + " ".join(w.rstrip(".") + "." for w in warned)
+            show_warning("Maps of '" + run["layer"].name + "': " + " ".join(warned))
         if out.get("noise_warning"):
             self.message.warn(f"{full} SNR warning: {out['noise_warning']}{feedback.SNR_ADVICE}.")
+        elif warned:
+            self.message.warn(full)
         else:
             self.message.ok(full)
         show_info("Added " + text)
