@@ -85,6 +85,33 @@ def test_stacked_docks_fit_a_laptop_screen(viewer, qtbot):
         _reachable(qtbot, widgets[name], name)
 
 
+def test_maps_dock_from_the_plugins_menu_is_not_cut_off(viewer, qtbot):
+    """The Maps dock alone, added from the Plugins menu (napari makes it ≈ 290 px wide on a 1366 px screen), with
+    a model with uncertainty, its sd and ROI sections shown and a long protocol line: no button ends beyond the
+    window's right edge (Stop, Load…, File… and Export maps did, by up to 35 px)."""
+    from qtpy.QtWidgets import QPushButton
+
+    from napari_rverdict._napari.sample_data import pretrained_bundle_path
+
+    maps = add_dock(viewer, "Maps")
+    win = _fit_window(qtbot, viewer)
+    if pretrained_bundle_path() is not None:
+        maps.load_bundle(pretrained_bundle_path())
+    maps.uncertainty_check.setEnabled(True)
+    maps.sd_section.setVisible(True)
+    maps.sd_section.expand(animate=False)
+    maps.roi_section.setVisible(True)
+    maps.dwi_info.setText("20 volumes, b = 0, 90, 500, 1500, 2006, 3000 s/mm². Differs from the model's protocol "
+                          "(the maps use it as matched): measurements are in a different order than the model's "
+                          "protocol; reordered to match; measurement 7: b = 2006 s/mm² where the model expects 2000")
+    qtbot.wait(100)
+    _not_clipped(maps, "Maps")
+    for button in maps.findChildren(QPushButton):
+        if button.isVisibleTo(maps):
+            right = button.mapTo(win, QPoint(button.width() - 1, 0)).x()
+            assert right < SCREEN[0], f"{button.text()!r} ends at x = {right}"
+
+
 def test_sample_opens_with_a_model_contours_and_a_named_bright_volume(viewer, qtbot):
     from napari_rverdict._napari.sample_data import pretrained_bundle_path
 
@@ -176,6 +203,48 @@ def test_protocol_chooser_and_the_readers_reason(viewer, qtbot, tmp_path):
     maps.dwi_combo.select("no sidecar")
     assert "20 volumes, b = 0, 90, 500, 1500, 2000, 3000" in maps.dwi_info.text()
     assert len(maps.protocol(viewer.layers["no sidecar"])) == 20
+
+
+def test_a_patient_export_says_what_differs_from_the_model(viewer, qtbot, tmp_path):
+    """A scanner export, not the phantom: series interleaved, b = 2006 where the model has 2000, and a dcm2niix
+    JSON whose one EchoTime (the first series') disagrees with the per-volume .te. Before Compute the dock says
+    what the reader chose and what differs from the model's protocol; the closing message says it again (the
+    library's warnings, raised in the worker, reached neither the dock nor a notification)."""
+    import json
+
+    from napari_rverdict._napari.sample_data import pretrained_bundle_path
+    from napari_rverdict.data.nifti import load_dwi, save_dwi
+    from napari_rverdict.data.phantom import sample_data_dir
+    from napari_rverdict.physics.protocol import Protocol
+
+    bundle_path = pretrained_bundle_path()
+    if bundle_path is None:
+        pytest.skip("no pretrained bundle in sample_data/pretrained")
+    src = load_dwi(sample_data_dir() / "dwi.nii.gz")
+    p = src.protocol
+    order = [16, 12, 8, 4, 0] + [i for k in (1, 2, 3) for i in (16 + k, 12 + k, 4 + k, 8 + k, k)]
+    b = p.b[order].copy()
+    b[np.isclose(b, 2000)] = 2006.0
+    patient = Protocol(b, p.small_delta[order], p.big_delta[order], p.te[order], p.tr[order], p.directions[order])
+    save_dwi(src.data[..., order], src.affine, tmp_path / "ep2d diff.nii.gz", patient)
+    (tmp_path / "ep2d diff.json").write_text(json.dumps({"EchoTime": 0.08, "Manufacturer": "Siemens"}))
+    maps = add_dock(viewer, "Maps")
+    maps.load_bundle(bundle_path)
+    viewer.open(str(tmp_path / "ep2d diff.nii.gz"), plugin="napari-rverdict")
+    maps.dwi_combo.select("ep2d diff")
+    info = maps.dwi_info.text()
+    assert "b = 2006 s/mm² where the model expects 2000 s/mm²" in info, info
+    assert "different order" in info
+    assert "ep2d diff.json and ep2d diff.te disagree on TE" in info and "ep2d diff.te is used" in info
+    maps.device_combo.setCurrentText("cpu")
+    maps.uncertainty_check.setChecked(False)
+    qtbot.mouseClick(maps.compute_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: maps.worker is None, timeout=120_000)
+    assert maps.maps is not None, maps.message.text()
+    assert "b = 2006 s/mm² where the model expects 2000 s/mm²" in maps.message.text()
+    # the preset chosen instead: it is the model's protocol, nothing read from files, nothing differs
+    maps.protocol_combo.setCurrentIndex(maps.protocol_combo.findText("INNOVATE preset"))
+    assert "Differs" not in maps.dwi_info.text() and "warning" not in maps.dwi_info.text()
 
 
 def test_missing_b_values_are_named():

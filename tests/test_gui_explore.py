@@ -66,6 +66,10 @@ def test_voxel_qa_overlays_measured_and_predicted_signal(viewer, qtbot):
     assert qa.rmse < 0.1  # the truth predicts the noisy phantom voxel up to its noise (SNR 35)
     np.testing.assert_allclose(w.artists.predicted.get_ydata(), qa.predicted)
     assert "f_ic" in w.voxel_info.text() and "RMS" in w.voxel_info.text()
+    # cellularity as its layer and the ROI table show it (10⁻³ µm⁻³), not that number with the unit µm⁻³
+    cell = float(viewer.layers["map cellularity"].data[z, y, x])
+    assert f"cellularity {cell:.3g} 10⁻³ µm⁻³," in w.voxel_info.text(), w.voxel_info.text()
+    assert qa.map_values["cellularity"] == pytest.approx(cell * 1e-3, rel=1e-6)  # the true unit in the QA
     w.clear_voxel()
     assert len(w.artists.measured.get_xdata()) == 0
     # a click on the canvas picks the voxel under the mouse (world coordinates → the DWI's voxel)

@@ -187,6 +187,77 @@ def test_bad_inputs_show_a_message_and_change_nothing(viewer, qtbot, unc_bundle)
     assert maps.export_maps("unused") == [] and maps.message.kind == "error"
 
 
+def test_mask_and_labels_files_on_another_grid_are_refused(viewer, qtbot, unc_bundle, tmp_path):
+    """A patient's mask / labels NIfTI of the DWI's shape but on another grid (the voxel order flipped by another
+    tool, or an origin 10 mm off): opened beside the DWI it has the right shape, so only its affine tells; the maps
+    and ROI statistics would otherwise sit on the wrong voxels. One message, nothing added; the right file works."""
+    import nibabel as nib
+
+    from napari_rverdict.data.phantom import sample_data_dir
+
+    src = sample_data_dir()
+    mask_img = nib.load(str(src / "mask.nii.gz"))
+    mask = np.asarray(mask_img.dataobj).astype(np.uint8)
+    aff = mask_img.affine
+    flipped = aff.copy()
+    flipped[:3, 0] *= -1
+    flipped[:3, 3] = aff[:3, 3] + aff[:3, 0] * (mask.shape[0] - 1)  # the same world box, x stored the other way
+    nib.save(nib.Nifti1Image(mask[::-1], flipped), str(tmp_path / "mask flipped.nii.gz"))
+    shifted = aff.copy()
+    shifted[:3, 3] += 10.0
+    labels = np.asarray(nib.load(str(src / "labels.nii.gz")).dataobj).astype(np.int16)
+    nib.save(nib.Nifti1Image(labels, shifted), str(tmp_path / "labels shifted.nii.gz"))
+    nib.save(nib.Nifti1Image(mask, aff), str(tmp_path / "mask same grid.nii.gz"))
+
+    maps = add_dock(viewer, "Maps")
+    viewer.open(str(src / "dwi.nii.gz"), plugin="napari-rverdict")
+    for name in ("mask flipped", "labels shifted", "mask same grid"):
+        viewer.open(str(tmp_path / f"{name}.nii.gz"), plugin="napari-rverdict")
+    get_state(viewer).bundle = unc_bundle
+    maps.dwi_combo.select("dwi")
+    maps.mask_combo.select("mask flipped")
+    before = _snapshot(viewer)
+    _run(qtbot, maps)
+    assert maps.message.kind == "error" and "'mask flipped' is on another grid" in maps.message.text()
+    assert _snapshot(viewer) == before and maps.maps is None
+    maps.mask_combo.select("mask same grid")
+    maps.labels_combo.select("labels shifted")
+    _run(qtbot, maps)
+    assert maps.message.kind == "error" and "'labels shifted' is on another grid" in maps.message.text()
+    assert _snapshot(viewer) == before and maps.maps is None
+    maps.labels_combo.setCurrentIndex(0)  # (none)
+    _run(qtbot, maps)
+    assert maps.maps is not None, maps.message.text()
+
+
+def test_what_the_library_warns_about_is_said_with_the_maps(viewer, qtbot, unc_bundle):
+    """A DWI whose volumes are not in the order its sidecar says (each series' b = 0 swapped with its first
+    diffusion-weighted volume): the library warns that the b = 0 lies below the diffusion-weighted signal in most
+    voxels, in the worker. The maps came with a green 'done' and no notification; now the message is a warning
+    that says it, and a notification too."""
+    from napari.utils.notifications import notification_manager
+
+    viewer.open_sample("napari-rverdict", "prostate_phantom_dwi")
+    dwi = viewer.layers["phantom DWI"]
+    swap = [i for s in range(0, 20, 4) for i in (s + 1, s, s + 2, s + 3)]
+    viewer.add_image(np.asarray(dwi.data)[swap], name="swapped", scale=dwi.scale, translate=dwi.translate,
+                     metadata=dict(dwi.metadata))
+    maps = add_dock(viewer, "Maps")
+    get_state(viewer).bundle = unc_bundle
+    maps.dwi_combo.select("swapped")
+    maps.device_combo.setCurrentText("cpu")
+    n_notes = len(notification_manager.records)
+    _run(qtbot, maps)
+    assert maps.maps is not None, maps.message.text()
+    assert maps.message.kind == "warning", maps.message.text()
+    assert "b = 0 signal is below the diffusion-weighted signal" in maps.message.text()
+    assert any("b = 0 signal is below" in str(n.message) for n in notification_manager.records[n_notes:])
+    # the same DWI in its own order: a plain 'done', nothing to warn about
+    maps.dwi_combo.select("phantom DWI")
+    _run(qtbot, maps)
+    assert maps.message.kind == "ok" and "below" not in maps.message.text(), maps.message.text()
+
+
 def test_simulate_rejects_invalid_ranges_and_snr(viewer, qtbot):
     sim = add_dock(viewer, "Simulate")
     assert sim.generate_btn.isEnabled()

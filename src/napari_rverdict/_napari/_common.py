@@ -257,7 +257,7 @@ class Relay(QObject):
     value = Signal(object)
 
 
-def release_worker(dock, signals=("returned", "errored", "finished")) -> None:
+def release_worker(dock, signals=("returned", "errored", "finished", "warned")) -> None:
     """End a dock's worker run: close its napari progress bar (``dock._pbar``), forget ``dock.worker`` and drop
     every connection the worker holds to the dock, and delete its progress relay (``dock._relay``, if any)."""
     if getattr(dock, "_pbar", None) is not None:

@@ -9,6 +9,7 @@ in the layer's ``metadata``; the writer and the Maps dock use them.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +70,29 @@ def layer_to_xyz(data) -> np.ndarray:
     raise ValueError(f"cannot write a {data.ndim}D layer as NIfTI (2D, 3D or 4D expected)")
 
 
-def on_dwi_grid(layer, spatial: tuple, what: str):
-    """A 3D layer's data as (x, y, z), refused unless it has the DWI's spatial shape; None when no layer."""
+GRID_ATOL_MM = 1e-3  # as data.nifti.AFFINE_ATOL: two affines of one grid agree to within this (mm)
+
+
+def on_dwi_grid(layer, spatial: tuple, what: str, affine=None):
+    """A 3D layer's data as (x, y, z), refused unless it has the DWI's spatial shape and, when both the DWI's
+    ``affine`` and the layer's own (``metadata['affine']``, a file's) are known, the same voxel-to-world transform:
+    a mask or labels file of the same shape on another grid (flipped, shifted, other voxel order) would otherwise
+    put the maps and ROI statistics on the wrong voxels, as :func:`~napari_rverdict.data.nifti.load_mask` refuses
+    it. None when no layer."""
     if layer is None:
         return None
     data = layer_to_xyz(np.asarray(layer.data))
     if data.shape != spatial:
         raise ValueError(f"The {what} layer '{layer.name}' has shape {data.shape[::-1]} (z, y, x) but the "
                          f"DWI's is {spatial[::-1]}.")
+    own = (getattr(layer, "metadata", None) or {}).get("affine")
+    if affine is not None and own is not None:
+        own, affine = np.asarray(own, dtype=float), np.asarray(affine, dtype=float)
+        if own.shape == affine.shape == (4, 4) and not np.allclose(own, affine, atol=GRID_ATOL_MM):
+            raise ValueError(f"The {what} layer '{layer.name}' is on another grid than the DWI (same shape, but "
+                             f"its voxel-to-world affine {np.round(own[:3], 2).tolist()} differs from the DWI's "
+                             f"{np.round(affine[:3], 2).tolist()}): its voxels are not the DWI's. Resample it onto "
+                             "the DWI first.")
     return data
 
 
@@ -206,9 +222,14 @@ def read_nifti(path) -> list[tuple]:
         from napari_rverdict.data.dwi import load_dwi
 
         try:
-            dwi = load_dwi(path)
+            with warnings.catch_warnings(record=True) as caught:  # e.g. a JSON and a .te that disagree on TE
+                warnings.simplefilter("always")
+                dwi = load_dwi(path)
+            for w in caught:  # still warned (command line, log), and kept for the Maps dock to show
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             return [dwi_layer_data(dwi.data, dwi.affine, dwi.header, dwi.protocol, name,
-                                   dict(source, protocol_notes=list(dwi.notes)))]
+                                   dict(source, protocol_notes=list(dwi.notes),
+                                        protocol_warnings=[str(w.message) for w in caught]))]
         except ValueError as exc:  # no sidecar, or one that does not fit: open the image without a protocol
             data = np.asanyarray(img.dataobj)
             if data.ndim == 5:

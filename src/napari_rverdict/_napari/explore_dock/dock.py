@@ -17,7 +17,7 @@ from napari_rverdict._napari._common import LayerWatch, LifetimeGuard, fill_prot
 from napari_rverdict._napari.explore_dock import form
 from napari_rverdict._napari.explore_dock.plot import ALL_SERIES
 from napari_rverdict._napari.explore_dock.whatif import WhatIf
-from napari_rverdict._napari.reader import layer_protocol, map_spec_for
+from napari_rverdict._napari.reader import display_factor, layer_protocol, map_spec_for, map_unit_text
 from napari_rverdict.errors import InputError
 from napari_rverdict.evaluate.explore import model_for_maps, noise_band, signal_curves, voxel_qa
 from napari_rverdict.evaluate.report import typical_parameters
@@ -281,7 +281,8 @@ class ExploreWidget(QWidget):
         self._voxel_index = tuple(zyx)
         z, y, x = zyx
         signals = np.asarray(layer.data[:, z, y, x], dtype=float)
-        maps = {k: float(np.asarray(ly.data)[z, y, x]) for k, ly in self.map_layers(layer).items()}
+        # map layers show some maps scaled (cellularity in 10⁻³ µm⁻³): the model gets their true units
+        maps = {k: float(np.asarray(ly.data)[z, y, x]) / display_factor(k) for k, ly in self.map_layers(layer).items()}
         try:
             model = model_for_maps(maps) if maps else self.model
             qa = voxel_qa(signals, protocol, model, maps or None)
@@ -302,10 +303,12 @@ class ExploreWidget(QWidget):
         lines = [f"voxel (z {z}, y {y}, x {x}), normalised as {qa.model.label} normalises it"]
         if qa.map_values:
             parts = []
-            for k, v in qa.map_values.items():
+            for k, v in qa.map_values.items():  # as the map layers and the ROI table show them
                 spec = map_spec_for(k, qa.model.name)
+                v = v * display_factor(k)
                 parts.append(f"{k} {v:.3g}" if abs(v) < 1 else f"{k} {v:.4g}")
-                parts[-1] += f" {spec.unit}" if spec and spec.unit else ""
+                unit = map_unit_text(spec) if spec else ""
+                parts[-1] += f" {unit}" if unit and unit != "fraction" else ""
             lines.append("maps: " + ", ".join(parts))
         if qa.predicted is not None:
             lines.append(f"RMS(predicted − measured) = {qa.rmse:.3f}")

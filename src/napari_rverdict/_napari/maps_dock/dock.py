@@ -24,7 +24,7 @@ import napari
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from napari_rverdict._napari import viewer_hooks
@@ -60,6 +60,7 @@ class MapsWidget(QWidget):
         self.comparison = None
         self._file_protocol = None  # (path, Protocol) chosen with File…
         self._run = None  # what the running worker was given
+        self._warnings: list = []  # what the library warned about during the run (worker.warned)
         self._relay = None
         self._pbar = None
         self.stop_event = threading.Event()  # set when the dock or the viewer closes: the running job stops
@@ -89,6 +90,7 @@ class MapsWidget(QWidget):
         self.compute_btn.clicked.connect(self.compute)
         self.stop_btn.clicked.connect(self.stop)
         self.method_combo.currentIndexChanged.connect(self._method_changed)
+        self.method_combo.currentIndexChanged.connect(self._dwi_changed)
         self.csv_btn.clicked.connect(self._csv_dialog)
         self.export_btn.clicked.connect(self._export_dialog)
         self.sd_map_combo.currentIndexChanged.connect(self._sd_map_changed)
@@ -137,9 +139,19 @@ class MapsWidget(QWidget):
             self.dwi_info.setText(str(exc))
             self.dwi_info.setStyleSheet("color: #ff6b6b; font-size: 11px;")
             return
-        self.dwi_info.setStyleSheet("color: #9aa0a6; font-size: 11px;")
         b = np.unique(np.round(prot.b))
-        self.dwi_info.setText(f"{len(prot)} volumes, b = {', '.join(f'{x:g}' for x in b)} s/mm²")
+        text = f"{len(prot)} volumes, b = {', '.join(f'{x:g}' for x in b)} s/mm²"
+        kind = (self.protocol_combo.currentData() or ("layer", None))[0]
+        read = [str(w) for w in (layer.metadata or {}).get("protocol_warnings") or []] if kind == "layer" else []
+        read = [w.split(".bval: ", 1)[-1] for w in read]  # "<stem>.bval: " names the DWI's sidecar: said once
+        diffs = inputs.model_differences(self, prot)
+        if read:
+            text += ". Read with a warning: " + "; ".join(read)
+        if diffs:
+            text += ". Differs from the model's protocol (the maps use it as matched): " + "; ".join(diffs)
+        self.dwi_info.setStyleSheet("color: #e5a50a; font-size: 11px;" if read or diffs
+                                    else "color: #9aa0a6; font-size: 11px;")
+        self.dwi_info.setText(text)
 
     def _bundle_changed(self, bundle) -> None:
         if bundle is None:
@@ -159,6 +171,7 @@ class MapsWidget(QWidget):
         feedback.follow_bundle(self, bundle)
         self._method_changed()
         self._update_buttons()
+        self._dwi_changed()  # what differs from this model's protocol
 
     def _method_changed(self, *_) -> None:
         feedback.method_changed(self)
@@ -207,6 +220,8 @@ class MapsWidget(QWidget):
                                run["uncertainty"], run["method"], self._relay.value.emit, self.stop_event,
                                model=run["model"].name, epochs=run["epochs"],
                                _start_thread=False, _ignore_errors=True)  # errors go to _failed (dock + notification)
+        self._warnings = []  # the library's warnings of this run (worker.warned, queued before returned)
+        worker.warned.connect(self._on_warned)
         worker.returned.connect(self._done)
         worker.errored.connect(self._failed)
         worker.finished.connect(self._finished)
@@ -232,6 +247,12 @@ class MapsWidget(QWidget):
         self._layer_watch.close()
         if self.worker is not None:
             release_worker(self)
+
+    def _on_warned(self, args) -> None:
+        """A warning the library raised in the worker (superqt passes ``warnings.showwarning``'s arguments)."""
+        text = " ".join(str(args[0]).split()) if args else ""
+        if text and text not in self._warnings:
+            self._warnings.append(text)
 
     def _failed(self, exc) -> None:
         text = f"Computing maps failed: {exc}"
@@ -282,9 +303,20 @@ class MapsWidget(QWidget):
         self._update_outputs()
         n_maps = sum(1 for k in self.maps if not k.endswith(SD_SUFFIX) and k != FIT_NRMSE)
         text = feedback.closing_message(run, out, n_maps, self.nlls_maps is not None)
+        if run.get("differences"):
+            notes.insert(0, "The DWI's protocol differs from the model's (matched by settings): "
+                         + "; ".join(run["differences"]) + ".")
         full = text + "." + "".join(" " + n for n in notes)
+        # what the library warned about in the worker (volumes in another order than the protocol says, voxels
+        # left out, …): said with the maps, never a green "done"; the protocol differences are said above already
+        warned = [w for w in self._warnings if not w.startswith(feedback.PROTOCOL_DIFFERS)]
+        if warned:
+            full += " Warning: " + " ".join(w.rstrip(".") + "." for w in warned)
+            show_warning("Maps of '" + run["layer"].name + "': " + " ".join(warned))
         if out.get("noise_warning"):
             self.message.warn(f"{full} SNR warning: {out['noise_warning']}{feedback.SNR_ADVICE}.")
+        elif warned:
+            self.message.warn(full)
         else:
             self.message.ok(full)
         show_info("Added " + text)

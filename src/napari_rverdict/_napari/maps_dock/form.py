@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QVBoxLayout,
@@ -89,6 +90,8 @@ def inputs_section(dock) -> QFormLayout:
     dock.protocol_file_btn = QPushButton("File…")
     dock.protocol_file_btn.setToolTip("a Camino .scheme or an FSL .bval (with .bvec and timings beside it)")
     dock.dwi_info = hint("")
+    # a long line (what differs from the model) wraps to the dock's width instead of asking for a wider dock
+    dock.dwi_info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     dock.mask_combo = LayerCombo(viewer, is_3d_volume, none_text=AUTO_MASK)
     dock.mask_combo.setToolTip("the voxels to map (non-zero voxels of a 3D layer); outside them the maps are "
                                "empty (transparent)")
@@ -109,6 +112,9 @@ def inputs_section(dock) -> QFormLayout:
     dock.device_combo.addItems(available_devices())
     dock.device_combo.setToolTip("auto: the first CUDA GPU, then Apple MPS, then the CPU")
     form = QFormLayout()
+    # a row whose field cannot fit beside its label goes under it: the dock stays as narrow as napari makes it
+    # when added from the Plugins menu (≈ 290 px on a 1366 px screen), nothing cut off at the window's edge
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
     form.addRow("DWI layer", dock.dwi_combo)
     prow = QHBoxLayout()
     prow.addWidget(dock.protocol_combo, 1)
@@ -123,7 +129,7 @@ def inputs_section(dock) -> QFormLayout:
     form.addRow("model", mrow)
     form.addRow("method", dock.method_combo)
     form.addRow(dock.ss_box)
-    form.addRow("", dock.uncertainty_check)
+    form.addRow(dock.uncertainty_check)
     form.addRow("device", dock.device_combo)
     return form
 
@@ -177,13 +183,13 @@ def sd_section(dock) -> QWidget:
     dock.sd_spin.setRange(0.0, 1e9)
     dock.sd_spin.setSpecialValueText("off")
     dock.sd_spin.setToolTip("voxels whose sd is above this value are hidden in the map layer; 0 = off")
-    sd_row = QHBoxLayout()
-    sd_row.addWidget(dock.sd_map_combo, 1)
+    sd_row = QHBoxLayout()  # the map, then its threshold below: side by side they are wider than the dock
     sd_row.addWidget(QLabel("hide sd >"))
-    sd_row.addWidget(dock.sd_spin)
+    sd_row.addWidget(dock.sd_spin, 1)
     box = QWidget()
     sd_layout = QVBoxLayout(box)
     sd_layout.setContentsMargins(0, 0, 0, 0)
+    sd_layout.addWidget(dock.sd_map_combo)
     sd_layout.addLayout(sd_row)
     return box
 
@@ -205,8 +211,8 @@ def tables_section(dock, layout: QVBoxLayout) -> None:
     dock.cmp_table_widget = _read_only_table()
     dock.cmp_caption = hint("")
     dock.cmp_section = collapsible(layout, "Network vs NLLS", [dock.cmp_caption, dock.cmp_table_widget])
-    dock.export_btn = QPushButton("Export maps (NIfTI)…")
-    dock.export_btn.setToolTip("write every map (true units, the DWI's affine) to a folder, named after the DWI")
+    dock.export_btn = QPushButton("Export maps…")
+    dock.export_btn.setToolTip("NIfTI files: write every map (true units, the DWI's affine) to a folder, named after the DWI")
     buttons = QHBoxLayout()
     buttons.addWidget(dock.csv_btn)
     buttons.addWidget(dock.export_btn)

@@ -36,6 +36,24 @@ def chosen_protocol(dock, layer):
     return prot
 
 
+def model_differences(dock, protocol) -> list[str]:
+    """What differs between the DWI's ``protocol`` and the current model's, as the maps will be computed (matched by
+    settings, :meth:`~napari_rverdict.physics.protocol.Protocol.match_to`: reordered volumes, b = 2006 where 2000 is
+    expected, …); [] without a model, for self-supervised, or when they cannot be matched (Compute maps says why)."""
+    from napari_rverdict.physics.protocol import averages_directions
+
+    bundle = dock.session.bundle
+    if bundle is None or dock.method_combo.currentText() not in NEEDS_BUNDLE:
+        return []
+    reference = bundle.protocol
+    prot = protocol.direction_averaged() if averages_directions(protocol, reference) else protocol
+    try:
+        _, diffs = prot.match_to(reference, use_tr=bundle.model.requires_tr)
+    except ValueError:
+        return []
+    return list(diffs)
+
+
 def check_inputs(dock) -> dict:
     """Everything the worker needs, checked on the GUI thread; raises ValueError with a message for the user."""
     from napari_rverdict.data.dwi import Dwi
@@ -65,8 +83,9 @@ def check_inputs(dock) -> dict:
     spatial = data.shape[:3]
     affine = layer_affine(layer)
     dwi = Dwi.from_array(data, affine, protocol)
+    own_affine = (layer.metadata or {}).get("affine")  # the DWI file's grid: a mask or labels file must share it
     mask_layer = dock.mask_combo.layer()
-    mask = on_dwi_grid(mask_layer, spatial, "mask")
+    mask = on_dwi_grid(mask_layer, spatial, "mask", own_affine)
     if mask is not None:
         mask = np.nan_to_num(mask.astype(np.float64)) != 0
         if not mask.any():
@@ -76,9 +95,10 @@ def check_inputs(dock) -> dict:
                              f"fitting learns from the voxels it maps and needs at least {MIN_VOXELS} (use NLLS "
                              "for so few).")
     labels_layer = dock.labels_combo.layer()
-    labels = on_dwi_grid(labels_layer, spatial, "labels")
+    labels = on_dwi_grid(labels_layer, spatial, "labels", own_affine)
     uncertainty = dock.uncertainty_check.isChecked() and dock.uncertainty_check.isEnabled()
     return dict(layer=layer, bundle=bundle, model=model, dwi=dwi, mask=mask, labels=labels,
+                differences=model_differences(dock, protocol),
                 labels_layer=labels_layer, affine=affine, device=dock.device_combo.currentText(),
                 uncertainty=uncertainty and method in NEEDS_BUNDLE, method=method,
                 epochs=int(dock.epochs_spin.value()))

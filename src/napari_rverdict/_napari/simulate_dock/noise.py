@@ -106,7 +106,7 @@ class NoiseControls(QObject):
         data = layer_to_xyz(np.asarray(layer.data, dtype=np.float32))
         protocol = self._protocol(layer, data.shape[-1])
         mask_layer = self.dock.match_mask_combo.layer()
-        mask = on_dwi_grid(mask_layer, data.shape[:3], "mask")
+        mask = on_dwi_grid(mask_layer, data.shape[:3], "mask", (layer.metadata or {}).get("affine"))
         if mask is not None:
             mask = np.nan_to_num(mask.astype(np.float64)) != 0
         source = (layer.metadata or {}).get("source_path")
