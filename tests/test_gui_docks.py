@@ -213,7 +213,7 @@ def test_a_patient_export_says_what_differs_from_the_model(viewer, qtbot, tmp_pa
     import json
 
     from napari_rverdict._napari.sample_data import pretrained_bundle_path
-    from napari_rverdict.data.nifti import load_dwi, save_dwi
+    from napari_rverdict.data.dwi import load_dwi, save_dwi
     from napari_rverdict.data.phantom import sample_data_dir
     from napari_rverdict.physics.protocol import Protocol
 

@@ -212,7 +212,8 @@ def tables_section(dock, layout: QVBoxLayout) -> None:
     dock.cmp_caption = hint("")
     dock.cmp_section = collapsible(layout, "Network vs NLLS", [dock.cmp_caption, dock.cmp_table_widget])
     dock.export_btn = QPushButton("Export maps…")
-    dock.export_btn.setToolTip("NIfTI files: write every map (true units, the DWI's affine) to a folder, named after the DWI")
+    dock.export_btn.setToolTip("NIfTI files: write every map (true units, the DWI's affine) to a folder, named "
+                               "after the DWI")
     buttons = QHBoxLayout()
     buttons.addWidget(dock.csv_btn)
     buttons.addWidget(dock.export_btn)
