@@ -357,3 +357,18 @@ def test_save_dwi_refuses_when_one_sidecar_exists_and_writes_nothing(tmp_path, d
     written = save_dwi(data, AFFINE, tmp_path / "dwi.nii.gz", prot, overwrite=True)
     assert {p.name for p in written} == set(_files(tmp_path)) and (tmp_path / "dwi.te").read_bytes() != b"0.05\n"
     _close(load_dwi(tmp_path / "dwi.nii.gz").protocol, prot)
+
+
+def test_written_images_carry_the_affine_as_scanner_coordinates_in_qform_and_sform(tmp_path):
+    """Maps, labels and DWIs are written with qform and sform both = the DWI's affine, code 1 (scanner): nibabel by
+    itself writes sform code 2 and qform code 0, and tools that read the qform place such a map elsewhere."""
+    c, s = np.cos(0.2), np.sin(0.2)  # oblique and flipped, as a scanner export may be
+    affine = np.array([[-1.25 * c, -1.25 * s, 0, 40], [1.25 * s, -1.25 * c, 0, -20], [0, 0, 3, 7], [0, 0, 0, 1]])
+    written = [save_map(np.ones((4, 4, 2)), tmp_path / "f_ic.nii.gz", affine, "f_ic", "fraction"),
+               save_labels(np.ones((4, 4, 2), int), tmp_path / "labels.nii.gz", affine),
+               save_dwi(np.ones((4, 4, 2, 3)), affine, tmp_path / "dwi.nii.gz")[0]]
+    for path in written:
+        hdr = nib.load(str(path)).header
+        assert int(hdr["qform_code"]) == int(hdr["sform_code"]) == 1, path.name
+        np.testing.assert_allclose(hdr.get_qform(), affine, atol=1e-5)
+        np.testing.assert_allclose(hdr.get_sform(), affine, atol=1e-5)

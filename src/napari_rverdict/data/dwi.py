@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_rverdict.data.nifti import _nib, _read_voxels, check_affine, open_image
+from napari_rverdict.data.nifti import _nib, _read_voxels, check_affine, open_image, scanner_image
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import FileSet, check_output_files
 from napari_rverdict.physics.protocol import Protocol, ProtocolError, direction_average
@@ -260,7 +260,7 @@ def save_dwi(data, affine, path, protocol: Protocol | None = None, *, overwrite:
     if protocol is not None:
         _check_count(data.shape[-1], protocol, "the array")
     check_output_files(dwi_files(path, protocol), overwrite=overwrite)
-    img = nib.Nifti1Image(data, np.asarray(affine, dtype=float))
+    img = scanner_image(data, affine)
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = b"napari-rverdict DWI"
     nib.save(img, str(fileset.path(path)))

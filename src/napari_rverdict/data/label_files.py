@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_rverdict.data.dwi import Dwi
-from napari_rverdict.data.nifti import _nib, _read_voxels, open_image
+from napari_rverdict.data.nifti import _nib, _read_voxels, open_image, scanner_image
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import FileSet, check_output_files, writing
 
@@ -78,7 +78,7 @@ def save_labels(labels, path, affine, descrip: str = "napari-rverdict labels", *
     nib = _nib()
     path = Path(path)
     check_output_files([path], overwrite=overwrite, what="label file")
-    img = nib.Nifti1Image(np.asarray(labels).astype(np.int16), np.asarray(affine, dtype=float))
+    img = scanner_image(np.asarray(labels).astype(np.int16), affine)
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = descrip.encode("ascii", "replace")[:79]
     with writing(path, fileset) as tmp:

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_rverdict.data.nifti import NIFTI_SUFFIXES, _name_of, _nib, _read_voxels, ascii_unit, check_affine
+from napari_rverdict.data.nifti import (
+    NIFTI_SUFFIXES,
+    _name_of,
+    _nib,
+    _read_voxels,
+    ascii_unit,
+    check_affine,
+    scanner_image,
+)
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import FileSet, check_name, check_output_files, writing
 
@@ -52,7 +60,7 @@ def save_map(array, path, affine, name: str, unit: str = "", display: tuple | No
     if path.is_dir():
         raise InputError(f"{path} is a folder: give the map a file name")
     check_output_files([path], overwrite=overwrite, what="map file")
-    img = nib.Nifti1Image(array, affine)
+    img = scanner_image(array, affine)
     hdr = img.header
     hdr.set_xyzt_units("mm")
     hdr["descrip"] = map_descrip(name, unit)

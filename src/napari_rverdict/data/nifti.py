@@ -138,4 +138,14 @@ def _name_of(path: Path) -> str:
     return path.stem
 
 
-__all__ = ["NIFTI_SUFFIXES", "ascii_unit", "check_affine", "open_image"]
+def scanner_image(data, affine):
+    """A NIfTI-1 image of ``data`` whose qform and sform both hold ``affine`` with code 1 (scanner coordinates, as
+    the DWI it came from): nibabel alone writes sform code 2 and qform code 0, and tools that read the qform (or
+    prefer code 1) then place the file differently from its DWI."""
+    img = _nib().Nifti1Image(data, np.asarray(affine, dtype=float))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    return img
+
+
+__all__ = ["NIFTI_SUFFIXES", "ascii_unit", "check_affine", "open_image", "scanner_image"]
