@@ -372,3 +372,16 @@ def test_written_images_carry_the_affine_as_scanner_coordinates_in_qform_and_sfo
         assert int(hdr["qform_code"]) == int(hdr["sform_code"]) == 1, path.name
         np.testing.assert_allclose(hdr.get_qform(), affine, atol=1e-5)
         np.testing.assert_allclose(hdr.get_sform(), affine, atol=1e-5)
+
+
+def test_one_rule_for_nifti_names(tmp_path):
+    """The reader, the writer, map folders and cohort subjects name NIfTI files by one rule (four copies before,
+    one of them case-sensitive: a folder's SUB-01.NII.GZ was no subject at all)."""
+    from napari_rverdict.cohort.subjects import read_subjects
+    from napari_rverdict.data.nifti import is_nifti_name, nifti_stem
+
+    assert [nifti_stem(n) for n in ("/a/sub-01.nii.gz", "SUB-01.NII.GZ", "b.nii", "c.txt")] == \
+        ["sub-01", "SUB-01", "b", "c"]
+    assert is_nifti_name("X.Nii.Gz") and is_nifti_name("y.nii") and not is_nifti_name("z.nii.bak")
+    save_dwi(np.ones((4, 4, 2, 10)), np.eye(4), tmp_path / "dwis" / "SUB-01.NII.GZ")
+    assert [s.name for s in read_subjects([tmp_path / "dwis"])] == ["SUB-01"]

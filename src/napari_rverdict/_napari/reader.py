@@ -10,11 +10,10 @@ in the layer's ``metadata``; the writer and the Maps dock use them.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+from napari_rverdict.data.nifti import is_nifti_name, nifti_stem
 
 
 def _single_path(path):
@@ -28,7 +27,7 @@ def _single_path(path):
 def napari_get_reader(path):
     """The reader function when ``path`` is a 3D or 4D NIfTI this plugin understands, else None (never raises)."""
     path = _single_path(path)
-    if path is None or not path.lower().endswith(NIFTI_SUFFIXES):
+    if path is None or not is_nifti_name(path):
         return None
     try:
         import nibabel as nib
@@ -161,13 +160,6 @@ def _map_display(stem: str):
     return map_spec_for(stem)
 
 
-def _strip_suffix(name: str) -> str:
-    for ext in NIFTI_SUFFIXES:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 def dwi_layer_data(data_xyzn, affine, header=None, protocol=None, name="dwi", extra_meta=None) -> tuple:
     """Layer data tuple of a DWI: (n, z, y, x) float32, scale/translate from the affine, metadata for the docks."""
     affine = np.asarray(affine, dtype=float)
@@ -214,7 +206,7 @@ def read_nifti(path) -> list[tuple]:
     import nibabel as nib
 
     path = _single_path(path)
-    name = _strip_suffix(Path(path).name)
+    name = nifti_stem(path)
     img = nib.load(path)
     shape = img.shape
     source = {"source_path": str(path)}

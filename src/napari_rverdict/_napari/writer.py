@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from napari_rverdict._napari.reader import layer_to_xyz
+from napari_rverdict.data.nifti import is_nifti_name
 from napari_rverdict.files import atomic_path
 
 
 def _nifti_path(path) -> Path:
     p = Path(path)
-    if not p.name.lower().endswith((".nii", ".nii.gz")):
+    if not is_nifti_name(p):
         p = p.with_name(p.name + ".nii.gz")
     return p
 

@@ -14,10 +14,10 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from napari_rverdict.data.nifti import is_nifti_name, nifti_stem
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import check_name
 
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 CSV_COLUMNS = ("subject", "dwi", "mask", "labels", "protocol")
 _EXTRA = "\0extra"  # the reader's key for the cells of a row beyond the header's columns
 
@@ -34,17 +34,10 @@ class Subject:
     protocol: str | None = None
 
 
-def dwi_stem(path) -> str:
-    """``sub-01`` for ``…/sub-01.nii.gz`` or ``…/sub-01.nii``."""
-    name = Path(path).name
-    for end in NIFTI_ENDINGS:
-        if name.endswith(end):
-            return name[: -len(end)]
-    return Path(name).stem
 
 
 def _is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(NIFTI_ENDINGS) and not path.name.startswith(".")
+    return path.is_file() and is_nifti_name(path) and not path.name.startswith(".")
 
 
 def _is_volume_series(path: Path) -> bool:
@@ -131,7 +124,7 @@ def _expand(items) -> list[tuple[str | None, Path, Path | None, Path | None, str
             if not p.is_file():
                 raise InputError(f"cohort CSV not found: {p}")
             entries += _from_csv(p)
-        elif p.name.endswith(NIFTI_ENDINGS):
+        elif is_nifti_name(p):
             if not p.is_file():
                 raise InputError(f"DWI not found: {p}")
             entries.append((None, p, None, None, None))
@@ -157,9 +150,9 @@ def read_subjects(items, protocol: str | None = None) -> list[Subject]:
         if key in seen_dwi:
             raise InputError(f"the DWI {e[1]} is listed twice")
         seen_dwi[key] = k
-    names = [e[0] or dwi_stem(e[1]) for e in entries]
+    names = [e[0] or nifti_stem(e[1]) for e in entries]
     if len(set(names)) < len(names):  # stems repeat: name by the parent folder where no name was given
-        names = [e[0] or (e[1].resolve().parent.name if dwi_stem(e[1]) in _repeated(names) else dwi_stem(e[1]))
+        names = [e[0] or (e[1].resolve().parent.name if nifti_stem(e[1]) in _repeated(names) else nifti_stem(e[1]))
                  for e in entries]
     repeated = _repeated(names)
     if repeated:

@@ -14,11 +14,11 @@ import numpy as np
 
 from napari_rverdict.data.nifti import (
     NIFTI_SUFFIXES,
-    _name_of,
     _nib,
     _read_voxels,
     ascii_unit,
     check_affine,
+    nifti_stem,
     scanner_image,
 )
 from napari_rverdict.errors import InputError
@@ -131,7 +131,7 @@ def load_maps(directory, prefix: str = "", *, with_units: bool = False):
         if len(img.shape) != 3:
             continue
         parsed = parse_descrip(img.header["descrip"].tobytes())
-        key_name = _name_of(p)[len(prefix):]
+        key_name = nifti_stem(p)[len(prefix):]
         if parsed is not None:
             ours[parsed[0] or key_name] = (img, parsed[1])
         else:

@@ -129,13 +129,18 @@ def _read_voxels(image, slicer, what: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def _name_of(path: Path) -> str:
-    """``/a/f_ic.nii.gz`` → ``f_ic``."""
-    name = path.name
+def is_nifti_name(path) -> bool:
+    """Whether a file name ends in .nii or .nii.gz (any case)."""
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path) -> str:
+    """``/a/sub-01.nii.gz`` → ``sub-01`` (.nii.gz or .nii, any case; another name loses its last suffix)."""
+    name = Path(path).name
     for ext in NIFTI_SUFFIXES:
-        if name.endswith(ext):
+        if name.lower().endswith(ext):
             return name[: -len(ext)]
-    return path.stem
+    return Path(name).stem
 
 
 def scanner_image(data, affine):
@@ -148,4 +153,5 @@ def scanner_image(data, affine):
     return img
 
 
-__all__ = ["NIFTI_SUFFIXES", "ascii_unit", "check_affine", "open_image", "scanner_image"]
+__all__ = ["NIFTI_SUFFIXES", "ascii_unit", "check_affine", "is_nifti_name", "nifti_stem", "open_image",
+           "scanner_image"]
