@@ -350,7 +350,8 @@ def test_missing_tr_is_explained_by_where_the_protocol_came_from(tmp_path):
     with pytest.raises(ProtocolError) as err:
         get_model("rverdict").check_protocol(p)
     msg = str(err.value)
-    assert "dwi.bval: no dwi.tr file and no dwi.json with a RepetitionTime beside it; give --tr MS or dwi.tr" in msg
+    assert "dwi.bval: no dwi.tr file and no dwi.json with a RepetitionTime beside it; put the TR in dwi.tr" in msg
+    assert "--tr MS (Python: tr=MS)" in msg
     assert "scheme" not in msg
     write_scheme(Protocol.innovate(), tmp_path / "x.scheme", write_tr=False)
     with pytest.warns(UserWarning):

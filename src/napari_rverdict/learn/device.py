@@ -38,7 +38,7 @@ def resolve_device(device="auto") -> torch.device:
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
             raise InputError(f"device '{device}' requested but CUDA is not available (torch {torch.__version__}); "
-                             "use --device cpu")
+                             "choose the CPU (--device cpu; Python: device='cpu')")
         if dev.index is not None and dev.index >= n:
             raise InputError(f"device '{device}' requested but only {n} CUDA device(s) exist (cuda:0..cuda:{n - 1})")
         return dev

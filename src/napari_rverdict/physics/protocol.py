@@ -497,15 +497,18 @@ def _tr_ignored_notes(reference: Protocol, data_tr: np.ndarray) -> list[str]:
 
 def missing_tr_advice(protocol: Protocol) -> str:
     """Why ``protocol`` has no TR and how to give it, in words that fit where it came from (its ``name``, a file
-    name for a file): ``"dwi.bval: no dwi.tr file and no dwi.json with a RepetitionTime beside it; give --tr MS or
-    dwi.tr (seconds)"``."""
+    name for a file), and for every place it is read from (a file beside the DWI works in the docks too):
+    ``"dwi.bval: no dwi.tr file and no dwi.json with a RepetitionTime beside it; put the TR in dwi.tr (seconds, …)
+    or give --tr MS (Python: tr=MS)"``."""
     name = (protocol.name or "").split(" (")[0]
     for suffix, why in ((".scheme", "Camino scheme files carry no TR, and there is no {stem}.tr beside it"),
                         (".bval", "no {stem}.tr file and no {stem}.json with a RepetitionTime beside it")):
         if name.endswith(suffix):
             stem = name[: -len(suffix)]
-            return f"{name}: {why.format(stem=stem)}; give --tr MS or {stem}.tr (seconds, one value or one per volume)"
-    return f"{name or 'the protocol given'} has no TR; give --tr MS or a <stem>.tr file (seconds) beside the protocol"
+            return (f"{name}: {why.format(stem=stem)}; put the TR in {stem}.tr (seconds, one value or one per volume) "
+                    "or give --tr MS (Python: tr=MS)")
+    return (f"{name or 'the protocol given'} has no TR; put it in a <stem>.tr file (seconds) beside the protocol or "
+            "give --tr MS (Python: tr=MS)")
 
 
 # ---------------------------------------------------------------------- direction averaging of data
