@@ -462,3 +462,25 @@ def test_a_redo_that_fails_leaves_no_earlier_maps_beside_its_failure(ws, tmp_pat
     assert result.status == {"sub-09": "failed"}
     assert not list((out / "sub-09").glob("*.nii.gz")) and not (out / "sub-09" / DONE_FILE).exists()
     assert (out / "sub-09" / "notes.txt").read_text() == "mine"
+
+
+def test_ctrl_c_leaves_a_table_of_what_is_done(ws, tmp_path, monkeypatch):
+    """Ctrl-C during a cohort: cohort.csv still lists the subjects done (with their statistics) and the rest as
+    interrupted (no table was written before), and the interrupt goes on to the caller."""
+    import napari_rverdict.cohort.run as run_mod
+    from napari_rverdict.cohort.tasks import run_subject
+
+    def one_then_ctrl_c(dd, todo, task, out, result, *args):
+        result.status[todo[0].name] = "done"
+        result.records[todo[0].name] = run_subject(task, todo[0], out, 1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "_run", one_then_ctrl_c)
+    subjects = read_subjects([ws / "dwis" / "sub-01.nii.gz", ws / "dwis" / "sub-02.nii.gz"])
+    with pytest.raises(KeyboardInterrupt):
+        run_cohort(subjects, PredictTask(str(ws / "m.pt")), tmp_path / "out", processes=False, progress=False)
+    rows = _table(tmp_path / "out")
+    assert {r["status"] for r in rows if r["subject"] == "sub-01"} == {"done"}
+    assert any(r["map"] == "f_ic" and r["mean"] for r in rows if r["subject"] == "sub-01")
+    late = [r for r in rows if r["subject"] == "sub-02"]
+    assert len(late) == 1 and late[0]["status"] == "interrupted" and "rerun the command" in late[0]["reason"]

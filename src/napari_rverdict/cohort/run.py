@@ -196,7 +196,8 @@ def run_cohort(subjects: list[Subject], task, out, *, scheduler: str | None = No
     overwrite : redo subjects that are complete (default: skip them) and accept a folder holding other files.
     progress : a progress bar (stderr) over the subjects.
 
-    Returns a :class:`CohortResult`; ``<out>/cohort.csv`` is written in every case once the tasks have ended.
+    Returns a :class:`CohortResult`; ``<out>/cohort.csv`` is written in every case once the tasks have ended, and
+    on Ctrl-C (KeyboardInterrupt, raised again) with the unfinished subjects' status "interrupted".
     """
     if scheduler is not None and not str(scheduler).strip():  # an unset variable: not a local cluster instead
         raise InputError("--scheduler is empty: give the scheduler's address (tcp://host:8786) or leave it out "
@@ -219,7 +220,15 @@ def run_cohort(subjects: list[Subject], task, out, *, scheduler: str | None = No
             n_workers = n_workers or layout[0]
             threads = threads or max(1, cpus // n_workers)
             result.layout = (n_workers, threads)
-        _run(dd, todo, task, out, result, scheduler, n_workers, threads, processes, progress)
+        try:
+            _run(dd, todo, task, out, result, scheduler, n_workers, threads, processes, progress)
+        except KeyboardInterrupt:  # Ctrl-C: the table still says what is done, and what a rerun will do
+            for s in todo:
+                if s.name not in result.status:
+                    result.status[s.name] = "interrupted"
+                    result.reasons[s.name] = "not finished: the cohort was interrupted (rerun the command to resume)"
+            result.csv = write_cohort_csv(out, subjects, result, earlier_subjects(out, subjects, task))
+            raise
     result.csv = write_cohort_csv(out, subjects, result, earlier_subjects(out, subjects, task))
     return result
 
