@@ -484,3 +484,21 @@ def test_ctrl_c_leaves_a_table_of_what_is_done(ws, tmp_path, monkeypatch):
     assert any(r["map"] == "f_ic" and r["mean"] for r in rows if r["subject"] == "sub-01")
     late = [r for r in rows if r["subject"] == "sub-02"]
     assert len(late) == 1 and late[0]["status"] == "interrupted" and "rerun the command" in late[0]["reason"]
+
+
+def test_a_scheduler_address_where_nothing_listens_is_refused_at_once(ws, tmp_path, capsys):
+    """Nothing listening at --scheduler (a stopped scheduler, a wrong port): one line, exit 2, in seconds — Dask's
+    own connect retried until its 20-second timeout."""
+    import socket
+    import time
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # a port nothing listens on
+    t0 = time.monotonic()
+    rc = main(["cohort", "predict", str(ws / "m.pt"), str(ws / "dwis" / "sub-01.nii.gz"), "--out",
+               str(tmp_path / "o"), "--scheduler", f"tcp://127.0.0.1:{port}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "nothing listens there" in err and len(err.splitlines()) == 1, err
+    assert time.monotonic() - t0 < 10

@@ -126,9 +126,20 @@ def _check_scheduler(dd, scheduler: str) -> None:
     that is no Dask scheduler (the dashboard's port, another service) it hung for good, or read that server's
     reply as a frame length and raised MemoryError."""
     import asyncio
+    import socket
     from concurrent.futures import ThreadPoolExecutor
+    from urllib.parse import urlsplit
 
     seconds = SCHEDULER_TIMEOUT_S
+    where = urlsplit(scheduler if "://" in scheduler else f"tcp://{scheduler}")
+    if where.scheme in ("tcp", "tls"):  # nothing listening: say so at once (Dask retries until its timeout)
+        try:
+            socket.create_connection((where.hostname, where.port or 8786), timeout=min(5.0, seconds)).close()
+        except ConnectionRefusedError:
+            raise InputError(f"cannot reach the Dask scheduler at {scheduler}: nothing listens there (connection "
+                             "refused); is the scheduler running, and is it its address (tcp://host:8786)?") from None
+        except (OSError, ValueError):
+            pass  # unresolvable, filtered, or a timeout: Dask's own connect below says why
 
     async def handshake():
         comm = await asyncio.wait_for(dd.comm.connect(scheduler, timeout=seconds), seconds)  # reads the handshake
