@@ -217,7 +217,8 @@ def test_messy_cohort_csvs(ws, tmp_path):
     """A spreadsheet's CSV: ';'-separated (a comma-decimal locale's export) is read; a column given twice, a row
     with more cells than the header, subject names that differ only in case, a hidden name and one that is the
     cohort table's are refused before any work (they were read silently: the first dwi column's paths and a row's
-    cut-off rest dropped, two subjects sharing one folder on macOS, the table's write failing after every task)."""
+    cut-off rest dropped, two subjects sharing one folder on macOS, the table's write failing after every task).
+    Columns of the trial's own (age, site) are read past with a warning; a near-miss of a column name is a typo."""
     from napari_rverdict.cohort.run import check_cohort_out
 
     d1, d2 = ws / "dwis" / "sub-01.nii.gz", ws / "dwis" / "sub-02.nii.gz"
@@ -232,6 +233,13 @@ def test_messy_cohort_csvs(ws, tmp_path):
         (tmp_path / f"{k}.csv").write_text(text.format(d1=d1, d2=d2))
         with pytest.raises(InputError, match=message):
             read_subjects([tmp_path / f"{k}.csv"])
+    # a trial's spreadsheet has more columns: read past them with one warning; a near-miss of ours is a typo
+    (tmp_path / "trial.csv").write_text(f"subject,dwi,age,site\np1,{d1},61,UCLH\n")
+    with pytest.warns(UserWarning, match="column.s. age, site not used"):
+        assert [(s.name, s.dwi) for s in read_subjects([tmp_path / "trial.csv"])] == [("p1", d1)]
+    (tmp_path / "typo.csv").write_text(f"dwi,labesl\n{d1},{ws / 'ph1' / 'labels.nii.gz'}\n")
+    with pytest.raises(InputError, match="labesl .did you mean labels.."):
+        read_subjects([tmp_path / "typo.csv"])
     (tmp_path / "table.csv").write_text(f"subject,dwi\nCohort.csv,{d1}\n")
     with pytest.raises(InputError, match="may not be named cohort.csv"):
         check_cohort_out(tmp_path / "out", read_subjects([tmp_path / "table.csv"]), FitTask())

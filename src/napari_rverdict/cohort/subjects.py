@@ -10,7 +10,9 @@ before any work starts; a DWI that cannot be read is found by its own task later
 from __future__ import annotations
 
 import csv
+import difflib
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,9 +84,14 @@ def _from_csv(path: Path) -> list[tuple[str | None, Path, Path | None, Path | No
         raise InputError(f"the cohort CSV {path.name} needs a 'dwi' column (optional: subject, mask, labels, "
                          f"protocol); it has {', '.join(columns) or 'none'}")
     unknown = [c for c in columns if c not in CSV_COLUMNS]
-    if unknown:
-        raise InputError(f"the cohort CSV {path.name} has unknown column(s) {', '.join(unknown)}; "
-                         f"use {', '.join(CSV_COLUMNS)}")
+    typos = {c: close[0] for c in unknown if (close := difflib.get_close_matches(c, CSV_COLUMNS, n=1, cutoff=0.75))}
+    if typos:  # 'labesl' would leave every label image out without a word
+        raise InputError(f"the cohort CSV {path.name} has the column(s) "
+                         f"{', '.join(f'{c} (did you mean {m}?)' for c, m in typos.items())}; "
+                         f"its columns are {', '.join(CSV_COLUMNS)}")
+    if unknown:  # a trial's spreadsheet has more (age, site, …): read past them, and say so
+        warnings.warn(f"the cohort CSV {path.name}: column(s) {', '.join(unknown)} not used (this reads "
+                      f"{', '.join(CSV_COLUMNS)})", stacklevel=4)
     twice = sorted({c for c in columns if columns.count(c) > 1})
     if twice:  # the reader keeps the last one's cells: the other column's paths were dropped without a word
         raise InputError(f"the cohort CSV {path.name} has the column(s) {', '.join(twice)} twice")
