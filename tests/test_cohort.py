@@ -240,6 +240,9 @@ def test_messy_cohort_csvs(ws, tmp_path):
     (tmp_path / "typo.csv").write_text(f"dwi,labesl\n{d1},{ws / 'ph1' / 'labels.nii.gz'}\n")
     with pytest.raises(InputError, match="labesl .did you mean labels.."):
         read_subjects([tmp_path / "typo.csv"])
+    (tmp_path / "ids.csv").write_text(f"subject,subject_id,dwi,labels,labels_v2\np1,17,{d1},,\n")  # both there
+    with pytest.warns(UserWarning, match="subject_id, labels_v2 not used"):
+        assert [s.name for s in read_subjects([tmp_path / "ids.csv"])] == ["p1"]
     (tmp_path / "table.csv").write_text(f"subject,dwi\nCohort.csv,{d1}\n")
     with pytest.raises(InputError, match="may not be named cohort.csv"):
         check_cohort_out(tmp_path / "out", read_subjects([tmp_path / "table.csv"]), FitTask())
@@ -510,3 +513,36 @@ def test_a_scheduler_address_where_nothing_listens_is_refused_at_once(ws, tmp_pa
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nothing listens there" in err and len(err.splitlines()) == 1, err
     assert time.monotonic() - t0 < 10
+
+
+def test_ctrl_c_before_any_subject_and_all_failed_still_write_the_table(ws, tmp_path, monkeypatch):
+    """--out does not exist until a subject's task makes it: Ctrl-C before any task, or every subject failing
+    before it wrote anything, must still leave cohort.csv (the folder was listed, FileNotFoundError hid both)."""
+    import napari_rverdict.cohort.run as run_mod
+
+    def ctrl_c_at_once(*args):
+        raise KeyboardInterrupt
+
+    subjects = read_subjects([ws / "dwis" / "sub-01.nii.gz"])
+    monkeypatch.setattr(run_mod, "_run", ctrl_c_at_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_cohort(subjects, PredictTask(str(ws / "m.pt")), tmp_path / "a", processes=False, progress=False)
+    assert [r["status"] for r in _table(tmp_path / "a")] == ["interrupted"]
+
+    def all_fail(dd, todo, task, out, result, *args):
+        for s in todo:
+            result.status[s.name], result.reasons[s.name] = "failed", "the workers cannot see the DWI"
+
+    monkeypatch.setattr(run_mod, "_run", all_fail)
+    result = run_cohort(subjects, PredictTask(str(ws / "m.pt")), tmp_path / "b", processes=False, progress=False)
+    assert result.status == {"sub-01": "failed"}
+    rows = _table(tmp_path / "b")
+    assert [(r["status"], r["reason"]) for r in rows] == [("failed", "the workers cannot see the DWI")]
+
+
+def test_stems_that_repeat_but_for_case_are_named_by_their_folders(ws, tmp_path):
+    """A/Sub-01.nii.gz and B/sub-01.nii.gz are one folder on macOS: named by their folders (A, B), as exact repeats
+    are, not refused."""
+    a = _copy_dwi(ws / "ph1", tmp_path / "A", "Sub-01")
+    b = _copy_dwi(ws / "ph2", tmp_path / "B", "sub-01")
+    assert [s.name for s in read_subjects([a, b])] == ["A", "B"]

@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_rverdict.cohort.subjects import Subject
-from napari_rverdict.cohort.tasks import (DONE_FILE, changed_inputs, completed_record, run_subject, task_identity,
-                                           written_by_a_cohort)
+from napari_rverdict.cohort.tasks import (
+    DONE_FILE,
+    changed_inputs,
+    completed_record,
+    run_subject,
+    task_identity,
+    written_by_a_cohort,
+)
 from napari_rverdict.errors import InputError
 from napari_rverdict.files import write_text
 from napari_rverdict.threads import available_cpus, worker_layout
@@ -140,6 +146,8 @@ def _check_scheduler(dd, scheduler: str) -> None:
                              "refused); is the scheduler running, and is it its address (tcp://host:8786)?") from None
         except (OSError, ValueError):
             pass  # unresolvable, filtered, or a timeout: Dask's own connect below says why
+    if where.scheme != "tcp":  # tls:// needs the client's security settings (dd.Client reads them): its check
+        return
 
     async def handshake():
         comm = await asyncio.wait_for(dd.comm.connect(scheduler, timeout=seconds), seconds)  # reads the handshake
@@ -248,6 +256,8 @@ def earlier_subjects(out: Path, subjects: list[Subject], task) -> dict[str, dict
     """{name: record} of the subjects completed in ``out`` by the same task that this run does not list (a cohort
     extended by a second run into the same folder): ``cohort.csv`` keeps them, in name order."""
     names, wanted, found = {s.name for s in subjects}, task_identity(task), {}
+    if not out.is_dir():  # no subject's task made it (interrupted at once, or every one failed before writing)
+        return found
     for folder in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in names):
         record = completed_record(out, folder.name)
         if record is not None and record.get("task") == wanted:

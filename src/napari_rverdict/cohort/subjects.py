@@ -84,7 +84,8 @@ def _from_csv(path: Path) -> list[tuple[str | None, Path, Path | None, Path | No
         raise InputError(f"the cohort CSV {path.name} needs a 'dwi' column (optional: subject, mask, labels, "
                          f"protocol); it has {', '.join(columns) or 'none'}")
     unknown = [c for c in columns if c not in CSV_COLUMNS]
-    typos = {c: close[0] for c in unknown if (close := difflib.get_close_matches(c, CSV_COLUMNS, n=1, cutoff=0.75))}
+    absent = [c for c in CSV_COLUMNS if c not in columns]  # subject_id beside subject is a column of its own
+    typos = {c: close[0] for c in unknown if (close := difflib.get_close_matches(c, absent, n=1, cutoff=0.75))}
     if typos:  # 'labesl' would leave every label image out without a word
         raise InputError(f"the cohort CSV {path.name} has the column(s) "
                          f"{', '.join(f'{c} (did you mean {m}?)' for c, m in typos.items())}; "
@@ -158,8 +159,8 @@ def read_subjects(items, protocol: str | None = None) -> list[Subject]:
             raise InputError(f"the DWI {e[1]} is listed twice")
         seen_dwi[key] = k
     names = [e[0] or nifti_stem(e[1]) for e in entries]
-    if len(set(names)) < len(names):  # stems repeat: name by the parent folder where no name was given
-        names = [e[0] or (e[1].resolve().parent.name if nifti_stem(e[1]) in _repeated(names) else nifti_stem(e[1]))
+    if twice := {n.casefold() for n in _repeated(names)}:  # stems repeat (case aside): name by the parent folder
+        names = [e[0] or (e[1].resolve().parent.name if nifti_stem(e[1]).casefold() in twice else nifti_stem(e[1]))
                  for e in entries]
     repeated = _repeated(names)
     if repeated:
