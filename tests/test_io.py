@@ -385,3 +385,5 @@ def test_one_rule_for_nifti_names(tmp_path):
     assert is_nifti_name("X.Nii.Gz") and is_nifti_name("y.nii") and not is_nifti_name("z.nii.bak")
     save_dwi(np.ones((4, 4, 2, 10)), np.eye(4), tmp_path / "dwis" / "SUB-01.NII.GZ")
     assert [s.name for s in read_subjects([tmp_path / "dwis"])] == ["SUB-01"]
+    save_map(np.ones((4, 4, 2)), tmp_path / "maps" / "F_IC.NII.GZ", np.eye(4), "f_ic", "fraction")
+    assert list(load_maps(tmp_path / "maps")) == ["f_ic"]  # found (named by its header)

@@ -93,6 +93,11 @@ def test_writer_round_trip_keeps_affine_and_values(tmp_path):
     meta = {"name": "x", "scale": (5.0, 1.5, 1.25), "translate": (12.5, -30.0, -40.0), "metadata": {}}
     out = write_single_image(str(tmp_path / "plain.nii"), xyz_to_layer(r), meta)
     np.testing.assert_allclose(nib.load(out[0]).affine, _affine())
+    # File ▸ Save Layers of a non-map layer (drawn labels, a mask) places it as save_labels does: scanner
+    # coordinates in qform and sform alike (nibabel alone: sform code 2, qform code 0)
+    hdr = nib.load(out[0]).header
+    assert int(hdr["qform_code"]) == int(hdr["sform_code"]) == 1
+    np.testing.assert_allclose(hdr.get_qform(), _affine(), atol=1e-5)
 
 
 def test_multi_writer_writes_one_map_per_layer(tmp_path):

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from napari_rverdict.data.label_files import AFFINE_ATOL
 from napari_rverdict.data.nifti import is_nifti_name, nifti_stem
 
 
@@ -69,7 +70,6 @@ def layer_to_xyz(data) -> np.ndarray:
     raise ValueError(f"cannot write a {data.ndim}D layer as NIfTI (2D, 3D or 4D expected)")
 
 
-GRID_ATOL_MM = 1e-3  # as data.nifti.AFFINE_ATOL: two affines of one grid agree to within this (mm)
 
 
 def on_dwi_grid(layer, spatial: tuple, what: str, affine=None):
@@ -87,7 +87,7 @@ def on_dwi_grid(layer, spatial: tuple, what: str, affine=None):
     own = (getattr(layer, "metadata", None) or {}).get("affine")
     if affine is not None and own is not None:
         own, affine = np.asarray(own, dtype=float), np.asarray(affine, dtype=float)
-        if own.shape == affine.shape == (4, 4) and not np.allclose(own, affine, atol=GRID_ATOL_MM):
+        if own.shape == affine.shape == (4, 4) and not np.allclose(own, affine, atol=AFFINE_ATOL):
             raise ValueError(f"The {what} layer '{layer.name}' is on another grid than the DWI (same shape, but "
                              f"its voxel-to-world affine {np.round(own[:3], 2).tolist()} differs from the DWI's "
                              f"{np.round(affine[:3], 2).tolist()}): its voxels are not the DWI's. Resample it onto "

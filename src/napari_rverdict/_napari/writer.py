@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_rverdict._napari.reader import layer_to_xyz
-from napari_rverdict.data.nifti import is_nifti_name
+from napari_rverdict.data.nifti import is_nifti_name, scanner_image
 from napari_rverdict.files import atomic_path
 
 
@@ -65,7 +65,7 @@ def write_nifti(path, data, meta: dict) -> str:
                             tuple(spec_display) if spec_display is not None else None, overwrite=True))
     header = md.get("nifti_header")
     header = header.copy() if header is not None else None
-    img = nib.Nifti1Image(arr, affine, header=header)
+    img = scanner_image(arr, affine, header=header)
     img.set_data_dtype(arr.dtype)
     img.header.set_slope_inter(1.0, 0.0)
     path.parent.mkdir(parents=True, exist_ok=True)

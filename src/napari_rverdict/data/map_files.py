@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from napari_rverdict.data.nifti import (
-    NIFTI_SUFFIXES,
     _nib,
     _read_voxels,
     ascii_unit,
     check_affine,
+    is_nifti_name,
     nifti_stem,
     scanner_image,
 )
@@ -124,7 +124,7 @@ def load_maps(directory, prefix: str = "", *, with_units: bool = False):
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"not a directory of maps: {directory}")
-    files = sorted(p for p in directory.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and p.name.startswith(prefix))
+    files = sorted(p for p in directory.iterdir() if is_nifti_name(p) and p.name.startswith(prefix))
     ours, other = {}, {}
     for p in files:
         img = nib.load(str(p))

@@ -143,11 +143,12 @@ def nifti_stem(path) -> str:
     return Path(name).stem
 
 
-def scanner_image(data, affine):
+def scanner_image(data, affine, header=None):
     """A NIfTI-1 image of ``data`` whose qform and sform both hold ``affine`` with code 1 (scanner coordinates, as
     the DWI it came from): nibabel alone writes sform code 2 and qform code 0, and tools that read the qform (or
-    prefer code 1) then place the file differently from its DWI."""
-    img = _nib().Nifti1Image(data, np.asarray(affine, dtype=float))
+    prefer code 1) then place the file differently from its DWI. ``header``: a source header whose other fields
+    (units, description, …) are kept."""
+    img = _nib().Nifti1Image(data, np.asarray(affine, dtype=float), header=header)
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     return img
