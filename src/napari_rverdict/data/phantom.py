@@ -79,7 +79,7 @@ class Phantom:
     s0: np.ndarray
     snr: float
     seed: int | None
-    snr_reference: str = "peak"  # what a phantom.json written before the setting existed was made on
+    snr_reference: str = "s0"
     sigma: float | None = None
     tissue: str = "anatomy"
     label_names: dict = field(default_factory=lambda: dict(LABEL_NAMES))
