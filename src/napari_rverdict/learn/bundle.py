@@ -49,7 +49,7 @@ from napari_rverdict.learn.uncertainty import (
     split_output,
 )
 from napari_rverdict.physics.models import get_model
-from napari_rverdict.physics.protocol import Protocol, averages_directions, direction_average
+from napari_rverdict.physics.protocol import PROTOCOL_DIFFERS, Protocol, averages_directions, direction_average
 
 BUNDLE_FORMAT = "napari-rverdict-bundle"
 BUNDLE_VERSION = 1
@@ -312,9 +312,9 @@ class Bundle:
         ----------
         signals : (n, n_measurements) raw (un-normalised) signals, in the bundle protocol's order, or in
             ``protocol``'s order when it is given.
-        protocol : the acquisition of ``signals`` (a Protocol, preset name or file); its measurements are matched to the bundle's
-            (``protocol.match_to``), reordered, and any differences are reported with ``warnings.warn``. A
-            direction-resolved acquisition (20-volume INNOVATE) is first direction-averaged, as
+        protocol : the acquisition of ``signals`` (a Protocol, preset name or file); its measurements are matched to
+            the bundle's (``protocol.match_to``), reordered, and any differences are reported with
+            ``warnings.warn``. A direction-resolved acquisition (20-volume INNOVATE) is first direction-averaged, as
             :func:`.predict.predict_volume` does.
         device : "cpu", "cuda[:i]", "mps" or "auto".  chunk : voxels at a time (bounds memory;
             on the CPU the network takes at most :data:`.device.CPU_NETWORK_CHUNK` of them a call).
@@ -342,7 +342,7 @@ class Bundle:
             index, notes = protocol.match_to(self.protocol, use_tr=self.model.requires_tr)
             s = s[:, index]
             if notes:
-                warnings.warn("data protocol differs from the model's: " + "; ".join(notes), stacklevel=2)
+                warnings.warn(f"{PROTOCOL_DIFFERS}: " + "; ".join(notes), stacklevel=2)
         else:
             s = self._check_signals(signals, len(self.protocol))
         dev, net = self._device_network(device)

@@ -13,8 +13,8 @@ import numpy as np
 from napari_rverdict.data.dwi import Dwi, load_dwi
 from napari_rverdict.data.label_files import load_mask
 from napari_rverdict.errors import InputError
-from napari_rverdict.physics.protocol import (Protocol, ProtocolError, averages_directions, direction_average,
-                                              missing_tr_advice)
+from napari_rverdict.physics.protocol import (PROTOCOL_DIFFERS, Protocol, ProtocolError, averages_directions,
+                                              direction_average, missing_tr_advice)
 
 
 # ---------------------------------------------------------------------- mask
@@ -187,7 +187,7 @@ def _plan(dwi, protocol, mask, reference: Protocol | None, stacklevel: int, mode
         # a model without T1 weighting that divides each series by its own b = 0 (classic VERDICT) ignores TR
         order, diffs = prot.match_to(reference, use_tr=model is None or model.requires_tr)
         if diffs:
-            warnings.warn("data protocol differs from the model's: " + "; ".join(diffs), stacklevel=stacklevel + 1)
+            warnings.warn(f"{PROTOCOL_DIFFERS}: " + "; ".join(diffs), stacklevel=stacklevel + 1)
             notes += diffs
         prot = reference
     return _Plan(d, m, bool(average), order, prot, notes)

@@ -20,6 +20,9 @@ B0_THRESHOLD = 50.0  # s/mm²: measurements below this count as b = 0 when group
 # each measurement's settings: attribute → (its name in messages, its unit)
 SETTINGS = {"b": ("b", "s/mm²"), "small_delta": ("δ", "ms"), "big_delta": ("Δ", "ms"), "te": ("TE", "ms"),
             "tr": ("TR", "ms")}
+# how a data protocol's differences from an estimator's (match_to's notes) are warned about, wherever data are
+# matched to a model (maps.voxels, Bundle.predict_signals); the Maps dock recognises the warning by it
+PROTOCOL_DIFFERS = "data protocol differs from the model's"
 B_MAX_PLAUSIBLE = 100_000.0  # s/mm²: above any diffusion MRI (clinical ≤ 10⁴, preclinical ≤ 5 × 10⁴); s/m² if larger
 
 # INNOVATE (Philips Achieva 3 T, PGSE): b, δ, Δ, TE, TR per series, in acquisition order of the rVERDICT examples.
@@ -251,12 +254,11 @@ class Protocol:
         return "\n".join(rows)
 
     def settings_of(self, i: int) -> str:
-        """Measurement ``i``'s settings in words: ``b = 1000 s/mm², δ = 23.5 ms, Δ = 31.3 ms, TE = 65 ms``."""
-        text = f"b = {self.b[i]:g} s/mm²"
-        if not self.is_b0[i]:
-            text += f", δ = {self.small_delta[i]:g} ms, Δ = {self.big_delta[i]:g} ms"
-        text += f", TE = {self.te[i]:g} ms"
-        return text + (f", TR = {self.tr[i]:g} ms" if np.isfinite(self.tr[i]) else "")
+        """Measurement ``i``'s settings in words (:data:`SETTINGS`): ``b = 1000 s/mm², δ = 23.5 ms, Δ = 31.3 ms,
+        TE = 65 ms, TR = 2482 ms`` (no δ, Δ at b = 0; no TR where it is unknown)."""
+        shown = [key for key in SETTINGS if not (key in ("small_delta", "big_delta") and self.is_b0[i])
+                 and not (key == "tr" and not np.isfinite(self.tr[i]))]
+        return ", ".join(f"{SETTINGS[key][0]} = {getattr(self, key)[i]:g} {SETTINGS[key][1]}" for key in shown)
 
     # ------------------------------------------------------------------ series
     def series_ids(self) -> np.ndarray:
@@ -364,10 +366,10 @@ class Protocol:
 
         Returns ``(index, notes)``: ``data[..., index]`` puts data acquired with ``self`` into the reference's order;
         ``notes`` lists what differs (e.g. ``b = 2006.4 where 2000 is expected``). Data with more measurements than
-        the reference (an extra shell or series) use the matching ones; a note names those left out. Measurements match when b, δ,
-        Δ, TE agree within ``rtol`` (or ``atol_ms`` for times; b = 0 matches b = 0) and TR agrees where both are
-        known. Raises ProtocolError when no one-to-one matching exists, naming the setting(s) in which the nearest
-        measurement of the data differs (e.g. ``TR 3000 ms vs the model's 2482 ms``).
+        the reference (an extra shell or series) use the matching ones; a note names those left out. Measurements
+        match when b, δ, Δ, TE agree within ``rtol`` (or ``atol_ms`` for times; b = 0 matches b = 0) and TR agrees
+        where both are known. Raises ProtocolError when no one-to-one matching exists, naming the setting(s) in which
+        the nearest measurement of the data differs (e.g. ``TR 3000 ms vs the model's 2482 ms``).
 
         ``use_tr=False`` is for a model without T1 weighting that divides each series by its own b = 0 (classic
         VERDICT): TR cannot change its signal, so a TR that differs does not stop a match (one note says it differs,

@@ -42,6 +42,7 @@ from napari_rverdict._napari.maps_dock.layers import (
 from napari_rverdict._napari.reader import display_factor, map_spec_for, map_unit_text
 from napari_rverdict._napari.state import _unwrap, get_state, model_label
 from napari_rverdict.physics.models import FIT_NRMSE
+from napari_rverdict.physics.protocol import PROTOCOL_DIFFERS
 
 
 class MapsWidget(QWidget):
@@ -309,7 +310,7 @@ class MapsWidget(QWidget):
         full = text + "." + "".join(" " + n for n in notes)
         # what the library warned about in the worker (volumes in another order than the protocol says, voxels
         # left out, …): said with the maps, never a green "done"; the protocol differences are said above already
-        warned = [w for w in self._warnings if not w.startswith(feedback.PROTOCOL_DIFFERS)]
+        warned = [w for w in self._warnings if not w.startswith(PROTOCOL_DIFFERS)]  # said above, from the GUI
         if warned:
             full += " Warning: " + " ".join(w.rstrip(".") + "." for w in warned)
             show_warning("Maps of '" + run["layer"].name + "': " + " ".join(warned))

@@ -11,8 +11,6 @@ from napari_rverdict._napari.maps_dock.job import LOSS_LABELS, NEEDS_BUNDLE, SEL
 from napari_rverdict._napari.state import model_label
 
 SNR_ADVICE = " (in napari: Simulate dock ▸ Match noise to this DWI, then train again)"
-# how maps.voxels words the protocol differences, which the dock says itself (inputs.model_differences)
-PROTOCOL_DIFFERS = "data protocol differs from the model's"
 
 
 def method_changed(dock) -> None:
