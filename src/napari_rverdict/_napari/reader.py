@@ -70,8 +70,6 @@ def layer_to_xyz(data) -> np.ndarray:
     raise ValueError(f"cannot write a {data.ndim}D layer as NIfTI (2D, 3D or 4D expected)")
 
 
-
-
 def on_dwi_grid(layer, spatial: tuple, what: str, affine=None):
     """A 3D layer's data as (x, y, z), refused unless it has the DWI's spatial shape and, when both the DWI's
     ``affine`` and the layer's own (``metadata['affine']``, a file's) are known, the same voxel-to-world transform:

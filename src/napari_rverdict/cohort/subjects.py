@@ -36,8 +36,6 @@ class Subject:
     protocol: str | None = None
 
 
-
-
 def _is_nifti(path: Path) -> bool:
     return path.is_file() and is_nifti_name(path) and not path.name.startswith(".")
 
